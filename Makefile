@@ -1,0 +1,66 @@
+# seq2edge: `make demo` and `make test` work on a fresh clone; everything installs into .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+BASE   := $(VENV)/.base-installed
+FULL   := $(VENV)/.full-installed
+# The torch wheel on these machines is a local CPU build; an unpinned torch pulls the CUDA build.
+TORCH  ?= torch==2.13.0
+
+BUNDLE     := models/g2p-en
+CHECKPOINT := models/g2p-en-checkpoint
+# The shipped G2P model (README "The shipped model" gives its figures).
+TRAIN_ARGS ?= --corpus cmudict --cell lstm --attention general --input-feed --bidirectional --layers 2 \
+              --embed 64 --hidden 256 --dropout 0.2 --label-smoothing 0.1 --batch-size 64 --epochs 40 \
+              --max-minutes 240 --seed 0
+
+.PHONY: install install-gpu demo train export eval test lint bench bench-quick clean
+
+$(BASE): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(FULL): pyproject.toml $(BASE)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e '.[train,plot,bench,dev]'
+	touch $@
+
+install: $(FULL)
+
+# onnxruntime-gpu provides the same module as onnxruntime: remove the CPU package, then
+# reinstall the GPU one so that its files are the ones left in place.
+install-gpu: $(FULL)
+	$(BIN)/python -m pip uninstall -q -y onnxruntime onnxruntime-gpu
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps 'onnxruntime-gpu>=1.17'
+	$(BIN)/python -m pip install -q -e '.[gpu]'
+	$(BIN)/seq2edge info $(BUNDLE)
+
+demo: $(BASE)
+	$(BIN)/seq2edge decode $(BUNDLE) attention onnx edge device phoneme pronunciation seq2edge Knightley
+
+train: $(FULL)
+	$(BIN)/seq2edge train $(TRAIN_ARGS) --out $(CHECKPOINT)
+
+export: $(FULL)
+	$(BIN)/seq2edge export $(CHECKPOINT) $(BUNDLE) --int8 --fp16 --force
+
+eval: $(FULL)
+	$(BIN)/seq2edge eval $(BUNDLE) --split test
+	$(BIN)/seq2edge eval $(BUNDLE) --split test --beam 4
+
+test: $(FULL)
+	$(BIN)/python -m pytest -q -x --durations=15
+
+lint: $(FULL)
+	$(BIN)/ruff check runtime train export bench tests examples
+
+bench: $(FULL)
+	$(BIN)/seq2edge bench $(BUNDLE) --checkpoint $(CHECKPOINT) --json bench.json --plot bench.png
+
+bench-quick: $(FULL)
+	$(BIN)/seq2edge bench $(BUNDLE) --checkpoint $(CHECKPOINT) --quick
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,26 @@
+"""`seq2edge export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--int8", is_flag=True, help="Also write dynamically quantised int8 graphs.")
+@click.option("--fp16", is_flag=True, help="Also write fp16 graphs (for GPUs).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="torch.onnx exporter; the result is verified either way.")
+@click.option("--corpus", default=None, help="Corpus for the parity words (default: the training corpus).")
+@click.option("--parity-words", type=click.IntRange(min=1), default=500, show_default=True)
+def export(checkpoint, out, int8, fp16, force, exporter, corpus, parity_words) -> None:
+    """Export CHECKPOINT to the bundle directory OUT and verify it against PyTorch."""
+    from .bundle import export_bundle
+
+    export_bundle(checkpoint, out, force=force, int8=int8, fp16=fp16, exporter=exporter, corpus=corpus,
+                  parity_words=parity_words, log=lambda m: click.echo(m, err=True))
+    click.echo(f"bundle written: {out}")

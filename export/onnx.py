@@ -1,0 +1,126 @@
+"""Trace the model's encode() and step() into encoder.onnx and decoder.onnx.
+
+Default exporter: torch's TorchScript-based one (`dynamo=False`). In torch 2.13
+it keeps every cell's sequence axis dynamic and exports in well under a second;
+the dynamo exporter fixes the vanilla RNN's sequence length to the traced one
+(seen here), so it is offered but not the default. Either way export.verify
+checks the result step by step against PyTorch before a bundle is written.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from seq2edge.runtime.interface import FORMAT_VERSION, Port, graph_ports
+from seq2edge.train.model import Seq2Seq, source_mask
+
+OPSET = 17
+EXPORTERS = ("torchscript", "dynamo")
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: Seq2Seq):
+        super().__init__()
+        self.model = model
+
+    def forward(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.encode(src_ids, src_lengths)
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, model: Seq2Seq):
+        super().__init__()
+        self.model = model
+
+    def forward(self, prev_ids: Tensor, state: Tensor, memory: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.step(prev_ids, state, memory, src_mask)
+
+
+def example_inputs(model: Seq2Seq) -> dict[str, tuple[Tensor, ...]]:
+    """Inputs to trace with: batch 3 and unequal lengths, so no size is mistaken for a constant."""
+    c = model.config
+    lengths = torch.tensor([5, 3, 4])
+    src = torch.randint(4, c.src_vocab_size, (3, 5)) if c.src_vocab_size > 4 else torch.full((3, 5), 3)
+    src = src.masked_fill(~source_mask(lengths, 5), c.pad_id)
+    with torch.no_grad():
+        memory, state = model.encode(src, lengths)
+    prev = torch.tensor([c.bos_id, 4 % c.tgt_vocab_size, c.eos_id])
+    return {"encoder": (src, lengths), "decoder": (prev, state, memory, source_mask(lengths, 5))}
+
+
+def export_graphs(model: Seq2Seq, out_dir: Path, metadata: dict[str, str], exporter: str = "torchscript") -> dict[str, Path]:
+    """Write encoder.onnx and decoder.onnx (fp32) into out_dir; each is one self-contained file."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}")
+    model = model.eval()
+    inputs = example_inputs(model)
+    paths = {}
+    for kind, module in (("encoder", EncoderGraph(model)), ("decoder", DecoderGraph(model))):
+        path = out_dir / f"{kind}.onnx"
+        ins, outs = graph_ports(kind)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if exporter == "torchscript":
+                torch.onnx.export(module, inputs[kind], str(path), input_names=[p.name for p in ins],
+                                  output_names=[p.name for p in outs], dynamic_axes=_dynamic_axes(ins + outs),
+                                  opset_version=OPSET, dynamo=False, do_constant_folding=True)
+            else:
+                torch.onnx.export(module, inputs[kind], str(path), input_names=[p.name for p in ins],
+                                  output_names=[p.name for p in outs], dynamic_shapes=_dynamic_shapes(ins),
+                                  opset_version=max(OPSET, 18), dynamo=True, external_data=False, verbose=False)
+        graph = onnx.load(str(path))
+        _fold_external_data(graph, path)
+        set_metadata(graph, {**metadata, "seq2edge.graph": kind})
+        onnx.checker.check_model(graph, full_check=True)
+        save_single_file(graph, path)
+        paths[kind] = path
+    return paths
+
+
+def set_metadata(graph: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Replace the graph's metadata_props with `metadata` (all seq2edge.* keys)."""
+    del graph.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    graph.producer_name = "seq2edge"
+
+
+def graph_metadata(bundle_id: str, config_dict: dict, precision: str) -> dict[str, str]:
+    """What a graph says about itself, mirroring bundle.json."""
+    return {
+        "seq2edge.format_version": str(FORMAT_VERSION),
+        "seq2edge.bundle_id": bundle_id,
+        "seq2edge.precision": precision,
+        "seq2edge.model": json.dumps(config_dict, sort_keys=True),
+    }
+
+
+def save_single_file(graph: onnx.ModelProto, path: Path) -> None:
+    """Save with every weight inside the .onnx file (no .data beside it)."""
+    for stale in path.parent.glob(path.name + ".data"):
+        stale.unlink()
+    onnx.save_model(graph, str(path), save_as_external_data=False)
+
+
+def _fold_external_data(graph: onnx.ModelProto, path: Path) -> None:
+    """Pull any external tensor data (the dynamo exporter's .data file) into the graph."""
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    if any(uses_external_data(t) for t in graph.graph.initializer):
+        load_external_data_for_model(graph, str(path.parent))
+
+
+def _dynamic_axes(ports: tuple[Port, ...]) -> dict[str, dict[int, str]]:
+    return {p.name: {i: a for i, a in enumerate(p.axes) if a in ("batch", "src_len")} for p in ports}
+
+
+def _dynamic_shapes(ports: tuple[Port, ...]) -> tuple:
+    dims = {"batch": torch.export.Dim("batch", min=1, max=65536), "src_len": torch.export.Dim("src_len", min=1, max=4096)}
+    return tuple({i: dims[a] for i, a in enumerate(p.axes) if a in dims} for p in ports)

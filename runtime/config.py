@@ -1,0 +1,86 @@
+"""ModelConfig: the one description of a model, from training to the device.
+
+It is created by `seq2edge train`, saved beside the weights as config.json and
+copied verbatim into bundle.json. Every size in train, export and runtime is
+read from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BundleError
+
+CELLS = ("rnn", "lstm", "gru")
+ATTENTIONS = ("dot", "general", "additive")
+TOKENIZERS = ("char", "word", "spm")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture, vocabulary sizes, special ids and length limits of one model."""
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    cell: str = "lstm"
+    attention: str = "dot"
+    input_feed: bool = False
+    layers: int = 1  # encoder layers
+    decoder_layers: int = 1
+    bidirectional: bool = False
+    embed: int = 64
+    hidden: int = 256
+    dropout: float = 0.0  # between layers and before the output layer, training only
+    src_tokens: str = "char"
+    tgt_tokens: str = "char"
+    lowercase_source: bool = False
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    unk_id: int = 3
+    max_src_len: int = 64
+    max_tgt_len: int = 64
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.cell not in CELLS:
+            problems.append(f"cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        if self.attention not in ATTENTIONS:
+            problems.append(f"attention must be one of {', '.join(ATTENTIONS)}, not {self.attention!r}")
+        for side in ("src_tokens", "tgt_tokens"):
+            if getattr(self, side) not in TOKENIZERS:
+                problems.append(f"{side} must be one of {', '.join(TOKENIZERS)}")
+        if self.bidirectional and self.hidden % 2:
+            problems.append("hidden must be even for a bidirectional encoder (half per direction)")
+        for name in ("layers", "decoder_layers", "embed", "hidden", "max_src_len", "max_tgt_len"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append("dropout must be in [0, 1)")
+        if problems:
+            raise ValueError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def state_size(self) -> int:
+        """Width of the packed decoder state: h (and c) of every layer, then the fed vector."""
+        per_layer = 2 if self.cell == "lstm" else 1
+        return self.decoder_layers * self.hidden * per_layer + (self.hidden if self.input_feed else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "ModelConfig":
+        """Build from a dict read from JSON; unknown or missing keys are a BundleError naming `where`."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: model config must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BundleError(f"{where}: unknown model config keys {unknown}; was it written by a newer seq2edge?")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{where}: {exc}") from None

@@ -1,0 +1,131 @@
+"""`seq2edge info`: what a bundle is, what its graphs take and give, and what onnxruntime offers here."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import click
+
+ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-silicon")
+
+
+def installed_onnxruntimes() -> dict[str, str]:
+    """onnxruntime distributions installed side by side (they all provide the module `onnxruntime`)."""
+    found = {}
+    for name in ORT_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def diagnose_providers() -> list[str]:
+    """Problems with the onnxruntime install that make a provider silently missing."""
+    import onnxruntime as ort
+
+    problems = []
+    installed = installed_onnxruntimes()
+    if len(installed) > 1:
+        names = ", ".join(f"{k} {v}" for k, v in installed.items())
+        problems.append(f"several onnxruntime packages are installed ({names}); they share the module `onnxruntime` and "
+                        "overwrite each other: keep one (`pip uninstall -y onnxruntime onnxruntime-gpu` then reinstall the one you want)")
+    if "CUDAExecutionProvider" in ort.get_available_providers() and not _cuda_loads():
+        problems.append("CUDAExecutionProvider is listed but does not load (no NVIDIA driver/GPU, or the CUDA and cuDNN "
+                        "libraries onnxruntime-gpu was built for are missing); sessions would run on the CPU")
+    return problems
+
+
+def _cuda_loads() -> bool:
+    """Whether a CUDA session really activates, tried on the smallest valid graph onnxruntime accepts."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(IDENTITY_GRAPH, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    except Exception:
+        return False
+    return "CUDAExecutionProvider" in session.get_providers()
+
+
+# A one-node Identity graph (IR 7, opset 13), serialised ONNX: x float [1] -> y. The runtime
+# cannot import onnx to build it; tests/test_info.py rebuilds it with onnx.helper and compares.
+IDENTITY_GRAPH = bytes.fromhex(
+    "08073a3b0a100a017812017922084964656e74697479120570726f62655a0f0a0178120a0a08080112040a"
+    "020801620f0a0179120a0a08080112040a02080142040a00100d"
+)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default=None, help="Only this precision's graphs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def info(bundle: Path, precision: str | None, as_json: bool) -> None:
+    """Show BUNDLE's metadata, its graphs' inputs and outputs, and the providers onnxruntime offers here."""
+    import onnxruntime as ort
+
+    from .bundle import load_bundle
+    from .engine import Engine
+
+    b = load_bundle(bundle)
+    report = {
+        "bundle": str(b.path),
+        "format_version": b.meta["format_version"],
+        "bundle_id": b.bundle_id,
+        "created": b.meta.get("created"),
+        "model": b.config.to_dict(),
+        "source": {"tokenizer": b.source.kind, "vocab_size": len(b.source.vocab)},
+        "target": {"tokenizer": b.target.kind, "vocab_size": len(b.target.vocab)},
+        "exported_with": b.meta.get("exported_with"),
+        "graphs": {},
+        "parity": b.meta.get("parity"),
+        "onnxruntime": {"version": ort.__version__, "packages": installed_onnxruntimes(),
+                        "available_providers": ort.get_available_providers(), "problems": diagnose_providers()},
+    }
+    for p in [precision] if precision else b.precisions:
+        engine = Engine(b, p, providers="cpu")
+        report["graphs"][p] = {
+            kind: {"file": b.graph_entry(kind, p)["file"], "bytes": b.graph_entry(kind, p).get("bytes"),
+                   "sha256": "verified",
+                   "inputs": [_port(a) for a in session.get_inputs()],
+                   "outputs": [_port(a) for a in session.get_outputs()]}
+            for kind, session in engine.sessions.items()
+        }
+    if as_json:
+        click.echo(json.dumps(report, indent=1, ensure_ascii=False))
+        return
+    _print_text(report)
+
+
+def _port(arg) -> str:
+    dims = ", ".join(str(d) if d is not None else "?" for d in arg.shape)
+    return f"{arg.name}: {arg.type.removeprefix('tensor(').removesuffix(')')} [{dims}]"
+
+
+def _print_text(r: dict) -> None:
+    m = r["model"]
+    click.echo(f"bundle      {r['bundle']}  (format {r['format_version']}, id {r['bundle_id']}, created {r['created']})")
+    arch = (f"{m['cell']} {m['layers']}-layer {'bi' if m['bidirectional'] else 'uni'}directional encoder, "
+            f"{m['decoder_layers']}-layer decoder, {m['attention']} attention{', input feeding' if m['input_feed'] else ''}; "
+            f"embed {m['embed']}, hidden {m['hidden']}")
+    click.echo(f"model       {arch}")
+    click.echo(f"tokens      source {r['source']['tokenizer']} ({r['source']['vocab_size']}), "
+               f"target {r['target']['tokenizer']} ({r['target']['vocab_size']}); max lengths {m['max_src_len']} / {m['max_tgt_len']}")
+    if r["exported_with"]:
+        click.echo("exported    " + ", ".join(f"{k} {v}" for k, v in r["exported_with"].items()))
+    for precision, graphs in r["graphs"].items():
+        parity = (r["parity"] or {}).get(precision)
+        click.echo(f"{precision}")
+        for kind, g in graphs.items():
+            size = f"{g['bytes'] / 1e6:.2f} MB" if g.get("bytes") else ""
+            click.echo(f"  {g['file']}  {size}  sha256 {g['sha256']}")
+            click.echo(f"    in:  {'; '.join(g['inputs'])}")
+            click.echo(f"    out: {'; '.join(g['outputs'])}")
+        if parity:
+            click.echo("  parity: " + ", ".join(f"{k} {v}" for k, v in parity.items() if k != "disagreements" and not isinstance(v, (list, dict))))
+    o = r["onnxruntime"]
+    click.echo(f"onnxruntime {o['version']} ({', '.join(f'{k} {v}' for k, v in o['packages'].items())}); "
+               f"providers offered here: {', '.join(o['available_providers'])}")
+    for problem in o["problems"]:
+        click.echo(f"WARNING: {problem}")

@@ -1,0 +1,38 @@
+"""Attention heatmaps (matplotlib is an optional extra, imported only here)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import Seq2EdgeError
+
+
+def plot_attention(result, path: str | Path) -> Path:
+    """Draw result.attention (target x source) with the tokens on the axes; written atomically."""
+    if result.attention is None:
+        raise Seq2EdgeError("this result has no attention; decode with return_attention=True")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise Seq2EdgeError("plotting needs matplotlib: pip install 'seq2edge[plot]'") from None
+    path = Path(path)
+    rows = [*result.tokens, "</s>"]
+    cols = result.source_tokens
+    fig, ax = plt.subplots(figsize=(max(3, 0.45 * len(cols) + 1.5), max(2.5, 0.35 * len(rows) + 1.2)))
+    image = ax.imshow(result.attention, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(cols)), labels=cols)
+    ax.set_yticks(range(len(rows)), labels=rows)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    ax.set_title(result.input if len(result.input) <= 40 else result.input[:37] + "...", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

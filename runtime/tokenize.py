@@ -1,0 +1,121 @@
+"""Tokenisers and vocabularies, shared by training and the device.
+
+A `TextCodec` turns one side's text into ids and back: it splits text into
+tokens (characters, whitespace-separated words, or SentencePiece pieces) and
+maps tokens to ids through a `Vocabulary`. Training builds them; the bundle
+stores their settings; the runtime rebuilds the same codec from the bundle.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from .errors import BundleError, InputError
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+UNKNOWN_POLICIES = ("error", "unk", "skip")
+
+
+class Vocabulary:
+    """Token <-> id, with the four specials at ids 0-3."""
+
+    def __init__(self, tokens: Sequence[str]):
+        if tuple(tokens[:4]) != SPECIALS:
+            raise BundleError(f"vocabulary must start with {SPECIALS}, found {tuple(tokens[:4])}")
+        if len(set(tokens)) != len(tokens):
+            raise BundleError("vocabulary has duplicate tokens")
+        self.tokens = list(tokens)
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+
+    @classmethod
+    def build(cls, counts: dict[str, int], min_freq: int = 1, max_size: int | None = None) -> "Vocabulary":
+        """Most frequent tokens first (ties alphabetical), specials prepended."""
+        kept = sorted((t for t, n in counts.items() if n >= min_freq and t not in SPECIALS), key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            kept = kept[: max(0, max_size - len(SPECIALS))]
+        return cls([*SPECIALS, *sorted(kept)])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __contains__(self, token: str) -> bool:
+        return token in self.index
+
+
+class TextCodec:
+    """Text <-> ids for one side of a model."""
+
+    def __init__(self, kind: str, vocab: Vocabulary, lowercase: bool = False, spm_path: Path | None = None):
+        self.kind = kind
+        self.vocab = vocab
+        self.lowercase = lowercase
+        self._spm = _load_spm(spm_path) if kind == "spm" else None
+
+    def normalize(self, text: str) -> str:
+        """The normalisation applied before splitting, identical in training and on the device."""
+        text = unicodedata.normalize("NFC", text).strip()
+        return text.lower() if self.lowercase else text
+
+    def split(self, text: str) -> list[str]:
+        text = self.normalize(text)
+        if self.kind == "char":
+            return list(text)
+        if self.kind == "word":
+            return text.split()
+        return self._spm.encode(text, out_type=str)
+
+    def join(self, tokens: Sequence[str]) -> str:
+        if self.kind == "char":
+            return "".join(tokens)
+        if self.kind == "word":
+            return " ".join(tokens)
+        return self._spm.decode_pieces(list(tokens))
+
+    def encode(self, text: str, unknown: str = "error") -> list[int]:
+        """Ids of `text` (no <s> or </s>). Tokens outside the vocabulary follow `unknown`:
+        "error" raises InputError naming them, "unk" maps them to <unk>, "skip" drops them."""
+        tokens = self.split(text)
+        if not tokens:
+            raise InputError("empty input")
+        missing = [t for t in tokens if t not in self.vocab.index]
+        if missing:
+            if unknown == "error":
+                shown = ", ".join(repr(t) for t in dict.fromkeys(missing))
+                raise InputError(f"{_describe(text)}: not in the source vocabulary: {shown} (use unknown='unk' or 'skip' to decode anyway)")
+            if unknown == "skip":
+                tokens = [t for t in tokens if t in self.vocab.index]
+                if not tokens:
+                    raise InputError(f"{_describe(text)}: nothing left after skipping unknown tokens")
+        unk = self.vocab.index[UNK]
+        return [self.vocab.index.get(t, unk) for t in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens of `ids`, specials dropped."""
+        return [self.vocab.tokens[i] for i in ids if i >= len(SPECIALS)]
+
+
+def _describe(text: str, limit: int = 40) -> str:
+    shown = text if len(text) <= limit else text[: limit - 3] + "..."
+    return repr(shown)
+
+
+def _load_spm(path: Path | None):
+    if path is None:
+        raise BundleError("an spm tokeniser needs its model file")
+    try:
+        import sentencepiece
+    except ImportError:
+        raise BundleError(f"{path.name}: this model uses a SentencePiece tokeniser; install it with: pip install 'seq2edge[spm]'") from None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the SentencePiece model: {exc.strerror}") from None
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(data)  # parsed as protobuf, never executed
+    except Exception as exc:  # sentencepiece raises bare RuntimeError/OSError on bad protos
+        raise BundleError(f"{path}: not a valid SentencePiece model ({exc})") from None
+    return processor

@@ -1,0 +1,96 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import export_tiny
+from seq2edge.export import bundle as export_bundle_module
+from seq2edge.export.bundle import ExportError, sha256_of
+from seq2edge.runtime import Seq2EdgeError, Seq2Seq
+
+
+def test_bundle_holds_graphs_config_vocab_and_parity(tiny_bundle, tiny_checkpoint):
+    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert meta["format_version"] == 1
+    assert meta["model"] == json.loads((tiny_checkpoint / "config.json").read_text())
+    assert meta["source"]["vocab"][:4] == ["<pad>", "<s>", "</s>", "<unk>"]
+    for kind in ("encoder", "decoder"):
+        entry = meta["graphs"]["fp32"][kind]
+        assert sha256_of(tiny_bundle / entry["file"]) == entry["sha256"]
+    parity = meta["parity"]["fp32"]
+    assert parity["token_agreement"] == 1.0 and parity["max_abs_log_prob_diff"] <= 1e-4 and parity["words"] >= 150
+
+
+def test_graphs_are_single_files_that_say_what_they_are(tiny_bundle):
+    meta = json.loads((tiny_bundle / "bundle.json").read_text())
+    assert not list(tiny_bundle.glob("*.data"))
+    for kind in ("encoder", "decoder"):
+        graph = onnx.load(str(tiny_bundle / f"{kind}.onnx"), load_external_data=False)
+        onnx.checker.check_model(graph, full_check=True)
+        props = {p.key: p.value for p in graph.metadata_props}
+        assert props["seq2edge.bundle_id"] == meta["bundle_id"]
+        assert props["seq2edge.graph"] == kind
+        assert json.loads(props["seq2edge.model"]) == meta["model"]
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+
+
+def test_graphs_take_any_batch_and_source_length(tiny_bundle):
+    graph = onnx.load(str(tiny_bundle / "encoder.onnx"))
+    dims = [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    assert all(isinstance(d, str) and d for d in dims)
+
+
+def test_export_refuses_to_overwrite_without_force(tiny_checkpoint, tiny_bundle):
+    with pytest.raises(Seq2EdgeError, match="already exists"):
+        export_tiny(tiny_checkpoint, tiny_bundle)
+
+
+def test_export_refuses_mismatched_parity_and_writes_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    real = export_bundle_module.export_graphs
+
+    def export_then_damage(model, out_dir, metadata, exporter="torchscript"):
+        paths = real(model, out_dir, metadata, exporter)
+        graph = onnx.load(str(paths["decoder"]))
+        weight = max(graph.graph.initializer, key=lambda t: len(t.raw_data))
+        values = onnx.numpy_helper.to_array(weight).copy()
+        values += np.float32(0.05)  # a fault of the kind an exporter bug makes
+        weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+        onnx.save(graph, str(paths["decoder"]))
+        return paths
+
+    monkeypatch.setattr(export_bundle_module, "export_graphs", export_then_damage)
+    with pytest.raises(ExportError, match="do not match PyTorch"):
+        export_tiny(tiny_checkpoint, tmp_path / "broken")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_replaces_a_bundle_with_a_new_complete_one(tiny_checkpoint, tmp_path):
+    out = export_tiny(tiny_checkpoint, tmp_path / "b")
+    first = json.loads((out / "bundle.json").read_text())["bundle_id"]
+    export_tiny(tiny_checkpoint, out, force=True)
+    assert json.loads((out / "bundle.json").read_text())["bundle_id"] != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    Seq2Seq.load(out, providers="cpu")
+
+
+def test_dynamo_export_is_verified_like_any_other(tiny_checkpoint, tmp_path):
+    """torch 2.13's dynamo exporter fixes the LSTM's sequence axis to the traced length (seen here):
+    export must refuse such graphs with a clear message and write nothing, or pass parity."""
+    try:
+        out = export_tiny(tiny_checkpoint, tmp_path / "dyn", exporter="dynamo", parity_words=60)
+    except ExportError as exc:
+        assert "axis fixed" in str(exc) and "--exporter torchscript" in str(exc)
+        assert list(tmp_path.iterdir()) == []
+    else:
+        assert json.loads((out / "bundle.json").read_text())["parity"]["fp32"]["token_agreement"] == 1.0
+
+
+def test_runtime_imports_neither_torch_nor_onnx(tiny_bundle):
+    code = ("import sys; from seq2edge.runtime import Seq2Seq; "
+            f"m = Seq2Seq.load({str(tiny_bundle)!r}, providers='cpu'); m.decode(['edge']); "
+            "import seq2edge.runtime.cli, seq2edge.runtime.decode_cli, seq2edge.runtime.info; "
+            "bad = [n for n in sys.modules if n.split('.')[0] in ('torch', 'onnx')]; print(bad); assert not bad")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

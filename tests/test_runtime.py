@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+from seq2edge.runtime import BundleError, InputError, Result, Seq2Seq
+
+
+def test_decode_returns_results_in_input_order(tiny_model):
+    results = tiny_model.decode(["edge", "attention", "a"])
+    assert [r.input for r in results] == ["edge", "attention", "a"]
+    for r in results:
+        assert isinstance(r, Result) and r.ok
+        assert r.text == " ".join(r.tokens)
+        assert r.score < 0 and np.isfinite(r.score)
+
+
+def test_batch_decode_equals_one_at_a_time(tiny_model, dev_words):
+    words = dev_words[:120]
+    batched = tiny_model.decode(words, batch_size=32)
+    for word, r in zip(words, batched):
+        alone = tiny_model.decode([word], batch_size=1)[0]
+        assert r.tokens == alone.tokens
+        assert r.score == pytest.approx(alone.score, abs=1e-4)
+
+
+def test_batch_size_does_not_change_results(tiny_model, dev_words):
+    a = tiny_model.decode(dev_words[:200], batch_size=7)
+    b = tiny_model.decode(dev_words[:200], batch_size=200)
+    assert [r.tokens for r in a] == [r.tokens for r in b]
+
+
+def test_decoding_always_stops_at_the_length_limit(tiny_model, dev_words):
+    for r in tiny_model.decode(dev_words[:50], max_len=2):
+        assert len(r.tokens) <= 2
+    r = tiny_model.decode(["attention"], max_len=0)[0]
+    assert r.tokens == [] and r.truncated
+
+
+def test_score_is_the_sum_of_token_and_end_log_probs(tiny_model):
+    r = tiny_model.decode(["edge"], return_attention=True)[0]
+    assert r.attention.shape == (len(r.tokens) + 1, len("edge"))
+    np.testing.assert_allclose(r.attention.sum(axis=1), 1.0, atol=1e-5)
+    engine, c = tiny_model._engine, tiny_model.config
+    ids = tiny_model.bundle.source.encode("edge")
+    memory, state = engine.encode(np.array([ids]), np.array([len(ids)]))
+    mask = np.ones((1, len(ids)), dtype=bool)
+    target = [tiny_model.bundle.target.vocab.index[t] for t in r.tokens] + [c.eos_id]
+    prev, total = c.bos_id, 0.0
+    for token in target:
+        log_probs, state, _ = engine.step(np.array([prev]), state, memory, mask)
+        total += float(log_probs[0, token])
+        prev = token
+    assert r.score == pytest.approx(total, abs=1e-4)
+
+
+def test_bad_inputs_fail_alone_with_clear_messages(tiny_model):
+    results = tiny_model.decode(["edge", "", "caf\u00e9\u4e2d", "a\x00b", "edge"], errors="return")
+    assert results[0].ok and results[4].ok and results[0].tokens == results[4].tokens
+    assert results[1].error == "empty input"
+    assert "not in the source vocabulary" in results[2].error and "'中'" in results[2].error
+    assert "control character U+0000" in results[3].error
+
+
+def test_bad_input_raises_input_error_naming_its_position(tiny_model):
+    with pytest.raises(InputError, match="input 1: empty input"):
+        tiny_model.decode(["edge", "   "])
+
+
+def test_unknown_policy_unk_and_skip_decode_anyway(tiny_bundle):
+    for policy in ("unk", "skip"):
+        model = Seq2Seq.load(tiny_bundle, providers="cpu", unknown=policy)
+        assert model.decode(["ed\u4e2dge"])[0].ok
+
+
+def test_too_long_inputs_error_or_truncate_with_a_warning(tiny_bundle, tiny_model):
+    long = "a" * (tiny_model.config.max_src_len + 5)
+    assert "over the model's max_src_len" in tiny_model.decode([long], errors="return")[0].error
+    model = Seq2Seq.load(tiny_bundle, providers="cpu", too_long="truncate")
+    with pytest.warns(UserWarning, match="truncated"):
+        assert model.decode([long])[0].ok
+
+
+def test_decode_rejects_a_bare_string(tiny_model):
+    with pytest.raises(TypeError, match="list of texts"):
+        tiny_model.decode("edge")
+
+
+def test_missing_bundle_is_a_bundle_error(tmp_path):
+    with pytest.raises(BundleError, match="no such bundle directory"):
+        Seq2Seq.load(tmp_path / "nothing")

@@ -1,0 +1,92 @@
+"""`seq2edge train` and `seq2edge eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from seq2edge.runtime.config import ATTENTIONS, CELLS, TOKENIZERS
+
+
+@click.command()
+@click.option("--corpus", default="cmudict", show_default=True, help="cmudict, or a UTF-8 TSV file of source<TAB>target lines.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint directory to write.")
+@click.option("--cell", type=click.Choice(CELLS), default="lstm", show_default=True)
+@click.option("--attention", type=click.Choice(ATTENTIONS), default="dot", show_default=True)
+@click.option("--input-feed/--no-input-feed", default=False, show_default=True, help="Feed the attentional vector to the next step (Luong).")
+@click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Encoder layers.")
+@click.option("--decoder-layers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--bidirectional/--unidirectional", default=False, show_default=True, help="Bidirectional encoder.")
+@click.option("--embed", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--hidden", type=click.IntRange(min=2), default=256, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--src-tokens", type=click.Choice(TOKENIZERS), default=None, help="Source tokeniser (default: char; CMUdict: char).")
+@click.option("--tgt-tokens", type=click.Choice(TOKENIZERS), default=None, help="Target tokeniser (default: char; CMUdict: word).")
+@click.option("--lowercase-source/--keep-case", default=None, help="Lowercase source text (default: on for CMUdict).")
+@click.option("--src-vocab-size", type=click.IntRange(min=5), default=None, help="Source vocabulary cap (word) or size (spm, default 1000).")
+@click.option("--tgt-vocab-size", type=click.IntRange(min=5), default=None)
+@click.option("--min-freq", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer tokens become <unk>.")
+@click.option("--max-src-len", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--max-tgt-len", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient norm clipping.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=6, show_default=True, help="Early stopping: epochs without a better dev WER.")
+@click.option("--max-minutes", type=float, default=None, help="Time budget; stops inside an epoch if needed (resumable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last resume point.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training entries.")
+@click.option("--dev-limit", type=click.IntRange(min=1), default=None, help="Per-epoch dev WER on the first N dev entries only.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
+def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidirectional, embed, hidden, dropout, src_tokens,
+          tgt_tokens, lowercase_source, src_vocab_size, tgt_vocab_size, min_freq, max_src_len, max_tgt_len, epochs, batch_size,
+          lr, clip, label_smoothing, patience, max_minutes, seed, resume, limit, dev_limit, threads) -> None:
+    """Train a seq2seq model with attention into the checkpoint directory --out."""
+    from seq2edge.runtime.errors import Seq2EdgeError
+
+    from .loop import Trainer, TrainConfig
+
+    if resume and not (out / "last" / "state.json").exists():
+        raise Seq2EdgeError(f"{out}: no resume point (last/state.json); start without --resume")
+    if not resume and (out / "model.safetensors").exists():
+        raise Seq2EdgeError(f"{out}: already holds a trained model; use --resume to continue it or choose another --out")
+    tc = TrainConfig(corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, label_smoothing=label_smoothing,
+                     patience=patience, seed=seed, max_minutes=max_minutes, min_freq=min_freq, src_vocab_size=src_vocab_size,
+                     tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads)
+    arch = dict(cell=cell, attention=attention, input_feed=input_feed, layers=layers, decoder_layers=decoder_layers,
+                bidirectional=bidirectional, embed=embed, hidden=hidden, dropout=dropout, src_tokens=src_tokens,
+                tgt_tokens=tgt_tokens, lowercase_source=lowercase_source, max_src_len=max_src_len, max_tgt_len=max_tgt_len)
+    try:
+        Trainer(tc, arch, out, resume=resume).run()
+    except ValueError as exc:  # an impossible combination of options (ModelConfig says which)
+        raise Seq2EdgeError(str(exc)) from None
+
+
+@click.command("eval")
+@click.argument("path", metavar="BUNDLE_OR_CHECKPOINT", type=click.Path(path_type=Path))
+@click.option("--corpus", default=None, help="cmudict or a TSV file (default: the corpus the model was trained on).")
+@click.option("--split", type=click.Choice(["test", "dev", "train"]), default="test", show_default=True)
+@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size (bundles only).")
+@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N inputs of the split.")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Write per-input results as TSV.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON.")
+def evaluate(path, corpus, split, beam, precision, batch_size, limit, threads, output, json_out) -> None:
+    """Print WER and PER of BUNDLE_OR_CHECKPOINT (with and without stress digits for CMUdict)."""
+    from .evaluate import evaluate as run, write_metrics, write_rows
+
+    result = run(path, corpus, split, beam, batch_size, limit, precision, threads)
+    click.echo(f"{result.corpus} {split}: {result.scores['stress'].words} inputs, {result.seconds:.1f} s")
+    for name, s in result.scores.items():
+        label = {"stress": "with stress" if "stressless" in result.scores else "", "stressless": "stressless"}[name]
+        click.echo(f"  {label:12s} WER {s.wer:6.2f}%   PER {s.per:5.2f}%".rstrip())
+    if output:
+        write_rows(result, output)
+        click.echo(f"per-input results: {output}")
+    if json_out:
+        write_metrics(result, json_out)

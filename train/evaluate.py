@@ -1,0 +1,95 @@
+"""Evaluation of a bundle (through the runtime) or a checkpoint (through PyTorch) on a corpus split."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from seq2edge.runtime.errors import Seq2EdgeError
+from seq2edge.runtime.interface import BUNDLE_FILE
+
+from . import data as D
+from .checkpoint import write_json
+from .metrics import Scores, score, score_both
+
+
+@dataclass
+class Evaluation:
+    corpus: str
+    split: str
+    scores: dict[str, Scores]  # "stress" (as given) and, for CMUdict, "stressless"
+    seconds: float
+    rows: list[tuple[str, str, list[str], bool]]  # input, output, references, correct
+
+    def to_dict(self) -> dict:
+        return {"corpus": self.corpus, "split": self.split, "seconds": round(self.seconds, 2),
+                **{name: {"wer": round(s.wer, 3), "per": round(s.per, 3), "inputs": s.words} for name, s in self.scores.items()}}
+
+
+def corpus_of(path: Path) -> str:
+    """The corpus a bundle or checkpoint was trained on, as recorded at training."""
+    for meta, keys in ((path / BUNDLE_FILE, ("checkpoint", "train", "corpus")), (path / "train.json", ("train_config", "corpus"))):
+        try:
+            value = json.loads(meta.read_text())
+            for key in keys:
+                value = value[key]
+            if value:
+                return value
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return "cmudict"
+
+
+def evaluate(path: str | Path, corpus: str | None = None, split: str = "test", beam: int = 1, batch_size: int = 256,
+             limit: int | None = None, precision: str = "fp32", threads: int | None = None) -> Evaluation:
+    path = Path(path)
+    name = corpus or corpus_of(path)
+    entries = D.split(D.load_corpus(name).entries, split)[:limit]
+    if not entries:
+        raise Seq2EdgeError(f"{name}: the {split} split is empty")
+    texts = [e.source for e in entries]
+    start = time.perf_counter()
+    if (path / BUNDLE_FILE).exists():
+        hyps, codec = _decode_bundle(path, texts, beam, batch_size, precision, threads)
+    elif (path / "config.json").exists():
+        if beam != 1 or precision != "fp32":
+            raise Seq2EdgeError(f"{path}: a checkpoint is evaluated with greedy fp32 PyTorch decoding; export it for --beam or --precision")
+        hyps, codec = _decode_checkpoint(path, texts, batch_size)
+    else:
+        raise Seq2EdgeError(f"{path}: neither a bundle ({BUNDLE_FILE}) nor a checkpoint (config.json)")
+    seconds = time.perf_counter() - start
+    refs = [[codec.split(r) for r in e.references] for e in entries]
+    scores = score_both(hyps, refs) if name == "cmudict" else {"stress": score(hyps, refs)}
+    rows = [(e.source, codec.join(h), list(e.references), any(h == r for r in rs)) for e, h, rs in zip(entries, hyps, refs)]
+    return Evaluation(name, split, scores, seconds, rows)
+
+
+def _decode_bundle(path, texts, beam, batch_size, precision, threads):
+    from seq2edge.runtime.model import Seq2Seq
+
+    model = Seq2Seq.load(path, providers="cpu", precision=precision, threads=threads, unknown="unk", too_long="truncate")
+    results = model.decode(texts, beam_size=beam, batch_size=batch_size, errors="return")
+    return [r.tokens if r.ok else [] for r in results], model.bundle.target
+
+
+def _decode_checkpoint(path, texts, batch_size):
+    from .checkpoint import load_checkpoint
+    from .loop import decode_entries
+
+    model, source, target = load_checkpoint(path)
+    return decode_entries(model, texts, source, target, batch_size), target
+
+
+def write_rows(evaluation: Evaluation, out: Path) -> None:
+    """Per-input results as TSV (input, output, correct, references joined by ' | '), written atomically."""
+    lines = ["input\toutput\tcorrect\treferences"]
+    lines += [f"{src}\t{out_text}\t{int(ok)}\t{' | '.join(refs)}" for src, out_text, refs, ok in evaluation.rows]
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(out)
+
+
+def write_metrics(evaluation: Evaluation, out: Path) -> None:
+    write_json(out, evaluation.to_dict())

@@ -1,0 +1,385 @@
+"""The training loop: teacher forcing, masked cross-entropy, clipping, dev WER each epoch.
+
+Keeps the best-on-dev weights, a resume point after every epoch (and every
+few minutes inside one), a time budget, early stopping, a learning-rate
+schedule on dev WER, and runs under torchrun with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from seq2edge.runtime.config import ModelConfig
+from seq2edge.runtime.errors import Seq2EdgeError
+from seq2edge.runtime.tokenize import TextCodec
+
+from . import data as D
+from .checkpoint import (load_checkpoint, load_tensors, read_json, save_model_files, save_tensors,
+                         tensors_metadata, write_json)
+from .metrics import score
+from .model import Seq2Seq, greedy_decode
+
+
+@dataclass
+class TrainConfig:
+    """How to train; saved in train.json so a resumed run continues the same way."""
+
+    corpus: str = "cmudict"
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    clip: float = 1.0
+    label_smoothing: float = 0.0
+    patience: int = 6  # epochs without a better dev WER before stopping
+    lr_patience: int = 1  # epochs without a better dev WER before the learning rate halves
+    lr_factor: float = 0.5
+    min_lr: float = 1e-5
+    seed: int = 0
+    max_minutes: float | None = None
+    save_every_minutes: float = 10.0
+    min_freq: int = 1
+    src_vocab_size: int | None = None  # cap (word) or target size (spm)
+    tgt_vocab_size: int | None = None
+    train_limit: int | None = None  # first N training entries only (quick runs, tests)
+    dev_limit: int | None = None  # first N dev entries for the per-epoch WER
+    threads: int | None = None
+
+
+@dataclass
+class Prepared:
+    model_config: ModelConfig
+    source: TextCodec
+    target: TextCodec
+    train: D.Encoded
+    dev: list[D.Entry]
+
+
+def prepare(tc: TrainConfig, arch: dict, out: Path, log=print) -> Prepared:
+    """Corpus -> split -> tokenisers (SentencePiece trained here when asked) -> encoded pairs.
+
+    `arch` holds the ModelConfig fields chosen by the user (sizes, cell, tokenisers...)."""
+    corpus = D.load_corpus(tc.corpus)
+    for problem in corpus.problems:
+        log(problem)
+    train_entries = D.split(corpus.entries, "train")[: tc.train_limit]
+    dev = D.split(corpus.entries, "dev")[: tc.dev_limit]
+    if not train_entries or not dev:
+        raise Seq2EdgeError(f"{tc.corpus}: the split left {len(train_entries)} training and {len(dev)} dev entries; the corpus is too small")
+    src_kind = arch.pop("src_tokens", None) or corpus.src_tokens
+    tgt_kind = arch.pop("tgt_tokens", None) or corpus.tgt_tokens
+    lower = arch.pop("lowercase_source", None)
+    lower = corpus.lowercase_source if lower is None else lower
+    out.mkdir(parents=True, exist_ok=True)
+    sources = [e.source for e in train_entries]
+    targets = [r for e in train_entries for r in e.references]
+    codecs = []
+    for side, kind, texts, size, lowercase in (("source", src_kind, sources, tc.src_vocab_size, lower),
+                                               ("target", tgt_kind, targets, tc.tgt_vocab_size, False)):
+        spm = None
+        if kind == "spm":
+            spm = D.train_spm(texts, out / f"{side}.spm.model", size or 1000, lowercase)
+            size = None  # the SentencePiece model already fixed the pieces
+        codecs.append(D.build_codec(kind, texts, lowercase, tc.min_freq, size, spm))
+    source, target = codecs
+    config = ModelConfig(src_vocab_size=len(source.vocab), tgt_vocab_size=len(target.vocab),
+                         src_tokens=src_kind, tgt_tokens=tgt_kind, lowercase_source=lower, **arch)
+    encoded = D.encode_pairs(train_entries, source, target, config.max_src_len, config.max_tgt_len)
+    if encoded.too_long:
+        log(f"{encoded.too_long} training pairs are longer than max_src_len={config.max_src_len} "
+            f"or max_tgt_len={config.max_tgt_len} tokens and were left out")
+    if not encoded.src:
+        raise Seq2EdgeError("no training pairs left within the length limits")
+    log(f"{tc.corpus}: {len(encoded.src)} training pairs, {len(dev)} dev inputs, "
+        f"vocabularies {len(source.vocab)} source / {len(target.vocab)} target")
+    return Prepared(config, source, target, encoded, dev)
+
+
+def loss_fn(log_probs: torch.Tensor, gold: torch.Tensor, pad: int, smoothing: float) -> torch.Tensor:
+    """Cross-entropy over non-pad positions, with optional label smoothing."""
+    log_probs = log_probs.reshape(-1, log_probs.size(-1))
+    gold = gold.reshape(-1)
+    keep = gold != pad
+    nll = F.nll_loss(log_probs, gold, ignore_index=pad, reduction="sum")
+    if smoothing:
+        uniform = -log_probs.mean(dim=1)[keep].sum()
+        nll = (1 - smoothing) * nll + smoothing * uniform
+    return nll / keep.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def dev_wer(model: Seq2Seq, entries: list[D.Entry], source: TextCodec, target: TextCodec, batch_size: int = 256) -> float:
+    """Greedy WER (percent) on entries, in PyTorch."""
+    model.eval()
+    hyps = decode_entries(model, [e.source for e in entries], source, target, batch_size)
+    refs = [[target.split(r) for r in e.references] for e in entries]
+    return score(hyps, refs).wer
+
+
+def decode_entries(model: Seq2Seq, texts: list[str], source: TextCodec, target: TextCodec, batch_size: int = 256) -> list[list[str]]:
+    """Greedy target tokens for each text, batched by length; unknown source tokens become <unk>."""
+    c = model.config
+    ids = [source.encode(t, unknown="unk")[: c.max_src_len] for t in texts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[list[str]] = [[] for _ in ids]
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        lengths = torch.tensor([len(ids[i]) for i in idx])
+        src = torch.full((len(idx), int(lengths.max())), c.pad_id, dtype=torch.long)
+        for row, i in enumerate(idx):
+            src[row, : len(ids[i])] = torch.tensor(ids[i])
+        decoded, _ = greedy_decode(model, src, lengths, c.max_tgt_len)
+        for row, i in enumerate(idx):
+            out[i] = target.decode(decoded[row])
+    return out
+
+
+class Trainer:
+    """One training run into `out`; call run()."""
+
+    def __init__(self, tc: TrainConfig, arch: dict, out: str | Path, resume: bool = False, log=None):
+        self.out = Path(out)
+        self.rank, self.world = _distributed_setup()
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        if self.rank:
+            self.log = lambda msg: None
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        self.tc = tc
+        if resume:
+            self._load_resume_config()
+        self.prepared = prepare(self.tc, dict(arch), self.out, self.log) if not resume else self._prepare_resumed()
+        torch.manual_seed(self.tc.seed)
+        self.model = Seq2Seq(self.prepared.model_config)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr)
+        self.history: list[dict] = []
+        self.best = math.inf
+        self.bad_epochs = 0
+        self.epoch, self.step_in_epoch = 0, 0
+        if resume:
+            self._restore()
+        elif self.rank == 0:
+            save_model_files(self.out, self.model, self.prepared.source, self.prepared.target)
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    # -- resume -----------------------------------------------------------------
+    def _load_resume_config(self) -> None:
+        saved = read_json(self.out / "train.json")
+        budget = self.tc.max_minutes
+        self.tc = TrainConfig(**saved["train_config"])
+        self.tc.max_minutes = budget  # a resumed run gets its own time budget
+
+    def _prepare_resumed(self) -> Prepared:
+        model, source, target = load_checkpoint(self.out, weights="last/model.safetensors")
+        corpus = D.load_corpus(self.tc.corpus)
+        train_entries = D.split(corpus.entries, "train")[: self.tc.train_limit]
+        dev = D.split(corpus.entries, "dev")[: self.tc.dev_limit]
+        c = model.config
+        encoded = D.encode_pairs(train_entries, source, target, c.max_src_len, c.max_tgt_len)
+        return Prepared(c, source, target, encoded, dev)
+
+    def _restore(self) -> None:
+        last = self.out / "last"
+        state = read_json(last / "state.json")
+        for name in ("model", "optimizer"):
+            meta = tensors_metadata(last / f"{name}.safetensors")
+            if meta.get("position") != state["position"]:
+                raise Seq2EdgeError(f"{last}: {name}.safetensors is from another point of training than state.json; "
+                                    "the resume point is incomplete, start again without --resume")
+        self.model.load_state_dict(load_tensors(last / "model.safetensors"))
+        tensors = load_tensors(last / "optimizer.safetensors")
+        self.optimizer.load_state_dict(_optimizer_from_tensors(self.optimizer, tensors, state["optimizer"]))
+        torch.set_rng_state(tensors["__rng_state"])
+        self.history, self.best, self.bad_epochs = state["history"], state["best"], state["bad_epochs"]
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.log(f"resuming at epoch {self.epoch + 1}, batch {self.step_in_epoch}")
+
+    def _save_resume_point(self) -> None:
+        if self.rank:
+            return
+        last = self.out / "last"
+        last.mkdir(exist_ok=True)
+        position = f"{self.epoch}:{self.step_in_epoch}"
+        save_tensors(last / "model.safetensors", self.model.state_dict(), {"position": position})
+        tensors, scalars = _optimizer_to_tensors(self.optimizer)
+        tensors["__rng_state"] = torch.get_rng_state()
+        save_tensors(last / "optimizer.safetensors", tensors, {"position": position})
+        write_json(last / "state.json", {
+            "position": position, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "history": self.history, "best": self.best, "bad_epochs": self.bad_epochs, "optimizer": scalars,
+        })
+
+    # -- training -----------------------------------------------------------------
+    def run(self) -> dict:
+        tc, c = self.tc, self.prepared.model_config
+        self._write_train_json()
+        start = time.monotonic()
+        deadline = start + tc.max_minutes * 60 if tc.max_minutes else math.inf
+        lengths = [len(s) + len(t) for s, t in zip(self.prepared.train.src, self.prepared.train.tgt)]
+        stopped = "epochs"
+        while self.epoch < tc.epochs:
+            order = D.batch_order(lengths, tc.batch_size, tc.seed, self.epoch)[self.rank :: self.world]
+            finished, loss = self._train_epoch(order, deadline)
+            if not finished:
+                stopped = "time budget"
+                self._end_partial_epoch()
+                break
+            if self._end_epoch(loss, time.monotonic() - start):
+                stopped = "early stopping"
+                break
+        if self.rank == 0:
+            self.log(f"stopped ({stopped}); best dev WER {self.best:.2f}% -> {self.out / 'model.safetensors'}")
+        if self.world > 1:
+            dist.destroy_process_group()
+        return {"best_dev_wer": self.best, "epochs": len(self.history), "stopped": stopped}
+
+    def _train_epoch(self, order: list[list[int]], deadline: float) -> tuple[bool, float]:
+        from tqdm import tqdm
+
+        tc, c, data = self.tc, self.prepared.model_config, self.prepared.train
+        self.net.train()
+        bar = tqdm(total=len(order), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}",
+                   disable=None if self.rank == 0 else True, leave=False, file=sys.stderr)
+        total, count = 0.0, 0
+        last_save = time.monotonic()
+        for idx in order[self.step_in_epoch :]:
+            if time.monotonic() > deadline:
+                bar.close()
+                return False, total / max(count, 1)
+            batch = D.make_batch([data.src[i] for i in idx], [data.tgt[i] for i in idx], c.pad_id, c.bos_id, c.eos_id)
+            log_probs = self.net(batch.src_ids, batch.src_lengths, batch.tgt_in)
+            loss = loss_fn(log_probs, batch.tgt_out, c.pad_id, tc.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip)
+            self.optimizer.step()
+            total, count = total + loss.item(), count + 1
+            self.step_in_epoch += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
+            if time.monotonic() - last_save > tc.save_every_minutes * 60:
+                self._save_resume_point()
+                last_save = time.monotonic()
+        bar.close()
+        return True, total / max(count, 1)
+
+    def _end_epoch(self, loss: float, elapsed: float) -> bool:
+        """Dev WER, schedule, best and resume files; True when training should stop early."""
+        tc = self.tc
+        stop = torch.zeros(1)
+        if self.rank == 0:
+            wer = dev_wer(self.model, self.prepared.dev, self.prepared.source, self.prepared.target)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.history.append({"epoch": self.epoch + 1, "loss": loss, "dev_wer": wer, "lr": lr, "minutes": elapsed / 60})
+            improved = wer < self.best
+            if improved:
+                self.best, self.bad_epochs = wer, 0
+                save_tensors(self.out / "model.safetensors", self.model.state_dict(), {"epoch": str(self.epoch + 1)})
+            else:
+                self.bad_epochs += 1
+                if self.bad_epochs % tc.lr_patience == 0:
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = max(group["lr"] * tc.lr_factor, tc.min_lr)
+            self.log(f"epoch {self.epoch + 1}: loss {loss:.4f}  dev WER {wer:.2f}%  lr {lr:.2e}  "
+                     f"{elapsed / 60:.1f} min{'  (best)' if improved else ''}")
+            stop[0] = float(self.bad_epochs >= tc.patience)
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self._save_resume_point()
+        self._write_train_json()
+        if self.rank == 0:
+            _plot_curves(self.history, self.out / "curves.png")
+        if self.world > 1:
+            dist.broadcast(stop, 0)
+            for group in self.optimizer.param_groups:  # keep every rank's schedule in step
+                lr = torch.tensor([group["lr"]])
+                dist.broadcast(lr, 0)
+                group["lr"] = float(lr)
+        return bool(stop[0])
+
+    def _end_partial_epoch(self) -> None:
+        """Time is up inside an epoch: keep the resume point there, and the weights if they are the best yet."""
+        if self.rank == 0:
+            wer = dev_wer(self.model, self.prepared.dev, self.prepared.source, self.prepared.target)
+            self.log(f"time budget reached in epoch {self.epoch + 1} at batch {self.step_in_epoch}: dev WER {wer:.2f}%")
+            if wer < self.best:
+                # Saved as best, but not recorded in history: the schedule sees whole epochs only.
+                save_tensors(self.out / "model.safetensors", self.model.state_dict(), {"epoch": f"{self.epoch + 1} (partial)"})
+                self.best = wer
+        self._save_resume_point()
+        self._write_train_json()
+
+    def _write_train_json(self) -> None:
+        if self.rank == 0:
+            write_json(self.out / "train.json", {"train_config": dataclasses.asdict(self.tc), "history": self.history,
+                                                 "best_dev_wer": self.best if math.isfinite(self.best) else None})
+
+
+def _distributed_setup() -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into tensors (for safetensors) and JSON scalars."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        entry = {}
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                entry[key] = value
+        scalars["state"][str(pid)] = entry
+    return tensors, scalars
+
+
+def _optimizer_from_tensors(optimizer, tensors: dict[str, torch.Tensor], scalars: dict) -> dict:
+    state = {}
+    for pid, entry in scalars["state"].items():
+        st = dict(entry)
+        for name, value in tensors.items():
+            owner, _, key = name.partition(".")
+            if owner == pid:
+                st[key] = value
+        state[int(pid)] = st
+    return {"state": state, "param_groups": scalars["param_groups"]}
+
+
+def _plot_curves(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, left = plt.subplots(figsize=(6, 3.5))
+    left.plot(epochs, [h["loss"] for h in history], "o-", color="tab:blue", label="train loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("train loss", color="tab:blue")
+    right = left.twinx()
+    right.plot(epochs, [h["dev_wer"] for h in history], "s-", color="tab:red", label="dev WER")
+    right.set_ylabel("dev WER (%)", color="tab:red")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,238 @@
+"""The seq2seq model with attention of the course notes, in PyTorch.
+
+encode() runs the encoder RNN over the source and bridges its final state to
+the decoder's first state; step() is one decoder step with attention. Training
+loops over step(); export traces encode() and step() into the two graphs, so
+the device runs the trained computation, not a re-implementation.
+
+The decoder state travels as one packed tensor [batch, config.state_size]:
+h of every layer, then c of every layer (LSTM), then the attentional vector
+(input feeding), so the runtime can reorder and drop rows without knowing the cell.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seq2edge.runtime.config import ModelConfig
+
+RNNS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each sequence of x [B, S, D] within its length; padding stays at the end."""
+    t = torch.arange(x.size(1), device=x.device).unsqueeze(0)
+    last = lengths.unsqueeze(1) - 1
+    index = torch.where(t <= last, last - t, t)
+    return x.gather(1, index.unsqueeze(2).expand(-1, -1, x.size(2)))
+
+
+class Encoder(nn.Module):
+    """Embedding -> stacked RNN layers; a bidirectional layer runs a second RNN on each
+    sequence reversed within its length, so padding never reaches a real position."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.bidirectional = config.bidirectional
+        size = config.hidden // 2 if config.bidirectional else config.hidden
+        rnn = RNNS[config.cell]
+        inputs = [config.embed] + [config.hidden] * (config.layers - 1)
+        self.embedding = nn.Embedding(config.src_vocab_size, config.embed, padding_idx=config.pad_id)
+        self.forward_rnns = nn.ModuleList(rnn(n, size, batch_first=True) for n in inputs)
+        if config.bidirectional:
+            self.backward_rnns = nn.ModuleList(rnn(n, size, batch_first=True) for n in inputs)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """-> memory [B, S, hidden] and a summary [B, hidden]: the last forward state
+        (at each sequence's own end) and the last backward state (at its start)."""
+        x = self.embedding(src_ids)
+        for layer, forward_rnn in enumerate(self.forward_rnns):
+            if layer:
+                x = self.dropout(x)
+            out, _ = forward_rnn(x)
+            if self.bidirectional:
+                back, _ = self.backward_rnns[layer](reverse_padded(x, src_lengths))
+                out = torch.cat([out, reverse_padded(back, src_lengths)], dim=2)
+            x = out
+        last = (src_lengths - 1).view(-1, 1, 1).expand(-1, 1, x.size(2))
+        end = x.gather(1, last).squeeze(1)
+        if not self.bidirectional:
+            return x, end
+        half = x.size(2) // 2
+        return x, torch.cat([end[:, :half], x[:, 0, half:]], dim=1)
+
+
+class Attention(nn.Module):
+    """score(h_t, h_s): dot h_t.h_s; general h_t.W h_s; additive v.tanh(W_q h_t + W_k h_s)."""
+
+    def __init__(self, kind: str, hidden: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "general":
+            self.query = nn.Linear(hidden, hidden, bias=False)
+        elif kind == "additive":
+            self.query = nn.Linear(hidden, hidden, bias=False)
+            self.key = nn.Linear(hidden, hidden)
+            self.v = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, hidden: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """-> context [B, H] (the weighted sum of memory) and the weights [B, S]."""
+        if self.kind == "dot":
+            scores = (memory @ hidden.unsqueeze(2)).squeeze(2)
+        elif self.kind == "general":
+            scores = (memory @ self.query(hidden).unsqueeze(2)).squeeze(2)
+        else:
+            scores = self.v(torch.tanh(self.query(hidden).unsqueeze(1) + self.key(memory))).squeeze(2)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+        context = (weights.unsqueeze(1) @ memory).squeeze(1)
+        return context, weights
+
+
+class Cell(nn.Module):
+    """One decoder layer's step, the equations written out so every exporter sees plain matmuls."""
+
+    def __init__(self, cell: str, inputs: int, hidden: int):
+        super().__init__()
+        self.cell = cell
+        gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+        if cell == "gru":  # the reset gate multiplies the recurrent part only, so keep it apart
+            self.x2h = nn.Linear(inputs, gates * hidden)
+            self.h2h = nn.Linear(hidden, gates * hidden)
+        else:
+            self.linear = nn.Linear(inputs + hidden, gates * hidden)
+            if cell == "lstm":
+                with torch.no_grad():
+                    self.linear.bias[hidden : 2 * hidden].fill_(1.0)  # forget gate starts open
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        if self.cell == "rnn":
+            return torch.tanh(self.linear(torch.cat([x, h], dim=1))), None
+        if self.cell == "lstm":
+            i, f, g, o = self.linear(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            return torch.sigmoid(o) * torch.tanh(c), c
+        xr, xz, xn = self.x2h(x).chunk(3, dim=1)
+        hr, hz, hn = self.h2h(h).chunk(3, dim=1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h, None
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoder = Encoder(c)
+        per_layer = 2 if c.cell == "lstm" else 1
+        self.bridge = nn.Linear(c.hidden, c.decoder_layers * c.hidden * per_layer)
+        self.embedding = nn.Embedding(c.tgt_vocab_size, c.embed, padding_idx=c.pad_id)
+        first = c.embed + (c.hidden if c.input_feed else 0)
+        self.cells = nn.ModuleList(Cell(c.cell, first if i == 0 else c.hidden, c.hidden) for i in range(c.decoder_layers))
+        self.attention = Attention(c.attention, c.hidden)
+        if c.input_feed:  # Luong: attentional vector tanh(W_c [h; context]), fed to the next step
+            self.combine = nn.Linear(2 * c.hidden, c.hidden)
+            self.out = nn.Linear(c.hidden, c.tgt_vocab_size)
+        else:  # the notes: output layer straight on [h; context]
+            self.out = nn.Linear(2 * c.hidden, c.tgt_vocab_size)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def encode(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """-> memory [B, S, hidden] and the first packed decoder state [B, state_size]."""
+        memory, summary = self.encoder(src_ids, src_lengths)
+        c = self.config
+        bridged = self.bridge(summary)
+        n = c.decoder_layers * c.hidden
+        parts = [torch.tanh(bridged[:, :n])]
+        if c.cell == "lstm":
+            parts.append(bridged[:, n:])
+        if c.input_feed:
+            parts.append(summary.new_zeros(summary.size(0), c.hidden))
+        return memory, torch.cat(parts, dim=1)
+
+    def step(self, prev_ids: Tensor, state: Tensor, memory: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One decoder step -> log_probs [B, V], new state [B, state_size], attention [B, S]."""
+        c = self.config
+        hs, cs, feed = self._unpack(state)
+        x = self.embedding(prev_ids)
+        if c.input_feed:
+            x = torch.cat([x, feed], dim=1)
+        new_h, new_c = [], []
+        for layer, cell in enumerate(self.cells):
+            if layer:
+                x = self.dropout(x)
+            h, cell_state = cell(x, hs[layer], cs[layer] if cs else None)
+            new_h.append(h)
+            if cell_state is not None:
+                new_c.append(cell_state)
+            x = h
+        context, weights = self.attention(x, memory, src_mask)
+        combined = torch.cat([x, context], dim=1)
+        parts = new_h + new_c
+        if c.input_feed:
+            combined = torch.tanh(self.combine(combined))
+            parts.append(combined)
+        log_probs = F.log_softmax(self.out(self.dropout(combined)), dim=1)
+        return log_probs, torch.cat(parts, dim=1), weights
+
+    def _unpack(self, state: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
+        c = self.config
+        n, h = c.decoder_layers, c.hidden
+        chunks = [state[:, i * h : (i + 1) * h] for i in range(state.size(1) // h)]
+        hs = chunks[:n]
+        cs = chunks[n : 2 * n] if c.cell == "lstm" else []
+        feed = chunks[-1] if c.input_feed else None
+        return hs, cs, feed
+
+    def forward(self, src_ids: Tensor, src_lengths: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced log-probs [B, T, V] for the target inputs tgt_in [B, T]."""
+        memory, state = self.encode(src_ids, src_lengths)
+        mask = source_mask(src_lengths, src_ids.size(1))
+        out = []
+        for t in range(tgt_in.size(1)):
+            log_probs, state, _ = self.step(tgt_in[:, t], state, memory, mask)
+            out.append(log_probs)
+        return torch.stack(out, dim=1)
+
+
+def source_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """[B, S] True at real positions."""
+    return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+@torch.no_grad()
+def greedy_decode(model: Seq2Seq, src_ids: Tensor, src_lengths: Tensor, max_len: int) -> tuple[list[list[int]], list[float]]:
+    """Batched greedy decoding in PyTorch -> ids per row (without </s>) and their scores.
+
+    Same rule as the runtime: pad and <s> are never chosen, </s> is forced after max_len tokens.
+    """
+    c = model.config
+    memory, state = model.encode(src_ids, src_lengths)
+    mask = source_mask(src_lengths, src_ids.size(1))
+    n = src_ids.size(0)
+    prev = torch.full((n,), c.bos_id, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
+    scores = torch.zeros(n, dtype=torch.float64)
+    tokens: list[Tensor] = []
+    for t in range(max_len + 1):
+        log_probs, state, _ = model.step(prev, state, memory, mask)
+        log_probs[:, c.pad_id] = float("-inf")
+        log_probs[:, c.bos_id] = float("-inf")
+        if t == max_len:
+            keep = log_probs[:, c.eos_id].clone()
+            log_probs.fill_(float("-inf"))
+            log_probs[:, c.eos_id] = keep
+        best, ids = log_probs.max(dim=1)
+        scores += torch.where(done, torch.zeros_like(best), best).double()
+        ids = torch.where(done, torch.full_like(ids, c.eos_id), ids)
+        tokens.append(ids)
+        done |= ids == c.eos_id
+        prev = ids
+        if bool(done.all()):
+            break
+    table = torch.stack(tokens, dim=1).tolist()
+    out = [row[: row.index(c.eos_id)] if c.eos_id in row else row for row in table]
+    return out, scores.tolist()
