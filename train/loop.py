@@ -162,7 +162,8 @@ class Trainer:
         self.model = Seq2Seq(self.prepared.model_config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr)
         self.history: list[dict] = []
-        self.best = math.inf
+        self.best = math.inf  # best dev WER at an epoch's end: what the schedule and early stopping see
+        self.saved = math.inf  # dev WER of the weights in model.safetensors (may come from a partial epoch)
         self.bad_epochs = 0
         self.epoch, self.step_in_epoch = 0, 0
         if resume:
@@ -202,6 +203,7 @@ class Trainer:
         self.optimizer.load_state_dict(_optimizer_from_tensors(self.optimizer, tensors, state["optimizer"]))
         torch.set_rng_state(tensors["__rng_state"])
         self.history, self.best, self.bad_epochs = state["history"], state["best"], state["bad_epochs"]
+        self.saved = state["saved"]
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.log(f"resuming at epoch {self.epoch + 1}, batch {self.step_in_epoch}")
 
@@ -217,7 +219,8 @@ class Trainer:
         save_tensors(last / "optimizer.safetensors", tensors, {"position": position})
         write_json(last / "state.json", {
             "position": position, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "history": self.history, "best": self.best, "bad_epochs": self.bad_epochs, "optimizer": scalars,
+            "history": self.history, "best": self.best, "saved": self.saved, "bad_epochs": self.bad_epochs,
+            "optimizer": scalars,
         })
 
     # -- training -----------------------------------------------------------------
@@ -239,10 +242,10 @@ class Trainer:
                 stopped = "early stopping"
                 break
         if self.rank == 0:
-            self.log(f"stopped ({stopped}); best dev WER {self.best:.2f}% -> {self.out / 'model.safetensors'}")
+            self.log(f"stopped ({stopped}); best dev WER {self.saved:.2f}% -> {self.out / 'model.safetensors'}")
         if self.world > 1:
             dist.destroy_process_group()
-        return {"best_dev_wer": self.best, "epochs": len(self.history), "stopped": stopped}
+        return {"best_dev_wer": self.saved, "epochs": len(self.history), "stopped": stopped}
 
     def _train_epoch(self, order: list[list[int]], deadline: float) -> tuple[bool, float]:
         from tqdm import tqdm
@@ -283,9 +286,11 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             self.history.append({"epoch": self.epoch + 1, "loss": loss, "dev_wer": wer, "lr": lr, "minutes": elapsed / 60})
             improved = wer < self.best
+            if wer < self.saved:
+                self.saved = wer
+                save_tensors(self.out / "model.safetensors", self.model.state_dict(), {"epoch": str(self.epoch + 1)})
             if improved:
                 self.best, self.bad_epochs = wer, 0
-                save_tensors(self.out / "model.safetensors", self.model.state_dict(), {"epoch": str(self.epoch + 1)})
             else:
                 self.bad_epochs += 1
                 if self.bad_epochs % tc.lr_patience == 0:
@@ -312,17 +317,16 @@ class Trainer:
         if self.rank == 0:
             wer = dev_wer(self.model, self.prepared.dev, self.prepared.source, self.prepared.target)
             self.log(f"time budget reached in epoch {self.epoch + 1} at batch {self.step_in_epoch}: dev WER {wer:.2f}%")
-            if wer < self.best:
-                # Saved as best, but not recorded in history: the schedule sees whole epochs only.
+            if wer < self.saved:  # kept as the best weights; the schedule sees whole epochs only
                 save_tensors(self.out / "model.safetensors", self.model.state_dict(), {"epoch": f"{self.epoch + 1} (partial)"})
-                self.best = wer
+                self.saved = wer
         self._save_resume_point()
         self._write_train_json()
 
     def _write_train_json(self) -> None:
         if self.rank == 0:
             write_json(self.out / "train.json", {"train_config": dataclasses.asdict(self.tc), "history": self.history,
-                                                 "best_dev_wer": self.best if math.isfinite(self.best) else None})
+                                                 "best_dev_wer": self.saved if math.isfinite(self.saved) else None})
 
 
 def _distributed_setup() -> tuple[int, int]:

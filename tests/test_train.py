@@ -1,0 +1,103 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SEQ2EDGE, train_tiny
+from seq2edge.runtime import BundleError
+from seq2edge.train.checkpoint import load_checkpoint, tensors_metadata
+from seq2edge.train.loop import Trainer, TrainConfig
+
+ARGS = ["--limit", "400", "--dev-limit", "60", "--embed", "16", "--hidden", "32", "--batch-size", "16",
+        "--max-src-len", "32", "--max-tgt-len", "24", "--seed", "3"]
+
+
+def test_checkpoint_is_safetensors_and_json_with_the_best_dev_weights(tiny_checkpoint):
+    names = {p.name for p in tiny_checkpoint.iterdir()}
+    assert {"config.json", "vocab.json", "model.safetensors", "train.json", "curves.png", "last"} <= names
+    assert not [n for n in names if n.endswith((".pt", ".pth", ".bin", ".pkl"))]
+    history = json.loads((tiny_checkpoint / "train.json").read_text())["history"]
+    best = min(history, key=lambda h: h["dev_wer"])
+    assert tensors_metadata(tiny_checkpoint / "model.safetensors")["epoch"] == str(best["epoch"])
+    assert (tiny_checkpoint / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pickle_checkpoints_are_refused(tmp_path, tiny_checkpoint):
+    planted = tmp_path / "ckpt"
+    planted.mkdir()
+    for name in ("config.json", "vocab.json"):
+        (planted / name).write_bytes((tiny_checkpoint / name).read_bytes())
+    torch.save({"weights": torch.zeros(2)}, planted / "model.pt")  # a pickle, as torch.save writes it
+    with pytest.raises(BundleError, match="pickle checkpoints are refused"):
+        load_checkpoint(planted)
+    (planted / "model.safetensors").write_bytes((planted / "model.pt").read_bytes())
+    with pytest.raises(BundleError, match="not a readable safetensors file"):
+        load_checkpoint(planted)
+
+
+def _final_state(out):
+    history = json.loads((out / "train.json").read_text())["history"]
+    return load_file(str(out / "last" / "model.safetensors")), [round(h["dev_wer"], 6) for h in history]
+
+
+def test_killed_training_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run([*SEQ2EDGE, "train", "--out", str(straight), "--epochs", "3", *ARGS], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*SEQ2EDGE, "train", "--out", str(killed), "--epochs", "3", *ARGS],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "last" / "state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(state.read_text())["epoch"] < 3, "the run finished before it could be killed"
+    subprocess.run([*SEQ2EDGE, "train", "--out", str(killed), "--resume", "--epochs", "3", *ARGS], check=True, capture_output=True)
+    (w1, h1), (w2, h2) = _final_state(straight), _final_state(killed)
+    assert h1 == h2
+    for name in w1:
+        assert torch.equal(w1[name], w2[name]), name
+
+
+def test_time_budget_stops_inside_an_epoch_and_resume_continues_there(tmp_path):
+    config = dict(epochs=2, train_limit=300, dev_limit=40, batch_size=8, seed=5, save_every_minutes=60)
+    arch = dict(embed=16, hidden=32, max_src_len=32, max_tgt_len=24)
+    Trainer(TrainConfig(**config), arch, tmp_path / "a", log=lambda m: None).run()
+    stopped = Trainer(TrainConfig(**config, max_minutes=0.0005), arch, tmp_path / "b", log=lambda m: None).run()
+    assert stopped["stopped"] == "time budget"
+    position = json.loads((tmp_path / "b" / "last" / "state.json").read_text())
+    assert position["epoch"] == 0 and position["step_in_epoch"] > 0
+    Trainer(TrainConfig(**config), arch, tmp_path / "b", resume=True, log=lambda m: None).run()
+    (w1, h1), (w2, h2) = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    assert h1 == h2 and all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_train_refuses_to_overwrite_a_trained_checkpoint(tiny_checkpoint):
+    proc = subprocess.run([*SEQ2EDGE, "train", "--out", str(tiny_checkpoint), *ARGS], capture_output=True, text=True)
+    assert proc.returncode == 2 and "already holds a trained model" in proc.stderr
+
+
+def test_two_process_gloo_training_smoke(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                           "-m", "seq2edge.runtime.cli", "train", "--out", str(tmp_path / "ddp"), "--epochs", "1", *ARGS],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model, _, _ = load_checkpoint(tmp_path / "ddp")
+    assert json.loads((tmp_path / "ddp" / "train.json").read_text())["history"][0]["epoch"] == 1
+    assert model.config.hidden == 32
+
+
+def test_label_smoothing_and_schedule_are_recorded(tmp_path):
+    out = train_tiny(tmp_path / "ls", epochs=2, limit=200, dev_limit=30)
+    history = json.loads((out / "train.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and all("lr" in h for h in history)
