@@ -17,6 +17,7 @@ from .errors import BundleError, InputError
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 UNKNOWN_POLICIES = ("error", "unk", "skip")
+_DROPPED_IDS = (0, 1, 2)  # ids of <pad>, <s>, </s>: every vocabulary starts with SPECIALS
 
 
 class Vocabulary:
@@ -93,8 +94,8 @@ class TextCodec:
         return [self.vocab.index.get(t, unk) for t in tokens]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
-        """Tokens of `ids`, specials dropped."""
-        return [self.vocab.tokens[i] for i in ids if i >= len(SPECIALS)]
+        """Tokens of `ids`; <pad>, <s> and </s> dropped, <unk> kept so that it stays visible."""
+        return [self.vocab.tokens[i] for i in ids if i not in _DROPPED_IDS]
 
 
 def _describe(text: str, limit: int = 40) -> str:
