@@ -42,7 +42,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     if out.exists() and not force:
         raise Seq2EdgeError(f"{out}: already exists; pass --force to replace it")
     model, source, target = load_checkpoint(checkpoint)
-    texts = parity_texts(checkpoint, corpus, parity_words)
+    entries = parity_entries(checkpoint, corpus, parity_words)
+    texts = [e.source for e in entries]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -57,7 +58,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
             "source": _side(checkpoint, tmp, "source", source),
             "target": _side(checkpoint, tmp, "target", target),
             "special_ids": {"pad": model.config.pad_id, "bos": model.config.bos_id, "eos": model.config.eos_id, "unk": model.config.unk_id},
-            "graphs": {"fp32": {kind: _graph_entry(p) for kind, p in paths.items()}},
+            "graphs": {"fp32": {kind: graph_entry(p) for kind, p in paths.items()}},
             "parity": {},
             "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                               "exporter": exporter},
@@ -82,7 +83,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
         if int8 or fp16:
             from .quantize import add_precisions
 
-            add_precisions(tmp, meta, runtime, checkpoint, corpus, int8=int8, fp16=fp16, log=log)
+            add_precisions(tmp, meta, runtime, entries, int8=int8, fp16=fp16, log=log)
         write_json(tmp / BUNDLE_FILE, meta)
         _place(tmp, out)
     except BaseException:
@@ -91,18 +92,18 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     return out
 
 
-def parity_texts(checkpoint: Path, corpus: str | None, count: int) -> list[str]:
-    """`count` source texts for the parity check: dev first, then test and train if the dev part is small."""
+def parity_entries(checkpoint: Path, corpus: str | None, count: int) -> list[D.Entry]:
+    """`count` entries for the parity check: dev first, then test and train if the dev part is small."""
     name = corpus or read_json(checkpoint / "train.json")["train_config"]["corpus"]
     if name != "cmudict" and not Path(name).exists():
         raise Seq2EdgeError(f"the parity check needs the training corpus, {name}, which is not here; pass --corpus PATH")
     entries = D.load_corpus(name).entries
-    texts = []
+    chosen: list[D.Entry] = []
     for part in ("dev", "test", "train"):
-        texts += [e.source for e in D.split(entries, part)][: count - len(texts)]
-        if len(texts) >= count:
+        chosen += D.split(entries, part)[: count - len(chosen)]
+        if len(chosen) >= count:
             break
-    return texts
+    return chosen
 
 
 def sha256_of(path: Path) -> str:
@@ -113,7 +114,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _graph_entry(path: Path) -> dict:
+def graph_entry(path: Path) -> dict:
     return {"file": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size}
 
 

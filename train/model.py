@@ -203,20 +203,21 @@ def source_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy_decode(model: Seq2Seq, src_ids: Tensor, src_lengths: Tensor, max_len: int) -> tuple[list[list[int]], list[float]]:
     """Batched greedy decoding in PyTorch -> ids per row (without </s>) and their scores.
 
-    Same rule as the runtime: pad and <s> are never chosen, </s> is forced after max_len tokens.
+    Same rules as the runtime: pad and <s> are never chosen, </s> is forced after
+    max_len tokens, and finished rows leave the batch.
     """
     c = model.config
     memory, state = model.encode(src_ids, src_lengths)
     mask = source_mask(src_lengths, src_ids.size(1))
     n = src_ids.size(0)
+    active = torch.arange(n)
     prev = torch.full((n,), c.bos_id, dtype=torch.long)
-    done = torch.zeros(n, dtype=torch.bool)
     scores = torch.zeros(n, dtype=torch.float64)
-    tokens: list[Tensor] = []
+    table = torch.full((n, max_len + 1), c.eos_id, dtype=torch.long)
     for t in range(max_len + 1):
         log_probs, state, _ = model.step(prev, state, memory, mask)
         log_probs[:, c.pad_id] = float("-inf")
@@ -226,13 +227,13 @@ def greedy_decode(model: Seq2Seq, src_ids: Tensor, src_lengths: Tensor, max_len:
             log_probs.fill_(float("-inf"))
             log_probs[:, c.eos_id] = keep
         best, ids = log_probs.max(dim=1)
-        scores += torch.where(done, torch.zeros_like(best), best).double()
-        ids = torch.where(done, torch.full_like(ids, c.eos_id), ids)
-        tokens.append(ids)
-        done |= ids == c.eos_id
-        prev = ids
-        if bool(done.all()):
+        scores[active] += best.double()
+        table[active, t] = ids
+        live = ids != c.eos_id
+        if not bool(live.any()):
             break
-    table = torch.stack(tokens, dim=1).tolist()
-    out = [row[: row.index(c.eos_id)] if c.eos_id in row else row for row in table]
-    return out, scores.tolist()
+        if not bool(live.all()):
+            active, ids, state, memory, mask = active[live], ids[live], state[live], memory[live], mask[live]
+        prev = ids
+    rows = table.tolist()
+    return [row[: row.index(c.eos_id)] for row in rows], scores.tolist()
