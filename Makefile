@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 BUNDLE     := models/g2p-en
 CHECKPOINT := models/g2p-en-checkpoint
 # The shipped G2P model (README "The shipped model" gives its figures).
-TRAIN_ARGS ?= --corpus cmudict --cell lstm --attention general --input-feed --bidirectional --layers 2 \
+TRAIN_ARGS ?= --corpus cmudict --cell lstm --attention dot --input-feed --bidirectional --layers 2 \
               --embed 64 --hidden 384 --dropout 0.25 --label-smoothing 0.1 --batch-size 64 --lr 0.002 \
               --epochs 40 --patience 5 --max-minutes 270 --seed 0 --threads 1
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ class Seq2Seq:
 
     def _limits(self, max_len: int | None, min_len: int) -> search.Limits:
         c = self.config
-        return search.Limits(c.bos_id, c.eos_id, c.pad_id, min_len, c.max_tgt_len if max_len is None else max_len)
+        return search.Limits(c.bos_id, c.eos_id, c.pad_id, c.tgt_vocab_size, min_len, c.max_tgt_len if max_len is None else max_len)
 
     def _prepare(self, index: int, text: str) -> _Prepared:
         if not isinstance(text, str):
@@ -187,7 +188,7 @@ class Seq2Seq:
                 cache["rows"] = rows
                 cache["memory"] = memory if identity else memory[rows]
                 cache["mask"] = mask if identity else mask[rows]
-            return engine.step(prev_ids, state, cache["memory"], cache["mask"])
+            return search.HostStep(*engine.step(prev_ids, state, cache["memory"], cache["mask"]))
 
         return step
 
@@ -214,11 +215,14 @@ class Seq2Seq:
         return best
 
 
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
 def _check_text(text: str) -> None:
     """Reject what no tokeniser should see: NUL and other control characters, lone surrogates."""
-    for ch in text:
-        code = ord(ch)
+    found = _FORBIDDEN.search(text)
+    if found:
+        code = ord(found.group())
         if 0xD800 <= code <= 0xDFFF:
             raise InputError(f"lone surrogate U+{code:04X} (the text is not valid Unicode)")
-        if code < 32 and ch not in "\t\n\r" or code == 0x7F:
-            raise InputError(f"control character U+{code:04X} in the input")
+        raise InputError(f"control character U+{code:04X} in the input")

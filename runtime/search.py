@@ -1,32 +1,78 @@
 """Search over decoder steps: greedy, beam and sampling, vectorised over the batch.
 
-The searches know nothing of onnxruntime: they call a `Step` function and
-work on numpy arrays. Every result is complete: when a hypothesis reaches
-`max_len` tokens without </s>, one more step scores a forced </s>, so a score
-is always the sum of log-probabilities of the tokens and </s>.
+The searches know nothing of onnxruntime. They call a `Step` and ask its
+result only for what they need: the k best ids per row (greedy: 1; beam: 2 x
+beam), the whole distribution (sampling), the attention (when asked). So a
+step that keeps its outputs on a GPU sends back a few numbers per row.
 
-Rows of `state`/`memory`/`mask` are hypotheses. Finished inputs leave the
+Every result is complete: a hypothesis that reaches `max_len` tokens gets one
+more step in which only </s> may be chosen, so a score is always the sum of
+the log-probabilities of the tokens and </s>. Finished inputs leave the
 active batch, so late steps run on fewer rows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
-# step(prev_ids [n], state [n, d], rows [n]) -> (log_probs [n, V], new_state [n, d], attention [n, S])
-# `rows` says which encoded input each hypothesis belongs to, so the caller can
-# feed the matching memory and mask rows; a new `rows` object means the rows changed.
-Step = Callable[[np.ndarray, Any, np.ndarray], tuple[np.ndarray, Any, np.ndarray]]
-# take(state, index) -> the state rows at index (numpy here; a device-side gather on GPU).
+
+class StepResult(Protocol):
+    state: Any  # the next decoder state, for the same rows
+
+    def top(self, k: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(log-probs, ids) of the k best ids of every row of log_probs + bias, best first: [n, k] each."""
+
+    def log_probs(self, bias: np.ndarray) -> np.ndarray:
+        """log_probs + bias [n, V] on the host."""
+
+    def attention(self) -> np.ndarray:
+        """Attention weights [n, S] on the host."""
+
+
+# step(prev_ids [n], state, rows [n]) -> StepResult. `rows` says which encoded input each
+# hypothesis belongs to, so the step can feed the matching memory and mask; a new `rows`
+# object means the rows changed.
+Step = Callable[[np.ndarray, Any, np.ndarray], StepResult]
+# take(state, index) -> the state rows at index (numpy indexing here; a gather on the device on GPU).
 Take = Callable[[Any, np.ndarray], Any]
 
 
 def take_rows(state: np.ndarray, index: np.ndarray) -> np.ndarray:
     return state[index]
+
+
+@dataclass
+class HostStep:
+    """A step's outputs as numpy arrays."""
+
+    raw_log_probs: np.ndarray
+    state: Any
+    raw_attention: np.ndarray
+
+    def top(self, k: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return top_k(self.raw_log_probs + bias, k)
+
+    def log_probs(self, bias: np.ndarray) -> np.ndarray:
+        return self.raw_log_probs + bias
+
+    def attention(self) -> np.ndarray:
+        return self.raw_attention
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest entries of each row, largest first; ties go to the lower id (like argmax)."""
+    if k == 1:
+        ids = scores.argmax(axis=1)[:, None]
+    else:
+        k = min(k, scores.shape[1])
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
+        ids = np.take_along_axis(part, order, axis=1)
+    return np.take_along_axis(scores, ids, axis=1), ids
 
 
 @dataclass
@@ -37,27 +83,31 @@ class Hypothesis:
     truncated: bool = False  # </s> was forced at max_len
 
 
-@dataclass(frozen=True)
+@dataclass
 class Limits:
-    """Which ids may be chosen at a step: never pad or <s>; </s> not before min_len; only </s> at max_len."""
+    """Which ids may be chosen at step t: never pad or <s>; </s> not before min_len; only </s> at max_len."""
 
     bos_id: int
     eos_id: int
     pad_id: int
+    vocab: int
     min_len: int = 0
     max_len: int = 64
+    _biases: dict = field(default_factory=dict, repr=False)
 
-    def mask(self, log_probs: np.ndarray, t: int) -> np.ndarray:
-        """Copy of log_probs with forbidden ids at -inf (in place when already a private copy)."""
-        log_probs[:, self.pad_id] = -np.inf
-        log_probs[:, self.bos_id] = -np.inf
-        if t >= self.max_len:
-            eos = log_probs[:, self.eos_id].copy()
-            log_probs[:] = -np.inf
-            log_probs[:, self.eos_id] = eos
-        elif t < self.min_len:
-            log_probs[:, self.eos_id] = -np.inf
-        return log_probs
+    def bias(self, t: int) -> np.ndarray:
+        """Additive mask [V]: 0 where allowed, -inf where not."""
+        case = "end" if t >= self.max_len else "early" if t < self.min_len else "open"
+        if case not in self._biases:
+            bias = np.zeros(self.vocab, dtype=np.float32)
+            bias[[self.pad_id, self.bos_id]] = -np.inf
+            if case == "end":
+                bias[:] = -np.inf
+                bias[self.eos_id] = 0.0
+            elif case == "early":
+                bias[self.eos_id] = -np.inf
+            self._biases[case] = bias
+        return self._biases[case]
 
 
 @dataclass
@@ -91,7 +141,7 @@ def stream(step: Step, state: Any, limits: Limits, sampling: Sampling | None = N
 
 
 def _greedy_steps(step, state, limits, want_attention, sampling, input_ids, take):
-    """Generator of each step's chosen ids (first row only matters for streaming), then the hypotheses."""
+    """Generator of each step's chosen ids, then (last) the list of hypotheses."""
     n = len(input_ids) if input_ids is not None else _rows_of(state)
     rows = np.arange(n)  # which input each active row is
     input_ids = np.arange(n) if input_ids is None else np.asarray(input_ids)
@@ -103,17 +153,21 @@ def _greedy_steps(step, state, limits, want_attention, sampling, input_ids, take
     ends = np.zeros(n, dtype=np.int64)
     t = 0
     while rows.size:
-        log_probs, state, attention = step(prev, state, rows)
-        log_probs = limits.mask(np.array(log_probs, dtype=np.float32, copy=True), t)
+        out = step(prev, state, rows)
+        state = out.state
+        bias = limits.bias(t)
         if sampling is None:
-            ids = log_probs.argmax(axis=1)
+            values, ids = out.top(1, bias)
+            values, ids = values[:, 0], ids[:, 0]
         else:
+            log_probs = out.log_probs(bias)
             ids = _sample(log_probs, sampling, input_ids[rows], t)
-        scores[rows] += log_probs[np.arange(rows.size), ids]
+            values = log_probs[np.arange(rows.size), ids]
+        scores[rows] += values
         chosen.append(ids)
         active_at.append(rows)
         if want_attention:
-            attn_at.append(np.asarray(attention, dtype=np.float32))
+            attn_at.append(np.asarray(out.attention(), dtype=np.float32))
         yield ids
         done = ids == limits.eos_id
         if done.any():
@@ -133,23 +187,20 @@ def _rows_of(state: Any) -> int:
 
 
 def _collect(chosen, active_at, attn_at, ends, scores, limits, want_attention) -> list[Hypothesis]:
-    n = ends.size
-    steps = len(chosen)
+    n, steps = ends.size, len(chosen)
     table = np.full((n, steps), limits.eos_id, dtype=np.int64)
     for t, (rows, ids) in enumerate(zip(active_at, chosen)):
         table[rows, t] = ids
     attn_table = None
     if want_attention:
-        src_len = attn_at[0].shape[1]
-        attn_table = np.zeros((n, steps, src_len), dtype=np.float32)
+        attn_table = np.zeros((n, steps, attn_at[0].shape[1]), dtype=np.float32)
         for t, (rows, att) in enumerate(zip(active_at, attn_at)):
             attn_table[rows, t] = att
     out = []
     for i in range(n):
         end = int(ends[i])
-        ids = table[i, :end].tolist()
         att = attn_table[i, : end + 1] if want_attention else None
-        out.append(Hypothesis(ids, float(scores[i]), att, truncated=end >= limits.max_len))
+        out.append(Hypothesis(table[i, :end].tolist(), float(scores[i]), att, truncated=end >= limits.max_len))
     return out
 
 
@@ -211,20 +262,19 @@ def beam_search(step: Step, state: Any, limits: Limits, beam: int, nbest: int = 
     best_finished = np.full((n, k), -np.inf)  # per input, its k best ranking scores, best first
     t = 0
     while items.size:
-        log_probs, state, attention = step(prev, state, rows)
-        log_probs = limits.mask(np.array(log_probs, dtype=np.float32, copy=True), t)
-        a, vocab = items.size, log_probs.shape[1]
-        cand = (scores[:, :, None] + log_probs.reshape(a, k, vocab)).reshape(a, k * vocab)
-        width = min(2 * k, k * vocab)
-        top = np.argpartition(-cand, width - 1, axis=1)[:, :width]
-        top_scores = np.take_along_axis(cand, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top, top_scores = np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
-        origin = top // vocab + (np.arange(a) * k)[:, None]  # hypothesis row each candidate extends
-        token = top % vocab
+        out = step(prev, state, rows)
+        state = out.state
+        a = items.size
+        values, ids = out.top(2 * k, limits.bias(t))  # per row; the item's best 2k are among these
+        width = values.shape[1]
+        cand = (scores[:, :, None] + values.reshape(a, k, width)).reshape(a, k * width)
+        cand_ids = ids.reshape(a, k * width)
+        top_scores, top = top_k(cand, min(2 * k, k * width))
+        origin = top // width + (np.arange(a) * k)[:, None]  # hypothesis row each candidate extends
+        token = np.take_along_axis(cand_ids, top, axis=1)
         is_eos = token == limits.eos_id
         if want_attention:
-            step_attn = np.asarray(attention, dtype=np.float32)[:, None, :]
+            step_attn = np.asarray(out.attention(), dtype=np.float32)[:, None, :]
             attn_hist = step_attn if attn_hist is None else np.concatenate([attn_hist, step_attn], axis=1)
         # Candidates ending in </s> within the first k places finish.
         for i, j in zip(*np.nonzero(is_eos[:, :k] & np.isfinite(top_scores[:, :k]))):

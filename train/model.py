@@ -97,6 +97,7 @@ class Cell(nn.Module):
     def __init__(self, cell: str, inputs: int, hidden: int):
         super().__init__()
         self.cell = cell
+        self.hidden = hidden
         gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
         if cell == "gru":  # the reset gate multiplies the recurrent part only, so keep it apart
             self.x2h = nn.Linear(inputs, gates * hidden)
@@ -111,11 +112,12 @@ class Cell(nn.Module):
         if self.cell == "rnn":
             return torch.tanh(self.linear(torch.cat([x, h], dim=1))), None
         if self.cell == "lstm":
-            i, f, g, o = self.linear(torch.cat([x, h], dim=1)).chunk(4, dim=1)
+            # split by a constant width (not chunk) so the exported graph has no shape arithmetic
+            i, f, g, o = self.linear(torch.cat([x, h], dim=1)).split(self.hidden, dim=1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             return torch.sigmoid(o) * torch.tanh(c), c
-        xr, xz, xn = self.x2h(x).chunk(3, dim=1)
-        hr, hz, hn = self.h2h(h).chunk(3, dim=1)
+        xr, xz, xn = self.x2h(x).split(self.hidden, dim=1)
+        hr, hz, hn = self.h2h(h).split(self.hidden, dim=1)
         r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)
         return (1 - z) * n + z * h, None
@@ -181,9 +183,9 @@ class Seq2Seq(nn.Module):
     def _unpack(self, state: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
         c = self.config
         n, h = c.decoder_layers, c.hidden
-        chunks = [state[:, i * h : (i + 1) * h] for i in range(state.size(1) // h)]
-        hs = chunks[:n]
-        cs = chunks[n : 2 * n] if c.cell == "lstm" else []
+        chunks = state.split(h, dim=1)
+        hs = list(chunks[:n])
+        cs = list(chunks[n : 2 * n]) if c.cell == "lstm" else []
         feed = chunks[-1] if c.input_feed else None
         return hs, cs, feed
 
