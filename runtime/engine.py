@@ -32,6 +32,7 @@ class Engine:
         self.precision = precision
         requested, explicit = P.resolve(providers)
         options = P.session_options(threads, optimization)
+        self.requested, self.options = requested, options
         self.sessions: dict[str, ort.InferenceSession] = {}
         for kind in ("encoder", "decoder"):
             path, data = bundle.graph_bytes(kind, precision)

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import search
 from .bundle import Bundle, load_bundle
+from .device import DeviceRunner, device_of
 from .engine import Engine
 from .errors import InputError, Seq2EdgeError
 from .providers import ProviderSpec
@@ -53,7 +54,8 @@ class _Prepared:
 class Seq2Seq:
     """A loaded bundle: tokenisers plus onnxruntime sessions for the encoder and decoder."""
 
-    def __init__(self, bundle: Bundle, engine: Engine, unknown: str = "error", too_long: str = "error"):
+    def __init__(self, bundle: Bundle, engine: Engine, unknown: str = "error", too_long: str = "error",
+                 io_binding: bool | None = None):
         if unknown not in UNKNOWN_POLICIES:
             raise Seq2EdgeError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, not {unknown!r}")
         if too_long not in TOO_LONG_POLICIES:
@@ -63,20 +65,25 @@ class Seq2Seq:
         self._engine = engine
         self.unknown = unknown
         self.too_long = too_long
+        if io_binding is None:  # keep decoding state on the device whenever the decoder runs on one
+            io_binding = device_of(engine.providers) != "cpu"
+        self._device = DeviceRunner(engine) if io_binding else None
 
     @classmethod
     def load(cls, path: str | Path, providers: ProviderSpec = "auto", precision: str = "fp32",
              threads: int | None = None, optimization: str = "all", unknown: str = "error",
-             too_long: str = "error") -> "Seq2Seq":
+             too_long: str = "error", io_binding: bool | None = None) -> "Seq2Seq":
         """Load and verify a bundle directory.
 
         providers: "auto", "cpu", "cuda", another provider name, or an onnxruntime providers list.
         precision: "fp32", or "int8"/"fp16" when the bundle has those graphs.
         unknown: what to do with source tokens outside the vocabulary: "error", "unk" or "skip".
         too_long: inputs over the model's max_src_len: "error" or "truncate" (with a warning).
+        io_binding: keep memory, mask and state on the device between steps (onnxruntime IOBinding);
+            default: on when the decoder runs on an accelerator (CUDA), off on the CPU.
         """
         bundle = load_bundle(path)
-        return cls(bundle, Engine(bundle, precision, providers, threads, optimization), unknown, too_long)
+        return cls(bundle, Engine(bundle, precision, providers, threads, optimization), unknown, too_long, io_binding)
 
     @property
     def providers(self) -> list[str]:
@@ -126,7 +133,7 @@ class Seq2Seq:
         memory, state, mask = self._encode([prepared])
         step = self._stepper(memory, mask)
         sampling = search.Sampling(temperature, top_k, top_p, seed) if sample else None
-        for token_id in search.stream(step, state, self._limits(max_len, min_len), sampling):
+        for token_id in search.stream(step, state, self._limits(max_len, min_len), sampling, take=self._take):
             yield self.bundle.target.vocab.tokens[token_id]
 
     # -- internals -------------------------------------------------------------------
@@ -172,34 +179,48 @@ class Seq2Seq:
         src = np.full((len(chunk), int(lengths.max())), self.config.pad_id, dtype=np.int64)
         for row, p in enumerate(chunk):
             src[row, : len(p.ids)] = p.ids
-        memory, state = self._engine.encode(src, lengths)
         mask = np.arange(src.shape[1])[None, :] < lengths[:, None]
+        if self._device is not None:
+            memory, state = self._device.encode(src, lengths)
+            return memory, state, self._device.to_device(mask)
+        memory, state = self._engine.encode(src, lengths)
         return memory, state, mask
 
-    def _stepper(self, memory: np.ndarray, mask: np.ndarray) -> search.Step:
+    def _stepper(self, memory, mask) -> search.Step:
         """The search's step: feeds each hypothesis row its input's memory and mask,
-        re-gathering them only when the set of rows changes."""
-        engine = self._engine
+        re-gathering them (on the device, under IOBinding) only when the set of rows changes."""
+        engine, device = self._engine, self._device
         cache: dict[str, object] = {"rows": None}
+        inputs = (memory.shape()[0] if device is not None else memory.shape[0])
 
         def step(prev_ids, state, rows):
             if rows is not cache["rows"]:
-                identity = rows.size == memory.shape[0] and bool((rows == np.arange(rows.size)).all())
                 cache["rows"] = rows
-                cache["memory"] = memory if identity else memory[rows]
-                cache["mask"] = mask if identity else mask[rows]
+                if rows.size == inputs and bool((rows == np.arange(rows.size)).all()):
+                    cache["memory"], cache["mask"] = memory, mask
+                elif device is not None:
+                    cache["memory"] = device.gather("GATHER_MEMORY", memory, rows)
+                    cache["mask"] = device.gather("GATHER_MASK", mask, rows)
+                else:
+                    cache["memory"], cache["mask"] = memory[rows], mask[rows]
+            if device is not None:
+                return device.step(prev_ids, state, cache["memory"], cache["mask"])
             return search.HostStep(*engine.step(prev_ids, state, cache["memory"], cache["mask"]))
 
         return step
+
+    @property
+    def _take(self) -> search.Take:
+        return self._device.take_state if self._device is not None else search.take_rows
 
     def _decode_batch(self, chunk, limits, beam_size, nbest, length_penalty, return_attention, sampling):
         memory, state, mask = self._encode(chunk)
         step = self._stepper(memory, mask)
         if beam_size == 1:
             input_ids = np.array([p.index for p in chunk])
-            hyps = search.greedy(step, state, limits, return_attention, sampling, input_ids)
+            hyps = search.greedy(step, state, limits, return_attention, sampling, input_ids, take=self._take)
             return [[h] for h in hyps]
-        return search.beam_search(step, state, limits, beam_size, nbest, length_penalty, return_attention)
+        return search.beam_search(step, state, limits, beam_size, nbest, length_penalty, return_attention, take=self._take)
 
     def _result(self, text: str, prepared: _Prepared, hyps: list[search.Hypothesis]) -> Result:
         target = self.bundle.target
