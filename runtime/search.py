@@ -65,13 +65,13 @@ class HostStep:
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest entries of each row, largest first; ties go to the lower id (like argmax)."""
-    if k == 1:
-        ids = scores.argmax(axis=1)[:, None]
-    else:
-        k = min(k, scores.shape[1])
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
-        ids = np.take_along_axis(part, order, axis=1)
+    if k == 1:  # the greedy hot path: plain indexing is several times cheaper than take_along_axis
+        ids = scores.argmax(axis=1)
+        return scores[np.arange(ids.size), ids][:, None], ids[:, None]
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.lexsort((part, -np.take_along_axis(scores, part, axis=1)), axis=1)
+    ids = np.take_along_axis(part, order, axis=1)
     return np.take_along_axis(scores, ids, axis=1), ids
 
 

@@ -25,6 +25,7 @@ def test_padding_does_not_change_a_bidirectional_encoding():
     assert torch.allclose(state1, state2, atol=1e-6)
 
 
+@torch.no_grad()
 def test_attention_ignores_padded_source_positions():
     model = _model(attention="additive")
     memory, state = model.encode(torch.tensor([[5, 6, 0, 0]]), torch.tensor([2]))

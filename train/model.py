@@ -21,11 +21,17 @@ from seq2edge.runtime.config import ModelConfig
 RNNS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
-def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
-    """Reverse each sequence of x [B, S, D] within its length; padding stays at the end."""
-    t = torch.arange(x.size(1), device=x.device).unsqueeze(0)
+def reversal_index(lengths: Tensor, max_len: int) -> Tensor:
+    """[B, S] positions that reverse each sequence within its length; padding stays at the end."""
+    t = torch.arange(max_len, device=lengths.device).unsqueeze(0)
     last = lengths.unsqueeze(1) - 1
-    index = torch.where(t <= last, last - t, t)
+    return torch.where(t <= last, last - t, t)
+
+
+def reverse_padded(x: Tensor, lengths: Tensor, index: Tensor | None = None) -> Tensor:
+    """Reverse each sequence of x [B, S, D] within its length (applying it twice is the identity)."""
+    if index is None:
+        index = reversal_index(lengths, x.size(1))
     return x.gather(1, index.unsqueeze(2).expand(-1, -1, x.size(2)))
 
 
@@ -49,16 +55,17 @@ class Encoder(nn.Module):
         """-> memory [B, S, hidden] and a summary [B, hidden]: the last forward state
         (at each sequence's own end) and the last backward state (at its start)."""
         x = self.embedding(src_ids)
+        index = reversal_index(src_lengths, src_ids.size(1)) if self.bidirectional else None  # once for all layers
         for layer, forward_rnn in enumerate(self.forward_rnns):
             if layer:
                 x = self.dropout(x)
             out, _ = forward_rnn(x)
             if self.bidirectional:
-                back, _ = self.backward_rnns[layer](reverse_padded(x, src_lengths))
-                out = torch.cat([out, reverse_padded(back, src_lengths)], dim=2)
+                back, _ = self.backward_rnns[layer](reverse_padded(x, src_lengths, index))
+                out = torch.cat([out, reverse_padded(back, src_lengths, index)], dim=2)
             x = out
         last = (src_lengths - 1).view(-1, 1, 1).expand(-1, 1, x.size(2))
-        end = x.gather(1, last).squeeze(1)
+        end = x.gather(1, last)[:, 0]  # indexing, not squeeze: no shape test in the exported graph
         if not self.bidirectional:
             return x, end
         half = x.size(2) // 2
