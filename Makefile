@@ -14,7 +14,7 @@ TRAIN_ARGS ?= --corpus cmudict --cell lstm --attention dot --input-feed --bidire
               --embed 64 --hidden 384 --dropout 0.25 --label-smoothing 0.1 --batch-size 64 --lr 0.002 \
               --epochs 40 --patience 5 --max-minutes 270 --seed 0 --threads 1
 
-.PHONY: install install-gpu demo train export eval test lint bench bench-quick clean
+.PHONY: install install-gpu demo train export eval test soak lint bench bench-quick clean
 
 $(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ eval: $(FULL)
 
 test: $(FULL)
 	$(BIN)/python -m pytest -q -x --durations=15
+
+# 20,000 decodes from 8 threads against serial results, with memory growth measured (README "Reliability")
+soak: $(FULL)
+	$(BIN)/python -m pytest -q -s -m slow tests/test_load.py
 
 lint: $(FULL)
 	$(BIN)/ruff check runtime train export bench tests examples

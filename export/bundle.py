@@ -45,7 +45,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     entries = parity_entries(checkpoint, corpus, parity_words)
     texts = [e.source for e in entries]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    _remove_stale_partials(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
     try:
         bundle_id = uuid.uuid4().hex
         config = model.config.to_dict()
@@ -135,6 +136,18 @@ def _train_summary(checkpoint: Path) -> dict:
     history = train.get("history") or []
     return {"corpus": train["train_config"].get("corpus"), "epochs": len(history),
             "best_dev_wer": train.get("best_dev_wer"), "minutes": history[-1]["minutes"] if history else None}
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Remove half-written bundles left by exports of `out` that were killed (their process is gone)."""
+    for partial in out.parent.glob(f".{out.name}.*.partial"):
+        try:
+            pid = int(partial.name[len(out.name) + 2 :].split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(partial, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
 
 
 def _place(tmp: Path, out: Path) -> None:
