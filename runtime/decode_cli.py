@@ -18,7 +18,8 @@ CHUNK = 4096  # lines decoded per call: bounds memory on long inputs, keeps outp
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("texts", nargs=-1)
-@click.option("--input", "input_file", type=click.Path(path_type=Path), help="Read inputs from FILE, one per line (else TEXT arguments, else stdin).")
+@click.option("--input", "input_file", type=click.Path(path_type=Path),
+              help="Read inputs from FILE, one per line (else TEXT arguments, else stdin).")
 @click.option("--output", "output_file", type=click.Path(path_type=Path), help="Write results to FILE (atomically) instead of stdout.")
 @click.option("--format", "fmt", type=click.Choice(["text", "tsv", "jsonl"]), default="text", show_default=True,
               help="text: 'input -> output'; tsv: input<TAB>output; jsonl: one JSON object per input.")

@@ -69,7 +69,7 @@ class DeviceRunner:
                                  {"memory": here, "state": here})
         return memory, state
 
-    def step(self, prev_ids: np.ndarray, state: ort.OrtValue, memory: ort.OrtValue, mask: ort.OrtValue) -> "DeviceStep":
+    def step(self, prev_ids: np.ndarray, state: ort.OrtValue, memory: ort.OrtValue, mask: ort.OrtValue) -> DeviceStep:
         here = self.device
         log_probs, new_state, attention = self.run(
             self.engine.sessions["decoder"], {"prev_ids": prev_ids, "state": state, "memory": memory, "src_mask": mask},

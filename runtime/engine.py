@@ -101,4 +101,5 @@ def _check_ports(name: str, role: str, ports: tuple[Port, ...], args, sizes: dic
                 if isinstance(dim, int) and dim != sizes[axis]:
                     raise BundleError(f"{name}: {role} {port.name} has {axis} {dim}, bundle.json's model says {sizes[axis]}")
             elif isinstance(dim, int):
-                raise BundleError(f"{name}: {role} {port.name} has its {axis} axis fixed to {dim}; it must be dynamic, re-export the bundle")
+                raise BundleError(f"{name}: {role} {port.name} has its {axis} axis fixed to {dim}; "
+                                  "it must be dynamic, re-export the bundle")

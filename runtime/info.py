@@ -117,13 +117,14 @@ def _print_text(r: dict) -> None:
     for precision, graphs in r["graphs"].items():
         parity = (r["parity"] or {}).get(precision)
         click.echo(f"{precision}")
-        for kind, g in graphs.items():
+        for g in graphs.values():
             size = f"{g['bytes'] / 1e6:.2f} MB" if g.get("bytes") else ""
             click.echo(f"  {g['file']}  {size}  sha256 {g['sha256']}")
             click.echo(f"    in:  {'; '.join(g['inputs'])}")
             click.echo(f"    out: {'; '.join(g['outputs'])}")
         if parity:
-            click.echo("  parity: " + ", ".join(f"{k} {v}" for k, v in parity.items() if k != "disagreements" and not isinstance(v, (list, dict))))
+            figures = {k: v for k, v in parity.items() if not isinstance(v, (list, dict))}
+            click.echo("  parity: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
     o = r["onnxruntime"]
     click.echo(f"onnxruntime {o['version']} ({', '.join(f'{k} {v}' for k, v in o['packages'].items())}); "
                f"providers offered here: {', '.join(o['available_providers'])}")

@@ -33,7 +33,7 @@ class Result:
     text: str = ""
     tokens: list[str] = field(default_factory=list)
     score: float = float("nan")
-    nbest: list["Result"] = field(default_factory=list)  # best first, when nbest > 1
+    nbest: list[Result] = field(default_factory=list)  # best first, when nbest > 1
     attention: np.ndarray | None = None  # [len(tokens) + 1, len(source_tokens)] when asked
     source_tokens: list[str] = field(default_factory=list)
     truncated: bool = False  # reached max_len; </s> was forced
@@ -72,7 +72,7 @@ class Seq2Seq:
     @classmethod
     def load(cls, path: str | Path, providers: ProviderSpec = "auto", precision: str = "fp32",
              threads: int | None = None, optimization: str = "all", unknown: str = "error",
-             too_long: str = "error", io_binding: bool | None = None) -> "Seq2Seq":
+             too_long: str = "error", io_binding: bool | None = None) -> Seq2Seq:
         """Load and verify a bundle directory.
 
         providers: "auto", "cpu", "cuda", another provider name, or an onnxruntime providers list.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import onnxruntime as ort
 
@@ -35,7 +35,7 @@ OPTIMIZATION_LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
-ProviderSpec = Union[str, Sequence[Union[str, tuple[str, dict[str, Any]]]], None]
+ProviderSpec = str | Sequence[str | tuple[str, dict[str, Any]]] | None
 
 
 def available() -> list[str]:

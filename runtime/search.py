@@ -125,9 +125,8 @@ def greedy(step: Step, state: Any, limits: Limits, want_attention: bool = False,
     """Greedy (or sampled, when `sampling` is given) decoding of every row of `state`.
 
     `input_ids` number the rows for sampling's random draws (default 0..n-1)."""
-    for event in _greedy_steps(step, state, limits, want_attention, sampling, input_ids, take):
-        pass
-    return event
+    *_, hypotheses = _greedy_steps(step, state, limits, want_attention, sampling, input_ids, take)
+    return hypotheses
 
 
 def stream(step: Step, state: Any, limits: Limits, sampling: Sampling | None = None,

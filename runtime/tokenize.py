@@ -32,7 +32,7 @@ class Vocabulary:
         self.index = {t: i for i, t in enumerate(self.tokens)}
 
     @classmethod
-    def build(cls, counts: dict[str, int], min_freq: int = 1, max_size: int | None = None) -> "Vocabulary":
+    def build(cls, counts: dict[str, int], min_freq: int = 1, max_size: int | None = None) -> Vocabulary:
         """Most frequent tokens first (ties alphabetical), specials prepended."""
         kept = sorted((t for t, n in counts.items() if n >= min_freq and t not in SPECIALS), key=lambda t: (-counts[t], t))
         if max_size is not None:

@@ -16,7 +16,7 @@ SEQ2EDGE = [sys.executable, "-m", "seq2edge.runtime.cli"]
 def train_tiny(out: Path, corpus: str = "cmudict", epochs: int = 3, limit: int = 600, dev_limit: int = 100,
                batch_size: int = 32, **arch) -> Path:
     """A small model trained for a few hundred steps at most (embed 16, hidden 32 unless given)."""
-    from seq2edge.train.loop import Trainer, TrainConfig
+    from seq2edge.train.loop import TrainConfig, Trainer
 
     arch = {"embed": 16, "hidden": 32, "max_src_len": 32, "max_tgt_len": 24, **arch}
     tc = TrainConfig(corpus=corpus, epochs=epochs, train_limit=limit, dev_limit=dev_limit, batch_size=batch_size,

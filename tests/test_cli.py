@@ -2,8 +2,8 @@ import json
 import subprocess
 
 from click.testing import CliRunner
-
 from conftest import SEQ2EDGE
+
 from seq2edge.runtime.cli import cli
 
 

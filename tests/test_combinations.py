@@ -4,7 +4,6 @@ import itertools
 import json
 
 import pytest
-
 from conftest import export_tiny, train_tiny
 
 COMBINATIONS = list(itertools.product(("rnn", "lstm", "gru"), ("dot", "general", "additive"), (1, 2), (False, True)))

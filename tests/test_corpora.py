@@ -4,8 +4,8 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import SEQ2EDGE
+
 from seq2edge.runtime import Seq2Seq
 from seq2edge.train import data as D
 

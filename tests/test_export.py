@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import onnx
 import pytest
-
 from conftest import export_tiny
+
 from seq2edge.export import bundle as export_bundle_module
 from seq2edge.export.bundle import ExportError, sha256_of
 from seq2edge.runtime import Seq2EdgeError, Seq2Seq

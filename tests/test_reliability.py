@@ -15,10 +15,10 @@ import time
 import numpy as np
 import onnx
 import pytest
+from conftest import SEQ2EDGE, export_tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SEQ2EDGE, export_tiny
 from seq2edge.export.bundle import sha256_of
 from seq2edge.runtime import BundleError, InputError, Result, Seq2Seq
 from seq2edge.runtime.tokenize import SPECIALS, TextCodec, Vocabulary

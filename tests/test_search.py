@@ -5,8 +5,8 @@ import threading
 
 import numpy as np
 import pytest
-
 from conftest import export_tiny, train_tiny
+
 from seq2edge.runtime import Seq2Seq
 
 

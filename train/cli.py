@@ -14,7 +14,8 @@ from seq2edge.runtime.config import ATTENTIONS, CELLS, TOKENIZERS
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint directory to write.")
 @click.option("--cell", type=click.Choice(CELLS), default="lstm", show_default=True)
 @click.option("--attention", type=click.Choice(ATTENTIONS), default="dot", show_default=True)
-@click.option("--input-feed/--no-input-feed", default=False, show_default=True, help="Feed the attentional vector to the next step (Luong).")
+@click.option("--input-feed/--no-input-feed", default=False, show_default=True,
+              help="Feed the attentional vector to the next step (Luong).")
 @click.option("--layers", type=click.IntRange(min=1), default=1, show_default=True, help="Encoder layers.")
 @click.option("--decoder-layers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--bidirectional/--unidirectional", default=False, show_default=True, help="Bidirectional encoder.")
@@ -24,7 +25,8 @@ from seq2edge.runtime.config import ATTENTIONS, CELLS, TOKENIZERS
 @click.option("--src-tokens", type=click.Choice(TOKENIZERS), default=None, help="Source tokeniser (default: char; CMUdict: char).")
 @click.option("--tgt-tokens", type=click.Choice(TOKENIZERS), default=None, help="Target tokeniser (default: char; CMUdict: word).")
 @click.option("--lowercase-source/--keep-case", default=None, help="Lowercase source text (default: on for CMUdict).")
-@click.option("--src-vocab-size", type=click.IntRange(min=5), default=None, help="Source vocabulary cap (word) or size (spm, default 1000).")
+@click.option("--src-vocab-size", type=click.IntRange(min=5), default=None,
+              help="Source vocabulary cap (word) or size (spm, default 1000).")
 @click.option("--tgt-vocab-size", type=click.IntRange(min=5), default=None)
 @click.option("--min-freq", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer tokens become <unk>.")
 @click.option("--max-src-len", type=click.IntRange(min=1), default=64, show_default=True)
@@ -34,7 +36,8 @@ from seq2edge.runtime.config import ATTENTIONS, CELLS, TOKENIZERS
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient norm clipping.")
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
-@click.option("--patience", type=click.IntRange(min=1), default=6, show_default=True, help="Early stopping: epochs without a better dev WER.")
+@click.option("--patience", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Early stopping: epochs without a better dev WER.")
 @click.option("--max-minutes", type=float, default=None, help="Time budget; stops inside an epoch if needed (resumable).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last resume point.")
@@ -47,7 +50,7 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
     """Train a seq2seq model with attention into the checkpoint directory --out."""
     from seq2edge.runtime.errors import Seq2EdgeError
 
-    from .loop import Trainer, TrainConfig
+    from .loop import TrainConfig, Trainer
 
     if resume and not (out / "last" / "state.json").exists():
         raise Seq2EdgeError(f"{out}: no resume point (last/state.json); start without --resume")
@@ -78,7 +81,8 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON.")
 def evaluate(path, corpus, split, beam, precision, batch_size, limit, threads, output, json_out) -> None:
     """Print WER and PER of BUNDLE_OR_CHECKPOINT (with and without stress digits for CMUdict)."""
-    from .evaluate import evaluate as run, write_metrics, write_rows
+    from .evaluate import evaluate as run
+    from .evaluate import write_metrics, write_rows
 
     result = run(path, corpus, split, beam, batch_size, limit, precision, threads)
     click.echo(f"{result.corpus} {split}: {result.scores['stress'].words} inputs, {result.seconds:.1f} s")

@@ -24,8 +24,7 @@ from seq2edge.runtime.errors import Seq2EdgeError
 from seq2edge.runtime.tokenize import TextCodec
 
 from . import data as D
-from .checkpoint import (load_checkpoint, load_tensors, read_json, save_model_files, save_tensors,
-                         tensors_metadata, write_json)
+from .checkpoint import load_checkpoint, load_tensors, read_json, save_model_files, save_tensors, tensors_metadata, write_json
 from .metrics import score
 from .model import Seq2Seq, greedy_decode
 
@@ -74,7 +73,8 @@ def prepare(tc: TrainConfig, arch: dict, out: Path, log=print) -> Prepared:
     train_entries = D.split(corpus.entries, "train")[: tc.train_limit]
     dev = D.split(corpus.entries, "dev")[: tc.dev_limit]
     if not train_entries or not dev:
-        raise Seq2EdgeError(f"{tc.corpus}: the split left {len(train_entries)} training and {len(dev)} dev entries; the corpus is too small")
+        raise Seq2EdgeError(f"{tc.corpus}: the split left {len(train_entries)} training and {len(dev)} dev entries; "
+                            "the corpus is too small")
     src_kind = arch.pop("src_tokens", None) or corpus.src_tokens
     tgt_kind = arch.pop("tgt_tokens", None) or corpus.tgt_tokens
     lower = arch.pop("lowercase_source", None)
@@ -225,7 +225,7 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------
     def run(self) -> dict:
-        tc, c = self.tc, self.prepared.model_config
+        tc = self.tc
         self._write_train_json()
         start = time.monotonic()
         deadline = start + tc.max_minutes * 60 if tc.max_minutes else math.inf
