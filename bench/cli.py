@@ -23,7 +23,9 @@ from .report import plot, table, targets
 @click.option("--words", type=click.IntRange(min=1), default=None, help="How many test words (default 2048, quick 96).")
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed runs per figure (default 3, quick 1).")
 @click.option("--batch-sizes", default="1,64,512", show_default=True)
-def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats, batch_sizes) -> None:
+@click.option("--provider", default="cpu", show_default=True, help="Execution provider for the runtime variants (cuda on a GPU).")
+@click.option("--precisions", default="fp32,int8", show_default=True, help="Which of the bundle's graphs to time.")
+def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats, batch_sizes, provider, precisions) -> None:
     """Measure BUNDLE's runtime (fp32, int8) against PyTorch and g2p-en on CMUdict test words."""
     from seq2edge.runtime.model import Seq2Seq
     from seq2edge.train import data as D
@@ -37,9 +39,9 @@ def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
 
     variants = {}
-    for precision in ("fp32", "int8"):
+    for precision in ["fp32"] + [p for p in precisions.split(",") if p != "fp32"]:
         try:
-            variants[precision] = Seq2Seq.load(bundle, providers="cpu", precision=precision, threads=threads,
+            variants[precision] = Seq2Seq.load(bundle, providers=provider, precision=precision, threads=threads,
                                                unknown="unk", too_long="truncate")
         except Exception as exc:
             if precision == "fp32":
@@ -77,6 +79,7 @@ def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats
         startup.append(M.startup(variant, command, 1 if quick else 5))
     result = {
         "bundle": str(bundle), "checkpoint": str(checkpoint) if checkpoint else None, "words": len(texts), "threads": threads,
+        "provider": variants["fp32"].providers[0], "io_binding": variants["fp32"]._device is not None,
         "repeats": repeats, "quick": quick, "machine": {"python": platform.python_version(), "processor": platform.processor(),
                                                         "machine": platform.machine(), "cpus": _cpus()},
         "speed": M.as_dicts(speed), "wer": {k: round(v, 3) for k, v in wer.items()},

@@ -37,6 +37,10 @@ CHUNK = 4096  # lines decoded per call: bounds memory on long inputs, keeps outp
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu, cuda, or another onnxruntime provider name.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default: onnxruntime's choice).")
 @click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True)
+@click.option("--optimization", type=click.Choice(["disabled", "basic", "extended", "all"]), default="all", show_default=True,
+              help="onnxruntime graph optimisation level.")
+@click.option("--io-binding/--no-io-binding", default=None,
+              help="Keep decoding state on the device between steps (default: on for GPU providers, off on the CPU).")
 @click.option("--unknown", type=click.Choice(["error", "unk", "skip"]), default="error", show_default=True,
               help="Source tokens outside the vocabulary: fail that input, map to <unk>, or drop them.")
 @click.option("--too-long", type=click.Choice(["error", "truncate"]), default="error", show_default=True,
@@ -45,7 +49,8 @@ CHUNK = 4096  # lines decoded per call: bounds memory on long inputs, keeps outp
               help="Draw each input's attention as a PNG heatmap (FILE, or FILE-N.png per input line N).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 def decode(bundle, texts, input_file, output_file, fmt, beam, nbest, length_penalty, sample, temperature, top_k, top_p, seed,
-           max_len, min_len, batch_size, provider, threads, precision, unknown, too_long, plot_attention, progress) -> int:
+           max_len, min_len, batch_size, provider, threads, precision, optimization, io_binding, unknown, too_long, plot_attention,
+           progress) -> int:
     """Decode TEXTS (or --input FILE, or stdin lines) with the bundle at BUNDLE."""
     from .model import Seq2Seq
 
@@ -55,7 +60,8 @@ def decode(bundle, texts, input_file, output_file, fmt, beam, nbest, length_pena
         raise click.UsageError(f"--nbest {nbest} needs --beam of at least {nbest}")
     if plot_attention is not None:
         _check_matplotlib()
-    model = Seq2Seq.load(bundle, providers=provider, precision=precision, threads=threads, unknown=unknown, too_long=too_long)
+    model = Seq2Seq.load(bundle, providers=provider, precision=precision, threads=threads, optimization=optimization,
+                         unknown=unknown, too_long=too_long, io_binding=io_binding)
     lines = _lines(texts, input_file)
     options = dict(beam_size=beam, nbest=nbest or 1, max_len=max_len, min_len=min_len, batch_size=batch_size,
                    length_penalty=length_penalty, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -196,7 +202,6 @@ class _Progress:
                 except OSError:
                     total = None
             self.bar = click.progressbar(length=total, label="decoding", file=sys.stderr) if total else None
-            self.count = 0
 
     def __enter__(self):
         if self.bar is not None:

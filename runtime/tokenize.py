@@ -85,7 +85,7 @@ class TextCodec:
         if missing:
             if unknown == "error":
                 shown = ", ".join(repr(t) for t in dict.fromkeys(missing))
-                raise InputError(f"{_describe(text)}: not in the source vocabulary: {shown} (use unknown='unk' or 'skip' to decode anyway)")
+                raise InputError(f"{_describe(text)}: not in the source vocabulary: {shown} (to decode anyway: unknown='unk' or 'skip', --unknown in the CLI)")
             if unknown == "skip":
                 tokens = [t for t in tokens if t in self.vocab.index]
                 if not tokens:

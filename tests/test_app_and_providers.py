@@ -111,6 +111,7 @@ def test_cli_options_map_onto_the_api(tiny_bundle, tiny_model):
     words = ["edge", "attention", "onnx"]
     cases = [
         (["--beam", "3"], dict(beam_size=3)),
+        (["--io-binding", "--optimization", "basic"], dict()),
         (["--sample", "--seed", "4", "--temperature", "0.7", "--top-k", "5", "--top-p", "0.9"],
          dict(sample=True, seed=4, temperature=0.7, top_k=5, top_p=0.9)),
         (["--max-len", "2", "--batch-size", "1"], dict(max_len=2, batch_size=1)),
