@@ -164,14 +164,13 @@ class Seq2Seq:
         if not isinstance(text, str):
             raise InputError(f"expected a string, got {type(text).__name__}")
         _check_text(text)
-        ids = self.bundle.source.encode(text, self.unknown)
+        tokens, ids = self.bundle.source.encode_tokens(text, self.unknown)
         limit = self.config.max_src_len
         if len(ids) > limit:
             if self.too_long == "error":
                 raise InputError(f"{len(ids)} source tokens, over the model's max_src_len of {limit} (use too_long='truncate')")
             warnings.warn(f"input {index}: {len(ids)} source tokens truncated to max_src_len {limit}", stacklevel=3)
-            ids = ids[:limit]
-        tokens = [self.bundle.source.vocab.tokens[i] for i in ids]
+            tokens, ids = tokens[:limit], ids[:limit]
         return _Prepared(index, ids, tokens)
 
     def _encode(self, chunk: list[_Prepared]):
@@ -224,10 +223,11 @@ class Seq2Seq:
 
     def _result(self, text: str, prepared: _Prepared, hyps: list[search.Hypothesis]) -> Result:
         target = self.bundle.target
+        vocab = target.vocab.tokens
         src_len = len(prepared.ids)
         out = []
         for h in hyps:
-            tokens = target.decode(h.ids)
+            tokens = [vocab[i] for i in h.ids]  # searches never choose <pad> or <s>; </s> ends a hypothesis
             attention = h.attention[:, :src_len] if h.attention is not None else None
             out.append(Result(text, target.join(tokens), tokens, h.score, [], attention, prepared.source_tokens, h.truncated))
         best = out[0]

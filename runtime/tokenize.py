@@ -78,20 +78,28 @@ class TextCodec:
     def encode(self, text: str, unknown: str = "error") -> list[int]:
         """Ids of `text` (no <s> or </s>). Tokens outside the vocabulary follow `unknown`:
         "error" raises InputError naming them, "unk" maps them to <unk>, "skip" drops them."""
+        return self.encode_tokens(text, unknown)[1]
+
+    def encode_tokens(self, text: str, unknown: str = "error") -> tuple[list[str], list[int]]:
+        """(tokens, ids) of `text`, after the unknown-token policy."""
         tokens = self.split(text)
         if not tokens:
             raise InputError("empty input")
-        missing = [t for t in tokens if t not in self.vocab.index]
-        if missing:
-            if unknown == "error":
-                shown = ", ".join(repr(t) for t in dict.fromkeys(missing))
-                raise InputError(f"{_describe(text)}: not in the source vocabulary: {shown} (to decode anyway: unknown='unk' or 'skip', --unknown in the CLI)")
-            if unknown == "skip":
-                tokens = [t for t in tokens if t in self.vocab.index]
-                if not tokens:
-                    raise InputError(f"{_describe(text)}: nothing left after skipping unknown tokens")
-        unk = self.vocab.index[UNK]
-        return [self.vocab.index.get(t, unk) for t in tokens]
+        index = self.vocab.index
+        ids = [index.get(t, -1) for t in tokens]
+        if -1 not in ids:
+            return tokens, ids
+        missing = [t for t, i in zip(tokens, ids) if i < 0]
+        if unknown == "error":
+            shown = ", ".join(repr(t) for t in dict.fromkeys(missing))
+            raise InputError(f"{_describe(text)}: not in the source vocabulary: {shown} "
+                             "(to decode anyway: unknown='unk' or 'skip', --unknown in the CLI)")
+        if unknown == "skip":
+            tokens = [t for t, i in zip(tokens, ids) if i >= 0]
+            if not tokens:
+                raise InputError(f"{_describe(text)}: nothing left after skipping unknown tokens")
+            return tokens, [i for i in ids if i >= 0]
+        return tokens, [index[UNK] if i < 0 else i for i in ids]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Tokens of `ids`; <pad>, <s> and </s> dropped, <unk> kept so that it stays visible."""
