@@ -9,6 +9,7 @@ checks the result step by step against PyTorch before a bundle is written.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from seq2edge.runtime.errors import Seq2EdgeError
 from seq2edge.runtime.interface import FORMAT_VERSION, Port, graph_ports
 from seq2edge.train.model import Seq2Seq, source_mask
 
@@ -58,6 +60,8 @@ def export_graphs(model: Seq2Seq, out_dir: Path, metadata: dict[str, str], expor
     """Write encoder.onnx and decoder.onnx (fp32) into out_dir; each is one self-contained file."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}")
+    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+        raise Seq2EdgeError("--exporter dynamo needs onnxscript: pip install onnxscript (or use the default exporter)")
     model = model.eval()
     inputs = example_inputs(model)
     paths = {}
