@@ -12,7 +12,7 @@ CHECKPOINT := models/g2p-en-checkpoint
 # The shipped G2P model (README "The shipped model" gives its figures).
 TRAIN_ARGS ?= --corpus cmudict --cell lstm --attention dot --input-feed --bidirectional --layers 2 \
               --embed 64 --hidden 384 --dropout 0.25 --label-smoothing 0.1 --batch-size 64 --lr 0.002 \
-              --epochs 40 --patience 5 --max-minutes 270 --seed 0 --threads 1
+              --epochs 40 --patience 5 --max-minutes 270 --seed 0 --threads 2
 
 .PHONY: install install-gpu demo train export eval test soak lint bench bench-quick clean
 
@@ -38,7 +38,7 @@ install-gpu: $(FULL)
 	$(BIN)/seq2edge info $(BUNDLE)
 
 demo: $(BASE)
-	$(BIN)/seq2edge decode $(BUNDLE) attention onnx edge device phoneme pronunciation seq2edge Knightley
+	$(BIN)/seq2edge decode $(BUNDLE) attention onnx edge device phoneme pronunciation tokenizer Knightley
 
 train: $(FULL)
 	$(BIN)/seq2edge train $(TRAIN_ARGS) --out $(CHECKPOINT)

@@ -49,38 +49,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
     try:
         bundle_id = uuid.uuid4().hex
-        config = model.config.to_dict()
-        paths = export_graphs(model, tmp, graph_metadata(bundle_id, config, "fp32"), exporter)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "bundle_id": bundle_id,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": config,
-            "source": _side(checkpoint, tmp, "source", source),
-            "target": _side(checkpoint, tmp, "target", target),
-            "special_ids": {"pad": model.config.pad_id, "bos": model.config.bos_id, "eos": model.config.eos_id, "unk": model.config.unk_id},
-            "graphs": {"fp32": {kind: graph_entry(p) for kind, p in paths.items()}},
-            "parity": {},
-            "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                              "exporter": exporter},
-            "checkpoint": {"path": str(checkpoint), "train": _train_summary(checkpoint)},
-        }
+        paths = export_graphs(model, tmp, graph_metadata(bundle_id, model.config.to_dict(), "fp32"), exporter)
+        meta = _bundle_meta(bundle_id, model, checkpoint, tmp, source, target, paths, exporter)
         write_json(tmp / BUNDLE_FILE, meta)
-        try:
-            runtime = Runtime.load(tmp, providers="cpu", unknown="unk")
-        except BundleError as exc:
-            hint = (" The dynamo exporter is known to fix RNN sequence axes to the traced length; use --exporter torchscript."
-                    if exporter == "dynamo" else "")
-            raise ExportError(f"the exported graphs break the bundle contract: {exc}.{hint} No bundle was written.") from None
-        parity = check_parity(model, runtime, texts)
-        log(f"parity fp32: {parity.words} words, {parity.steps} decoder steps, token agreement "
-            f"{100 * parity.token_agreement:.2f}%, max |log-prob diff| {parity.max_abs_log_prob_diff:.2e}")
-        if not parity.passed:
-            detail = "; ".join(parity.disagreements[:3])
-            raise ExportError(f"exported graphs do not match PyTorch: token agreement {100 * parity.token_agreement:.2f}% "
-                              f"(need 100%), max |log-prob diff| {parity.max_abs_log_prob_diff:.2e} (need <= "
-                              f"{LOG_PROB_TOLERANCE:.0e}){'; ' + detail if detail else ''}. No bundle was written.")
-        meta["parity"]["fp32"] = parity.to_dict()
+        runtime = _verify(tmp, exporter)
+        meta["parity"]["fp32"] = check_parity_or_fail(model, runtime, texts, log)
         if int8 or fp16:
             from .quantize import add_precisions
 
@@ -91,6 +64,47 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _bundle_meta(bundle_id, model, checkpoint: Path, tmp: Path, source, target, paths: dict, exporter: str) -> dict:
+    c = model.config
+    return {
+        "format_version": FORMAT_VERSION,
+        "bundle_id": bundle_id,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": c.to_dict(),
+        "source": _side(checkpoint, tmp, "source", source),
+        "target": _side(checkpoint, tmp, "target", target),
+        "special_ids": {"pad": c.pad_id, "bos": c.bos_id, "eos": c.eos_id, "unk": c.unk_id},
+        "graphs": {"fp32": {kind: graph_entry(p) for kind, p in paths.items()}},
+        "parity": {},
+        "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                          "exporter": exporter},
+        "checkpoint": {"path": str(checkpoint), "train": _train_summary(checkpoint)},
+    }
+
+
+def _verify(tmp: Path, exporter: str) -> Runtime:
+    """Load the new bundle through the runtime's own checks (contract, metadata, sha256)."""
+    try:
+        return Runtime.load(tmp, providers="cpu", unknown="unk")
+    except BundleError as exc:
+        hint = (" The dynamo exporter is known to fix RNN sequence axes to the traced length; use --exporter torchscript."
+                if exporter == "dynamo" else "")
+        raise ExportError(f"the exported graphs break the bundle contract: {exc}.{hint} No bundle was written.") from None
+
+
+def check_parity_or_fail(model, runtime: Runtime, texts: list[str], log) -> dict:
+    """The parity figures, or ExportError when the graphs do not match PyTorch."""
+    parity = check_parity(model, runtime, texts)
+    log(f"parity fp32: {parity.words} words, {parity.steps} decoder steps, token agreement "
+        f"{100 * parity.token_agreement:.2f}%, max |log-prob diff| {parity.max_abs_log_prob_diff:.2e}")
+    if not parity.passed:
+        detail = "; ".join(parity.disagreements[:3])
+        raise ExportError(f"exported graphs do not match PyTorch: token agreement {100 * parity.token_agreement:.2f}% "
+                          f"(need 100%), max |log-prob diff| {parity.max_abs_log_prob_diff:.2e} (need <= "
+                          f"{LOG_PROB_TOLERANCE:.0e}){'; ' + detail if detail else ''}. No bundle was written.")
+    return parity.to_dict()
 
 
 def parity_entries(checkpoint: Path, corpus: str | None, count: int) -> list[D.Entry]:

@@ -177,9 +177,11 @@ class Trainer:
     # -- resume -----------------------------------------------------------------
     def _load_resume_config(self) -> None:
         saved = read_json(self.out / "train.json")
-        budget = self.tc.max_minutes
+        budget, threads = self.tc.max_minutes, self.tc.threads
         self.tc = TrainConfig(**saved["train_config"])
         self.tc.max_minutes = budget  # a resumed run gets its own time budget
+        if threads:  # and may use another number of threads (float sums may then differ in the last bits)
+            self.tc.threads = threads
 
     def _prepare_resumed(self) -> Prepared:
         model, source, target = load_checkpoint(self.out, weights="last/model.safetensors")
