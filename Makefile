@@ -44,7 +44,7 @@ train: $(FULL)
 	$(BIN)/seq2edge train $(TRAIN_ARGS) --out $(CHECKPOINT)
 
 export: $(FULL)
-	$(BIN)/seq2edge export $(CHECKPOINT) $(BUNDLE) --int8 --fp16 --force
+	$(BIN)/seq2edge export $(CHECKPOINT) $(BUNDLE) --int8 --force
 
 eval: $(FULL)
 	$(BIN)/seq2edge eval $(BUNDLE) --split test

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from .config import ModelConfig
 from .errors import BundleError
 from .interface import BUNDLE_FILE, FORMAT_VERSION, PRECISIONS
+from .onnx_scan import MalformedModel, uses_external_data
 from .tokenize import TextCodec, Vocabulary
 
 SIDES = ("source", "target")
@@ -45,14 +47,30 @@ class Bundle:
                               f"export them with `seq2edge export --{precision}`")
         return graphs[kind]
 
-    def graph_bytes(self, kind: str, precision: str = "fp32") -> tuple[Path, bytes]:
-        """The graph's path and bytes, after checking them against bundle.json's sha256."""
+    def verified_graph(self, kind: str, precision: str = "fp32") -> Path:
+        """The graph's path, after checking its sha256 against bundle.json and that it reads no
+        other file (external data). The file is mapped, not copied, so a large graph costs no
+        extra memory; onnxruntime then loads it from the path."""
         entry = self.graph_entry(kind, precision)
         path = self.path / entry["file"]
-        data = read_bytes(path)
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise BundleError(f"{path}: sha256 does not match {BUNDLE_FILE}; the file is damaged or was replaced, re-export the bundle")
-        return path, data
+        try:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                    raise BundleError(f"{path}: sha256 does not match {BUNDLE_FILE}; the file is damaged or was replaced, "
+                                      "re-export the bundle")
+                with memoryview(data) as view:
+                    external = uses_external_data(view)
+        except FileNotFoundError:
+            raise BundleError(f"{path}: missing from the bundle") from None
+        except IsADirectoryError:
+            raise BundleError(f"{path}: is a directory, expected a file") from None
+        except MalformedModel as exc:
+            raise BundleError(f"{path}: not a valid ONNX model ({exc})") from None
+        except (OSError, ValueError) as exc:  # ValueError: mmap of an empty file
+            raise BundleError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+        if external:
+            raise BundleError(f"{path}: stores weights in external files, which a bundle never does; refused")
+        return path
 
 
 def read_bytes(path: Path) -> bytes:

@@ -207,8 +207,28 @@ def test_external_data_outside_the_bundle_is_never_read(tiny_bundle, tmp_path):
         entry.key, entry.value = key, value
     onnx.save(graph, str(bundle / "decoder.onnx"))
     _edit_meta(bundle, lambda m: m["graphs"]["fp32"]["decoder"].update(sha256=sha256_of(bundle / "decoder.onnx")))
-    with pytest.raises(BundleError, match="decoder.onnx: onnxruntime cannot load this graph"):
+    with pytest.raises(BundleError, match="decoder.onnx: stores weights in external files, .* refused"):
         Seq2Seq.load(bundle, providers="cpu")
+
+
+def test_external_data_is_found_wherever_a_tensor_can_hide(tiny_bundle, tmp_path):
+    from onnx import helper
+
+    from seq2edge.runtime.onnx_scan import uses_external_data
+
+    for name in ("encoder.onnx", "decoder.onnx"):
+        assert not uses_external_data((tiny_bundle / name).read_bytes())
+    tensor = helper.make_tensor("w", onnx.TensorProto.FLOAT, [1], [1.0])
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "/etc/passwd"
+    constant = helper.make_node("Constant", [], ["y"], value=tensor)  # inside a node attribute
+    inner = helper.make_graph([constant], "inner", [], [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    branch = helper.make_node("If", ["c"], ["z"], then_branch=inner, else_branch=inner)  # inside a subgraph
+    graph = helper.make_graph([branch], "outer", [helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [1])])
+    assert uses_external_data(helper.make_model(graph).SerializeToString())
 
 
 def test_a_tokeniser_file_is_parsed_never_executed(tiny_bundle, tmp_path):
