@@ -60,14 +60,10 @@ class Bundle:
                                       "re-export the bundle")
                 with memoryview(data) as view:
                     external = uses_external_data(view)
-        except FileNotFoundError:
-            raise BundleError(f"{path}: missing from the bundle") from None
-        except IsADirectoryError:
-            raise BundleError(f"{path}: is a directory, expected a file") from None
         except MalformedModel as exc:
             raise BundleError(f"{path}: not a valid ONNX model ({exc})") from None
         except (OSError, ValueError) as exc:  # ValueError: mmap of an empty file
-            raise BundleError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+            raise _unreadable(path, exc) from None
         if external:
             raise BundleError(f"{path}: stores weights in external files, which a bundle never does; refused")
         return path
@@ -76,12 +72,16 @@ class Bundle:
 def read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"{path}: missing from the bundle") from None
-    except IsADirectoryError:
-        raise BundleError(f"{path}: is a directory, expected a file") from None
     except OSError as exc:
-        raise BundleError(f"{path}: cannot read: {exc.strerror}") from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> BundleError:
+    if isinstance(exc, FileNotFoundError):
+        return BundleError(f"{path}: missing from the bundle")
+    if isinstance(exc, IsADirectoryError):
+        return BundleError(f"{path}: is a directory, expected a file")
+    return BundleError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}")
 
 
 def load_bundle(path: str | Path) -> Bundle:
