@@ -43,8 +43,6 @@ DECODER_OUTPUTS = (
     Port("new_state", "float", ("batch", "state_size")),
     Port("attention", "float", ("batch", "src_len")),
 )
-# Axes that must stay dynamic in the exported graphs.
-DYNAMIC_AXES = ("batch", "src_len")
 
 
 def graph_file(kind: str, precision: str) -> str:

@@ -11,7 +11,7 @@ import hashlib
 import io
 import random
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,7 +199,3 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) 
     rng.shuffle(batches)
     return batches
 
-
-def iterate_batches(data: Encoded, order: list[list[int]], pad: int, bos: int, eos: int) -> Iterator[Batch]:
-    for idx in order:
-        yield make_batch([data.src[i] for i in idx], [data.tgt[i] for i in idx], pad, bos, eos)
