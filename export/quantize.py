@@ -63,7 +63,7 @@ def add_precisions(bundle_dir: Path, meta: dict, fp32: Runtime, entries: Sequenc
             files[kind] = graph_entry(dst)
         meta["graphs"][precision] = files
         write_json(bundle_dir / "bundle.json", meta)
-        meta["parity"][precision] = _compare(bundle_dir, precision, entries, reference, fp32)
+        meta["parity"][precision] = _compare(bundle_dir, meta, precision, entries, reference, fp32)
         figures = meta["parity"][precision]
         if figures.get("measured"):
             log(f"parity {precision}: token agreement with fp32 {100 * figures['token_agreement_with_fp32']:.2f}%, "
@@ -72,8 +72,8 @@ def add_precisions(bundle_dir: Path, meta: dict, fp32: Runtime, entries: Sequenc
             log(f"parity {precision}: not measured here ({figures['reason']})")
 
 
-def _compare(bundle_dir: Path, precision: str, entries: Sequence[Entry], reference, fp32: Runtime) -> dict:
-    sizes = {p: sum((bundle_dir / graph_file(k, p)).stat().st_size for k in ("encoder", "decoder")) for p in ("fp32", precision)}
+def _compare(bundle_dir: Path, meta: dict, precision: str, entries: Sequence[Entry], reference, fp32: Runtime) -> dict:
+    sizes = {p: sum(entry["bytes"] for entry in meta["graphs"][p].values()) for p in ("fp32", precision)}
     figures: dict = {"size_ratio": round(sizes[precision] / sizes["fp32"], 4), "bytes": sizes[precision]}
     try:
         model = Runtime.load(bundle_dir, providers="cpu", precision=precision, unknown="unk")

@@ -24,7 +24,7 @@ from seq2edge.runtime.errors import Seq2EdgeError
 from seq2edge.runtime.tokenize import TextCodec
 
 from . import data as D
-from .checkpoint import load_checkpoint, load_tensors, read_json, save_model_files, save_tensors, tensors_metadata, write_json
+from .checkpoint import load_codecs, load_tensors, read_json, save_model_files, save_tensors, tensors_metadata, write_json
 from .metrics import score
 from .model import Seq2Seq, greedy_decode
 
@@ -63,18 +63,24 @@ class Prepared:
     dev: list[D.Entry]
 
 
-def prepare(tc: TrainConfig, arch: dict, out: Path, log=print) -> Prepared:
-    """Corpus -> split -> tokenisers (SentencePiece trained here when asked) -> encoded pairs.
-
-    `arch` holds the ModelConfig fields chosen by the user (sizes, cell, tokenisers...)."""
+def split_corpus(tc: TrainConfig) -> tuple[D.Corpus, list[D.Entry], list[D.Entry]]:
+    """The corpus and its training and dev parts, cut to the configured limits."""
     corpus = D.load_corpus(tc.corpus)
-    for problem in corpus.problems:
-        log(problem)
     train_entries = D.split(corpus.entries, "train")[: tc.train_limit]
     dev = D.split(corpus.entries, "dev")[: tc.dev_limit]
     if not train_entries or not dev:
         raise Seq2EdgeError(f"{tc.corpus}: the split left {len(train_entries)} training and {len(dev)} dev entries; "
                             "the corpus is too small")
+    return corpus, train_entries, dev
+
+
+def prepare(tc: TrainConfig, arch: dict, out: Path, log=print) -> Prepared:
+    """Corpus -> split -> tokenisers (SentencePiece trained here when asked) -> encoded pairs.
+
+    `arch` holds the ModelConfig fields chosen by the user (sizes, cell, tokenisers...)."""
+    corpus, train_entries, dev = split_corpus(tc)
+    for problem in corpus.problems:
+        log(problem)
     src_kind = arch.pop("src_tokens", None) or corpus.src_tokens
     tgt_kind = arch.pop("tgt_tokens", None) or corpus.tgt_tokens
     lower = arch.pop("lowercase_source", None)
@@ -184,11 +190,9 @@ class Trainer:
             self.tc.threads = threads
 
     def _prepare_resumed(self) -> Prepared:
-        model, source, target = load_checkpoint(self.out, weights="last/model.safetensors")
-        corpus = D.load_corpus(self.tc.corpus)
-        train_entries = D.split(corpus.entries, "train")[: self.tc.train_limit]
-        dev = D.split(corpus.entries, "dev")[: self.tc.dev_limit]
-        c = model.config
+        c = ModelConfig.from_dict(read_json(self.out / "config.json"), where=str(self.out / "config.json"))
+        source, target = load_codecs(self.out, c)  # the weights are loaded once, by _restore
+        _, train_entries, dev = split_corpus(self.tc)
         encoded = D.encode_pairs(train_entries, source, target, c.max_src_len, c.max_tgt_len)
         return Prepared(c, source, target, encoded, dev)
 
