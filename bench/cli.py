@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 from pathlib import Path
 
 import click
+
+from seq2edge.runtime.util import write_json_atomic
 
 from . import measure as M
 from .report import plot, table, targets
@@ -27,14 +28,15 @@ from .report import plot, table, targets
 @click.option("--precisions", default="fp32,int8", show_default=True, help="Which of the bundle's graphs to time.")
 def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats, batch_sizes, provider, precisions) -> None:
     """Measure BUNDLE's runtime (fp32, int8) against PyTorch and g2p-en on CMUdict test words."""
+    from seq2edge.runtime.backend import DeviceBackend
     from seq2edge.runtime.model import Seq2Seq
-    from seq2edge.train import data as D
+    from seq2edge.train import corpus as C
     from seq2edge.train.metrics import score
 
     words = words or (96 if quick else 2048)
     repeats = repeats or (1 if quick else 3)
     sizes = [int(b) for b in batch_sizes.split(",")]
-    entries = D.split(D.load_cmudict().entries, "test")[:words]
+    entries = C.split(C.load_cmudict().entries, "test")[:words]
     texts = [e.source for e in entries]
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
 
@@ -46,14 +48,14 @@ def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats
         except Exception as exc:
             if precision == "fp32":
                 raise
-            log(f"int8: skipped ({exc})")
+            log(f"{precision}: skipped ({exc})")
     target = variants["fp32"].bundle.target
     refs = [[target.split(r) for r in e.references] for e in entries]
     speed, wer = [], {}
     torch_model = _load_torch(checkpoint, threads, log)
     if torch_model is not None:
         model, source, tgt = torch_model
-        from seq2edge.train.loop import decode_entries
+        from seq2edge.train.infer import decode_entries
 
         wer["pytorch"] = score(decode_entries(model, texts, source, tgt), refs).wer
         for batch in sizes:
@@ -79,7 +81,7 @@ def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats
         startup.append(M.startup(variant, command, 1 if quick else 5))
     result = {
         "bundle": str(bundle), "checkpoint": str(checkpoint) if checkpoint else None, "words": len(texts), "threads": threads,
-        "provider": variants["fp32"].providers[0], "io_binding": variants["fp32"]._device is not None,
+        "provider": variants["fp32"].providers[0], "io_binding": isinstance(variants["fp32"].backend, DeviceBackend),
         "repeats": repeats, "quick": quick, "machine": {"python": platform.python_version(), "processor": platform.processor(),
                                                         "machine": platform.machine(), "cpus": _cpus()},
         "speed": M.as_dicts(speed), "wer": {k: round(v, 3) for k, v in wer.items()},
@@ -89,9 +91,7 @@ def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats
                          for t in targets(result)]
     click.echo(table(result))
     if json_out:
-        tmp = json_out.with_name(json_out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.replace(json_out)
+        write_json_atomic(json_out, result)
     if plot_out:
         plot(result, plot_out)
 

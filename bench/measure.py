@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from seq2edge.runtime.interface import graph_file
+from seq2edge.runtime.interface import GRAPHS, graph_file
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Startup:
     runs: int
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+def median_time(fn: Callable[[], object], repeats: int) -> float:
     """Median wall time of fn over `repeats` runs, after one warm-up run."""
     fn()
     times = []
@@ -43,7 +43,48 @@ def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[flo
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+    return statistics.median(times)
+
+
+class _TimedSession:
+    """An onnxruntime session whose run calls add their wall time to a SessionTimer."""
+
+    def __init__(self, session, timer: SessionTimer):
+        self._session, self._timer = session, timer
+
+    def run(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._session.run(*args, **kwargs)
+        finally:
+            self._timer.seconds += time.perf_counter() - start
+
+    def run_with_iobinding(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._session.run_with_iobinding(*args, **kwargs)
+        finally:
+            self._timer.seconds += time.perf_counter() - start
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+
+class SessionTimer:
+    """Adds up the time a model's backend spends inside onnxruntime (every session it runs),
+    while the `with` block lasts; the backend's sessions are restored afterwards."""
+
+    def __init__(self, model):
+        self.sessions = model.backend.sessions
+        self.seconds = 0.0
+
+    def __enter__(self) -> SessionTimer:
+        self._saved = dict(self.sessions)
+        self.sessions.update({name: _TimedSession(s, self) for name, s in self._saved.items()})
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sessions.update(self._saved)
 
 
 def speed_row(variant: str, batch_size: int, words: int, seconds: float, repeats: int, run_share: float | None = None) -> Speed:
@@ -53,29 +94,27 @@ def speed_row(variant: str, batch_size: int, words: int, seconds: float, repeats
 
 def time_runtime(model, texts: Sequence[str], batch_size: int, repeats: int, variant: str) -> Speed:
     """Decode time and the share of it spent inside onnxruntime's session.run."""
-    engine = model._engine
     shares = []
 
     def run():
-        engine.run_seconds = 0.0
-        start = time.perf_counter()
-        model.decode(list(texts), batch_size=batch_size)
-        shares.append(engine.run_seconds / (time.perf_counter() - start))
+        with SessionTimer(model) as timer:
+            start = time.perf_counter()
+            model.decode(list(texts), batch_size=batch_size)
+            shares.append(timer.seconds / (time.perf_counter() - start))
 
-    seconds, _ = median_time(run, repeats)
-    engine.run_seconds = None
+    seconds = median_time(run, repeats)
     return speed_row(variant, batch_size, len(texts), seconds, repeats, statistics.median(shares[1:] or shares))
 
 
 def time_torch(model, source, target, texts: Sequence[str], batch_size: int, repeats: int) -> Speed:
-    from seq2edge.train.loop import decode_entries
+    from seq2edge.train.infer import decode_entries
 
-    seconds, _ = median_time(lambda: decode_entries(model, list(texts), source, target, batch_size), repeats)
+    seconds = median_time(lambda: decode_entries(model, list(texts), source, target, batch_size), repeats)
     return speed_row("pytorch", batch_size, len(texts), seconds, repeats)
 
 
 def time_g2p_en(g2p, texts: Sequence[str], repeats: int) -> Speed:
-    seconds, _ = median_time(lambda: [g2p.predict(w) for w in texts], repeats)
+    seconds = median_time(lambda: [g2p.predict(w) for w in texts], repeats)
     return speed_row("g2p-en", 1, len(texts), seconds, repeats)
 
 
@@ -107,7 +146,7 @@ def startup_commands(bundle: Path, checkpoint: Path | None, have_g2p_en: bool, w
 
 def bundle_sizes(bundle) -> dict[str, int]:
     """Bytes of the encoder plus decoder graphs, per precision."""
-    return {p: sum((bundle.path / graph_file(k, p)).stat().st_size for k in ("encoder", "decoder")) for p in bundle.precisions}
+    return {p: sum((bundle.path / graph_file(k, p)).stat().st_size for k in GRAPHS) for p in bundle.precisions}
 
 
 def as_dicts(rows) -> list[dict]:

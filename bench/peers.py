@@ -44,7 +44,7 @@ def main_torch(argv: list[str]) -> None:
 
     torch.set_num_threads(1)
     from seq2edge.train.checkpoint import load_checkpoint
-    from seq2edge.train.loop import decode_entries
+    from seq2edge.train.infer import decode_entries
 
     model, source, target = load_checkpoint(argv[0])
     for word, tokens in zip(argv[1:], decode_entries(model, argv[1:], source, target)):

@@ -1,13 +1,13 @@
-"""Checkpoint -> bundle: graphs, bundle.json, parity check, atomic placement.
+"""Checkpoint -> bundle: orchestrates graphs, bundle.json, parity gates and atomic placement.
 
 The bundle is built in a temporary directory beside its destination and renamed
 into place only after the parity check passed, so a bundle is complete or absent.
+Graphs come from export.onnx and export.quantize; every check from export.verify.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -21,13 +21,16 @@ import onnxruntime
 import torch
 
 from seq2edge.runtime.errors import BundleError, Seq2EdgeError
-from seq2edge.runtime.interface import BUNDLE_FILE, FORMAT_VERSION
+from seq2edge.runtime.interface import BUNDLE_FILE
 from seq2edge.runtime.model import Seq2Seq as Runtime
-from seq2edge.train import data as D
-from seq2edge.train.checkpoint import load_checkpoint, read_json, write_json
+from seq2edge.runtime.schema import BundleMeta, GraphEntry, SideMeta
+from seq2edge.runtime.util import sha256_file, write_json_atomic
+from seq2edge.train import corpus as C
+from seq2edge.train.checkpoint import load_checkpoint, read_json
 
-from .onnx import export_graphs, graph_metadata
-from .verify import LOG_PROB_TOLERANCE, check_parity
+from .onnx import export_graphs
+from .quantize import write_precision
+from .verify import LOG_PROB_TOLERANCE, check_parity, compare_precision
 
 
 class ExportError(Seq2EdgeError):
@@ -49,16 +52,19 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
     try:
         bundle_id = uuid.uuid4().hex
-        paths = export_graphs(model, tmp, graph_metadata(bundle_id, model.config.to_dict(), "fp32"), exporter)
+        paths = export_graphs(model, tmp, bundle_id, exporter)
         meta = _bundle_meta(bundle_id, model, checkpoint, tmp, source, target, paths, exporter)
-        write_json(tmp / BUNDLE_FILE, meta)
+        write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         runtime = _verify(tmp, exporter)
-        meta["parity"]["fp32"] = check_parity_or_fail(model, runtime, texts, log)
+        meta.parity["fp32"] = check_parity_or_fail(model, runtime, texts, log)
         if int8 or fp16:
-            from .quantize import add_precisions
-
-            add_precisions(tmp, meta, runtime, entries, int8=int8, fp16=fp16, log=log)
-        write_json(tmp / BUNDLE_FILE, meta)
+            reference = runtime.decode(texts, errors="return")
+            for precision in [p for p, wanted in (("int8", int8), ("fp16", fp16)) if wanted]:
+                meta.graphs[precision] = write_precision(tmp, bundle_id, meta.model.to_dict(), precision)
+                write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
+                meta.parity[precision] = compare_precision(tmp, meta, precision, entries, reference, runtime)
+                _log_precision(precision, meta.parity[precision], log)
+        write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         _place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -66,22 +72,26 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     return out
 
 
-def _bundle_meta(bundle_id, model, checkpoint: Path, tmp: Path, source, target, paths: dict, exporter: str) -> dict:
-    c = model.config
-    return {
-        "format_version": FORMAT_VERSION,
-        "bundle_id": bundle_id,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "model": c.to_dict(),
-        "source": _side(checkpoint, tmp, "source", source),
-        "target": _side(checkpoint, tmp, "target", target),
-        "special_ids": {"pad": c.pad_id, "bos": c.bos_id, "eos": c.eos_id, "unk": c.unk_id},
-        "graphs": {"fp32": {kind: graph_entry(p) for kind, p in paths.items()}},
-        "parity": {},
-        "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                          "exporter": exporter},
-        "checkpoint": {"path": str(checkpoint), "train": _train_summary(checkpoint)},
-    }
+def _bundle_meta(bundle_id, model, checkpoint: Path, tmp: Path, source, target, paths: dict, exporter: str) -> BundleMeta:
+    return BundleMeta(
+        bundle_id=bundle_id,
+        model=model.config,
+        source=_side(checkpoint, tmp, "source", source),
+        target=_side(checkpoint, tmp, "target", target),
+        graphs={"fp32": {kind: GraphEntry.of_file(p) for kind, p in paths.items()}},
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        exported_with={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                       "exporter": exporter},
+        checkpoint={"path": str(checkpoint), "train": _train_summary(checkpoint)},
+    )
+
+
+def _log_precision(precision: str, figures: dict, log: Callable[[str], None]) -> None:
+    if figures.get("measured"):
+        log(f"parity {precision}: token agreement with fp32 {100 * figures['token_agreement_with_fp32']:.2f}%, "
+            f"WER {figures['wer']:.2f}% (fp32 {figures['fp32_wer']:.2f}%), size {100 * figures['size_ratio']:.0f}% of fp32")
+    else:
+        log(f"parity {precision}: not measured here ({figures['reason']})")
 
 
 def _verify(tmp: Path, exporter: str) -> Runtime:
@@ -107,39 +117,26 @@ def check_parity_or_fail(model, runtime: Runtime, texts: list[str], log) -> dict
     return parity.to_dict()
 
 
-def parity_entries(checkpoint: Path, corpus: str | None, count: int) -> list[D.Entry]:
+def parity_entries(checkpoint: Path, corpus: str | None, count: int) -> list[C.Entry]:
     """`count` entries for the parity check: dev first, then test and train if the dev part is small."""
     name = corpus or read_json(checkpoint / "train.json")["train_config"]["corpus"]
     if name != "cmudict" and not Path(name).exists():
         raise Seq2EdgeError(f"the parity check needs the training corpus, {name}, which is not here; pass --corpus PATH")
-    entries = D.load_corpus(name).entries
-    chosen: list[D.Entry] = []
+    entries = C.load_corpus(name).entries
+    chosen: list[C.Entry] = []
     for part in ("dev", "test", "train"):
-        chosen += D.split(entries, part)[: count - len(chosen)]
+        chosen += C.split(entries, part)[: count - len(chosen)]
         if len(chosen) >= count:
             break
     return chosen
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def graph_entry(path: Path) -> dict:
-    return {"file": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size}
-
-
-def _side(checkpoint: Path, tmp: Path, side: str, codec) -> dict:
-    info = {"tokenizer": codec.kind, "lowercase": codec.lowercase, "vocab": codec.vocab.tokens}
-    if codec.kind == "spm":
-        name = f"{side}.spm.model"
-        shutil.copyfile(checkpoint / name, tmp / name)
-        info.update(spm_model=name, spm_sha256=sha256_of(tmp / name))
-    return info
+def _side(checkpoint: Path, tmp: Path, side: str, codec) -> SideMeta:
+    if codec.kind != "spm":
+        return SideMeta(codec.kind, codec.lowercase, codec.vocab.tokens)
+    name = f"{side}.spm.model"
+    shutil.copyfile(checkpoint / name, tmp / name)
+    return SideMeta(codec.kind, codec.lowercase, codec.vocab.tokens, name, sha256_file(tmp / name))
 
 
 def _train_summary(checkpoint: Path) -> dict:

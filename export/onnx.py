@@ -10,7 +10,6 @@ checks the result step by step against PyTorch before a bundle is written.
 from __future__ import annotations
 
 import importlib.util
-import json
 import warnings
 from pathlib import Path
 
@@ -19,15 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from seq2edge.runtime.errors import Seq2EdgeError
-from seq2edge.runtime.interface import FORMAT_VERSION, Port, graph_ports
-from seq2edge.train.model import Seq2Seq, source_mask
+from seq2edge.runtime.interface import Port, graph_file, graph_metadata, graph_ports
+from seq2edge.train.model import Seq2SeqModule, source_mask
 
 OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
 
 
 class EncoderGraph(nn.Module):
-    def __init__(self, model: Seq2Seq):
+    def __init__(self, model: Seq2SeqModule):
         super().__init__()
         self.model = model
 
@@ -36,7 +35,7 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderGraph(nn.Module):
-    def __init__(self, model: Seq2Seq):
+    def __init__(self, model: Seq2SeqModule):
         super().__init__()
         self.model = model
 
@@ -44,7 +43,7 @@ class DecoderGraph(nn.Module):
         return self.model.step(prev_ids, state, memory, src_mask)
 
 
-def example_inputs(model: Seq2Seq) -> dict[str, tuple[Tensor, ...]]:
+def example_inputs(model: Seq2SeqModule) -> dict[str, tuple[Tensor, ...]]:
     """Inputs to trace with: batch 3 and unequal lengths, so no size is mistaken for a constant."""
     c = model.config
     lengths = torch.tensor([5, 3, 4])
@@ -56,8 +55,9 @@ def example_inputs(model: Seq2Seq) -> dict[str, tuple[Tensor, ...]]:
     return {"encoder": (src, lengths), "decoder": (prev, state, memory, source_mask(lengths, 5))}
 
 
-def export_graphs(model: Seq2Seq, out_dir: Path, metadata: dict[str, str], exporter: str = "torchscript") -> dict[str, Path]:
-    """Write encoder.onnx and decoder.onnx (fp32) into out_dir; each is one self-contained file."""
+def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter: str = "torchscript") -> dict[str, Path]:
+    """Write encoder.onnx and decoder.onnx (fp32) into out_dir; each is one self-contained file
+    whose metadata_props say which bundle, graph and precision it is."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}")
     if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
@@ -66,13 +66,13 @@ def export_graphs(model: Seq2Seq, out_dir: Path, metadata: dict[str, str], expor
     inputs = example_inputs(model)
     paths = {}
     for kind, module in (("encoder", EncoderGraph(model)), ("decoder", DecoderGraph(model))):
-        path = out_dir / f"{kind}.onnx"
+        path = out_dir / graph_file(kind, "fp32")
         ins, outs = graph_ports(kind)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             if exporter == "torchscript":
                 torch.onnx.export(module, inputs[kind], str(path), input_names=[p.name for p in ins],
-                                  output_names=[p.name for p in outs], dynamic_axes=_dynamic_axes(ins + outs),
+                                  output_names=[p.name for p in outs], dynamic_axes={p.name: p.dynamic_axes() for p in ins + outs},
                                   opset_version=OPSET, dynamo=False, do_constant_folding=True)
             else:
                 torch.onnx.export(module, inputs[kind], str(path), input_names=[p.name for p in ins],
@@ -80,7 +80,7 @@ def export_graphs(model: Seq2Seq, out_dir: Path, metadata: dict[str, str], expor
                                   opset_version=max(OPSET, 18), dynamo=True, external_data=False, verbose=False)
         graph = onnx.load(str(path))
         _fold_external_data(graph, path)
-        set_metadata(graph, {**metadata, "seq2edge.graph": kind})
+        set_metadata(graph, graph_metadata(bundle_id, model.config.to_dict(), "fp32", kind))
         onnx.checker.check_model(graph, full_check=True)
         save_single_file(graph, path)
         paths[kind] = path
@@ -94,16 +94,6 @@ def set_metadata(graph: onnx.ModelProto, metadata: dict[str, str]) -> None:
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
     graph.producer_name = "seq2edge"
-
-
-def graph_metadata(bundle_id: str, config_dict: dict, precision: str) -> dict[str, str]:
-    """What a graph says about itself, mirroring bundle.json."""
-    return {
-        "seq2edge.format_version": str(FORMAT_VERSION),
-        "seq2edge.bundle_id": bundle_id,
-        "seq2edge.precision": precision,
-        "seq2edge.model": json.dumps(config_dict, sort_keys=True),
-    }
 
 
 def save_single_file(graph: onnx.ModelProto, path: Path) -> None:
@@ -121,10 +111,6 @@ def _fold_external_data(graph: onnx.ModelProto, path: Path) -> None:
         load_external_data_for_model(graph, str(path.parent))
 
 
-def _dynamic_axes(ports: tuple[Port, ...]) -> dict[str, dict[int, str]]:
-    return {p.name: {i: a for i, a in enumerate(p.axes) if a in ("batch", "src_len")} for p in ports}
-
-
 def _dynamic_shapes(ports: tuple[Port, ...]) -> tuple:
     dims = {"batch": torch.export.Dim("batch", min=1, max=65536), "src_len": torch.export.Dim("src_len", min=1, max=4096)}
-    return tuple({i: dims[a] for i, a in enumerate(p.axes) if a in dims} for p in ports)
+    return tuple({i: dims[name] for i, name in p.dynamic_axes().items()} for p in ports)

@@ -1,23 +1,32 @@
-"""Parity: the exported graphs, run by the runtime, against the PyTorch model.
+"""Parity: every figure that compares exported graphs with what they came from.
 
-Two checks on the same words:
+fp32 graphs against the PyTorch model (`check_parity`, the export gate), two
+checks on the same words:
 - every decoder step: PyTorch and onnxruntime are fed the same previous tokens
   (PyTorch's greedy choices) and their whole log-probability vectors compared;
 - end to end: the runtime's own greedy decode must give PyTorch's tokens for every word.
 A fault that shifts one step (a mistranslated GRU, a batch axis fixed to 1)
 cannot hide behind tokens that happen to agree.
+Reduced-precision graphs (int8, fp16) against the fp32 graphs
+(`compare_precision`): token agreement, WER against the references, size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from seq2edge.runtime.backend import HostBackend
 from seq2edge.runtime.model import Seq2Seq as Runtime
-from seq2edge.train.model import Seq2Seq, greedy_decode, source_mask
+from seq2edge.runtime.schema import BundleMeta
+from seq2edge.runtime.util import pad_batch
+from seq2edge.train.corpus import Entry
+from seq2edge.train.metrics import score
+from seq2edge.train.model import Seq2SeqModule, greedy_decode, source_mask
 
 LOG_PROB_TOLERANCE = 1e-4
 # Entries less likely than e^-10 in PyTorch are left out of the gated figure: no search
@@ -47,7 +56,7 @@ class Parity:
         return d
 
 
-def check_parity(model: Seq2Seq, runtime: Runtime, texts: Sequence[str], batch_size: int = 64) -> Parity:
+def check_parity(model: Seq2SeqModule, runtime: Runtime, texts: Sequence[str], batch_size: int = 64) -> Parity:
     """Compare PyTorch and the runtime on `texts` (unknown tokens mapped to <unk>)."""
     model = model.eval()
     c = model.config
@@ -59,10 +68,7 @@ def check_parity(model: Seq2Seq, runtime: Runtime, texts: Sequence[str], batch_s
     steps, worst_lp, worst_all, worst_mem = 0, 0.0, 0.0, 0.0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        lengths = np.array([len(ids[i]) for i in idx], dtype=np.int64)
-        src = np.full((len(idx), int(lengths.max())), c.pad_id, dtype=np.int64)
-        for row, i in enumerate(idx):
-            src[row, : len(ids[i])] = ids[i]
+        src, lengths = pad_batch([ids[i] for i in idx], c.pad_id)
         s, n, lp, lp_all, mem = _compare_batch(model, runtime, src, lengths)
         for row, i in enumerate(idx):
             torch_tokens[i] = s[row]
@@ -72,7 +78,7 @@ def check_parity(model: Seq2Seq, runtime: Runtime, texts: Sequence[str], batch_s
     target = runtime.bundle.target
     agree, disagreements = 0, []
     for text, result, tokens in zip(texts, decoded, torch_tokens):
-        expected = target.decode(tokens)
+        expected = target.ids_to_tokens(tokens)
         if result.ok and result.tokens == expected:
             agree += 1
         elif len(disagreements) < 5:
@@ -81,16 +87,16 @@ def check_parity(model: Seq2Seq, runtime: Runtime, texts: Sequence[str], batch_s
 
 
 @torch.no_grad()
-def _compare_batch(model: Seq2Seq, runtime: Runtime, src: np.ndarray, lengths: np.ndarray):
+def _compare_batch(model: Seq2SeqModule, runtime: Runtime, src: np.ndarray, lengths: np.ndarray):
     """PyTorch greedy tokens for the batch, then both sides stepped on those tokens."""
     c = model.config
     src_t, len_t = torch.from_numpy(src), torch.from_numpy(lengths)
     tokens, _ = greedy_decode(model, src_t, len_t, c.max_tgt_len)
     memory_t, state_t = model.encode(src_t, len_t)
     mask_t = source_mask(len_t, src.shape[1])
-    engine = runtime._engine
-    memory, state = engine.encode(src, lengths)
-    mask = mask_t.numpy()
+    host = HostBackend(runtime.engine)  # numpy arrays, whatever backend the runtime decodes with
+    encoded = host.encode(src, lengths)
+    memory, state, mask = encoded.memory, encoded.state, encoded.mask
     real = mask[:, :, None]
     worst_mem = float(np.abs(np.where(real, memory - memory_t.numpy(), 0)).max())
     worst_mem = max(worst_mem, float(np.abs(state - state_t.numpy()).max()))
@@ -99,7 +105,8 @@ def _compare_batch(model: Seq2Seq, runtime: Runtime, src: np.ndarray, lengths: n
     worst_lp, worst_all, compared = 0.0, 0.0, 0
     for t in range(n_steps):
         lp_t, state_t, _ = model.step(torch.from_numpy(prev), state_t, memory_t, mask_t)
-        lp, state, _ = engine.step(prev, state, memory, mask)
+        out = host.step(prev, state, memory, mask)
+        lp, state = out.raw_log_probs, out.state
         live = np.array([t <= len(row) for row in tokens])  # steps up to and including </s>
         expected = lp_t.numpy()[live]
         diff = np.abs(lp[live] - expected)
@@ -108,3 +115,27 @@ def _compare_batch(model: Seq2Seq, runtime: Runtime, src: np.ndarray, lengths: n
         compared += int(live.sum())
         prev = np.array([row[t] if t < len(row) else c.eos_id for row in tokens], dtype=np.int64)
     return tokens, compared, worst_lp, worst_all, worst_mem
+
+
+def compare_precision(bundle_dir: Path, meta: BundleMeta, precision: str, entries: Sequence[Entry],
+                      reference: Sequence, fp32: Runtime) -> dict:
+    """Figures of the `precision` graphs against the fp32 ones (`reference`: fp32 results on `entries`)."""
+    sizes = {p: sum(entry.bytes or 0 for entry in meta.graphs[p].values()) for p in ("fp32", precision)}
+    figures: dict = {"size_ratio": round(sizes[precision] / sizes["fp32"], 4), "bytes": sizes[precision]}
+    try:
+        model = Runtime.load(bundle_dir, providers="cpu", precision=precision, unknown="unk")
+        results = model.decode([e.source for e in entries], errors="return")
+    except Exception as exc:  # a precision the CPU provider cannot run (fp16 on some builds)
+        return {**figures, "measured": False, "reason": f"the CPU provider cannot run these graphs: {str(exc).splitlines()[0]}"}
+    target = fp32.bundle.target
+    refs = [[target.split(r) for r in e.references] for e in entries]
+    agree = sum(a.ok and b.ok and a.tokens == b.tokens for a, b in zip(reference, results))
+    return {
+        **figures,
+        "measured": True,
+        "provider": "CPUExecutionProvider",
+        "words": len(entries),
+        "token_agreement_with_fp32": agree / max(len(entries), 1),
+        "wer": round(score([r.tokens for r in results], refs).wer, 3),
+        "fp32_wer": round(score([r.tokens for r in reference], refs).wer, 3),
+    }

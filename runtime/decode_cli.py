@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,12 @@ from pathlib import Path
 import click
 
 from .errors import Seq2EdgeError
+from .interface import PRECISIONS
+from .model import TOO_LONG_POLICIES, Seq2Seq
+from .options import SearchOptions
+from .providers import OPTIMIZATION_LEVELS
+from .tokenize import UNKNOWN_POLICIES
+from .util import atomic_path
 
 CHUNK = 4096  # lines decoded per call: bounds memory on long inputs, keeps output in input order
 
@@ -36,14 +41,14 @@ CHUNK = 4096  # lines decoded per call: bounds memory on long inputs, keeps outp
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu, cuda, or another onnxruntime provider name.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default: onnxruntime's choice).")
-@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True)
-@click.option("--optimization", type=click.Choice(["disabled", "basic", "extended", "all"]), default="all", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--optimization", type=click.Choice(list(OPTIMIZATION_LEVELS)), default="all", show_default=True,
               help="onnxruntime graph optimisation level.")
 @click.option("--io-binding/--no-io-binding", default=None,
               help="Keep decoding state on the device between steps (default: on for GPU providers, off on the CPU).")
-@click.option("--unknown", type=click.Choice(["error", "unk", "skip"]), default="error", show_default=True,
+@click.option("--unknown", type=click.Choice(UNKNOWN_POLICIES), default="error", show_default=True,
               help="Source tokens outside the vocabulary: fail that input, map to <unk>, or drop them.")
-@click.option("--too-long", type=click.Choice(["error", "truncate"]), default="error", show_default=True,
+@click.option("--too-long", type=click.Choice(TOO_LONG_POLICIES), default="error", show_default=True,
               help="Inputs over the model's max_src_len: fail that input, or truncate with a warning.")
 @click.option("--plot-attention", type=click.Path(path_type=Path), default=None,
               help="Draw each input's attention as a PNG heatmap (FILE, or FILE-N.png per input line N).")
@@ -52,26 +57,24 @@ def decode(bundle, texts, input_file, output_file, fmt, beam, nbest, length_pena
            max_len, min_len, batch_size, provider, threads, precision, optimization, io_binding, unknown, too_long, plot_attention,
            progress) -> int:
     """Decode TEXTS (or --input FILE, or stdin lines) with the bundle at BUNDLE."""
-    from .model import Seq2Seq
-
     if texts and input_file:
         raise click.UsageError("give TEXT arguments or --input, not both")
     if nbest is not None and nbest > beam:
         raise click.UsageError(f"--nbest {nbest} needs --beam of at least {nbest}")
     if plot_attention is not None:
         _check_matplotlib()
+    options = SearchOptions(beam_size=beam, nbest=nbest or 1, max_len=max_len, min_len=min_len, batch_size=batch_size,
+                            length_penalty=length_penalty, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                            seed=seed, return_attention=plot_attention is not None, errors="return")
     model = Seq2Seq.load(bundle, providers=provider, precision=precision, threads=threads, optimization=optimization,
                          unknown=unknown, too_long=too_long, io_binding=io_binding)
     lines = _lines(texts, input_file)
-    options = dict(beam_size=beam, nbest=nbest or 1, max_len=max_len, min_len=min_len, batch_size=batch_size,
-                   length_penalty=length_penalty, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
-                   seed=seed, return_attention=plot_attention is not None, errors="return")
     show_progress = sys.stderr.isatty() if progress is None else progress
     failed = 0
     with _Sink(output_file) as out, _Progress(show_progress, input_file) as bar:
         for chunk in _chunks(lines, CHUNK):
             good = [(n, text) for n, text, problem in chunk if problem is None]
-            results = iter(model.decode([text for _, text in good], **options)) if good else iter(())
+            results = iter(model.decode([text for _, text in good], options)) if good else iter(())
             for number, text, problem in chunk:
                 if problem is None:
                     result = next(results)
@@ -162,31 +165,30 @@ class _Sink:
 
     def __init__(self, path: Path | None):
         self.path = path
+        self._atomic = atomic_path(path) if path is not None else None
 
     def __enter__(self):
-        if self.path is None:
+        if self._atomic is None:
             self.stream = sys.stdout
-        else:
-            self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            try:
-                self.stream = open(self.tmp, "w", encoding="utf-8")
-            except OSError as exc:
-                raise Seq2EdgeError(f"{self.path}: cannot write: {exc.strerror}") from None
+            return self
+        tmp = self._atomic.__enter__()
+        try:
+            self.stream = open(tmp, "w", encoding="utf-8")
+        except OSError as exc:
+            self._atomic.__exit__(*sys.exc_info())
+            raise Seq2EdgeError(f"{self.path}: cannot write: {exc.strerror}") from None
         return self
 
     def write(self, text: str) -> None:
         self.stream.write(text)
-        if self.path is None:
+        if self._atomic is None:
             self.stream.flush()
 
     def __exit__(self, kind, value, tb):
-        if self.path is None:
+        if self._atomic is None:
             return False
         self.stream.close()
-        if kind is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+        self._atomic.__exit__(kind, value, tb)
         return False
 
 

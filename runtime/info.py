@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from .errors import BundleError
+from .interface import BUNDLE_FILE, GRAPHS, PRECISIONS
+
 ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-silicon")
 
 
@@ -50,7 +53,7 @@ def _cuda_loads() -> bool:
 
 
 # A one-node Identity graph (IR 7, opset 13), serialised ONNX: x float [1] -> y. The runtime
-# cannot import onnx to build it; tests/test_info.py rebuilds it with onnx.helper and compares.
+# cannot import onnx to build it; tests/test_app_and_providers.py rebuilds it with onnx.helper and compares.
 IDENTITY_GRAPH = bytes.fromhex(
     "08073a3b0a100a017812017922084964656e74697479120570726f62655a0f0a0178120a0a08080112040a"
     "020801620f0a0179120a0a08080112040a02080142040a00100d"
@@ -59,7 +62,7 @@ IDENTITY_GRAPH = bytes.fromhex(
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default=None, help="Only this precision's graphs.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Only this precision's graphs.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info(bundle: Path, precision: str | None, as_json: bool) -> None:
     """Show BUNDLE's metadata, its graphs' inputs and outputs, and the providers onnxruntime offers here."""
@@ -67,35 +70,45 @@ def info(bundle: Path, precision: str | None, as_json: bool) -> None:
 
     from .bundle import load_bundle
     from .engine import Engine
+    from .util import sha256_file
 
     b = load_bundle(bundle)
     report = {
         "bundle": str(b.path),
-        "format_version": b.meta["format_version"],
+        "format_version": b.meta.format_version,
         "bundle_id": b.bundle_id,
-        "created": b.meta.get("created"),
+        "created": b.meta.created,
         "model": b.config.to_dict(),
         "source": {"tokenizer": b.source.kind, "vocab_size": len(b.source.vocab)},
         "target": {"tokenizer": b.target.kind, "vocab_size": len(b.target.vocab)},
-        "exported_with": b.meta.get("exported_with"),
+        "exported_with": b.meta.exported_with,
         "graphs": {},
-        "parity": b.meta.get("parity"),
+        "parity": b.meta.parity,
         "onnxruntime": {"version": ort.__version__, "packages": installed_onnxruntimes(),
                         "available_providers": ort.get_available_providers(), "problems": diagnose_providers()},
     }
+    damaged = []
     for p in [precision] if precision else b.precisions:
-        engine = Engine(b, p, providers="cpu")
-        report["graphs"][p] = {
-            kind: {"file": b.graph_entry(kind, p)["file"], "bytes": b.graph_entry(kind, p).get("bytes"),
-                   "sha256": "verified",
-                   "inputs": [_port(a) for a in session.get_inputs()],
-                   "outputs": [_port(a) for a in session.get_outputs()]}
-            for kind, session in engine.sessions.items()
-        }
+        entries = {kind: b.graph_entry(kind, p) for kind in GRAPHS}
+        graphs = {}
+        for kind, entry in entries.items():
+            digest = sha256_file(b.path / entry.file)
+            graphs[kind] = {"file": entry.file, "bytes": entry.bytes, "sha256": digest,
+                            "sha256_matches_bundle_json": digest == entry.sha256}
+            if digest != entry.sha256:
+                damaged.append(entry.file)
+        if not damaged:
+            for kind, session in Engine(b, p, providers="cpu").sessions.items():
+                graphs[kind].update(inputs=[_port(a) for a in session.get_inputs()],
+                                    outputs=[_port(a) for a in session.get_outputs()])
+        report["graphs"][p] = graphs
     if as_json:
         click.echo(json.dumps(report, indent=1, ensure_ascii=False))
-        return
-    _print_text(report)
+    else:
+        _print_text(report)
+    if damaged:
+        raise BundleError(f"{', '.join(damaged)}: sha256 does not match {BUNDLE_FILE}; the file is damaged or was "
+                          "replaced, re-export the bundle")
 
 
 def _port(arg) -> str:
@@ -119,9 +132,11 @@ def _print_text(r: dict) -> None:
         click.echo(f"{precision}")
         for g in graphs.values():
             size = f"{g['bytes'] / 1e6:.2f} MB" if g.get("bytes") else ""
-            click.echo(f"  {g['file']}  {size}  sha256 {g['sha256']}")
-            click.echo(f"    in:  {'; '.join(g['inputs'])}")
-            click.echo(f"    out: {'; '.join(g['outputs'])}")
+            status = "matches bundle.json" if g["sha256_matches_bundle_json"] else "DOES NOT MATCH bundle.json"
+            click.echo(f"  {g['file']}  {size}  sha256 {g['sha256']} ({status})")
+            if "inputs" in g:
+                click.echo(f"    in:  {'; '.join(g['inputs'])}")
+                click.echo(f"    out: {'; '.join(g['outputs'])}")
         if parity:
             figures = {k: v for k, v in parity.items() if not isinstance(v, (list, dict))}
             click.echo("  parity: " + ", ".join(f"{k} {v}" for k, v in figures.items()))

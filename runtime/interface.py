@@ -1,4 +1,4 @@
-"""The ONNX contract between export and the device: graph names, inputs, outputs.
+"""The ONNX contract between export and the device: files, graph ports, metadata keys.
 
 Written down once here; export builds graphs that satisfy it and the runtime
 checks every loaded graph against it.
@@ -6,42 +6,66 @@ checks every loaded graph against it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 FORMAT_VERSION = 1
-ENCODER_FILE = "encoder.onnx"
-DECODER_FILE = "decoder.onnx"
 BUNDLE_FILE = "bundle.json"
+GRAPHS = ("encoder", "decoder")
 PRECISIONS = ("fp32", "int8", "fp16")
+
+# metadata_props of every graph: what the graph says about itself, mirroring bundle.json.
+META_FORMAT_VERSION = "seq2edge.format_version"
+META_BUNDLE_ID = "seq2edge.bundle_id"
+META_PRECISION = "seq2edge.precision"
+META_MODEL = "seq2edge.model"
+META_GRAPH = "seq2edge.graph"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of a port: dynamic (batch, src_len) or fixed to a model size named after a config property."""
+
+    name: str
+    dynamic: bool
+
+
+BATCH, SRC_LEN = Axis("batch", True), Axis("src_len", True)
+HIDDEN, STATE_SIZE, VOCAB = Axis("hidden", False), Axis("state_size", False), Axis("vocab", False)
 
 
 @dataclass(frozen=True)
 class Port:
-    """One graph input or output: its name, element type and axes (names are dynamic)."""
+    """One graph input or output: its name, element type and axes."""
 
     name: str
     dtype: str  # the onnxruntime type string without "tensor(...)": float, int64, bool
-    axes: tuple[str, ...]
+    axes: tuple[Axis, ...]
+
+    def dynamic_axes(self) -> dict[int, str]:
+        """{axis index: name} of the axes that must stay dynamic (what torch.onnx.export takes)."""
+        return {i: a.name for i, a in enumerate(self.axes) if a.dynamic}
 
 
 ENCODER_INPUTS = (
-    Port("src_ids", "int64", ("batch", "src_len")),
-    Port("src_lengths", "int64", ("batch",)),
+    Port("src_ids", "int64", (BATCH, SRC_LEN)),
+    Port("src_lengths", "int64", (BATCH,)),
 )
 ENCODER_OUTPUTS = (
-    Port("memory", "float", ("batch", "src_len", "hidden")),
-    Port("state", "float", ("batch", "state_size")),
+    Port("memory", "float", (BATCH, SRC_LEN, HIDDEN)),
+    Port("state", "float", (BATCH, STATE_SIZE)),
 )
 DECODER_INPUTS = (
-    Port("prev_ids", "int64", ("batch",)),
-    Port("state", "float", ("batch", "state_size")),
-    Port("memory", "float", ("batch", "src_len", "hidden")),
-    Port("src_mask", "bool", ("batch", "src_len")),
+    Port("prev_ids", "int64", (BATCH,)),
+    Port("state", "float", (BATCH, STATE_SIZE)),
+    Port("memory", "float", (BATCH, SRC_LEN, HIDDEN)),
+    Port("src_mask", "bool", (BATCH, SRC_LEN)),
 )
 DECODER_OUTPUTS = (
-    Port("log_probs", "float", ("batch", "vocab")),
-    Port("new_state", "float", ("batch", "state_size")),
-    Port("attention", "float", ("batch", "src_len")),
+    Port("log_probs", "float", (BATCH, VOCAB)),
+    Port("new_state", "float", (BATCH, STATE_SIZE)),
+    Port("attention", "float", (BATCH, SRC_LEN)),
 )
 
 
@@ -53,3 +77,14 @@ def graph_file(kind: str, precision: str) -> str:
 def graph_ports(kind: str) -> tuple[tuple[Port, ...], tuple[Port, ...]]:
     """(inputs, outputs) of the "encoder" or "decoder" graph."""
     return (ENCODER_INPUTS, ENCODER_OUTPUTS) if kind == "encoder" else (DECODER_INPUTS, DECODER_OUTPUTS)
+
+
+def graph_metadata(bundle_id: str, model: dict[str, Any], precision: str, kind: str) -> dict[str, str]:
+    """The metadata_props export writes into a graph and the runtime expects to find there."""
+    return {
+        META_FORMAT_VERSION: str(FORMAT_VERSION),
+        META_BUNDLE_ID: bundle_id,
+        META_PRECISION: precision,
+        META_MODEL: json.dumps(model, sort_keys=True),
+        META_GRAPH: kind,
+    }

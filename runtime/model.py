@@ -11,16 +11,19 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import search
+from .backend import Backend, DeviceBackend, HostBackend, Stepper, device_of
 from .bundle import Bundle, load_bundle
-from .device import DeviceRunner, device_of
 from .engine import Engine
 from .errors import InputError, Seq2EdgeError
+from .options import SearchOptions
 from .providers import ProviderSpec
 from .tokenize import UNKNOWN_POLICIES
+from .util import pad_batch
 
 TOO_LONG_POLICIES = ("error", "truncate")
 
@@ -45,10 +48,12 @@ class Result:
 
 
 @dataclass
-class _Prepared:
+class _Source:
+    """One input, tokenised: its position in the decode call, source ids and tokens."""
+
     index: int
     ids: list[int]
-    source_tokens: list[str]
+    tokens: list[str]
 
 
 class Seq2Seq:
@@ -62,12 +67,12 @@ class Seq2Seq:
             raise Seq2EdgeError(f"too_long must be one of {', '.join(TOO_LONG_POLICIES)}, not {too_long!r}")
         self.bundle = bundle
         self.config = bundle.config
-        self._engine = engine
+        self.engine = engine
         self.unknown = unknown
         self.too_long = too_long
         if io_binding is None:  # keep decoding state on the device whenever the decoder runs on one
             io_binding = device_of(engine.providers) != "cpu"
-        self._device = DeviceRunner(engine) if io_binding else None
+        self.backend: Backend = DeviceBackend(engine) if io_binding else HostBackend(engine)
 
     @classmethod
     def load(cls, path: str | Path, providers: ProviderSpec = "auto", precision: str = "fp32",
@@ -88,14 +93,14 @@ class Seq2Seq:
     @property
     def providers(self) -> list[str]:
         """The execution providers onnxruntime really uses for the decoder."""
-        return self._engine.providers
+        return self.engine.providers
 
-    def decode(self, texts: Sequence[str], beam_size: int = 1, nbest: int = 1, max_len: int | None = None,
-               batch_size: int = 64, return_attention: bool = False, min_len: int = 0,
-               length_penalty: float = 0.0, sample: bool = False, temperature: float = 1.0, top_k: int = 0,
-               top_p: float = 1.0, seed: int = 0, errors: str = "raise") -> list[Result]:
+    def decode(self, texts: Sequence[str], options: SearchOptions | None = None, **keywords: Any) -> list[Result]:
         """Decode every text; results come back in input order.
 
+        Settings come as a SearchOptions value, as keywords (its field names: beam_size,
+        nbest, max_len, batch_size, return_attention, min_len, length_penalty, sample,
+        temperature, top_k, top_p, seed, errors), or both (keywords win).
         Inputs are sorted by length and decoded `batch_size` at a time; results do
         not depend on the batching. beam_size 1 is greedy search; `sample=True`
         draws tokens (temperature, top_k, top_p) with draws fixed by `seed` and the
@@ -104,63 +109,45 @@ class Seq2Seq:
         """
         if isinstance(texts, str):
             raise TypeError("decode() takes a list of texts; wrap a single text in a list")
-        self._check_options(beam_size, nbest, batch_size, sample, temperature, top_k, top_p, errors, max_len, min_len)
-        limits = self._limits(max_len, min_len)
-        sampling = search.Sampling(temperature, top_k, top_p, seed) if sample else None
+        options = SearchOptions.of(options, **keywords)
+        limits = self._limits(options)
         results: list[Result | None] = [None] * len(texts)
-        ready: list[_Prepared] = []
+        ready: list[_Source] = []
         for i, text in enumerate(texts):
             try:
                 ready.append(self._prepare(i, text))
             except InputError as exc:
-                if errors == "raise":
+                if options.errors == "raise":
                     raise InputError(f"input {i}: {exc}") from None
                 results[i] = Result(input=text if isinstance(text, str) else repr(text), error=str(exc))
         ready.sort(key=lambda p: len(p.ids))
-        for start in range(0, len(ready), batch_size):
-            chunk = ready[start : start + batch_size]
-            for prepared, hyps in zip(chunk, self._decode_batch(chunk, limits, beam_size, nbest, length_penalty,
-                                                                return_attention, sampling)):
-                results[prepared.index] = self._result(texts[prepared.index], prepared, hyps)
+        strategy = search.STRATEGIES[options.strategy]
+        for start in range(0, len(ready), options.batch_size):
+            chunk = ready[start : start + options.batch_size]
+            stepper, state = self._encode(chunk)
+            input_ids = np.array([p.index for p in chunk])
+            for source, hyps in zip(chunk, strategy(stepper, state, input_ids, limits, options)):
+                results[source.index] = self._result(texts[source.index], source, hyps)
         return results  # type: ignore[return-value]
 
-    def stream(self, text: str, max_len: int | None = None, min_len: int = 0, sample: bool = False,
-               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> Iterator[str]:
+    def stream(self, text: str, options: SearchOptions | None = None, **keywords: Any) -> Iterator[str]:
         """Target tokens of one text as they are produced (greedy, or sampling with the same
-        draws as decode([text], sample=True, seed=seed))."""
-        self._check_options(1, 1, 1, sample, temperature, top_k, top_p, "raise", max_len, min_len)
-        prepared = self._prepare(0, text)
-        memory, state, mask = self._encode([prepared])
-        step = self._stepper(memory, mask)
-        sampling = search.Sampling(temperature, top_k, top_p, seed) if sample else None
-        for token_id in search.stream(step, state, self._limits(max_len, min_len), sampling, take=self._take):
+        draws as decode([text], sample=True, seed=seed)). Beam search cannot stream."""
+        options = SearchOptions.of(options, **keywords)
+        if options.beam_size > 1:
+            raise Seq2EdgeError("stream() decodes greedily or by sampling; use decode() for beam search")
+        source = self._prepare(0, text)
+        stepper, state = self._encode([source])
+        for token_id in search.stream(stepper, state, self._limits(options), options):
             yield self.bundle.target.vocab.tokens[token_id]
 
     # -- internals -------------------------------------------------------------------
-    def _check_options(self, beam_size, nbest, batch_size, sample, temperature, top_k, top_p, errors, max_len, min_len):
-        problems = []
-        if beam_size < 1:
-            problems.append("beam_size must be at least 1")
-        if not 1 <= nbest <= max(beam_size, 1):
-            problems.append(f"nbest must be between 1 and beam_size ({beam_size})")
-        if batch_size < 1:
-            problems.append("batch_size must be at least 1")
-        if sample and beam_size > 1:
-            problems.append("sampling and beam search cannot be combined; use beam_size=1 with sample=True")
-        if temperature <= 0 or top_k < 0 or not 0 < top_p <= 1:
-            problems.append("temperature must be > 0, top_k >= 0 and 0 < top_p <= 1")
-        if errors not in ("raise", "return"):
-            problems.append("errors must be 'raise' or 'return'")
-        if max_len is not None and max_len < 0 or min_len < 0:
-            problems.append("max_len and min_len must not be negative")
-        if problems:
-            raise Seq2EdgeError("; ".join(problems))
-
-    def _limits(self, max_len: int | None, min_len: int) -> search.Limits:
+    def _limits(self, options: SearchOptions) -> search.Limits:
         c = self.config
-        return search.Limits(c.bos_id, c.eos_id, c.pad_id, c.tgt_vocab_size, min_len, c.max_tgt_len if max_len is None else max_len)
+        max_len = c.max_tgt_len if options.max_len is None else options.max_len
+        return search.Limits(c.bos_id, c.eos_id, c.pad_id, c.tgt_vocab_size, options.min_len, max_len)
 
-    def _prepare(self, index: int, text: str) -> _Prepared:
+    def _prepare(self, index: int, text: str) -> _Source:
         if not isinstance(text, str):
             raise InputError(f"expected a string, got {type(text).__name__}")
         _check_text(text)
@@ -171,65 +158,23 @@ class Seq2Seq:
                 raise InputError(f"{len(ids)} source tokens, over the model's max_src_len of {limit} (use too_long='truncate')")
             warnings.warn(f"input {index}: {len(ids)} source tokens truncated to max_src_len {limit}", stacklevel=3)
             tokens, ids = tokens[:limit], ids[:limit]
-        return _Prepared(index, ids, tokens)
+        return _Source(index, ids, tokens)
 
-    def _encode(self, chunk: list[_Prepared]):
-        lengths = np.array([len(p.ids) for p in chunk], dtype=np.int64)
-        src = np.full((len(chunk), int(lengths.max())), self.config.pad_id, dtype=np.int64)
-        for row, p in enumerate(chunk):
-            src[row, : len(p.ids)] = p.ids
-        mask = np.arange(src.shape[1])[None, :] < lengths[:, None]
-        if self._device is not None:
-            memory, state = self._device.encode(src, lengths)
-            return memory, state, self._device.to_device(mask)
-        memory, state = self._engine.encode(src, lengths)
-        return memory, state, mask
+    def _encode(self, chunk: list[_Source]) -> tuple[Stepper, Any]:
+        """Encode a batch -> the search's stepper over it, and the first decoder state."""
+        src, lengths = pad_batch([p.ids for p in chunk], self.config.pad_id)
+        encoded = self.backend.encode(src, lengths)
+        return Stepper(self.backend, encoded), encoded.state
 
-    def _stepper(self, memory, mask) -> search.Step:
-        """The search's step: feeds each hypothesis row its input's memory and mask,
-        re-gathering them (on the device, under IOBinding) only when the set of rows changes."""
-        engine, device = self._engine, self._device
-        cache: dict[str, object] = {"rows": None}
-        inputs = (memory.shape()[0] if device is not None else memory.shape[0])
-
-        def step(prev_ids, state, rows):
-            if rows is not cache["rows"]:
-                cache["rows"] = rows
-                if rows.size == inputs and bool((rows == np.arange(rows.size)).all()):
-                    cache["memory"], cache["mask"] = memory, mask
-                elif device is not None:
-                    cache["memory"] = device.gather("GATHER_MEMORY", memory, rows)
-                    cache["mask"] = device.gather("GATHER_MASK", mask, rows)
-                else:
-                    cache["memory"], cache["mask"] = memory[rows], mask[rows]
-            if device is not None:
-                return device.step(prev_ids, state, cache["memory"], cache["mask"])
-            return search.HostStep(*engine.step(prev_ids, state, cache["memory"], cache["mask"]))
-
-        return step
-
-    @property
-    def _take(self) -> search.Take:
-        return self._device.take_state if self._device is not None else search.take_rows
-
-    def _decode_batch(self, chunk, limits, beam_size, nbest, length_penalty, return_attention, sampling):
-        memory, state, mask = self._encode(chunk)
-        step = self._stepper(memory, mask)
-        if beam_size == 1:
-            input_ids = np.array([p.index for p in chunk])
-            hyps = search.greedy(step, state, limits, return_attention, sampling, input_ids, take=self._take)
-            return [[h] for h in hyps]
-        return search.beam_search(step, state, limits, beam_size, nbest, length_penalty, return_attention, take=self._take)
-
-    def _result(self, text: str, prepared: _Prepared, hyps: list[search.Hypothesis]) -> Result:
+    def _result(self, text: str, source: _Source, hyps: list[search.Hypothesis]) -> Result:
         target = self.bundle.target
         vocab = target.vocab.tokens
-        src_len = len(prepared.ids)
+        src_len = len(source.ids)
         out = []
         for h in hyps:
             tokens = [vocab[i] for i in h.ids]  # searches never choose <pad> or <s>; </s> ends a hypothesis
             attention = h.attention[:, :src_len] if h.attention is not None else None
-            out.append(Result(text, target.join(tokens), tokens, h.score, [], attention, prepared.source_tokens, h.truncated))
+            out.append(Result(text, target.join(tokens), tokens, h.score, [], attention, source.tokens, h.truncated))
         best = out[0]
         if len(out) > 1:
             best.nbest = out

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .errors import Seq2EdgeError
+from .util import atomic_path
 
 
 def plot_attention(result, path: str | Path) -> Path:
@@ -31,8 +31,7 @@ def plot_attention(result, path: str | Path) -> Path:
     ax.set_title(result.input if len(result.input) <= 40 else result.input[:37] + "...", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.05)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return path

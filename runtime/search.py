@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .options import SearchOptions
+
 
 class StepResult(Protocol):
     state: Any  # the next decoder state, for the same rows
@@ -33,16 +35,15 @@ class StepResult(Protocol):
         """Attention weights [n, S] on the host."""
 
 
-# step(prev_ids [n], state, rows [n]) -> StepResult. `rows` says which encoded input each
-# hypothesis belongs to, so the step can feed the matching memory and mask; a new `rows`
-# object means the rows changed.
-Step = Callable[[np.ndarray, Any, np.ndarray], StepResult]
-# take(state, index) -> the state rows at index (numpy indexing here; a gather on the device on GPU).
-Take = Callable[[Any, np.ndarray], Any]
+class Stepper(Protocol):
+    """One encoded batch as the search sees it (runtime.backend.Stepper implements it)."""
 
+    def __call__(self, prev_ids: np.ndarray, state: Any, rows: np.ndarray) -> StepResult:
+        """One decoder step for hypothesis rows; `rows` [n] says which encoded input each row
+        belongs to (a new `rows` object means the rows changed)."""
 
-def take_rows(state: np.ndarray, index: np.ndarray) -> np.ndarray:
-    return state[index]
+    def take(self, state: Any, index: np.ndarray) -> Any:
+        """The state rows at `index` (reorders beams, drops finished rows)."""
 
 
 @dataclass
@@ -110,79 +111,86 @@ class Limits:
         return self._biases[case]
 
 
-@dataclass
-class Sampling:
-    """Sampling settings; `seed` makes draws depend only on (seed, input index, step)."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
+# A strategy decodes every row of `state`: one n-best list (best first) per input.
+# input_ids number the rows' inputs in the decode call (sampling draws depend on them).
+Strategy = Callable[[Stepper, Any, np.ndarray, Limits, SearchOptions], list[list[Hypothesis]]]
 
 
-def greedy(step: Step, state: Any, limits: Limits, want_attention: bool = False, sampling: Sampling | None = None,
-           input_ids: np.ndarray | None = None, take: Take = take_rows) -> list[Hypothesis]:
-    """Greedy (or sampled, when `sampling` is given) decoding of every row of `state`.
-
-    `input_ids` number the rows for sampling's random draws (default 0..n-1)."""
-    *_, hypotheses = _greedy_steps(step, state, limits, want_attention, sampling, input_ids, take)
-    return hypotheses
-
-
-def stream(step: Step, state: Any, limits: Limits, sampling: Sampling | None = None,
-           input_id: int = 0, take: Take = take_rows) -> Iterator[int]:
-    """Ids of the single row of `state` as they are chosen; </s> is not yielded."""
-    for event in _greedy_steps(step, state, limits, False, sampling, np.array([input_id]), take):
-        if isinstance(event, np.ndarray):
-            token = int(event[0])
-            if token != limits.eos_id:
-                yield token
+def greedy(stepper: Stepper, state: Any, input_ids: np.ndarray, limits: Limits, options: SearchOptions) -> list[list[Hypothesis]]:
+    """The most likely token at every step."""
+    record = _Record(len(input_ids), options.return_attention)
+    for _ in _greedy_steps(stepper, state, input_ids, limits, None, record):
+        pass
+    return [[h] for h in record.hypotheses(limits)]
 
 
-def _greedy_steps(step, state, limits, want_attention, sampling, input_ids, take):
-    """Generator of each step's chosen ids, then (last) the list of hypotheses."""
-    n = len(input_ids) if input_ids is not None else _rows_of(state)
+def sampling(stepper: Stepper, state: Any, input_ids: np.ndarray, limits: Limits, options: SearchOptions) -> list[list[Hypothesis]]:
+    """A token drawn at every step (temperature, top_k, top_p; draws fixed by seed, input and step)."""
+    record = _Record(len(input_ids), options.return_attention)
+    for _ in _greedy_steps(stepper, state, input_ids, limits, options, record):
+        pass
+    return [[h] for h in record.hypotheses(limits)]
+
+
+def stream(stepper: Stepper, state: Any, limits: Limits, options: SearchOptions, input_id: int = 0) -> Iterator[int]:
+    """Ids of the single row of `state` as they are chosen (greedy, or sampled when options.sample); </s> is not yielded."""
+    draws = options if options.sample else None
+    for ids in _greedy_steps(stepper, state, np.array([input_id]), limits, draws, _Record(1, False)):
+        token = int(ids[0])
+        if token != limits.eos_id:
+            yield token
+
+
+class _Record:
+    """What greedy steps chose, per step, for the rows active at that step."""
+
+    def __init__(self, n: int, want_attention: bool):
+        self.n, self.want_attention = n, want_attention
+        self.chosen: list[np.ndarray] = []
+        self.active_at: list[np.ndarray] = []
+        self.attn_at: list[np.ndarray] = []
+        self.ends = np.zeros(n, dtype=np.int64)
+        self.scores = np.zeros(n, dtype=np.float64)
+
+    def hypotheses(self, limits: Limits) -> list[Hypothesis]:
+        return _collect(self.chosen, self.active_at, self.attn_at, self.ends, self.scores, limits, self.want_attention)
+
+
+def _greedy_steps(stepper: Stepper, state: Any, input_ids: np.ndarray, limits: Limits, draws: SearchOptions | None,
+                  record: _Record) -> Iterator[np.ndarray]:
+    """Yields each step's chosen ids (for the rows active at that step) and fills `record`.
+    `draws`: sample with these options; None: argmax."""
+    n = len(input_ids)
     rows = np.arange(n)  # which input each active row is
-    input_ids = np.arange(n) if input_ids is None else np.asarray(input_ids)
+    input_ids = np.asarray(input_ids)
     prev = np.full(n, limits.bos_id, dtype=np.int64)
-    scores = np.zeros(n, dtype=np.float64)
-    chosen: list[np.ndarray] = []  # per step: ids of the rows active at that step
-    active_at: list[np.ndarray] = []
-    attn_at: list[np.ndarray] = []
-    ends = np.zeros(n, dtype=np.int64)
     t = 0
     while rows.size:
-        out = step(prev, state, rows)
+        out = stepper(prev, state, rows)
         state = out.state
         bias = limits.bias(t)
-        if sampling is None:
+        if draws is None:
             values, ids = out.top(1, bias)
             values, ids = values[:, 0], ids[:, 0]
         else:
             log_probs = out.log_probs(bias)
-            ids = _sample(log_probs, sampling, input_ids[rows], t)
+            ids = _sample(log_probs, draws, input_ids[rows], t)
             values = log_probs[np.arange(rows.size), ids]
-        scores[rows] += values
-        chosen.append(ids)
-        active_at.append(rows)
-        if want_attention:
-            attn_at.append(np.asarray(out.attention(), dtype=np.float32))
+        record.scores[rows] += values
+        record.chosen.append(ids)
+        record.active_at.append(rows)
+        if record.want_attention:
+            record.attn_at.append(np.asarray(out.attention(), dtype=np.float32))
         yield ids
         done = ids == limits.eos_id
         if done.any():
-            ends[rows[done]] = t
+            record.ends[rows[done]] = t
             keep = np.flatnonzero(~done)
             rows, ids = rows[keep], ids[keep]
             if rows.size:
-                state = take(state, keep)
+                state = stepper.take(state, keep)
         prev = ids
         t += 1
-    yield _collect(chosen, active_at, attn_at, ends, scores, limits, want_attention)
-
-
-def _rows_of(state: Any) -> int:
-    shape = state.shape() if callable(getattr(state, "shape", None)) else state.shape
-    return int(shape[0])
 
 
 def _collect(chosen, active_at, attn_at, ends, scores, limits, want_attention) -> list[Hypothesis]:
@@ -203,7 +211,7 @@ def _collect(chosen, active_at, attn_at, ends, scores, limits, want_attention) -
     return out
 
 
-def _sample(log_probs: np.ndarray, sampling: Sampling, input_ids: np.ndarray, t: int) -> np.ndarray:
+def _sample(log_probs: np.ndarray, sampling: SearchOptions, input_ids: np.ndarray, t: int) -> np.ndarray:
     """One id per row from softmax(log_probs / temperature), restricted to top-k and top-p."""
     logits = log_probs / max(sampling.temperature, 1e-6)
     vocab = logits.shape[1]
@@ -239,19 +247,19 @@ def _uniform(seed: int, input_ids: np.ndarray, t: int) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def beam_search(step: Step, state: Any, limits: Limits, beam: int, nbest: int = 1, length_penalty: float = 0.0,
-                want_attention: bool = False, take: Take = take_rows) -> list[list[Hypothesis]]:
-    """n-best lists (best first) for every row of `state`.
+def beam(stepper: Stepper, state: Any, input_ids: np.ndarray, limits: Limits, options: SearchOptions) -> list[list[Hypothesis]]:
+    """n-best lists (best first) for every row of `state`, options.beam_size hypotheses kept per input.
 
     Hypotheses are ranked by score / (len + 1) ** length_penalty, len counting the
     tokens before </s>. With length_penalty 0 an input stops only when no live
     beam can beat its beam-th finished hypothesis, so a beam wide enough to hold
     every prefix is an exhaustive search.
     """
-    n, k = _rows_of(state), beam
+    k, nbest, length_penalty, want_attention = options.beam_size, options.nbest, options.length_penalty, options.return_attention
+    n = len(input_ids)
     items = np.arange(n)  # active inputs
     rows = np.repeat(items, k)  # input of each hypothesis row
-    state = take(state, rows)
+    state = stepper.take(state, rows)
     scores = np.zeros((n, k))
     scores[:, 1:] = -np.inf  # all beams start as the same <s>; keep one
     history = np.zeros((n * k, 0), dtype=np.int64)
@@ -261,7 +269,7 @@ def beam_search(step: Step, state: Any, limits: Limits, beam: int, nbest: int = 
     best_finished = np.full((n, k), -np.inf)  # per input, its k best ranking scores, best first
     t = 0
     while items.size:
-        out = step(prev, state, rows)
+        out = stepper(prev, state, rows)
         state = out.state
         a = items.size
         values, ids = out.top(2 * k, limits.bias(t))  # per row; the item's best 2k are among these
@@ -291,7 +299,7 @@ def beam_search(step: Step, state: Any, limits: Limits, beam: int, nbest: int = 
         new_origin = np.take_along_axis(origin, pick, axis=1).ravel()
         scores = np.take_along_axis(top_scores, pick, axis=1)
         history = np.concatenate([history[new_origin], np.take_along_axis(token, pick, axis=1).reshape(-1, 1)], axis=1)
-        state = take(state, new_origin)
+        state = stepper.take(state, new_origin)
         if want_attention:
             attn_hist = attn_hist[new_origin]
         prev = history[:, -1]
@@ -303,7 +311,7 @@ def beam_search(step: Step, state: Any, limits: Limits, beam: int, nbest: int = 
             items, scores, rows = items[keep], scores[keep], rows[keep_rows]
             history, prev = history[keep_rows], prev[keep_rows]
             if keep_rows.size:
-                state = take(state, keep_rows)
+                state = stepper.take(state, keep_rows)
             if want_attention:
                 attn_hist = attn_hist[keep_rows]
     out = []
@@ -322,3 +330,6 @@ def _beam_done(best_finished, scores, t, limits, length_penalty) -> np.ndarray:
     # with a length penalty it is the usual heuristic.
     bound = best_live / (t + 1) ** length_penalty
     return ~np.isfinite(best_live) | (bound <= best_finished[:, -1])
+
+
+STRATEGIES: dict[str, Strategy] = {"greedy": greedy, "beam": beam, "sampling": sampling}

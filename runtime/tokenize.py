@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .config import ModelConfig
 from .errors import BundleError, InputError
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -33,7 +34,10 @@ class Vocabulary:
 
     @classmethod
     def build(cls, counts: dict[str, int], min_freq: int = 1, max_size: int | None = None) -> Vocabulary:
-        """Most frequent tokens first (ties alphabetical), specials prepended."""
+        """The specials, then the tokens seen at least `min_freq` times in alphabetical order.
+
+        With `max_size`, only the most frequent tokens are kept (ties broken alphabetically);
+        they are still listed alphabetically, so ids do not depend on counts."""
         kept = sorted((t for t, n in counts.items() if n >= min_freq and t not in SPECIALS), key=lambda t: (-counts[t], t))
         if max_size is not None:
             kept = kept[: max(0, max_size - len(SPECIALS))]
@@ -101,9 +105,24 @@ class TextCodec:
             return tokens, [i for i in ids if i >= 0]
         return tokens, [index[UNK] if i < 0 else i for i in ids]
 
-    def decode(self, ids: Iterable[int]) -> list[str]:
+    def ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         """Tokens of `ids`; <pad>, <s> and </s> dropped, <unk> kept so that it stays visible."""
         return [self.vocab.tokens[i] for i in ids if i not in _DROPPED_IDS]
+
+
+def codec_pair(config: ModelConfig, source_vocab: Sequence[str], target_vocab: Sequence[str],
+               spm_paths: Sequence[Path | None] = (None, None)) -> tuple[TextCodec, TextCodec]:
+    """The source and target codecs the model config describes (one place for checkpoints and bundles).
+    spm_paths: each side's SentencePiece model, for a side whose tokeniser is spm."""
+    codecs = []
+    for side, kind, vocab, lower, spm in (("source", config.src_tokens, source_vocab, config.lowercase_source, spm_paths[0]),
+                                          ("target", config.tgt_tokens, target_vocab, False, spm_paths[1])):
+        try:
+            tokens = Vocabulary(vocab)
+        except BundleError as exc:
+            raise BundleError(f"{side} {exc}") from None
+        codecs.append(TextCodec(kind, tokens, lower, spm if kind == "spm" else None))
+    return codecs[0], codecs[1]
 
 
 def _describe(text: str, limit: int = 40) -> str:

@@ -16,7 +16,8 @@ SEQ2EDGE = [sys.executable, "-m", "seq2edge.runtime.cli"]
 def train_tiny(out: Path, corpus: str = "cmudict", epochs: int = 3, limit: int = 600, dev_limit: int = 100,
                batch_size: int = 32, **arch) -> Path:
     """A small model trained for a few hundred steps at most (embed 16, hidden 32 unless given)."""
-    from seq2edge.train.loop import TrainConfig, Trainer
+    from seq2edge.train.config import TrainConfig
+    from seq2edge.train.loop import Trainer
 
     arch = {"embed": 16, "hidden": 32, "max_src_len": 32, "max_tgt_len": 24, **arch}
     tc = TrainConfig(corpus=corpus, epochs=epochs, train_limit=limit, dev_limit=dev_limit, batch_size=batch_size,
@@ -52,6 +53,6 @@ def tiny_model(tiny_bundle):
 
 @pytest.fixture(scope="session")
 def dev_words() -> list[str]:
-    from seq2edge.train import data as D
+    from seq2edge.train import corpus as C
 
-    return [e.source for e in D.split(D.load_cmudict().entries, "dev")[:300]]
+    return [e.source for e in C.split(C.load_cmudict().entries, "dev")[:300]]

@@ -1,6 +1,7 @@
 """The embedding example, execution providers, `seq2edge info` and attention plots."""
 
 import json
+import shutil
 import sys
 import threading
 import urllib.error
@@ -11,7 +12,8 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from seq2edge.runtime import ProviderError, Seq2Seq
+from seq2edge.runtime import BundleError, ProviderError, Seq2Seq
+from seq2edge.runtime.util import sha256_file
 from seq2edge.runtime import providers as P
 from seq2edge.runtime.cli import cli
 
@@ -63,7 +65,7 @@ def test_a_provider_onnxruntime_silently_dropped_is_caught(tiny_bundle):
 
 def test_session_options_are_applied(tiny_bundle, tiny_model):
     model = Seq2Seq.load(tiny_bundle, providers="cpu", threads=2, optimization="basic")
-    options = model._engine.sessions["decoder"].get_session_options()
+    options = model.engine.sessions["decoder"].get_session_options()
     assert options.intra_op_num_threads == 2
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     assert model.decode(["edge"])[0].tokens == tiny_model.decode(["edge"])[0].tokens
@@ -79,7 +81,20 @@ def test_info_shows_metadata_graph_ports_and_providers(tiny_bundle):
         assert text in result.output
     report = json.loads(CliRunner().invoke(cli, ["info", str(tiny_bundle), "--json"]).output)
     assert report["onnxruntime"]["problems"] == []
-    assert report["graphs"]["fp32"]["decoder"]["sha256"] == "verified"
+    decoder = report["graphs"]["fp32"]["decoder"]
+    assert decoder["sha256"] == sha256_file(tiny_bundle / "decoder.onnx")
+    assert decoder["sha256_matches_bundle_json"] is True
+
+
+def test_info_reports_a_graph_whose_sha256_does_not_match(tiny_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    with open(bundle / "decoder.onnx", "ab") as f:
+        f.write(b"\0")
+    result = CliRunner().invoke(cli, ["info", str(bundle)], catch_exceptions=True)
+    assert "decoder.onnx" in result.output and "DOES NOT MATCH bundle.json" in result.output
+    assert "encoder.onnx" in result.output and "(matches bundle.json)" in result.output
+    assert isinstance(result.exception, BundleError) and "decoder.onnx: sha256 does not match" in str(result.exception)
 
 
 def test_cuda_probe_graph_is_the_graph_onnx_builds():

@@ -7,7 +7,7 @@ import pytest
 from conftest import SEQ2EDGE
 
 from seq2edge.runtime import Seq2Seq
-from seq2edge.train import data as D
+from seq2edge.train import corpus as C
 
 CYRILLIC = dict(zip("abcdefghijklmnopqrstuvwxyz", "абцдефгхийклмнопкрстуввхыз"))
 ACCENTS = {"e": "é", "a": "å", "o": "ø", "u": "ü"}
@@ -15,7 +15,7 @@ ACCENTS = {"e": "é", "a": "å", "o": "ø", "u": "ü"}
 
 def _pairs(count: int) -> list[tuple[str, str]]:
     """Two-word phrases from CMUdict, accented on the source side, transliterated to Cyrillic on the target side."""
-    words = [e.source for e in D.load_cmudict().entries if e.source.isalpha() and 3 <= len(e.source) <= 7][:2 * count]
+    words = [e.source for e in C.load_cmudict().entries if e.source.isalpha() and 3 <= len(e.source) <= 7][:2 * count]
     pairs = []
     for a, b in zip(words[::2], words[1::2]):
         source = " ".join("".join(ACCENTS.get(c, c) for c in w) for w in (a, b))

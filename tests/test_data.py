@@ -1,18 +1,19 @@
 from collections import Counter
 
 from seq2edge.runtime.tokenize import SPECIALS, TextCodec, Vocabulary
+from seq2edge.train import corpus as C
 from seq2edge.train import data as D
 
 
 def test_cmudict_has_every_headword_and_pronunciation():
-    corpus = D.load_cmudict()
+    corpus = C.load_cmudict()
     assert len(corpus.entries) == 126_052
     assert sum(len(e.references) for e in corpus.entries) == 135_166
     assert sum(len(e.references) > 1 for e in corpus.entries) == 8_447
 
 
 def test_cmudict_keeps_case_folded_headwords_stress_and_punctuation_graphemes():
-    entries = {e.source: e.references for e in D.load_cmudict().entries}
+    entries = {e.source: e.references for e in C.load_cmudict().entries}
     assert all(w == w.lower() for w in entries)
     graphemes = Counter(c for w in entries for c in w)
     assert {"'", "-", "."} <= set(graphemes)
@@ -21,8 +22,8 @@ def test_cmudict_keeps_case_folded_headwords_stress_and_punctuation_graphemes():
 
 
 def test_hash_split_matches_design_exactly():
-    entries = D.load_cmudict().entries
-    sizes = Counter(D.split_of(e.source) for e in entries)
+    entries = C.load_cmudict().entries
+    sizes = Counter(C.split_of(e.source) for e in entries)
     assert sizes["test"] == 12_640
     assert sizes["test"] + sizes["dev"] + sizes["train"] == len(entries)
     # DESIGN.md: sha1 of the UTF-8 word, mod 10; 0 is test, 1 is dev.
@@ -30,14 +31,14 @@ def test_hash_split_matches_design_exactly():
 
     for word in ("attention", "onnx", "zebra"):
         h = int(hashlib.sha1(word.encode()).hexdigest(), 16) % 10
-        assert D.split_of(word) == {0: "test", 1: "dev"}.get(h, "train")
+        assert C.split_of(word) == {0: "test", 1: "dev"}.get(h, "train")
 
 
 def test_tsv_loader_groups_references_and_reports_bad_lines(tmp_path):
     path = tmp_path / "pairs.tsv"
     lines = ["héllo\twörld", "héllo\tmonde", "", "no tab here", None, "x\t", "日本\tにほん"]
     path.write_bytes(b"\n".join(b"bad \xff\tbyte" if line is None else line.encode() for line in lines) + b"\n")
-    corpus = D.load_tsv(path)
+    corpus = C.load_tsv(path)
     by_source = {e.source: e.references for e in corpus.entries}
     assert by_source == {"héllo": ("wörld", "monde"), "日本": ("にほん",)}
     problems = "\n".join(corpus.problems)
@@ -55,7 +56,7 @@ def test_vocabulary_starts_with_the_four_specials():
 def test_encode_pairs_counts_pairs_over_the_length_limit():
     src = TextCodec("char", Vocabulary([*SPECIALS, "a", "b"]))
     tgt = TextCodec("word", Vocabulary([*SPECIALS, "X"]))
-    entries = [D.Entry("ab", ("X",)), D.Entry("abababab", ("X X",))]
+    entries = [C.Entry("ab", ("X",)), C.Entry("abababab", ("X X",))]
     encoded = D.encode_pairs(entries, src, tgt, max_src_len=4, max_tgt_len=4)
     assert encoded.too_long == 1 and encoded.src == [[4, 5]]
 

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from seq2edge.runtime import Seq2Seq, helpers
+from seq2edge.runtime.backend import DeviceBackend, HostBackend, Stepper
+from seq2edge.runtime.options import SearchOptions
+from seq2edge.runtime.util import pad_batch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import helper_graphs  # noqa: E402
@@ -27,19 +30,19 @@ def test_the_embedded_helper_graphs_are_what_onnx_builds():
 
 
 def test_io_binding_is_off_on_the_cpu_by_default(tiny_model, bound):
-    assert tiny_model._device is None
-    assert bound._device is not None and bound._device.device == "cpu"
+    assert isinstance(tiny_model.backend, HostBackend)
+    assert isinstance(bound.backend, DeviceBackend) and bound.backend.device == "cpu"
 
 
 def test_device_loop_keeps_state_as_ortvalues(bound):
     import onnxruntime as ort
 
-    prepared = [bound._prepare(0, "edge"), bound._prepare(1, "attention")]
-    memory, state, mask = bound._encode(prepared)
-    assert all(isinstance(v, ort.OrtValue) for v in (memory, state, mask))
-    out = bound._stepper(memory, mask)(np.array([1, 1]), state, np.arange(2))
+    src, lengths = pad_batch([bound.bundle.source.encode(w) for w in ("edge", "attention")], bound.config.pad_id)
+    encoded = bound.backend.encode(src, lengths)
+    assert all(isinstance(v, ort.OrtValue) for v in (encoded.memory, encoded.state, encoded.mask))
+    out = Stepper(bound.backend, encoded)(np.array([1, 1]), encoded.state, np.arange(2))
     assert isinstance(out.state, ort.OrtValue) and out.state.device_name().lower() == "cpu"
-    values, ids = out.top(3, bound._limits(None, 0).bias(0))
+    values, ids = out.top(3, bound._limits(SearchOptions()).bias(0))
     assert values.shape == ids.shape == (2, 3) and (np.diff(values, axis=1) <= 0).all()
 
 

@@ -8,8 +8,9 @@ import pytest
 from conftest import export_tiny
 
 from seq2edge.export import bundle as export_bundle_module
-from seq2edge.export.bundle import ExportError, sha256_of
+from seq2edge.export.bundle import ExportError
 from seq2edge.runtime import Seq2EdgeError, Seq2Seq
+from seq2edge.runtime.util import sha256_file
 
 
 def test_bundle_holds_graphs_config_vocab_and_parity(tiny_bundle, tiny_checkpoint):
@@ -19,7 +20,7 @@ def test_bundle_holds_graphs_config_vocab_and_parity(tiny_bundle, tiny_checkpoin
     assert meta["source"]["vocab"][:4] == ["<pad>", "<s>", "</s>", "<unk>"]
     for kind in ("encoder", "decoder"):
         entry = meta["graphs"]["fp32"][kind]
-        assert sha256_of(tiny_bundle / entry["file"]) == entry["sha256"]
+        assert sha256_file(tiny_bundle / entry["file"]) == entry["sha256"]
     parity = meta["parity"]["fp32"]
     assert parity["token_agreement"] == 1.0 and parity["max_abs_log_prob_diff"] <= 1e-4 and parity["words"] >= 150
 

@@ -1,12 +1,12 @@
 import torch
 
 from seq2edge.runtime.config import ModelConfig
-from seq2edge.train.model import Seq2Seq, greedy_decode, reverse_padded, source_mask
+from seq2edge.train.model import Seq2SeqModule, greedy_decode, reverse_padded, source_mask
 
 
 def _model(**kw):
     torch.manual_seed(0)
-    return Seq2Seq(ModelConfig(src_vocab_size=12, tgt_vocab_size=9, embed=8, hidden=16, **kw)).eval()
+    return Seq2SeqModule(ModelConfig(src_vocab_size=12, tgt_vocab_size=9, embed=8, hidden=16, **kw)).eval()
 
 
 def test_reverse_padded_reverses_each_row_within_its_length():

@@ -19,9 +19,9 @@ from conftest import SEQ2EDGE, export_tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seq2edge.export.bundle import sha256_of
 from seq2edge.runtime import BundleError, InputError, Result, Seq2Seq
 from seq2edge.runtime.tokenize import SPECIALS, TextCodec, Vocabulary
+from seq2edge.runtime.util import sha256_file
 
 # --------------------------------------------------------------------------- bad text input
 
@@ -96,7 +96,7 @@ def test_tokenisers_never_fail_outside_their_documented_error(text, kind, policy
         assert str(exc)
     else:
         assert ids and all(0 <= i < len(codec.vocab) for i in ids)
-        assert codec.join(codec.decode(ids)) is not None
+        assert codec.join(codec.ids_to_tokens(ids)) is not None
 
 
 # --------------------------------------------------------------------------- broken bundles
@@ -131,7 +131,7 @@ def _rename_decoder_input(b):
         node.input[:] = ["mask" if name == "src_mask" else name for name in node.input]
     graph.graph.input[3].name = "mask"
     onnx.save(graph, str(b / "decoder.onnx"))
-    _edit_meta(b, lambda m: m["graphs"]["fp32"]["decoder"].update(sha256=sha256_of(b / "decoder.onnx")))
+    _edit_meta(b, lambda m: m["graphs"]["fp32"]["decoder"].update(sha256=sha256_file(b / "decoder.onnx")))
 
 
 def _symlink_loop(b):
@@ -177,7 +177,7 @@ def test_decoder_from_another_export_is_refused(tiny_bundle, tiny_checkpoint, tm
     bundle = _copy(tiny_bundle, tmp_path)
     shutil.copyfile(other / "decoder.onnx", bundle / "decoder.onnx")
     # even with the sha256 in bundle.json updated to match, the graph's own metadata gives it away
-    _edit_meta(bundle, lambda m: m["graphs"]["fp32"]["decoder"].update(sha256=sha256_of(bundle / "decoder.onnx")))
+    _edit_meta(bundle, lambda m: m["graphs"]["fp32"]["decoder"].update(sha256=sha256_file(bundle / "decoder.onnx")))
     with pytest.raises(BundleError, match="decoder.onnx: exported for bundle .* comes from another export"):
         Seq2Seq.load(bundle, providers="cpu")
 
@@ -206,7 +206,7 @@ def test_external_data_outside_the_bundle_is_never_read(tiny_bundle, tmp_path):
         entry = weight.external_data.add()
         entry.key, entry.value = key, value
     onnx.save(graph, str(bundle / "decoder.onnx"))
-    _edit_meta(bundle, lambda m: m["graphs"]["fp32"]["decoder"].update(sha256=sha256_of(bundle / "decoder.onnx")))
+    _edit_meta(bundle, lambda m: m["graphs"]["fp32"]["decoder"].update(sha256=sha256_file(bundle / "decoder.onnx")))
     with pytest.raises(BundleError, match="decoder.onnx: stores weights in external files, .* refused"):
         Seq2Seq.load(bundle, providers="cpu")
 
@@ -238,7 +238,7 @@ def test_a_tokeniser_file_is_parsed_never_executed(tiny_bundle, tmp_path):
     planted = pickle.dumps(["os.system", "touch pwned"])  # a pickle where a SentencePiece model belongs
     (bundle / "source.spm.model").write_bytes(planted)
     _edit_meta(bundle, lambda m: (m["model"].update(src_tokens="spm"),
-                                  m["source"].update(spm_model="source.spm.model", spm_sha256=sha256_of(bundle / "source.spm.model"))))
+                                  m["source"].update(tokenizer="spm", spm_model="source.spm.model", spm_sha256=sha256_file(bundle / "source.spm.model"))))
     with pytest.raises(BundleError, match="source.spm.model: not a valid SentencePiece model"):
         Seq2Seq.load(bundle, providers="cpu")
     assert not (tmp_path / "pwned").exists()

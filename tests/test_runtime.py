@@ -39,15 +39,16 @@ def test_score_is_the_sum_of_token_and_end_log_probs(tiny_model):
     r = tiny_model.decode(["edge"], return_attention=True)[0]
     assert r.attention.shape == (len(r.tokens) + 1, len("edge"))
     np.testing.assert_allclose(r.attention.sum(axis=1), 1.0, atol=1e-5)
-    engine, c = tiny_model._engine, tiny_model.config
+    backend, c = tiny_model.backend, tiny_model.config
     ids = tiny_model.bundle.source.encode("edge")
-    memory, state = engine.encode(np.array([ids]), np.array([len(ids)]))
-    mask = np.ones((1, len(ids)), dtype=bool)
+    encoded = backend.encode(np.array([ids]), np.array([len(ids)]))
+    state = encoded.state
     target = [tiny_model.bundle.target.vocab.index[t] for t in r.tokens] + [c.eos_id]
     prev, total = c.bos_id, 0.0
     for token in target:
-        log_probs, state, _ = engine.step(np.array([prev]), state, memory, mask)
-        total += float(log_probs[0, token])
+        out = backend.step(np.array([prev]), state, encoded.memory, encoded.mask)
+        state = out.state
+        total += float(out.raw_log_probs[0, token])
         prev = token
     assert r.score == pytest.approx(total, abs=1e-4)
 

@@ -8,6 +8,7 @@ import pytest
 from conftest import export_tiny, train_tiny
 
 from seq2edge.runtime import Seq2Seq
+from seq2edge.runtime.options import SearchOptions
 
 
 @pytest.fixture(scope="module")
@@ -28,16 +29,16 @@ def micro_model(tmp_path_factory):
 
 def exhaustive(model, text, max_len):
     """Every output of at most max_len tokens (then </s>), scored through the decoder graph, best first."""
-    engine, c = model._engine, model.config
+    backend, c = model.backend, model.config
     ids = model.bundle.source.encode(text)
-    memory, state = engine.encode(np.array([ids]), np.array([len(ids)]))
-    mask = np.ones((1, len(ids)), dtype=bool)
+    encoded = backend.encode(np.array([ids]), np.array([len(ids)]))
+    memory, state, mask = encoded.memory, encoded.state, encoded.mask
     allowed = [i for i in range(c.tgt_vocab_size) if i not in (c.pad_id, c.bos_id)]
     found = []
 
     def walk(prefix, prev, state, score):
-        log_probs, state, _ = engine.step(np.array([prev]), state, memory, mask)
-        lp = log_probs[0].astype(np.float64)
+        out = backend.step(np.array([prev]), state, memory, mask)
+        state, lp = out.state, out.raw_log_probs[0].astype(np.float64)
         found.append((prefix, score + lp[c.eos_id]))
         if len(prefix) < max_len:
             for token in allowed:
@@ -74,13 +75,13 @@ def test_beam_size_one_equals_greedy_exactly(tiny_model, dev_words):
     # and the beam code path itself, with one beam, finds the greedy output
     from seq2edge.runtime import search
     model = tiny_model
-    prepared = [model._prepare(i, w) for i, w in enumerate(dev_words[:40])]
-    memory, state, mask = model._encode(prepared)
-    limits = model._limits(None, 0)
-    hyps = search.beam_search(model._stepper(memory, mask), state, limits, beam=1)
-    alone = search.greedy(model._stepper(memory, mask), state, limits)
-    assert [h[0].ids for h in hyps] == [h.ids for h in alone]
-    assert np.allclose([h[0].score for h in hyps], [h.score for h in alone], atol=1e-5)
+    sources = [model._prepare(i, w) for i, w in enumerate(dev_words[:40])]
+    options = SearchOptions(beam_size=1)
+    limits, input_ids = model._limits(options), np.arange(len(sources))
+    hyps = search.beam(*model._encode(sources), input_ids, limits, options)
+    alone = search.greedy(*model._encode(sources), input_ids, limits, options)
+    assert [h[0].ids for h in hyps] == [h[0].ids for h in alone]
+    assert np.allclose([h[0].score for h in hyps], [h[0].score for h in alone], atol=1e-5)
 
 
 def test_beam_batches_equal_one_at_a_time(tiny_model, dev_words):
@@ -128,14 +129,14 @@ def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy(tiny_model, dev_words):
 
 
 def test_sampling_draws_only_within_top_k(tiny_model):
-    from seq2edge.runtime.search import Sampling, _sample
+    from seq2edge.runtime.search import _sample
 
     rng = np.random.default_rng(0)
     log_probs = np.log(rng.dirichlet(np.ones(30), size=200)).astype(np.float32)
-    ids = _sample(log_probs, Sampling(top_k=3, seed=1), np.arange(200), 0)
+    ids = _sample(log_probs, SearchOptions(sample=True, top_k=3, seed=1), np.arange(200), 0)
     top3 = np.argsort(-log_probs, axis=1)[:, :3]
     assert all(i in row for i, row in zip(ids, top3))
-    ids = _sample(log_probs, Sampling(top_p=0.5, seed=1), np.arange(200), 0)
+    ids = _sample(log_probs, SearchOptions(sample=True, top_p=0.5, seed=1), np.arange(200), 0)
     probs = np.exp(log_probs)
     for row, i in zip(probs, ids):
         better = row[row > row[i]].sum()

@@ -17,7 +17,7 @@ def shipped():
 
 
 def test_shipped_bundle_passed_its_parity_checks(shipped):
-    parity = shipped.bundle.meta["parity"]
+    parity = shipped.bundle.meta.parity
     assert parity["fp32"]["token_agreement"] == 1.0 and parity["fp32"]["max_abs_log_prob_diff"] <= 1e-4
     assert parity["fp32"]["words"] >= 500
     assert "int8" in shipped.bundle.precisions

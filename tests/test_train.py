@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from seq2edge.runtime import BundleError
 from seq2edge.train.checkpoint import load_checkpoint, tensors_metadata
-from seq2edge.train.loop import TrainConfig, Trainer
+from seq2edge.train.config import TrainConfig
+from seq2edge.train.loop import Trainer
 
 ARGS = ["--limit", "400", "--dev-limit", "60", "--embed", "16", "--hidden", "32", "--batch-size", "16",
         "--max-src-len", "32", "--max-tgt-len", "24", "--seed", "3"]

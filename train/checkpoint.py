@@ -13,7 +13,6 @@ CHECKPOINT_DIR/
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +22,12 @@ from safetensors.torch import load_file, save_file
 
 from seq2edge.runtime.config import ModelConfig
 from seq2edge.runtime.errors import BundleError
-from seq2edge.runtime.tokenize import TextCodec, Vocabulary
+from seq2edge.runtime.tokenize import TextCodec, codec_pair
+from seq2edge.runtime.util import atomic_path, write_json_atomic
 
-from .model import Seq2Seq
+from .model import Seq2SeqModule
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".ckpt")
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a temporary file, then rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> Any:
@@ -50,9 +43,8 @@ def read_json(path: Path) -> Any:
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors file written atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -74,11 +66,11 @@ def tensors_metadata(path: Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
-def save_model_files(directory: Path, model: Seq2Seq, source: TextCodec, target: TextCodec) -> None:
+def save_model_files(directory: Path, model: Seq2SeqModule, source: TextCodec, target: TextCodec) -> None:
     """config.json and vocab.json: what, together with weights, makes a model."""
     directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / "config.json", model.config.to_dict())
-    write_json(directory / "vocab.json", {
+    write_json_atomic(directory / "config.json", model.config.to_dict())
+    write_json_atomic(directory / "vocab.json", {
         "source": {"tokenizer": source.kind, "tokens": source.vocab.tokens},
         "target": {"tokenizer": target.kind, "tokens": target.vocab.tokens},
     })
@@ -87,26 +79,53 @@ def save_model_files(directory: Path, model: Seq2Seq, source: TextCodec, target:
 def load_codecs(directory: Path, config: ModelConfig) -> tuple[TextCodec, TextCodec]:
     vocab = read_json(directory / "vocab.json")
     try:
-        codecs = []
-        for side, kind, lower in (("source", config.src_tokens, config.lowercase_source), ("target", config.tgt_tokens, False)):
-            spm = directory / f"{side}.spm.model" if kind == "spm" else None
-            codecs.append(TextCodec(kind, Vocabulary(vocab[side]["tokens"]), lower, spm))
+        tokens = [vocab[side]["tokens"] for side in ("source", "target")]
     except (KeyError, TypeError) as exc:
         raise BundleError(f"{directory / 'vocab.json'}: missing field {exc}") from None
-    return codecs[0], codecs[1]
+    try:
+        return codec_pair(config, *tokens, spm_paths=[directory / f"{side}.spm.model" for side in ("source", "target")])
+    except BundleError as exc:
+        raise BundleError(f"{directory / 'vocab.json'}: {exc}") from None
 
 
-def load_checkpoint(directory: str | Path, weights: str = "model.safetensors") -> tuple[Seq2Seq, TextCodec, TextCodec]:
+def load_checkpoint(directory: str | Path, weights: str = "model.safetensors") -> tuple[Seq2SeqModule, TextCodec, TextCodec]:
     """The model (in eval mode) and both codecs of a checkpoint directory."""
     directory = Path(directory)
     if not directory.is_dir():
         raise BundleError(f"{directory}: no such checkpoint directory")
     config = ModelConfig.from_dict(read_json(directory / "config.json"), where=str(directory / "config.json"))
     source, target = load_codecs(directory, config)
-    model = Seq2Seq(config)
+    model = Seq2SeqModule(config)
     state = load_tensors(directory / weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise BundleError(f"{directory / weights}: weights do not fit config.json: {str(exc).splitlines()[0]}") from None
     return model.eval(), source, target
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state_dict into tensors (for safetensors) and JSON scalars."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        entry = {}
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                entry[key] = value
+        scalars["state"][str(pid)] = entry
+    return tensors, scalars
+
+
+def optimizer_from_tensors(optimizer, tensors: dict[str, torch.Tensor], scalars: dict) -> dict:
+    state = {}
+    for pid, entry in scalars["state"].items():
+        st = dict(entry)
+        for name, value in tensors.items():
+            owner, _, key = name.partition(".")
+            if owner == pid:
+                st[key] = value
+        state[int(pid)] = st
+    return {"state": state, "param_groups": scalars["param_groups"]}

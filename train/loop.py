@@ -1,5 +1,8 @@
 """The training loop: teacher forcing, masked cross-entropy, clipping, dev WER each epoch.
 
+Data preparation is in data.py, PyTorch decoding in infer.py, checkpoint and
+optimizer-state files in checkpoint.py, the curves in curves.py.
+
 Keeps the best-on-dev weights, a resume point after every epoch (and every
 few minutes inside one), a time budget, early stopping, a learning-rate
 schedule on dev WER, and runs under torchrun with DistributedDataParallel.
@@ -12,7 +15,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,93 +23,23 @@ import torch.nn.functional as F
 
 from seq2edge.runtime.config import ModelConfig
 from seq2edge.runtime.errors import Seq2EdgeError
-from seq2edge.runtime.tokenize import TextCodec
+from seq2edge.runtime.util import write_json_atomic
 
 from . import data as D
-from .checkpoint import load_codecs, load_tensors, read_json, save_model_files, save_tensors, tensors_metadata, write_json
-from .metrics import score
-from .model import Seq2Seq, greedy_decode
-
-
-@dataclass
-class TrainConfig:
-    """How to train; saved in train.json so a resumed run continues the same way."""
-
-    corpus: str = "cmudict"
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 2e-3
-    clip: float = 1.0
-    label_smoothing: float = 0.0
-    patience: int = 6  # epochs without a better dev WER before stopping
-    lr_patience: int = 1  # epochs without a better dev WER before the learning rate halves
-    lr_factor: float = 0.5
-    min_lr: float = 1e-5
-    seed: int = 0
-    max_minutes: float | None = None
-    save_every_minutes: float = 10.0
-    min_freq: int = 1
-    src_vocab_size: int | None = None  # cap (word) or target size (spm)
-    tgt_vocab_size: int | None = None
-    train_limit: int | None = None  # first N training entries only (quick runs, tests)
-    dev_limit: int | None = None  # first N dev entries for the per-epoch WER
-    threads: int | None = None
-
-
-@dataclass
-class Prepared:
-    model_config: ModelConfig
-    source: TextCodec
-    target: TextCodec
-    train: D.Encoded
-    dev: list[D.Entry]
-
-
-def split_corpus(tc: TrainConfig) -> tuple[D.Corpus, list[D.Entry], list[D.Entry]]:
-    """The corpus and its training and dev parts, cut to the configured limits."""
-    corpus = D.load_corpus(tc.corpus)
-    train_entries = D.split(corpus.entries, "train")[: tc.train_limit]
-    dev = D.split(corpus.entries, "dev")[: tc.dev_limit]
-    if not train_entries or not dev:
-        raise Seq2EdgeError(f"{tc.corpus}: the split left {len(train_entries)} training and {len(dev)} dev entries; "
-                            "the corpus is too small")
-    return corpus, train_entries, dev
-
-
-def prepare(tc: TrainConfig, arch: dict, out: Path, log=print) -> Prepared:
-    """Corpus -> split -> tokenisers (SentencePiece trained here when asked) -> encoded pairs.
-
-    `arch` holds the ModelConfig fields chosen by the user (sizes, cell, tokenisers...)."""
-    corpus, train_entries, dev = split_corpus(tc)
-    for problem in corpus.problems:
-        log(problem)
-    src_kind = arch.pop("src_tokens", None) or corpus.src_tokens
-    tgt_kind = arch.pop("tgt_tokens", None) or corpus.tgt_tokens
-    lower = arch.pop("lowercase_source", None)
-    lower = corpus.lowercase_source if lower is None else lower
-    out.mkdir(parents=True, exist_ok=True)
-    sources = [e.source for e in train_entries]
-    targets = [r for e in train_entries for r in e.references]
-    codecs = []
-    for side, kind, texts, size, lowercase in (("source", src_kind, sources, tc.src_vocab_size, lower),
-                                               ("target", tgt_kind, targets, tc.tgt_vocab_size, False)):
-        spm = None
-        if kind == "spm":
-            spm = D.train_spm(texts, out / f"{side}.spm.model", size or 1000, lowercase)
-            size = None  # the SentencePiece model already fixed the pieces
-        codecs.append(D.build_codec(kind, texts, lowercase, tc.min_freq, size, spm))
-    source, target = codecs
-    config = ModelConfig(src_vocab_size=len(source.vocab), tgt_vocab_size=len(target.vocab),
-                         src_tokens=src_kind, tgt_tokens=tgt_kind, lowercase_source=lower, **arch)
-    encoded = D.encode_pairs(train_entries, source, target, config.max_src_len, config.max_tgt_len)
-    if encoded.too_long:
-        log(f"{encoded.too_long} training pairs are longer than max_src_len={config.max_src_len} "
-            f"or max_tgt_len={config.max_tgt_len} tokens and were left out")
-    if not encoded.src:
-        raise Seq2EdgeError("no training pairs left within the length limits")
-    log(f"{tc.corpus}: {len(encoded.src)} training pairs, {len(dev)} dev inputs, "
-        f"vocabularies {len(source.vocab)} source / {len(target.vocab)} target")
-    return Prepared(config, source, target, encoded, dev)
+from .checkpoint import (
+    load_codecs,
+    load_tensors,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    read_json,
+    save_model_files,
+    save_tensors,
+    tensors_metadata,
+)
+from .config import TrainConfig
+from .curves import plot_curves
+from .infer import dev_wer
+from .model import Seq2SeqModule
 
 
 def loss_fn(log_probs: torch.Tensor, gold: torch.Tensor, pad: int, smoothing: float) -> torch.Tensor:
@@ -120,33 +52,6 @@ def loss_fn(log_probs: torch.Tensor, gold: torch.Tensor, pad: int, smoothing: fl
         uniform = -log_probs.mean(dim=1)[keep].sum()
         nll = (1 - smoothing) * nll + smoothing * uniform
     return nll / keep.sum().clamp(min=1)
-
-
-@torch.no_grad()
-def dev_wer(model: Seq2Seq, entries: list[D.Entry], source: TextCodec, target: TextCodec, batch_size: int = 256) -> float:
-    """Greedy WER (percent) on entries, in PyTorch."""
-    model.eval()
-    hyps = decode_entries(model, [e.source for e in entries], source, target, batch_size)
-    refs = [[target.split(r) for r in e.references] for e in entries]
-    return score(hyps, refs).wer
-
-
-def decode_entries(model: Seq2Seq, texts: list[str], source: TextCodec, target: TextCodec, batch_size: int = 256) -> list[list[str]]:
-    """Greedy target tokens for each text, batched by length; unknown source tokens become <unk>."""
-    c = model.config
-    ids = [source.encode(t, unknown="unk")[: c.max_src_len] for t in texts]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: list[list[str]] = [[] for _ in ids]
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        lengths = torch.tensor([len(ids[i]) for i in idx])
-        src = torch.full((len(idx), int(lengths.max())), c.pad_id, dtype=torch.long)
-        for row, i in enumerate(idx):
-            src[row, : len(ids[i])] = torch.tensor(ids[i])
-        decoded, _ = greedy_decode(model, src, lengths, c.max_tgt_len)
-        for row, i in enumerate(idx):
-            out[i] = target.decode(decoded[row])
-    return out
 
 
 class Trainer:
@@ -163,9 +68,9 @@ class Trainer:
         self.tc = tc
         if resume:
             self._load_resume_config()
-        self.prepared = prepare(self.tc, dict(arch), self.out, self.log) if not resume else self._prepare_resumed()
+        self.prepared = D.prepare(self.tc, dict(arch), self.out, self.log) if not resume else self._prepare_resumed()
         torch.manual_seed(self.tc.seed)
-        self.model = Seq2Seq(self.prepared.model_config)
+        self.model = Seq2SeqModule(self.prepared.model_config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr)
         self.history: list[dict] = []
         self.best = math.inf  # best dev WER at an epoch's end: what the schedule and early stopping see
@@ -189,12 +94,12 @@ class Trainer:
         if threads:  # and may use another number of threads (float sums may then differ in the last bits)
             self.tc.threads = threads
 
-    def _prepare_resumed(self) -> Prepared:
+    def _prepare_resumed(self) -> D.TrainingData:
         c = ModelConfig.from_dict(read_json(self.out / "config.json"), where=str(self.out / "config.json"))
         source, target = load_codecs(self.out, c)  # the weights are loaded once, by _restore
-        _, train_entries, dev = split_corpus(self.tc)
+        _, train_entries, dev = D.split_corpus(self.tc)
         encoded = D.encode_pairs(train_entries, source, target, c.max_src_len, c.max_tgt_len)
-        return Prepared(c, source, target, encoded, dev)
+        return D.TrainingData(c, source, target, encoded, dev)
 
     def _restore(self) -> None:
         last = self.out / "last"
@@ -206,7 +111,7 @@ class Trainer:
                                     "the resume point is incomplete, start again without --resume")
         self.model.load_state_dict(load_tensors(last / "model.safetensors"))
         tensors = load_tensors(last / "optimizer.safetensors")
-        self.optimizer.load_state_dict(_optimizer_from_tensors(self.optimizer, tensors, state["optimizer"]))
+        self.optimizer.load_state_dict(optimizer_from_tensors(self.optimizer, tensors, state["optimizer"]))
         torch.set_rng_state(tensors["__rng_state"])
         self.history, self.best, self.bad_epochs = state["history"], state["best"], state["bad_epochs"]
         self.saved = state["saved"]
@@ -220,10 +125,10 @@ class Trainer:
         last.mkdir(exist_ok=True)
         position = f"{self.epoch}:{self.step_in_epoch}"
         save_tensors(last / "model.safetensors", self.model.state_dict(), {"position": position})
-        tensors, scalars = _optimizer_to_tensors(self.optimizer)
+        tensors, scalars = optimizer_to_tensors(self.optimizer)
         tensors["__rng_state"] = torch.get_rng_state()
         save_tensors(last / "optimizer.safetensors", tensors, {"position": position})
-        write_json(last / "state.json", {
+        write_json_atomic(last / "state.json", {
             "position": position, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "history": self.history, "best": self.best, "saved": self.saved, "bad_epochs": self.bad_epochs,
             "optimizer": scalars,
@@ -309,7 +214,7 @@ class Trainer:
         self._save_resume_point()
         self._write_train_json()
         if self.rank == 0:
-            _plot_curves(self.history, self.out / "curves.png")
+            plot_curves(self.history, self.out / "curves.png")
         if self.world > 1:
             dist.broadcast(stop, 0)
             for group in self.optimizer.param_groups:  # keep every rank's schedule in step
@@ -331,7 +236,7 @@ class Trainer:
 
     def _write_train_json(self) -> None:
         if self.rank == 0:
-            write_json(self.out / "train.json", {"train_config": dataclasses.asdict(self.tc), "history": self.history,
+            write_json_atomic(self.out / "train.json", {"train_config": dataclasses.asdict(self.tc), "history": self.history,
                                                  "best_dev_wer": self.saved if math.isfinite(self.saved) else None})
 
 
@@ -343,53 +248,3 @@ def _distributed_setup() -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
-
-
-def _optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state_dict into tensors (for safetensors) and JSON scalars."""
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {"param_groups": sd["param_groups"], "state": {}}
-    for pid, st in sd["state"].items():
-        entry = {}
-        for key, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value
-            else:
-                entry[key] = value
-        scalars["state"][str(pid)] = entry
-    return tensors, scalars
-
-
-def _optimizer_from_tensors(optimizer, tensors: dict[str, torch.Tensor], scalars: dict) -> dict:
-    state = {}
-    for pid, entry in scalars["state"].items():
-        st = dict(entry)
-        for name, value in tensors.items():
-            owner, _, key = name.partition(".")
-            if owner == pid:
-                st[key] = value
-        state[int(pid)] = st
-    return {"state": state, "param_groups": scalars["param_groups"]}
-
-
-def _plot_curves(history: list[dict], path: Path) -> None:
-    if not history:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, left = plt.subplots(figsize=(6, 3.5))
-    left.plot(epochs, [h["loss"] for h in history], "o-", color="tab:blue", label="train loss")
-    left.set_xlabel("epoch")
-    left.set_ylabel("train loss", color="tab:blue")
-    right = left.twinx()
-    right.plot(epochs, [h["dev_wer"] for h in history], "s-", color="tab:red", label="dev WER")
-    right.set_ylabel("dev WER (%)", color="tab:red")
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)

@@ -11,8 +11,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rapidfuzz.distance import Levenshtein
-
 _STRESS = re.compile(r"\d")
 
 
@@ -30,9 +28,22 @@ def strip_stress(tokens: Sequence[str]) -> list[str]:
     return [_STRESS.sub("", t) for t in tokens]
 
 
+def edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
+    """Levenshtein distance between two token sequences (insertions, deletions, substitutions)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        current = [i]
+        for j, y in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
 def closest(hyp: Sequence[str], refs: Sequence[Sequence[str]]) -> tuple[int, int]:
     """(edit distance, reference length) of the reference closest to hyp; ties go to the shorter one."""
-    return min((Levenshtein.distance(hyp, ref), len(ref)) for ref in refs)
+    return min((edit_distance(hyp, ref), len(ref)) for ref in refs)
 
 
 def score(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[Sequence[str]]]) -> Scores:

@@ -130,14 +130,15 @@ class Cell(nn.Module):
         return (1 - z) * n + z * h, None
 
 
-class Seq2Seq(nn.Module):
+class Seq2SeqModule(nn.Module):
+    """The PyTorch model: encoder, bridge, decoder cells, attention and output layer."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         c = config
         self.encoder = Encoder(c)
-        per_layer = 2 if c.cell == "lstm" else 1
-        self.bridge = nn.Linear(c.hidden, c.decoder_layers * c.hidden * per_layer)
+        self.bridge = nn.Linear(c.hidden, c.decoder_layers * c.hidden * len(c.cell_states))
         self.embedding = nn.Embedding(c.tgt_vocab_size, c.embed, padding_idx=c.pad_id)
         first = c.embed + (c.hidden if c.input_feed else 0)
         self.cells = nn.ModuleList(Cell(c.cell, first if i == 0 else c.hidden, c.hidden) for i in range(c.decoder_layers))
@@ -155,8 +156,8 @@ class Seq2Seq(nn.Module):
         c = self.config
         bridged = self.bridge(summary)
         n = c.decoder_layers * c.hidden
-        parts = [torch.tanh(bridged[:, :n])]
-        if c.cell == "lstm":
+        parts = [torch.tanh(bridged[:, :n])]  # h of every layer
+        if "c" in c.cell_states:
             parts.append(bridged[:, n:])
         if c.input_feed:
             parts.append(summary.new_zeros(summary.size(0), c.hidden))
@@ -192,7 +193,7 @@ class Seq2Seq(nn.Module):
         n, h = c.decoder_layers, c.hidden
         chunks = state.split(h, dim=1)
         hs = list(chunks[:n])
-        cs = list(chunks[n : 2 * n]) if c.cell == "lstm" else []
+        cs = list(chunks[n : 2 * n]) if "c" in c.cell_states else []
         feed = chunks[-1] if c.input_feed else None
         return hs, cs, feed
 
@@ -213,7 +214,7 @@ def source_mask(lengths: Tensor, max_len: int) -> Tensor:
 
 
 @torch.inference_mode()
-def greedy_decode(model: Seq2Seq, src_ids: Tensor, src_lengths: Tensor, max_len: int) -> tuple[list[list[int]], list[float]]:
+def greedy_decode(model: Seq2SeqModule, src_ids: Tensor, src_lengths: Tensor, max_len: int) -> tuple[list[list[int]], list[float]]:
     """Batched greedy decoding in PyTorch -> ids per row (without </s>) and their scores.
 
     Same rules as the runtime: pad and <s> are never chosen, </s> is forced after

@@ -1,0 +1,71 @@
+"""SearchOptions: how one decode call searches, as one frozen, validated value.
+
+Built once (from keywords by `Seq2Seq.decode`/`stream`, or from flags by the
+CLI) and passed unchanged down to the search strategy, in the way
+CTranslate2's `TranslationOptions` travels into `translate_batch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import Seq2EdgeError
+
+ERROR_MODES = ("raise", "return")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Search strategy and its settings, batching, and what to do with a bad input."""
+
+    beam_size: int = 1  # 1: greedy (or sampling); more: beam search
+    nbest: int = 1  # hypotheses returned per input, best first (<= beam_size)
+    max_len: int | None = None  # most target tokens; None: the model's max_tgt_len
+    min_len: int = 0  # fewest target tokens before </s> may be chosen
+    length_penalty: float = 0.0  # beam ranking: score / (len + 1) ** length_penalty
+    sample: bool = False  # draw tokens instead of searching
+    temperature: float = 1.0
+    top_k: int = 0  # sample among the k most likely tokens (0: all)
+    top_p: float = 1.0  # sample within the smallest set holding this probability
+    seed: int = 0  # sampling draws depend on (seed, input position, step) only
+    batch_size: int = 64  # inputs per onnxruntime call; results never depend on it
+    return_attention: bool = False
+    errors: str = "raise"  # "raise" at the first bad input, or "return" it as a Result with `error`
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.beam_size < 1:
+            problems.append("beam_size must be at least 1")
+        if not 1 <= self.nbest <= max(self.beam_size, 1):
+            problems.append(f"nbest must be between 1 and beam_size ({self.beam_size})")
+        if self.batch_size < 1:
+            problems.append("batch_size must be at least 1")
+        if self.sample and self.beam_size > 1:
+            problems.append("sampling and beam search cannot be combined; use beam_size=1 with sample=True")
+        if self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            problems.append("temperature must be > 0, top_k >= 0 and 0 < top_p <= 1")
+        if self.errors not in ERROR_MODES:
+            problems.append(f"errors must be one of {', '.join(map(repr, ERROR_MODES))}")
+        if (self.max_len is not None and self.max_len < 0) or self.min_len < 0:
+            problems.append("max_len and min_len must not be negative")
+        if problems:
+            raise Seq2EdgeError("; ".join(problems))
+
+    @property
+    def strategy(self) -> str:
+        """The name of the search in `search.STRATEGIES` these options select."""
+        if self.sample:
+            return "sampling"
+        return "beam" if self.beam_size > 1 else "greedy"
+
+    @classmethod
+    def of(cls, options: SearchOptions | None = None, **changes: Any) -> SearchOptions:
+        """`options` (default: the defaults) with `changes` applied; an unknown name is a TypeError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown search option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        base = options if options is not None else cls()
+        return dataclasses.replace(base, **changes) if changes else base

@@ -1,0 +1,170 @@
+"""BundleMeta: bundle.json as one dataclass, written by export and read (and checked) by the runtime.
+
+bundle.json repeats a few model facts for readers that do not parse the model
+config (special ids, each side's tokeniser and lowercasing); on reading they
+must agree with the config, so the two can never disagree silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig
+from .errors import BundleError
+from .interface import FORMAT_VERSION, GRAPHS, PRECISIONS
+from .util import sha256_file
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    file: str  # a plain file name inside the bundle
+    sha256: str
+    bytes: int | None = None
+
+    @classmethod
+    def of_file(cls, path: Path) -> GraphEntry:
+        """The entry describing the graph file at `path` as it is now."""
+        return cls(path.name, sha256_file(path), path.stat().st_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"file": self.file, "sha256": self.sha256}
+        if self.bytes is not None:
+            d["bytes"] = self.bytes
+        return d
+
+
+@dataclass(frozen=True)
+class SideMeta:
+    """One side's tokeniser: kind, lowercasing, vocabulary and, for spm, its model file."""
+
+    tokenizer: str
+    lowercase: bool
+    vocab: list[str]
+    spm_model: str | None = None
+    spm_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"tokenizer": self.tokenizer, "lowercase": self.lowercase, "vocab": list(self.vocab)}
+        if self.spm_model is not None:
+            d.update(spm_model=self.spm_model, spm_sha256=self.spm_sha256)
+        return d
+
+
+@dataclass
+class BundleMeta:
+    """Everything bundle.json holds. `graphs[precision][kind]` lists every graph file."""
+
+    bundle_id: str
+    model: ModelConfig
+    source: SideMeta
+    target: SideMeta
+    graphs: dict[str, dict[str, GraphEntry]]
+    created: str = ""
+    parity: dict[str, Any] = field(default_factory=dict)
+    exported_with: dict[str, Any] = field(default_factory=dict)
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        c = self.model
+        return {"pad": c.pad_id, "bos": c.bos_id, "eos": c.eos_id, "unk": c.unk_id}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "bundle_id": self.bundle_id,
+            "created": self.created,
+            "model": self.model.to_dict(),
+            "source": self.source.to_dict(),
+            "target": self.target.to_dict(),
+            "special_ids": self.special_ids,
+            "graphs": {p: {k: e.to_dict() for k, e in kinds.items()} for p, kinds in self.graphs.items()},
+            "parity": self.parity,
+            "exported_with": self.exported_with,
+            "checkpoint": self.checkpoint,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> BundleMeta:
+        """Validate the parsed JSON of bundle.json; every problem is a BundleError naming `where`."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: expected a JSON object")
+        _check_version(data.get("format_version", _MISSING), where)
+        _require(data, where, {"bundle_id": str, "model": dict, "source": dict, "target": dict, "graphs": dict})
+        config = ModelConfig.from_dict(data["model"], where=f"{where} (model)")
+        sides = {}
+        for side, kind, lower, size in (("source", config.src_tokens, config.lowercase_source, config.src_vocab_size),
+                                         ("target", config.tgt_tokens, False, config.tgt_vocab_size)):
+            sides[side] = _side(data[side], side, kind, lower, size, where)
+        special = data.get("special_ids")
+        expected = {"pad": config.pad_id, "bos": config.bos_id, "eos": config.eos_id, "unk": config.unk_id}
+        if special is not None and special != expected:
+            raise BundleError(f"{where}: special_ids {special} disagree with the model config {expected}; re-export the bundle")
+        return cls(data["bundle_id"], config, sides["source"], sides["target"], _graphs(data["graphs"], where),
+                   created=str(data.get("created", "")), parity=_dict(data, "parity"),
+                   exported_with=_dict(data, "exported_with"), checkpoint=_dict(data, "checkpoint"),
+                   format_version=data["format_version"])
+
+
+_MISSING = object()
+
+
+def _check_version(version: Any, where: str) -> None:
+    if version is _MISSING:
+        raise BundleError(f"{where}: no format_version; not a seq2edge bundle")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BundleError(f"{where}: format_version must be a whole number >= 1, found {version!r}")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{where}: format version {version} is newer than this seq2edge reads ({FORMAT_VERSION}); "
+                          "upgrade seq2edge")
+
+
+def _require(data: dict, where: str, fields: dict[str, type], prefix: str = "") -> None:
+    for name, kind in fields.items():
+        if not isinstance(data.get(name), kind):
+            raise BundleError(f"{where}: missing or malformed field {prefix}{name}")
+
+
+def _dict(data: dict, name: str) -> dict:
+    value = data.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _side(info: dict, side: str, kind: str, lower: bool, size: int, where: str) -> SideMeta:
+    _require(info, where, {"vocab": list}, prefix=f"{side}.")
+    if len(info["vocab"]) != size:
+        raise BundleError(f"{where}: {side} vocabulary has {len(info['vocab'])} tokens, the model config says {size}")
+    for name, expected in (("tokenizer", kind), ("lowercase", lower)):
+        if name in info and info[name] != expected:
+            raise BundleError(f"{where}: {side}.{name} is {info[name]!r} but the model config says {expected!r}; "
+                              "re-export the bundle")
+    spm_model = info.get("spm_model", f"{side}.spm.model") if kind == "spm" else None
+    if spm_model is not None and not _plain_name(spm_model):
+        raise BundleError(f"{where}: {side}.spm_model must be a plain file name in the bundle")
+    return SideMeta(kind, lower, list(info["vocab"]), spm_model, info.get("spm_sha256"))
+
+
+def _plain_name(name: Any) -> bool:
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
+def _graphs(graphs: dict, where: str) -> dict[str, dict[str, GraphEntry]]:
+    if "fp32" not in graphs:
+        raise BundleError(f"{where}: graphs lists no fp32 encoder and decoder")
+    table: dict[str, dict[str, GraphEntry]] = {}
+    for precision, entries in graphs.items():
+        if precision not in PRECISIONS:
+            raise BundleError(f"{where}: unknown graph precision {precision!r}")
+        table[precision] = {}
+        for kind in GRAPHS:
+            entry = entries.get(kind) if isinstance(entries, dict) else None
+            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
+                raise BundleError(f"{where}: graphs.{precision}.{kind} needs file and sha256")
+            if not _plain_name(entry["file"]):
+                raise BundleError(f"{where}: graphs.{precision}.{kind}.file must be a plain file name in the bundle")
+            size = entry.get("bytes")
+            table[precision][kind] = GraphEntry(entry["file"], entry["sha256"], size if isinstance(size, int) else None)
+    return table

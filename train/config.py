@@ -1,0 +1,30 @@
+"""TrainConfig: how to train, saved in train.json so that a resumed run continues the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    """How to train; saved in train.json so a resumed run continues the same way."""
+
+    corpus: str = "cmudict"
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 2e-3
+    clip: float = 1.0
+    label_smoothing: float = 0.0
+    patience: int = 6  # epochs without a better dev WER before stopping
+    lr_patience: int = 1  # epochs without a better dev WER before the learning rate halves
+    lr_factor: float = 0.5
+    min_lr: float = 1e-5
+    seed: int = 0
+    max_minutes: float | None = None
+    save_every_minutes: float = 10.0
+    min_freq: int = 1
+    src_vocab_size: int | None = None  # cap (word) or target size (spm)
+    tgt_vocab_size: int | None = None
+    train_limit: int | None = None  # first N training entries only (quick runs, tests)
+    dev_limit: int | None = None  # first N dev entries for the per-epoch WER
+    threads: int | None = None
