@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from seq2edge.runtime import BundleError, ProviderError, Seq2Seq
-from seq2edge.runtime.util import sha256_file
 from seq2edge.runtime import providers as P
 from seq2edge.runtime.cli import cli
+from seq2edge.runtime.util import sha256_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import g2p_app  # noqa: E402

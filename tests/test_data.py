@@ -47,10 +47,18 @@ def test_tsv_loader_groups_references_and_reports_bad_lines(tmp_path):
     assert f"{path}:6: empty source or target" in problems
 
 
-def test_vocabulary_starts_with_the_four_specials():
-    vocab = Vocabulary.build({"b": 3, "a": 5, "<s>": 9})
+def test_vocabulary_is_the_specials_then_tokens_in_alphabetical_order():
+    vocab = Vocabulary.build({"b": 3, "a": 5, "c": 9, "<s>": 9})
     assert tuple(vocab.tokens[:4]) == SPECIALS == ("<pad>", "<s>", "</s>", "<unk>")
-    assert vocab.tokens[4:] == ["a", "b"]
+    assert vocab.tokens[4:] == ["a", "b", "c"]  # not by frequency (c, a, b)
+
+
+def test_vocabulary_cap_keeps_the_most_frequent_tokens_and_min_freq_drops_rare_ones():
+    counts = {"z": 9, "y": 8, "a": 1, "m": 5, "q": 2}
+    assert Vocabulary.build(counts, max_size=4 + 3).tokens[4:] == ["m", "y", "z"]  # the three most frequent
+    assert Vocabulary.build(counts, min_freq=2).tokens[4:] == ["m", "q", "y", "z"]
+    tied = Vocabulary.build({"d": 2, "c": 2, "b": 2}, max_size=4 + 2)
+    assert tied.tokens[4:] == ["b", "c"]  # ties broken alphabetically
 
 
 def test_encode_pairs_counts_pairs_over_the_length_limit():

