@@ -52,19 +52,18 @@ class _TimedSession:
     def __init__(self, session, timer: SessionTimer):
         self._session, self._timer = session, timer
 
-    def run(self, *args, **kwargs):
+    def _timed(self, call, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return self._session.run(*args, **kwargs)
+            return call(*args, **kwargs)
         finally:
             self._timer.seconds += time.perf_counter() - start
 
+    def run(self, *args, **kwargs):
+        return self._timed(self._session.run, *args, **kwargs)
+
     def run_with_iobinding(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return self._session.run_with_iobinding(*args, **kwargs)
-        finally:
-            self._timer.seconds += time.perf_counter() - start
+        return self._timed(self._session.run_with_iobinding, *args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._session, name)
