@@ -22,7 +22,7 @@ import torch
 
 from seq2edge.runtime.errors import BundleError, Seq2EdgeError
 from seq2edge.runtime.interface import BUNDLE_FILE
-from seq2edge.runtime.model import Seq2Seq as Runtime
+from seq2edge.runtime.model import Seq2Seq
 from seq2edge.runtime.schema import BundleMeta, GraphEntry, SideMeta
 from seq2edge.runtime.util import sha256_file, write_json_atomic
 from seq2edge.train import corpus as C
@@ -94,17 +94,17 @@ def _log_precision(precision: str, figures: dict, log: Callable[[str], None]) ->
         log(f"parity {precision}: not measured here ({figures['reason']})")
 
 
-def _verify(tmp: Path, exporter: str) -> Runtime:
+def _verify(tmp: Path, exporter: str) -> Seq2Seq:
     """Load the new bundle through the runtime's own checks (contract, metadata, sha256)."""
     try:
-        return Runtime.load(tmp, providers="cpu", unknown="unk")
+        return Seq2Seq.load(tmp, providers="cpu", unknown="unk")
     except BundleError as exc:
         hint = (" The dynamo exporter is known to fix RNN sequence axes to the traced length; use --exporter torchscript."
                 if exporter == "dynamo" else "")
         raise ExportError(f"the exported graphs break the bundle contract: {exc}.{hint} No bundle was written.") from None
 
 
-def check_parity_or_fail(model, runtime: Runtime, texts: list[str], log) -> dict:
+def check_parity_or_fail(model, runtime: Seq2Seq, texts: list[str], log) -> dict:
     """The parity figures, or ExportError when the graphs do not match PyTorch."""
     parity = check_parity(model, runtime, texts)
     log(f"parity fp32: {parity.words} words, {parity.steps} decoder steps, token agreement "

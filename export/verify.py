@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from seq2edge.runtime.backend import HostBackend
-from seq2edge.runtime.model import Seq2Seq as Runtime
+from seq2edge.runtime.model import Seq2Seq
 from seq2edge.runtime.schema import BundleMeta
 from seq2edge.runtime.util import pad_batch
 from seq2edge.train.corpus import Entry
@@ -56,7 +56,7 @@ class Parity:
         return d
 
 
-def check_parity(model: Seq2SeqModule, runtime: Runtime, texts: Sequence[str], batch_size: int = 64) -> Parity:
+def check_parity(model: Seq2SeqModule, runtime: Seq2Seq, texts: Sequence[str], batch_size: int = 64) -> Parity:
     """Compare PyTorch and the runtime on `texts` (unknown tokens mapped to <unk>)."""
     model = model.eval()
     c = model.config
@@ -87,7 +87,7 @@ def check_parity(model: Seq2SeqModule, runtime: Runtime, texts: Sequence[str], b
 
 
 @torch.no_grad()
-def _compare_batch(model: Seq2SeqModule, runtime: Runtime, src: np.ndarray, lengths: np.ndarray):
+def _compare_batch(model: Seq2SeqModule, runtime: Seq2Seq, src: np.ndarray, lengths: np.ndarray):
     """PyTorch greedy tokens for the batch, then both sides stepped on those tokens."""
     c = model.config
     src_t, len_t = torch.from_numpy(src), torch.from_numpy(lengths)
@@ -118,12 +118,12 @@ def _compare_batch(model: Seq2SeqModule, runtime: Runtime, src: np.ndarray, leng
 
 
 def compare_precision(bundle_dir: Path, meta: BundleMeta, precision: str, entries: Sequence[Entry],
-                      reference: Sequence, fp32: Runtime) -> dict:
+                      reference: Sequence, fp32: Seq2Seq) -> dict:
     """Figures of the `precision` graphs against the fp32 ones (`reference`: fp32 results on `entries`)."""
     sizes = {p: sum(entry.bytes or 0 for entry in meta.graphs[p].values()) for p in ("fp32", precision)}
     figures: dict = {"size_ratio": round(sizes[precision] / sizes["fp32"], 4), "bytes": sizes[precision]}
     try:
-        model = Runtime.load(bundle_dir, providers="cpu", precision=precision, unknown="unk")
+        model = Seq2Seq.load(bundle_dir, providers="cpu", precision=precision, unknown="unk")
         results = model.decode([e.source for e in entries], errors="return")
     except Exception as exc:  # a precision the CPU provider cannot run (fp16 on some builds)
         return {**figures, "measured": False, "reason": f"the CPU provider cannot run these graphs: {str(exc).splitlines()[0]}"}
