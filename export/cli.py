@@ -17,10 +17,13 @@ import click
               help="torch.onnx exporter; the result is verified either way.")
 @click.option("--corpus", default=None, help="Corpus for the parity words (default: the training corpus).")
 @click.option("--parity-words", type=click.IntRange(min=1), default=500, show_default=True)
-def export(checkpoint, out, int8, fp16, force, exporter, corpus, parity_words) -> None:
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Largest |log-prob difference| from PyTorch that parity accepts (default: 10 x PyTorch's own "
+                   "float32-vs-float64 difference on the same steps, at least 1e-4).")
+def export(checkpoint, out, int8, fp16, force, exporter, corpus, parity_words, atol) -> None:
     """Export CHECKPOINT to the bundle directory OUT and verify it against PyTorch."""
     from .bundle import export_bundle
 
     export_bundle(checkpoint, out, force=force, int8=int8, fp16=fp16, exporter=exporter, corpus=corpus,
-                  parity_words=parity_words, log=lambda m: click.echo(m, err=True))
+                  parity_words=parity_words, atol=atol, log=lambda m: click.echo(m, err=True))
     click.echo(f"bundle written: {out}")

@@ -2,13 +2,15 @@
 are loaded only when called, so the device's base install (no torch) starts fast.
 
 Exit codes: 0 success; 1 some inputs failed (the others were still written);
-2 a usage, bundle or provider error before any decoding.
+2 a usage, bundle or provider error before any decoding; 130/143 interrupted by SIGINT/SIGTERM
+(finished output kept); 141 the output pipe was closed by its reader.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 import click
@@ -90,8 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("seq2edge: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
-        sys.stderr.close()  # the reader went away (e.g. `| head`); nothing more to say
-        sys.exit(1)
+        # The reader went away (`| head`): not a failure of any input. Point stdout at /dev/null so
+        # the interpreter's final flush does not complain, and exit as a killed pipeline writer does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     sys.exit(code if isinstance(code, int) else 0)
 if __name__ == "__main__":
     main()

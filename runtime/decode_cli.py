@@ -1,9 +1,21 @@
-"""`seq2edge decode`: a thin layer over Seq2Seq.decode, reading arguments, a file or stdin."""
+"""`seq2edge decode`: a thin layer over Seq2Seq.decode, reading arguments, a file or stdin.
+
+Inputs are decoded in chunks of up to CHUNK lines, results written in input order. From a pipe or
+a terminal, a chunk is cut as soon as input stalls for STALL_SECONDS, so the command works as a line
+filter. SIGINT and SIGTERM keep every finished line (the output file holds them) and exit 130/143;
+`--resume` continues after the last complete one.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import queue
+import shutil
+import signal
+import stat
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,22 +23,35 @@ import click
 
 from .errors import Seq2EdgeError
 from .interface import PRECISIONS
-from .model import TOO_LONG_POLICIES, Seq2Seq
+from .model import TOO_LONG_POLICIES, Result, Seq2Seq
 from .options import SearchOptions
 from .providers import OPTIMIZATION_LEVELS
 from .tokenize import UNKNOWN_POLICIES
 from .util import atomic_path
 
-CHUNK = 4096  # lines decoded per call: bounds memory on long inputs, keeps output in input order
+CHUNK = 4096  # most lines decoded per call: bounds memory on long inputs
+STALL_SECONDS = 0.05  # a live stream that pauses this long gets what it sent so far decoded
+BOM = "\ufeff"
+FORMATS = ("text", "tsv", "jsonl")
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; `code` is the exit status (128 + the signal number)."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("texts", nargs=-1)
 @click.option("--input", "input_file", type=click.Path(path_type=Path),
-              help="Read inputs from FILE, one per line (else TEXT arguments, else stdin).")
-@click.option("--output", "output_file", type=click.Path(path_type=Path), help="Write results to FILE (atomically) instead of stdout.")
-@click.option("--format", "fmt", type=click.Choice(["text", "tsv", "jsonl"]), default="text", show_default=True,
+              help="Read inputs from FILE, one per line ('-': stdin; default: TEXT arguments, else stdin).")
+@click.option("--output", "output_file", type=click.Path(path_type=Path),
+              help="Write results to FILE (atomically; '-': stdout, the default).")
+@click.option("--resume", is_flag=True, help="Continue an --output FILE left by an interrupted run after its last complete line.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
               help="text: 'input -> output'; tsv: input<TAB>output; jsonl: one JSON object per input.")
 @click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size; 1 is greedy search.")
 @click.option("--nbest", type=click.IntRange(min=1), default=None, help="Return the N best hypotheses (N <= beam).")
@@ -49,55 +74,85 @@ CHUNK = 4096  # lines decoded per call: bounds memory on long inputs, keeps outp
 @click.option("--unknown", type=click.Choice(UNKNOWN_POLICIES), default="error", show_default=True,
               help="Source tokens outside the vocabulary: fail that input, map to <unk>, or drop them.")
 @click.option("--too-long", type=click.Choice(TOO_LONG_POLICIES), default="error", show_default=True,
-              help="Inputs over the model's max_src_len: fail that input, or truncate with a warning.")
+              help="Inputs over the model's max_src_len: fail that input, or truncate it (said on stderr and in jsonl).")
 @click.option("--plot-attention", type=click.Path(path_type=Path), default=None,
-              help="Draw each input's attention as a PNG heatmap (FILE, or FILE-N.png per input line N).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
-def decode(bundle, texts, input_file, output_file, fmt, beam, nbest, length_penalty, sample, temperature, top_k, top_p, seed,
-           max_len, min_len, batch_size, provider, threads, precision, optimization, io_binding, unknown, too_long, plot_attention,
-           progress) -> int:
+              help="Draw attention as a PNG heatmap: FILE for a single input, FILE-N.png for input line N otherwise.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr (default: when stderr is a terminal); a count only when the input's length is unknown.")
+def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, length_penalty, sample, temperature, top_k, top_p,
+           seed, max_len, min_len, batch_size, provider, threads, precision, optimization, io_binding, unknown, too_long,
+           plot_attention, progress) -> int:
     """Decode TEXTS (or --input FILE, or stdin lines) with the bundle at BUNDLE."""
+    input_file = None if input_file == Path("-") else input_file
+    output_file = None if output_file == Path("-") else output_file
     if texts and input_file:
         raise click.UsageError("give TEXT arguments or --input, not both")
     if nbest is not None and nbest > beam:
         raise click.UsageError(f"--nbest {nbest} needs --beam of at least {nbest}")
+    if max_len is not None and min_len > max_len:
+        raise click.UsageError(f"--min-len {min_len} is greater than --max-len {max_len}")
+    if resume and output_file is None:
+        raise click.UsageError("--resume continues an --output FILE; give one")
+    if resume and nbest is not None and fmt != "jsonl":
+        raise click.UsageError("--resume with --nbest needs --format jsonl (one record per input)")
     if plot_attention is not None:
         _check_matplotlib()
     options = SearchOptions(beam_size=beam, nbest=nbest or 1, max_len=max_len, min_len=min_len, batch_size=batch_size,
                             length_penalty=length_penalty, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed, return_attention=plot_attention is not None, errors="return")
     model = Seq2Seq.load(bundle, providers=provider, precision=precision, threads=threads, optimization=optimization,
-                         unknown=unknown, too_long=too_long, io_binding=io_binding)
-    lines = _lines(texts, input_file)
+                         unknown=unknown, too_long=too_long, io_binding=io_binding, option_style="cli")
     show_progress = sys.stderr.isatty() if progress is None else progress
+    writer = _Writer(fmt, nbest is not None)
+    plots = _Plots(plot_attention, single=len(texts) == 1) if plot_attention is not None else None
     failed = 0
-    with _Sink(output_file) as out, _Progress(show_progress, input_file) as bar:
-        for chunk in _chunks(lines, CHUNK):
-            good = [(n, text) for n, text, problem in chunk if problem is None]
-            results = iter(model.decode([text for _, text in good], options)) if good else iter(())
-            for number, text, problem in chunk:
-                if problem is None:
-                    result = next(results)
-                    problem = result.error
-                else:
-                    result = None
-                if problem is not None:
-                    failed += 1
-                    click.echo(f"seq2edge: line {number}: {problem}", err=True)
-                out.write(_format(fmt, number, text, result, problem, nbest is not None))
-                if result is not None and problem is None and plot_attention is not None:
-                    from .plot import plot_attention as draw
-
-                    draw(result, _plot_path(plot_attention, number, len(texts) == 1))
-            bar.update(len(chunk))
+    with _Sink(output_file, resume, fmt) as out, _Progress(show_progress, input_file) as bar, _signals_raise():
+        skip = out.done
+        try:
+            for chunk in _chunks(_inputs(texts, input_file), CHUNK):
+                # A resumed run skips what the output already holds, but decodes every chunk whole, so
+                # that batches (and so every digit of the scores) are those of an uninterrupted run.
+                written = min(skip, len(chunk))
+                skip -= written
+                if written == len(chunk):
+                    continue
+                good = [(n, text) for n, text, problem in chunk if problem is None]
+                results = iter(model.decode([text for _, text in good], options)) if good else iter(())
+                for position, (number, text, problem) in enumerate(chunk):
+                    result = next(results) if problem is None else None
+                    if position < written:
+                        continue
+                    problem = problem or (result.error if result is not None else None)
+                    if problem is not None:
+                        failed += 1
+                        click.echo(f"seq2edge: line {number}: {problem}", err=True)
+                    elif result.source_truncated_from is not None:
+                        click.echo(f"seq2edge: line {number}: truncated from {result.source_truncated_from} to "
+                                   f"{len(result.source_tokens)} source tokens (--too-long truncate)", err=True)
+                    out.write(writer.format(number, text, result, problem))
+                    if plots is not None and problem is None:
+                        plots.add(number, result)
+                bar.update(len(chunk))
+        except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, like a killed pipeline writer
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        except (Interrupted, KeyboardInterrupt) as exc:
+            code = exc.code if isinstance(exc, Interrupted) else 130
+            out.keep_partial()
+            where = f"; {out.path} holds them, --resume continues" if out.path is not None else ""
+            click.echo(f"seq2edge: interrupted after {out.done} input(s){where}", err=True)
+            return code
+    if plots is not None:
+        plots.finish()
     if failed:
         click.echo(f"seq2edge: {failed} input(s) failed; the others were written", err=True)
         return 1
     return 0
 
 
-def _lines(texts: tuple[str, ...], input_file: Path | None) -> Iterator[tuple[int, str, str | None]]:
-    """(line number, text, problem or None) for every input."""
+def _inputs(texts: tuple[str, ...], input_file: Path | None) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, text, problem or None) for every input; blank lines of a file or stdin are skipped.
+    From a live stream, _STALLED marks where input paused."""
     if texts:
         for number, text in enumerate(texts, start=1):
             yield number, text, None
@@ -110,17 +165,67 @@ def _lines(texts: tuple[str, ...], input_file: Path | None) -> Iterator[tuple[in
     else:
         stream = sys.stdin.buffer
     with stream:
-        for number, raw in enumerate(stream, start=1):
+        number = 0
+        for raw in _lines_as_they_come(stream):
+            if raw is _STALLED:
+                yield _STALLED
+                continue
+            number += 1
             raw = raw.rstrip(b"\n").rstrip(b"\r")
             try:
-                yield number, raw.decode("utf-8"), None
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 yield number, raw.decode("utf-8", errors="replace"), f"not valid UTF-8 (byte {exc.start})"
+                continue
+            if number == 1:
+                text = text.removeprefix(BOM)
+            if text.strip():
+                yield number, text, None
 
 
-def _chunks(lines, size: int):
-    chunk = []
-    for item in lines:
+_STALLED = object()  # yielded by _lines_as_they_come when a live stream pauses
+
+
+def _lines_as_they_come(stream) -> Iterator:
+    """The stream's lines; from a pipe or terminal, also _STALLED whenever no line came for STALL_SECONDS."""
+    try:
+        live = not stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test runner's stdin)
+        live = False
+    if not live:
+        yield from stream
+        return
+    lines: queue.Queue = queue.Queue(maxsize=2 * CHUNK)  # bounded: the reader waits when decoding falls behind
+    end = object()
+
+    def read() -> None:
+        try:
+            for line in stream:
+                lines.put(line)
+        finally:
+            lines.put(end)
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=STALL_SECONDS)
+        except queue.Empty:
+            yield _STALLED
+            line = lines.get()
+        if line is end:
+            return
+        yield line
+
+
+def _chunks(inputs: Iterator, size: int) -> Iterator[list]:
+    """Lists of up to `size` inputs; a list is cut early where a live stream stalled."""
+    chunk: list = []
+    for item in inputs:
+        if item is _STALLED:
+            if chunk:
+                yield chunk
+                chunk = []
+            continue
         chunk.append(item)
         if len(chunk) == size:
             yield chunk
@@ -129,28 +234,63 @@ def _chunks(lines, size: int):
         yield chunk
 
 
-def _format(fmt: str, number: int, text: str, result, problem: str | None, with_nbest: bool) -> str:
-    if fmt == "jsonl":
-        record: dict = {"line": number, "input": text}
+class _Writer:
+    """One input's result as text, tsv or jsonl lines."""
+
+    def __init__(self, fmt: str, with_nbest: bool):
+        self.fmt, self.with_nbest = fmt, with_nbest
+
+    def format(self, number: int, text: str, result: Result | None, problem: str | None) -> str:
+        if self.fmt == "jsonl":
+            record: dict = {"line": number, "input": text}
+            if problem is not None:
+                record["error"] = problem
+            else:
+                record.update(output=result.text, tokens=result.tokens, score=round(result.score, 6))
+                if result.truncated:
+                    record["truncated"] = True
+                if result.source_truncated_from is not None:
+                    record["source_truncated_from"] = result.source_truncated_from
+                if self.with_nbest:
+                    record["nbest"] = [{"output": r.text, "tokens": r.tokens, "score": round(r.score, 6)}
+                                       for r in (result.nbest or [result])]
+            return json.dumps(record, ensure_ascii=False) + "\n"
         if problem is not None:
-            record["error"] = problem
-        else:
-            record.update(output=result.text, tokens=result.tokens, score=round(result.score, 6))
-            if result.truncated:
-                record["truncated"] = True
-            if with_nbest:
-                record["nbest"] = [{"output": r.text, "tokens": r.tokens, "score": round(r.score, 6)} for r in (result.nbest or [result])]
-        return json.dumps(record, ensure_ascii=False) + "\n"
-    if problem is not None:
-        return f"{text}\t\n" if fmt == "tsv" else f"{text} -> (error: {problem})\n"
-    hyps = (result.nbest or [result]) if with_nbest else [result]
-    if fmt == "tsv":
-        return "".join(f"{text}\t{r.text}" + (f"\t{r.score:.4f}" if with_nbest else "") + "\n" for r in hyps)
-    return "".join(f"{text} -> {r.text}" + (f"  ({r.score:.3f})" if with_nbest else "") + "\n" for r in hyps)
+            return f"{text}\t\n" if self.fmt == "tsv" else f"{text} -> (error: {problem})\n"
+        hyps = (result.nbest or [result]) if self.with_nbest else [result]
+        if self.fmt == "tsv":
+            return "".join(f"{text}\t{r.text}" + (f"\t{r.score:.4f}" if self.with_nbest else "") + "\n" for r in hyps)
+        return "".join(f"{text} -> {r.text}" + (f"  ({r.score:.3f})" if self.with_nbest else "") + "\n" for r in hyps)
 
 
-def _plot_path(base: Path, number: int, single: bool) -> Path:
-    return base if single else base.with_name(f"{base.stem}-{number}{base.suffix or '.png'}")
+class _Plots:
+    """Attention plots: FILE when there is exactly one input, FILE-N.png for input line N otherwise.
+    The first plot waits until a second input shows which case this is."""
+
+    def __init__(self, base: Path, single: bool):
+        self.base, self.single = base, single
+        self.first: tuple[int, Result] | None = None
+        self.count = 0
+
+    def add(self, number: int, result: Result) -> None:
+        self.count += 1
+        if self.count == 1 and not self.single:
+            self.first = (number, result)
+            return
+        if self.first is not None:
+            self._draw(*self.first, numbered=True)
+            self.first = None
+        self._draw(number, result, numbered=not self.single)
+
+    def finish(self) -> None:
+        if self.first is not None:  # it stayed the only input
+            self._draw(*self.first, numbered=False)
+
+    def _draw(self, number: int, result: Result, numbered: bool) -> None:
+        from .plot import plot_attention
+
+        base = self.base
+        plot_attention(result, base.with_name(f"{base.stem}-{number}{base.suffix or '.png'}") if numbered else base)
 
 
 def _check_matplotlib() -> None:
@@ -160,20 +300,50 @@ def _check_matplotlib() -> None:
         raise Seq2EdgeError("--plot-attention needs matplotlib: pip install 'seq2edge[plot]'") from None
 
 
-class _Sink:
-    """stdout, or a file written to a temporary path and renamed into place at the end."""
+class _signals_raise:
+    """SIGTERM (and SIGHUP) raise Interrupted in the main thread for the duration of the block,
+    so the same code path as Ctrl-C (KeyboardInterrupt) keeps the finished output."""
 
-    def __init__(self, path: Path | None):
-        self.path = path
-        self._atomic = atomic_path(path) if path is not None else None
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 
     def __enter__(self):
+        self.saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.saved[sig] = signal.signal(sig, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise Interrupted(128 + signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class _Sink:
+    """stdout, or a file written to a temporary path and renamed into place at the end (or, when
+    interrupted, with the records finished so far). `done` counts the records already there when
+    --resume continues a file."""
+
+    def __init__(self, path: Path | None, resume: bool, fmt: str):
+        self.path, self.resume, self.fmt = path, resume, fmt
+        self.done = 0
+        self._atomic = atomic_path(path) if path is not None else None
+        self._keep = False
+
+    def __enter__(self) -> _Sink:
         if self._atomic is None:
             self.stream = sys.stdout
             return self
+        _remove_stale_temporaries(self.path)
         tmp = self._atomic.__enter__()
         try:
             self.stream = open(tmp, "w", encoding="utf-8")
+            if self.resume and self.path.exists():
+                self.done = _copy_complete_records(self.path, self.stream, self.fmt)
         except OSError as exc:
             self._atomic.__exit__(*sys.exc_info())
             raise Seq2EdgeError(f"{self.path}: cannot write: {exc.strerror}") from None
@@ -181,40 +351,84 @@ class _Sink:
 
     def write(self, text: str) -> None:
         self.stream.write(text)
+        self.done += 1
         if self._atomic is None:
             self.stream.flush()
+
+    def keep_partial(self) -> None:
+        """Rename what was written into place although the run did not finish."""
+        self._keep = True
 
     def __exit__(self, kind, value, tb):
         if self._atomic is None:
             return False
         self.stream.close()
-        self._atomic.__exit__(kind, value, tb)
+        if self._keep:
+            self._atomic.__exit__(None, None, None)
+        else:
+            self._atomic.__exit__(kind, value, tb)
         return False
 
 
-class _Progress:
-    def __init__(self, show: bool, input_file: Path | None):
-        self.bar = None
-        if show:
-            total = None
-            if input_file is not None:
+def _copy_complete_records(path: Path, out, fmt: str) -> int:
+    """Copy the complete records (whole lines; valid JSON for jsonl) of an earlier output; return how many."""
+    count = 0
+    with open(path, encoding="utf-8", errors="strict") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break  # the run was killed while writing this line
+            if fmt == "jsonl":
                 try:
-                    with open(input_file, "rb") as f:
-                        total = sum(1 for _ in f)
-                except OSError:
-                    total = None
-            self.bar = click.progressbar(length=total, label="decoding", file=sys.stderr) if total else None
+                    json.loads(line)
+                except ValueError:
+                    break
+            out.write(line)
+            count += 1
+    return count
 
-    def __enter__(self):
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove temporary outputs of runs for `path` that were killed outright (their process is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            pid = int(tmp.name[len(path.name) + 2 :].split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            continue
+
+
+class _Progress:
+    """A bar when the input is a file of known length, else a running count."""
+
+    def __init__(self, show: bool, input_file: Path | None):
+        self.show, self.total, self.count, self.bar = show, None, 0, None
+        if show and input_file is not None:
+            try:
+                with open(input_file, "rb") as f:
+                    self.total = sum(1 for _ in f)
+            except OSError:
+                self.total = None
+        if show and self.total:
+            self.bar = click.progressbar(length=self.total, label="decoding", file=sys.stderr)
+
+    def __enter__(self) -> _Progress:
         if self.bar is not None:
             self.bar.__enter__()
         return self
 
     def update(self, n: int) -> None:
+        self.count += n
         if self.bar is not None:
             self.bar.update(n)
+        elif self.show:
+            width = shutil.get_terminal_size((80, 20)).columns
+            click.echo(f"\rdecoding: {self.count} inputs (length unknown)".ljust(width - 1), err=True, nl=False)
 
     def __exit__(self, *exc):
         if self.bar is not None:
             self.bar.__exit__(*exc)
+        elif self.show and self.count:
+            click.echo("", err=True)
         return False

@@ -4,6 +4,8 @@ The CLI catches `Seq2EdgeError` and prints its message on one line with the
 exception's `exit_code`; anything else escaping is a bug.
 """
 
+from __future__ import annotations
+
 
 class Seq2EdgeError(Exception):
     """Base class: a problem the user can act on. Exit code 2 in the CLI."""
@@ -16,9 +18,31 @@ class BundleError(Seq2EdgeError):
 
 
 class InputError(Seq2EdgeError):
-    """One input text cannot be decoded (empty, unknown characters, too long...)."""
+    """One input text cannot be decoded (empty, unknown characters, too long...).
+
+    `option` names a setting that would decode it anyway, as (keyword, values); how it is spelled
+    in the message depends on who reads it (`option_hint`)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, option: tuple[str, tuple[str, ...]] | None = None, style: str = "python"):
+        self.problem, self.option = message, option
+        super().__init__(message + (f" (to decode it anyway: {option_hint(*option, style)})" if option else ""))
+
+    def restyled(self, style: str) -> InputError:
+        """The same error, its option spelled for `style` ("python" or "cli")."""
+        return InputError(self.problem, self.option, style)
+
+
+OPTION_STYLES = ("python", "cli")
+
+
+def option_hint(keyword: str, values: tuple[str, ...], style: str) -> str:
+    """unknown=('unk', 'skip') -> "unknown='unk' or 'skip'" (python) or "--unknown unk or --unknown skip" (cli)."""
+    if style == "cli":
+        flag = "--" + keyword.replace("_", "-")
+        return " or ".join(f"{flag} {v}" for v in values)
+    return f"{keyword}=" + " or ".join(repr(v) for v in values)
 
 
 class ProviderError(Seq2EdgeError):

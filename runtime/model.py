@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from . import search
 from .backend import Backend, DeviceBackend, HostBackend, Stepper, device_of
 from .bundle import Bundle, load_bundle
 from .engine import Engine
-from .errors import InputError, Seq2EdgeError
+from .errors import OPTION_STYLES, InputError, Seq2EdgeError
 from .options import SearchOptions
 from .providers import ProviderSpec
 from .tokenize import UNKNOWN_POLICIES
@@ -40,6 +39,7 @@ class Result:
     attention: np.ndarray | None = None  # [len(tokens) + 1, len(source_tokens)] when asked
     source_tokens: list[str] = field(default_factory=list)
     truncated: bool = False  # reached max_len; </s> was forced
+    source_truncated_from: int | None = None  # the input's token count when too_long="truncate" cut it to max_src_len
     error: str | None = None  # set instead of the output when this input could not be decoded
 
     @property
@@ -54,13 +54,14 @@ class _Source:
     index: int
     ids: list[int]
     tokens: list[str]
+    truncated_from: int | None = None
 
 
 class Seq2Seq:
     """A loaded bundle: tokenisers plus onnxruntime sessions for the encoder and decoder."""
 
     def __init__(self, bundle: Bundle, engine: Engine, unknown: str = "error", too_long: str = "error",
-                 io_binding: bool | None = None):
+                 io_binding: bool | None = None, option_style: str = "python"):
         if unknown not in UNKNOWN_POLICIES:
             raise Seq2EdgeError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, not {unknown!r}")
         if too_long not in TOO_LONG_POLICIES:
@@ -68,8 +69,11 @@ class Seq2Seq:
         self.bundle = bundle
         self.config = bundle.config
         self.engine = engine
+        if option_style not in OPTION_STYLES:
+            raise Seq2EdgeError(f"option_style must be one of {', '.join(OPTION_STYLES)}, not {option_style!r}")
         self.unknown = unknown
         self.too_long = too_long
+        self.option_style = option_style  # how input errors name the option that would decode them anyway
         if io_binding is None:  # keep decoding state on the device whenever the decoder runs on one
             io_binding = device_of(engine.providers) != "cpu"
         self.backend: Backend = DeviceBackend(engine) if io_binding else HostBackend(engine)
@@ -77,18 +81,22 @@ class Seq2Seq:
     @classmethod
     def load(cls, path: str | Path, providers: ProviderSpec = "auto", precision: str = "fp32",
              threads: int | None = None, optimization: str = "all", unknown: str = "error",
-             too_long: str = "error", io_binding: bool | None = None) -> Seq2Seq:
+             too_long: str = "error", io_binding: bool | None = None, option_style: str = "python") -> Seq2Seq:
         """Load and verify a bundle directory.
 
         providers: "auto", "cpu", "cuda", another provider name, or an onnxruntime providers list.
         precision: "fp32", or "int8"/"fp16" when the bundle has those graphs.
         unknown: what to do with source tokens outside the vocabulary: "error", "unk" or "skip".
-        too_long: inputs over the model's max_src_len: "error" or "truncate" (with a warning).
+        too_long: inputs over the model's max_src_len: "error", or "truncate" (the Result says
+            `source_truncated_from`).
         io_binding: keep memory, mask and state on the device between steps (onnxruntime IOBinding);
             default: on when the decoder runs on an accelerator (CUDA), off on the CPU.
+        option_style: how input errors name the setting that would decode them anyway:
+            "python" (unknown='unk') or "cli" (--unknown unk).
         """
         bundle = load_bundle(path)
-        return cls(bundle, Engine(bundle, precision, providers, threads, optimization), unknown, too_long, io_binding)
+        return cls(bundle, Engine(bundle, precision, providers, threads, optimization), unknown, too_long, io_binding,
+                   option_style)
 
     @property
     def providers(self) -> list[str]:
@@ -118,8 +126,8 @@ class Seq2Seq:
                 ready.append(self._prepare(i, text))
             except InputError as exc:
                 if options.errors == "raise":
-                    raise InputError(f"input {i}: {exc}") from None
-                results[i] = Result(input=text if isinstance(text, str) else repr(text), error=str(exc))
+                    raise InputError(f"input {i}: {exc.problem}", exc.option, self.option_style) from None
+                results[i] = Result(input=text if isinstance(text, str) else repr(text), error=str(exc.restyled(self.option_style)))
         ready.sort(key=lambda p: len(p.ids))
         strategy = search.STRATEGIES[options.strategy]
         for start in range(0, len(ready), options.batch_size):
@@ -136,7 +144,10 @@ class Seq2Seq:
         options = SearchOptions.of(options, **keywords)
         if options.beam_size > 1:
             raise Seq2EdgeError("stream() decodes greedily or by sampling; use decode() for beam search")
-        source = self._prepare(0, text)
+        try:
+            source = self._prepare(0, text)
+        except InputError as exc:
+            raise exc.restyled(self.option_style) from None
         stepper, state = self._encode([source])
         for token_id in search.stream(stepper, state, self._limits(options), options):
             yield self.bundle.target.vocab.tokens[token_id]
@@ -153,12 +164,11 @@ class Seq2Seq:
         _check_text(text)
         tokens, ids = self.bundle.source.encode_tokens(text, self.unknown)
         limit = self.config.max_src_len
-        if len(ids) > limit:
-            if self.too_long == "error":
-                raise InputError(f"{len(ids)} source tokens, over the model's max_src_len of {limit} (use too_long='truncate')")
-            warnings.warn(f"input {index}: {len(ids)} source tokens truncated to max_src_len {limit}", stacklevel=3)
-            tokens, ids = tokens[:limit], ids[:limit]
-        return _Source(index, ids, tokens)
+        if len(ids) <= limit:
+            return _Source(index, ids, tokens)
+        if self.too_long == "error":
+            raise InputError(f"{len(ids)} source tokens, over the model's max_src_len of {limit}", option=("too_long", ("truncate",)))
+        return _Source(index, ids[:limit], tokens[:limit], truncated_from=len(ids))
 
     def _encode(self, chunk: list[_Source]) -> tuple[Stepper, Any]:
         """Encode a batch -> the search's stepper over it, and the first decoder state."""
@@ -174,7 +184,8 @@ class Seq2Seq:
         for h in hyps:
             tokens = [vocab[i] for i in h.ids]  # searches never choose <pad> or <s>; </s> ends a hypothesis
             attention = h.attention[:, :src_len] if h.attention is not None else None
-            out.append(Result(text, target.join(tokens), tokens, h.score, [], attention, source.tokens, h.truncated))
+            out.append(Result(text, target.join(tokens), tokens, h.score, [], attention, source.tokens, h.truncated,
+                              source.truncated_from))
         best = out[0]
         if len(out) > 1:
             best.nbest = out

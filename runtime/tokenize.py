@@ -96,8 +96,7 @@ class TextCodec:
         missing = [t for t, i in zip(tokens, ids) if i < 0]
         if unknown == "error":
             shown = ", ".join(repr(t) for t in dict.fromkeys(missing))
-            raise InputError(f"{_describe(text)}: not in the source vocabulary: {shown} "
-                             "(to decode anyway: unknown='unk' or 'skip', --unknown in the CLI)")
+            raise InputError(f"{_describe(text)}: not in the source vocabulary: {shown}", option=("unknown", ("unk", "skip")))
         if unknown == "skip":
             tokens = [t for t, i in zip(tokens, ids) if i >= 0]
             if not tokens:

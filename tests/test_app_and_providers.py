@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import subprocess
 import sys
 import threading
 import urllib.error
@@ -11,6 +12,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from conftest import SEQ2EDGE
 
 from seq2edge.runtime import BundleError, ProviderError, Seq2Seq
 from seq2edge.runtime import providers as P
@@ -120,6 +122,14 @@ def test_plot_attention_draws_a_png_per_input(tiny_bundle, tmp_path):
     single = tmp_path / "one.png"
     CliRunner().invoke(cli, ["decode", str(tiny_bundle), "edge", "--plot-attention", str(single)])
     assert single.exists()
+    # one stdin line is a single input too: FILE, not FILE-1
+    line = tmp_path / "line.png"
+    proc = subprocess.run([*SEQ2EDGE, "decode", str(tiny_bundle), "--plot-attention", str(line)], input="edge\n",
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and line.exists() and not (tmp_path / "line-1.png").exists()
+    two = tmp_path / "two.png"
+    subprocess.run([*SEQ2EDGE, "decode", str(tiny_bundle), "--plot-attention", str(two)], input="edge\n\nonnx\n", text=True, check=True)
+    assert sorted(p.name for p in tmp_path.glob("two*")) == ["two-1.png", "two-3.png"]
 
 
 def test_cli_options_map_onto_the_api(tiny_bundle, tiny_model):

@@ -27,8 +27,6 @@ from seq2edge.runtime.util import sha256_file
 
 BAD_LINES = [  # (bytes on stdin, what the error says; None when the line must decode)
     (b"edge", None),
-    (b"", "empty input"),
-    (b"   \t ", "empty input"),
     ("caf\u00e9".encode(), "not in the source vocabulary: '\u00e9'"),
     (b"a" * 200, "over the model's max_src_len"),
     (b"ab\x01cd", "control character U+0001"),

@@ -72,12 +72,15 @@ def test_unknown_policy_unk_and_skip_decode_anyway(tiny_bundle):
         assert model.decode(["ed\u4e2dge"])[0].ok
 
 
-def test_too_long_inputs_error_or_truncate_with_a_warning(tiny_bundle, tiny_model):
-    long = "a" * (tiny_model.config.max_src_len + 5)
-    assert "over the model's max_src_len" in tiny_model.decode([long], errors="return")[0].error
+def test_too_long_inputs_error_or_truncate_and_say_so(tiny_bundle, tiny_model):
+    limit = tiny_model.config.max_src_len
+    long = "a" * (limit + 5)
+    error = tiny_model.decode([long], errors="return")[0].error
+    assert f"{limit + 5} source tokens, over the model's max_src_len of {limit}" in error and "too_long='truncate'" in error
     model = Seq2Seq.load(tiny_bundle, providers="cpu", too_long="truncate")
-    with pytest.warns(UserWarning, match="truncated"):
-        assert model.decode([long])[0].ok
+    short, cut = model.decode(["edge", long])
+    assert short.source_truncated_from is None
+    assert cut.ok and cut.source_truncated_from == limit + 5 and len(cut.source_tokens) == limit
 
 
 def test_decode_rejects_a_bare_string(tiny_model):

@@ -1,0 +1,137 @@
+"""`seq2edge decode` as a line filter and a bulk job: streams, BOMs, signals, --resume, exit codes, messages."""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import SEQ2EDGE
+
+from seq2edge.train import corpus as C
+
+
+@pytest.fixture(scope="module")
+def words() -> list[str]:
+    """CMUdict headwords made only of letters (in every tiny model's vocabulary)."""
+    return [e.source for e in C.load_cmudict().entries if e.source.isalpha()]
+
+
+def decode(bundle, *args, **kwargs):
+    return subprocess.run([*SEQ2EDGE, "decode", str(bundle), *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def test_a_utf8_bom_is_stripped_from_an_input_file_and_stdin(tiny_bundle, tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes("\ufeffedge\nonnx\n".encode())
+    plain = decode(tiny_bundle, "edge", "onnx").stdout
+    assert decode(tiny_bundle, "--input", path).stdout == plain
+    proc = decode(tiny_bundle, input="\ufeffedge\nonnx\n")
+    assert proc.returncode == 0 and proc.stdout == plain
+
+
+def test_dash_means_stdin_and_stdout(tiny_bundle):
+    proc = decode(tiny_bundle, "--input", "-", "--output", "-", input="edge\n")
+    assert proc.returncode == 0 and proc.stdout.startswith("edge -> ")
+
+
+def test_a_pipe_gets_each_result_as_soon_as_its_line_arrives(tiny_bundle):
+    proc = subprocess.Popen([*SEQ2EDGE, "decode", str(tiny_bundle)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("edge\n")
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 30)  # start-up included; the input stays open
+        assert ready, "no result while the input pipe stayed open"
+        assert proc.stdout.readline().startswith("edge -> ")
+        proc.stdin.write("onnx\n")
+        proc.stdin.close()
+        assert proc.stdout.readline().startswith("onnx -> ")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_closed_output_pipe_exits_141_quietly(tiny_bundle, tmp_path, words):
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(words[:20000]) + "\n")
+    proc = subprocess.run(f"{' '.join(SEQ2EDGE)} decode {tiny_bundle} --input {path} | head -1; exit ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True)
+    assert proc.returncode == 141 and proc.stdout.count("\n") == 1 and proc.stderr == ""
+
+
+def test_min_len_over_max_len_is_a_usage_error(tiny_bundle):
+    proc = decode(tiny_bundle, "edge", "--min-len", "5", "--max-len", "3")
+    assert proc.returncode == 2 and "--min-len 5 is greater than --max-len 3" in proc.stderr
+
+
+def test_progress_on_stdin_counts_without_a_total(tiny_bundle):
+    proc = decode(tiny_bundle, "--progress", input="edge\nonnx\n")
+    assert proc.returncode == 0 and "decoding: 2 inputs (length unknown)" in proc.stderr
+
+
+def test_truncation_names_the_real_line_and_is_flagged_in_jsonl(tiny_bundle, tmp_path, words):
+    lines = words[:5003]
+    lines[5000] = "a" * 100  # line 5001, past the first 4096-line chunk
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(lines) + "\n")
+    proc = decode(tiny_bundle, "--input", path, "--too-long", "truncate", "--format", "jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "seq2edge: line 5001: truncated from 100 to 32 source tokens (--too-long truncate)"]
+    record = json.loads(proc.stdout.splitlines()[5000])
+    assert record["line"] == 5001 and record["source_truncated_from"] == 100
+    assert "source_truncated_from" not in json.loads(proc.stdout.splitlines()[0])
+
+
+def test_cli_messages_name_the_cli_options(tiny_bundle):
+    proc = decode(tiny_bundle, "caf\u00e9", "a" * 100)
+    assert proc.returncode == 1
+    assert "(to decode it anyway: --unknown unk or --unknown skip)" in proc.stderr
+    assert "(to decode it anyway: --too-long truncate)" in proc.stderr
+    assert "=" not in proc.stderr
+
+
+def _kill_mid_file(bundle, path, out, fmt, sig):
+    proc = subprocess.Popen([*SEQ2EDGE, "decode", str(bundle), "--input", str(path), "--output", str(out), "--format", fmt],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.parent.glob(f".{out.name}.*.tmp")) or os.path.getsize(next(out.parent.glob(f".{out.name}.*.tmp"))) == 0:
+        assert time.monotonic() < deadline and proc.poll() is None, "decode finished or never started writing"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize("sig, code, fmt", [(signal.SIGTERM, 143, "jsonl"), (signal.SIGINT, 130, "text")])
+def test_a_killed_run_keeps_its_finished_lines_and_resume_completes_it_byte_identically(tiny_bundle, tmp_path, words, sig,
+                                                                                        code, fmt):
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(words[:12000]) + "\n")
+    whole = tmp_path / f"whole.{fmt}"
+    assert decode(tiny_bundle, "--input", path, "--output", whole, "--format", fmt).returncode == 0
+    out = tmp_path / f"out.{fmt}"
+    returncode, stderr = _kill_mid_file(tiny_bundle, path, out, fmt, sig)
+    assert returncode == code and "Traceback" not in stderr and "--resume continues" in stderr
+    kept = out.read_bytes()
+    assert 0 < len(kept) < len(whole.read_bytes()) and whole.read_bytes().startswith(kept)
+    assert not list(tmp_path.glob(".*.tmp"))
+    proc = decode(tiny_bundle, "--input", path, "--output", out, "--format", fmt, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def test_resume_drops_a_half_written_last_line_and_stale_temporaries_go(tiny_bundle, tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("edge\nonnx\nattention\n")
+    whole = decode(tiny_bundle, "--input", path, "--format", "jsonl").stdout
+    out = tmp_path / "out.jsonl"
+    out.write_text(whole.splitlines(keepends=True)[0] + whole.splitlines()[1][:10])  # killed while writing line 2
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / f".out.jsonl.{dead}.tmp").write_text("left by a run killed with SIGKILL")
+    proc = decode(tiny_bundle, "--input", path, "--output", out, "--format", "jsonl", "--resume")
+    assert proc.returncode == 0 and out.read_text() == whole
+    assert not list(tmp_path.glob(".*.tmp"))
