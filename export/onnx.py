@@ -80,11 +80,24 @@ def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter:
                                   opset_version=max(OPSET, 18), dynamo=True, external_data=False, verbose=False)
         graph = onnx.load(str(path))
         _fold_external_data(graph, path)
+        _fix_model_sizes(graph, ins + outs, model.config.axis_sizes)
         set_metadata(graph, graph_metadata(bundle_id, model.config.to_dict(), "fp32", kind))
         onnx.checker.check_model(graph, full_check=True)
         save_single_file(graph, path)
         paths[kind] = path
     return paths
+
+
+def _fix_model_sizes(graph: onnx.ModelProto, ports: tuple[Port, ...], sizes: dict[str, int]) -> None:
+    """Write the model's sizes into the ports' fixed axes (the exporter leaves some as made-up symbols
+    such as Concatmemory_dim_2), so a graph's signature reads like the contract."""
+    values = {v.name: v for v in [*graph.graph.input, *graph.graph.output]}
+    for port in ports:
+        dims = values[port.name].type.tensor_type.shape.dim
+        for axis, dim in zip(port.axes, dims):
+            if not axis.dynamic:
+                dim.Clear()
+                dim.dim_value = sizes[axis.name]
 
 
 def set_metadata(graph: onnx.ModelProto, metadata: dict[str, str]) -> None:

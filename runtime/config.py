@@ -75,6 +75,11 @@ class ModelConfig:
         """Width of the packed decoder state: every layer's h, then every layer's c (LSTM), then the fed vector."""
         return self.decoder_layers * self.hidden * len(self.cell_states) + (self.hidden if self.input_feed else 0)
 
+    @property
+    def axis_sizes(self) -> dict[str, int]:
+        """The size of each fixed axis of the graph contract (runtime.interface), by axis name."""
+        return {"hidden": self.hidden, "state_size": self.state_size, "vocab": self.tgt_vocab_size}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -51,8 +51,7 @@ class Engine:
             raise BundleError(f"{name}: is a {meta.get(META_PRECISION)} graph, bundle.json lists it as {self.precision}; "
                               "re-export the bundle")
         inputs, outputs = graph_ports(kind)
-        sizes = {"hidden": self.bundle.config.hidden, "state_size": self.bundle.config.state_size,
-                 "vocab": self.bundle.config.tgt_vocab_size}
+        sizes = self.bundle.config.axis_sizes
         for role, ports, args in (("input", inputs, session.get_inputs()), ("output", outputs, session.get_outputs())):
             _check_ports(name, role, ports, args, sizes)
 

@@ -1,8 +1,9 @@
 import json
+import re
 import subprocess
 
 from click.testing import CliRunner
-from conftest import SEQ2EDGE
+from conftest import SEQ2EDGE, export_tiny, train_tiny
 
 from seq2edge.runtime.cli import cli
 
@@ -90,3 +91,47 @@ def test_help_lists_every_command():
     result = run("--help")
     for command in ("train", "export", "eval", "decode", "info", "bench"):
         assert command in result.output
+
+
+def test_eval_scores_any_file_with_split_all_and_reports_lines_it_cannot_use(tmp_path):
+    """A char->char corpus: exact match and CER under those names; a bad line is reported, not dropped silently."""
+    from seq2edge.train import corpus as C
+
+    pairs = [e for e in C.load_cmudict().entries if e.source.isalpha()][:400]
+    corpus = tmp_path / "spell.tsv"
+    corpus.write_text("".join(f"{e.source}\t{e.source[::-1]}\n" for e in pairs) + "no tab here\n")
+    ckpt = train_tiny(tmp_path / "ckpt", corpus=str(corpus), epochs=1, limit=300, dev_limit=20)
+    bundle = export_tiny(ckpt, tmp_path / "bundle", parity_words=30)
+    result = run("eval", bundle, "--corpus", corpus, "--split", "all")
+    assert result.exit_code == 0, result.output
+    assert "spell.tsv all: 400 inputs" in result.output
+    assert re.search(r"exact match +\d+\.\d\d%   CER +\d+\.\d\d%", result.output)
+    assert f"{corpus}:401: expected source<TAB>target" in result.output  # CliRunner mixes stderr in
+    assert "1 corpus line(s) could not be used and are not scored" in result.output
+
+
+def test_eval_finds_the_training_corpus_from_any_directory(tmp_path, monkeypatch):
+    from seq2edge.train import corpus as C
+
+    pairs = [e for e in C.load_cmudict().entries if e.source.isalpha()][:300]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "c.tsv").write_text("".join(f"{e.source}\t{e.references[0]}\n" for e in pairs))
+    monkeypatch.chdir(tmp_path)
+    proc = subprocess.run([*SEQ2EDGE, "train", "--corpus", "data/c.tsv", "--out", "ckpt", "--epochs", "1", "--limit", "100",
+                           "--dev-limit", "10", "--embed", "8", "--hidden", "16"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([*SEQ2EDGE, "eval", str(tmp_path / "ckpt"), "--split", "all"], capture_output=True, text=True,
+                          cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "data" / "c.tsv").rename(tmp_path / "data" / "moved.tsv")
+    proc = subprocess.run([*SEQ2EDGE, "eval", str(tmp_path / "ckpt")], capture_output=True, text=True, cwd=elsewhere)
+    assert proc.returncode == 2 and "which is not here; pass --corpus PATH" in proc.stderr
+
+
+def test_a_checkpoint_and_a_bundle_given_in_each_others_place_say_so(tiny_bundle, tiny_checkpoint, tmp_path):
+    proc = subprocess.run([*SEQ2EDGE, "decode", str(tiny_checkpoint), "edge"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "is a training checkpoint, not a bundle; export it first" in proc.stderr
+    proc = subprocess.run([*SEQ2EDGE, "export", str(tiny_bundle), str(tmp_path / "b")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "is already an exported bundle, not a checkpoint" in proc.stderr

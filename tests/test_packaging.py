@@ -36,8 +36,9 @@ def test_wheel_installs_a_runtime_only_environment_that_decodes_and_evaluates(ti
     proc = subprocess.run([str(env_dir / "bin" / "seq2edge"), "eval", str(tiny_bundle), "--corpus", str(tsv), "--split", "test"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    expected = evaluate(tiny_bundle, corpus=str(tsv), split="test").scores["stress"]
-    assert f"WER {expected.wer:6.2f}%" in proc.stdout and f"{len(entries)} inputs" in proc.stdout
+    expected = evaluate(tiny_bundle, corpus=str(tsv), split="test").scores["as_given"]
+    assert f"exact match {100 - expected.wer:6.2f}%   token error rate {expected.per:5.2f}%" in proc.stdout
+    assert f"{len(entries)} inputs" in proc.stdout
     proc = subprocess.run([str(env_dir / "bin" / "seq2edge"), "eval", str(tiny_checkpoint), "--corpus", str(tsv)],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "PyTorch, which is not installed" in proc.stderr

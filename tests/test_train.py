@@ -121,3 +121,57 @@ def test_learning_rate_halves_after_an_epoch_without_a_better_dev_wer(tmp_path):
     assert len({h["dev_wer"] for h in history}) == 1
     assert [h["lr"] for h in history] == pytest.approx([1e-9, 1e-9, 5e-10], rel=1e-6)
     assert train["train_config"]["label_smoothing"] == 0.1
+
+
+def test_resume_takes_a_new_epoch_count_and_keeps_the_loss_and_minutes_of_the_interrupted_epoch(tmp_path):
+    """A run stopped by its time budget inside epoch 1, resumed with --epochs 2: the history equals an
+    uninterrupted 2-epoch run's (loss included), and the resumed epoch's minutes count the first run's time."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    base = ["train", *ARGS, "--limit", "300"]
+    subprocess.run([*SEQ2EDGE, *base, "--out", str(straight), "--epochs", "2"], check=True, capture_output=True)
+    subprocess.run([*SEQ2EDGE, *base, "--out", str(stopped), "--epochs", "1", "--max-minutes", "0.002"], check=True,
+                   capture_output=True)
+    state = json.loads((stopped / "last" / "state.json").read_text())
+    assert state["epoch"] == 0 and state["step_in_epoch"] > 0 and state["minutes"] > 0
+    subprocess.run([*SEQ2EDGE, *base, "--out", str(stopped), "--resume", "--epochs", "2"], check=True, capture_output=True)
+    one = json.loads((straight / "train.json").read_text())["history"]
+    two = json.loads((stopped / "train.json").read_text())["history"]
+    assert [h["epoch"] for h in two] == [1, 2]
+    assert [round(h["loss"], 6) for h in two] == [round(h["loss"], 6) for h in one]
+    assert two[0]["minutes"] > state["minutes"] and two[1]["minutes"] > two[0]["minutes"]
+
+
+def test_resume_refuses_settings_that_differ_from_the_saved_run(tiny_checkpoint):
+    proc = subprocess.run([*SEQ2EDGE, "train", "--out", str(tiny_checkpoint), "--resume", "--hidden", "64", "--lr", "0.01"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "--hidden 64 (saved: 32)" in proc.stderr and "--lr 0.01 (saved: 0.002)" in proc.stderr
+
+
+def test_progress_lines_every_n_batches_when_stderr_is_not_a_terminal(tmp_path):
+    proc = subprocess.run([*SEQ2EDGE, "train", "--out", str(tmp_path / "log"), *ARGS, "--limit", "200", "--epochs", "1",
+                           "--log-every", "4"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("epoch 1: batch ")]
+    assert [line.split()[3].split("/")[0] for line in lines][:3] == ["4", "8", "12"]
+    assert all("loss " in line and "batches/s, ETA " in line for line in lines)
+
+
+def test_every_file_of_a_checkpoint_and_bundle_is_world_readable(tiny_checkpoint, tiny_bundle):
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [p for root in (tiny_checkpoint, tiny_bundle) for p in root.rglob("*") if p.is_file()]
+    assert any(p.name == "model.safetensors" for p in files) and any(p.parent.name == "last" for p in files)
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def test_a_bom_at_the_start_of_a_tsv_corpus_is_not_a_token(tmp_path):
+    from seq2edge.train import corpus as C
+
+    path = tmp_path / "bom.tsv"
+    path.write_bytes("\ufeffabc\tx y\nbca\ty x\n".encode())
+    corpus = C.load_tsv(path)
+    assert sorted(e.source for e in corpus.entries) == ["abc", "bca"] and corpus.skipped == 0

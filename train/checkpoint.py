@@ -93,6 +93,9 @@ def load_checkpoint(directory: str | Path, weights: str = "model.safetensors") -
     directory = Path(directory)
     if not directory.is_dir():
         raise BundleError(f"{directory}: no such checkpoint directory")
+    if not (directory / "config.json").exists() and (directory / "bundle.json").exists():
+        raise BundleError(f"{directory}: is already an exported bundle, not a checkpoint; export takes the checkpoint "
+                          "directory that `seq2edge train --out` wrote")
     config = ModelConfig.from_dict(read_json(directory / "config.json"), where=str(directory / "config.json"))
     source, target = load_codecs(directory, config)
     model = Seq2SeqModule(config)

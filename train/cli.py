@@ -9,7 +9,7 @@ import click
 from seq2edge.runtime.config import ATTENTIONS, CELLS, TOKENIZERS
 from seq2edge.runtime.interface import PRECISIONS
 
-from .corpus import SPLITS
+from .evaluate import EVAL_SPLITS
 
 
 @click.command()
@@ -47,34 +47,71 @@ from .corpus import SPLITS
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training entries.")
 @click.option("--dev-limit", type=click.IntRange(min=1), default=None, help="Per-epoch dev WER on the first N dev entries only.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
+@click.option("--log-every", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Batches between progress lines (loss, batches/s, ETA) when stderr is not a terminal; 0: none.")
 def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidirectional, embed, hidden, dropout, src_tokens,
           tgt_tokens, lowercase_source, src_vocab_size, tgt_vocab_size, min_freq, max_src_len, max_tgt_len, epochs, batch_size,
-          lr, clip, label_smoothing, patience, max_minutes, seed, resume, limit, dev_limit, threads) -> None:
-    """Train a seq2seq model with attention into the checkpoint directory --out."""
+          lr, clip, label_smoothing, patience, max_minutes, seed, resume, limit, dev_limit, threads, log_every) -> None:
+    """Train a seq2seq model with attention into the checkpoint directory --out.
+
+    With --resume, the run continues with its saved settings; --epochs, --patience, --threads,
+    --log-every and --max-minutes may be given anew, any other option must match the saved run."""
     from seq2edge.runtime.errors import Seq2EdgeError
 
     from .loop import TrainConfig, Trainer
 
+    if corpus != "cmudict":  # recorded absolute, so eval and export find it from any directory
+        corpus = str(Path(corpus).resolve())
+    given = _given_on_command_line()
     if resume and not (out / "last" / "state.json").exists():
         raise Seq2EdgeError(f"{out}: no resume point (last/state.json); start without --resume")
     if not resume and (out / "model.safetensors").exists():
         raise Seq2EdgeError(f"{out}: already holds a trained model; use --resume to continue it or choose another --out")
     tc = TrainConfig(corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, label_smoothing=label_smoothing,
                      patience=patience, seed=seed, max_minutes=max_minutes, min_freq=min_freq, src_vocab_size=src_vocab_size,
-                     tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads)
+                     tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads, log_every=log_every)
     arch = dict(cell=cell, attention=attention, input_feed=input_feed, layers=layers, decoder_layers=decoder_layers,
                 bidirectional=bidirectional, embed=embed, hidden=hidden, dropout=dropout, src_tokens=src_tokens,
                 tgt_tokens=tgt_tokens, lowercase_source=lowercase_source, max_src_len=max_src_len, max_tgt_len=max_tgt_len)
+    overrides = {}
+    if resume:
+        overrides = {name: getattr(tc, name) for name in Trainer.RESUME_OVERRIDES if name in given}
+        _check_unchanged(out, given - set(Trainer.RESUME_OVERRIDES) - {"out", "resume", "max_minutes"},
+                         {**tc.__dict__, **arch})
     try:
-        Trainer(tc, arch, out, resume=resume).run()
+        Trainer(tc, arch, out, resume=resume, overrides=overrides).run()
     except ValueError as exc:  # an impossible combination of options (ModelConfig says which)
         raise Seq2EdgeError(str(exc)) from None
+
+
+# CLI option name -> the saved setting it sets, where the names differ
+_SAVED_NAME = {"limit": "train_limit"}
+
+
+def _given_on_command_line() -> set[str]:
+    ctx = click.get_current_context()
+    return {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+
+
+def _check_unchanged(out: Path, names: set[str], values: dict) -> None:
+    """A resumed run keeps its saved settings: an option given with another value is a usage error."""
+    from .checkpoint import read_json
+
+    saved = {**read_json(out / "config.json"), **read_json(out / "train.json")["train_config"]}
+    changed = []
+    for name in sorted(names):
+        key = _SAVED_NAME.get(name, name)
+        if key in saved and values.get(key) is not None and values[key] != saved[key]:
+            changed.append(f"--{name.replace('_', '-')} {values[key]} (saved: {saved[key]})")
+    if changed:
+        raise click.UsageError(f"--resume continues the run saved in {out} with its own settings; these differ: "
+                               f"{', '.join(changed)}. Drop them, or train into a new --out")
 
 
 @click.command("eval")
 @click.argument("path", metavar="BUNDLE_OR_CHECKPOINT", type=click.Path(path_type=Path))
 @click.option("--corpus", default=None, help="cmudict or a TSV file (default: the corpus the model was trained on).")
-@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True)
+@click.option("--split", type=click.Choice(EVAL_SPLITS), default="test", show_default=True, help="all: every line of the corpus.")
 @click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True, help="Beam size (bundles only).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -83,15 +120,23 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write per-input results as TSV.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON.")
 def evaluate(path, corpus, split, beam, precision, batch_size, limit, threads, output, json_out) -> None:
-    """Print WER and PER of BUNDLE_OR_CHECKPOINT (with and without stress digits for CMUdict)."""
+    """Score BUNDLE_OR_CHECKPOINT on a corpus: exact-match rate and token error rate (CER for character
+    targets); for CMUdict WER and PER with and without stress digits."""
     from .evaluate import evaluate as run
     from .evaluate import write_metrics, write_rows
 
     result = run(path, corpus, split, beam, batch_size, limit, precision, threads)
-    click.echo(f"{result.corpus} {split}: {result.scores['stress'].words} inputs, {result.seconds:.1f} s")
+    for problem in result.problems:
+        click.echo(f"seq2edge: {problem}", err=True)
+    if result.unusable:
+        click.echo(f"seq2edge: {result.unusable} corpus line(s) could not be used and are not scored", err=True)
+    first = next(iter(result.scores.values()))
+    click.echo(f"{result.corpus} {split}: {first.words} inputs, {result.seconds:.1f} s")
     for name, s in result.scores.items():
-        label = {"stress": "with stress" if "stressless" in result.scores else "", "stressless": "stressless"}[name]
-        click.echo(f"  {label:12s} WER {s.wer:6.2f}%   PER {s.per:5.2f}%".rstrip())
+        if name == "as_given":
+            click.echo(f"  exact match {100 - s.wer:6.2f}%   {result.error_rate_name} {s.per:5.2f}%")
+        else:
+            click.echo(f"  {'with stress' if name == 'stress' else 'stressless':12s} WER {s.wer:6.2f}%   PER {s.per:5.2f}%")
     if output:
         write_rows(result, output)
         click.echo(f"per-input results: {output}")

@@ -28,3 +28,4 @@ class TrainConfig:
     train_limit: int | None = None  # first N training entries only (quick runs, tests)
     dev_limit: int | None = None  # first N dev entries for the per-epoch WER
     threads: int | None = None
+    log_every: int = 100  # batches between progress lines on stderr when it is not a terminal (0: none)

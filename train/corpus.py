@@ -6,6 +6,7 @@ it (CMUdict words with several pronunciations have several references).
 
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import io
@@ -30,14 +31,15 @@ class Corpus:
 
     name: str
     entries: list[Entry]
-    problems: list[str]  # "file:line: what" for lines that were skipped
+    problems: list[str]  # "file:line: what" for lines that were skipped (the first 20, then a count)
+    skipped: int = 0  # how many lines were skipped
     src_tokens: str = "char"
     tgt_tokens: str = "char"
     lowercase_source: bool = False
 
 
 def split_of(source: str) -> str:
-    """DESIGN.md's split: sha1 of the source text mod 10; 0 test, 1 dev, else train."""
+    """The fixed split: sha1 of the UTF-8 source text mod 10; 0 test, 1 dev, else train."""
     h = int(hashlib.sha1(source.encode("utf-8")).hexdigest(), 16) % 10
     return "test" if h == 0 else "dev" if h == 1 else "train"
 
@@ -62,6 +64,7 @@ def load_tsv(path: str | Path, max_problems: int = 20) -> Corpus:
         raw = path.read_bytes()
     except OSError as exc:
         raise Seq2EdgeError(f"{path}: cannot read the corpus: {exc.strerror}") from None
+    raw = raw.removeprefix(codecs.BOM_UTF8)  # editors on some systems start UTF-8 files with one
     grouped: dict[str, list[str]] = {}
     problems: list[str] = []
     skipped = 0
@@ -81,7 +84,7 @@ def load_tsv(path: str | Path, max_problems: int = 20) -> Corpus:
     if not grouped:
         raise Seq2EdgeError(f"{path}: no usable source<TAB>target lines")
     entries = [Entry(s, tuple(r)) for s, r in grouped.items()]
-    return Corpus(path.name, entries, problems)
+    return Corpus(path.name, entries, problems, skipped)
 
 
 def _parse_line(line: bytes) -> tuple[str | None, tuple[str, str] | None]:

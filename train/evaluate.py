@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from seq2edge.runtime.errors import Seq2EdgeError
@@ -18,22 +18,45 @@ from seq2edge.runtime.util import write_json_atomic, write_text_atomic
 from . import corpus as C
 from .metrics import Scores, score, score_both
 
+EVAL_SPLITS = (*C.SPLITS, "all")
+
 
 @dataclass
 class Evaluation:
     corpus: str
     split: str
-    scores: dict[str, Scores]  # "stress" (as given) and, for CMUdict, "stressless"
+    scores: dict[str, Scores]  # CMUdict: "stress" (as given) and "stressless"; any other corpus: "as_given"
     seconds: float
     rows: list[tuple[str, str, list[str], bool]]  # input, output, references, correct
+    target_tokens: str = "word"  # the target tokeniser: char targets report CER
+    problems: list[str] = field(default_factory=list)  # corpus lines that could not be used (first 20, then a count)
+    unusable: int = 0  # how many corpus lines could not be used
+
+    @property
+    def error_rate_name(self) -> str:
+        """What the token-level error rate is called: CER for character targets, else token error rate."""
+        return "CER" if self.target_tokens == "char" else "token error rate"
 
     def to_dict(self) -> dict:
-        return {"corpus": self.corpus, "split": self.split, "seconds": round(self.seconds, 2),
-                **{name: {"wer": round(s.wer, 3), "per": round(s.per, 3), "inputs": s.words} for name, s in self.scores.items()}}
+        out = {"corpus": self.corpus, "split": self.split, "seconds": round(self.seconds, 2), "unusable_lines": self.unusable}
+        for name, s in self.scores.items():
+            if name == "as_given":
+                key = "cer" if self.target_tokens == "char" else "token_error_rate"
+                out[name] = {"exact_match": round(100 - s.wer, 3), key: round(s.per, 3), "inputs": s.words}
+            else:
+                out[name] = {"wer": round(s.wer, 3), "per": round(s.per, 3), "inputs": s.words}
+        return out
 
 
 def corpus_of(path: Path) -> str:
-    """The corpus a bundle or checkpoint was trained on, as recorded at training."""
+    """The corpus a bundle or checkpoint was trained on, as recorded at training (checked to be here)."""
+    name = _recorded_corpus(path)
+    if name != "cmudict" and not Path(name).exists():
+        raise Seq2EdgeError(f"{path} was trained on {name}, which is not here; pass --corpus PATH to evaluate on a file")
+    return name
+
+
+def _recorded_corpus(path: Path) -> str:
     for meta, keys in ((path / BUNDLE_FILE, ("checkpoint", "train", "corpus")), (path / "train.json", ("train_config", "corpus"))):
         try:
             value = json.loads(meta.read_text())
@@ -48,11 +71,15 @@ def corpus_of(path: Path) -> str:
 
 def evaluate(path: str | Path, corpus: str | None = None, split: str = "test", beam: int = 1, batch_size: int = 256,
              limit: int | None = None, precision: str = "fp32", threads: int | None = None) -> Evaluation:
+    """Decode `split` of the corpus ("all": every entry) and score it; CMUdict gets WER/PER with and without stress."""
     path = Path(path)
     name = corpus or corpus_of(path)
-    entries = C.split(C.load_corpus(name).entries, split)[:limit]
+    if split not in EVAL_SPLITS:
+        raise Seq2EdgeError(f"unknown split {split!r}; use one of {', '.join(EVAL_SPLITS)}")
+    loaded = C.load_corpus(name)
+    entries = (loaded.entries if split == "all" else C.split(loaded.entries, split))[:limit]
     if not entries:
-        raise Seq2EdgeError(f"{name}: the {split} split is empty")
+        raise Seq2EdgeError(f"{name}: the {split} split is empty" + ("; --split all scores every line" if split != "all" else ""))
     texts = [e.source for e in entries]
     start = time.perf_counter()
     if (path / BUNDLE_FILE).exists():
@@ -65,9 +92,9 @@ def evaluate(path: str | Path, corpus: str | None = None, split: str = "test", b
         raise Seq2EdgeError(f"{path}: neither a bundle ({BUNDLE_FILE}) nor a checkpoint (config.json)")
     seconds = time.perf_counter() - start
     refs = [[codec.split(r) for r in e.references] for e in entries]
-    scores = score_both(hyps, refs) if name == "cmudict" else {"stress": score(hyps, refs)}
+    scores = score_both(hyps, refs) if name == "cmudict" else {"as_given": score(hyps, refs)}
     rows = [(e.source, codec.join(h), list(e.references), any(h == r for r in rs)) for e, h, rs in zip(entries, hyps, refs)]
-    return Evaluation(name, split, scores, seconds, rows)
+    return Evaluation(name, split, scores, seconds, rows, codec.kind, list(loaded.problems), loaded.skipped)
 
 
 def _decode_bundle(path, texts, beam, batch_size, precision, threads):

@@ -57,7 +57,13 @@ def loss_fn(log_probs: torch.Tensor, gold: torch.Tensor, pad: int, smoothing: fl
 class Trainer:
     """One training run into `out`; call run()."""
 
-    def __init__(self, tc: TrainConfig, arch: dict, out: str | Path, resume: bool = False, log=None):
+    # Settings a resumed run may change (the rest is the saved run's, in train.json and config.json).
+    RESUME_OVERRIDES = ("epochs", "threads", "patience", "log_every")
+
+    def __init__(self, tc: TrainConfig, arch: dict, out: str | Path, resume: bool = False, log=None,
+                 overrides: dict | None = None):
+        """overrides: with resume, RESUME_OVERRIDES values that replace the saved ones; max_minutes is
+        always this run's own (a time budget belongs to one invocation)."""
         self.out = Path(out)
         self.rank, self.world = _distributed_setup()
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -67,7 +73,7 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.tc = tc
         if resume:
-            self._load_resume_config()
+            self._load_resume_config(overrides or {})
         self.prepared = D.prepare(self.tc, dict(arch), self.out, self.log) if not resume else self._prepare_resumed()
         torch.manual_seed(self.tc.seed)
         self.model = Seq2SeqModule(self.prepared.model_config)
@@ -77,6 +83,9 @@ class Trainer:
         self.saved = math.inf  # dev WER of the weights in model.safetensors (may come from a partial epoch)
         self.bad_epochs = 0
         self.epoch, self.step_in_epoch = 0, 0
+        self.loss_total, self.loss_batches = 0.0, 0  # the current epoch's running loss, kept across a resume
+        self.minutes_before = 0.0  # training minutes spent by earlier runs of this checkpoint
+        self.run_start = time.monotonic()
         if resume:
             self._restore()
         elif self.rank == 0:
@@ -86,13 +95,17 @@ class Trainer:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
 
     # -- resume -----------------------------------------------------------------
-    def _load_resume_config(self) -> None:
+    def _load_resume_config(self, overrides: dict) -> None:
         saved = read_json(self.out / "train.json")
         budget, threads = self.tc.max_minutes, self.tc.threads
         self.tc = TrainConfig(**saved["train_config"])
         self.tc.max_minutes = budget  # a resumed run gets its own time budget
         if threads:  # and may use another number of threads (float sums may then differ in the last bits)
             self.tc.threads = threads
+        for name, value in overrides.items():
+            if name not in self.RESUME_OVERRIDES:
+                raise ValueError(f"a resumed run cannot change {name}")
+            setattr(self.tc, name, value)
 
     def _prepare_resumed(self) -> D.TrainingData:
         c = ModelConfig.from_dict(read_json(self.out / "config.json"), where=str(self.out / "config.json"))
@@ -116,6 +129,8 @@ class Trainer:
         self.history, self.best, self.bad_epochs = state["history"], state["best"], state["bad_epochs"]
         self.saved = state["saved"]
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.loss_total, self.loss_batches = state.get("epoch_loss", (0.0, 0))
+        self.minutes_before = state.get("minutes", 0.0)
         self.log(f"resuming at epoch {self.epoch + 1}, batch {self.step_in_epoch}")
 
     def _save_resume_point(self) -> None:
@@ -131,15 +146,19 @@ class Trainer:
         write_json_atomic(last / "state.json", {
             "position": position, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "history": self.history, "best": self.best, "saved": self.saved, "bad_epochs": self.bad_epochs,
-            "optimizer": scalars,
+            "optimizer": scalars, "epoch_loss": [self.loss_total, self.loss_batches], "minutes": self.minutes(),
         })
+
+    def minutes(self) -> float:
+        """Training minutes of this checkpoint so far, earlier (resumed) runs included."""
+        return self.minutes_before + (time.monotonic() - self.run_start) / 60
 
     # -- training -----------------------------------------------------------------
     def run(self) -> dict:
         tc = self.tc
         self._write_train_json()
-        start = time.monotonic()
-        deadline = start + tc.max_minutes * 60 if tc.max_minutes else math.inf
+        self.run_start = time.monotonic()
+        deadline = self.run_start + tc.max_minutes * 60 if tc.max_minutes else math.inf
         lengths = [len(s) + len(t) for s, t in zip(self.prepared.train.src, self.prepared.train.tgt)]
         stopped = "epochs"
         while self.epoch < tc.epochs:
@@ -149,7 +168,7 @@ class Trainer:
                 stopped = "time budget"
                 self._end_partial_epoch()
                 break
-            if self._end_epoch(loss, time.monotonic() - start):
+            if self._end_epoch(loss):
                 stopped = "early stopping"
                 break
         if self.rank == 0:
@@ -165,12 +184,13 @@ class Trainer:
         self.net.train()
         bar = tqdm(total=len(order), initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}",
                    disable=None if self.rank == 0 else True, leave=False, file=sys.stderr)
-        total, count = 0.0, 0
-        last_save = time.monotonic()
+        last_save = started = time.monotonic()
+        first = self.step_in_epoch
+        progress_lines = self.rank == 0 and tc.log_every > 0 and not sys.stderr.isatty()
         for idx in order[self.step_in_epoch :]:
             if time.monotonic() > deadline:
                 bar.close()
-                return False, total / max(count, 1)
+                return False, self.loss_total / max(self.loss_batches, 1)
             batch = D.make_batch([data.src[i] for i in idx], [data.tgt[i] for i in idx], c.pad_id, c.bos_id, c.eos_id)
             log_probs = self.net(batch.src_ids, batch.src_lengths, batch.tgt_in)
             loss = loss_fn(log_probs, batch.tgt_out, c.pad_id, tc.label_smoothing)
@@ -178,23 +198,29 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip)
             self.optimizer.step()
-            total, count = total + loss.item(), count + 1
+            self.loss_total, self.loss_batches = self.loss_total + loss.item(), self.loss_batches + 1
             self.step_in_epoch += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{total / count:.3f}", refresh=False)
+            bar.set_postfix(loss=f"{self.loss_total / self.loss_batches:.3f}", refresh=False)
+            if progress_lines and self.step_in_epoch % tc.log_every == 0:
+                rate = (self.step_in_epoch - first) / max(time.monotonic() - started, 1e-9)
+                eta = (len(order) - self.step_in_epoch) / max(rate, 1e-9)
+                self.log(f"epoch {self.epoch + 1}: batch {self.step_in_epoch}/{len(order)}, loss "
+                         f"{self.loss_total / self.loss_batches:.4f}, {rate:.1f} batches/s, ETA {int(eta // 60)}:{int(eta % 60):02d}")
             if time.monotonic() - last_save > tc.save_every_minutes * 60:
                 self._save_resume_point()
                 last_save = time.monotonic()
         bar.close()
-        return True, total / max(count, 1)
+        return True, self.loss_total / max(self.loss_batches, 1)
 
-    def _end_epoch(self, loss: float, elapsed: float) -> bool:
+    def _end_epoch(self, loss: float) -> bool:
         """Dev WER, schedule, best and resume files; True when training should stop early."""
         tc = self.tc
         stop = torch.zeros(1)
         if self.rank == 0:
             wer = dev_wer(self.model, self.prepared.dev, self.prepared.source, self.prepared.target)
             lr = self.optimizer.param_groups[0]["lr"]
+            elapsed = self.minutes() * 60
             self.history.append({"epoch": self.epoch + 1, "loss": loss, "dev_wer": wer, "lr": lr, "minutes": elapsed / 60})
             improved = wer < self.best
             if wer < self.saved:
@@ -211,6 +237,7 @@ class Trainer:
                      f"{elapsed / 60:.1f} min{'  (best)' if improved else ''}")
             stop[0] = float(self.bad_epochs >= tc.patience)
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.loss_total, self.loss_batches = 0.0, 0
         self._save_resume_point()
         self._write_train_json()
         if self.rank == 0:
