@@ -7,6 +7,10 @@ FULL   := $(VENV)/.full-installed
 # The torch wheel on these machines is a local CPU build; an unpinned torch pulls the CUDA build.
 TORCH  ?= torch==2.13.0
 
+# Quiet installs: pip's progress and setuptools' editable-install banner are not what a newcomer
+# running `make demo` needs to read (errors still show).
+PIP        := PYTHONWARNINGS=ignore $(BIN)/python -m pip --disable-pip-version-check -q
+
 BUNDLE     := models/g2p-en
 CHECKPOINT := models/g2p-en-checkpoint
 # The shipped G2P model (README "The shipped model" gives its figures).
@@ -18,13 +22,13 @@ TRAIN_ARGS ?= --corpus cmudict --cell lstm --attention dot --input-feed --bidire
 
 $(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(PIP) install --upgrade pip
+	$(PIP) install -e .
 	touch $@
 
 $(FULL): pyproject.toml $(BASE)
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e '.[train,plot,bench,dev]'
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e '.[train,plot,bench,dev]'
 	touch $@
 
 install: $(FULL)
@@ -32,13 +36,13 @@ install: $(FULL)
 # onnxruntime-gpu provides the same module as onnxruntime: remove the CPU package, then
 # reinstall the GPU one so that its files are the ones left in place.
 install-gpu: $(FULL)
-	$(BIN)/python -m pip uninstall -q -y onnxruntime onnxruntime-gpu
-	$(BIN)/python -m pip install -q --force-reinstall --no-deps 'onnxruntime-gpu>=1.17'
-	$(BIN)/python -m pip install -q -e '.[gpu]'
+	$(PIP) uninstall -y onnxruntime onnxruntime-gpu
+	$(PIP) install --force-reinstall --no-deps 'onnxruntime-gpu>=1.17'
+	$(PIP) install -e '.[gpu]'
 	$(BIN)/seq2edge info $(BUNDLE)
 
 demo: $(BASE)
-	$(BIN)/seq2edge decode $(BUNDLE) attention onnx edge device phoneme pronunciation tokenizer Knightley
+	@$(BIN)/seq2edge decode $(BUNDLE) attention onnx edge device phoneme pronunciation tokenizer Knightley
 
 train: $(FULL)
 	$(BIN)/seq2edge train $(TRAIN_ARGS) --out $(CHECKPOINT)

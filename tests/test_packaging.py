@@ -10,8 +10,9 @@ from conftest import REPO, SEQ2EDGE, export_tiny
 
 
 def test_wheel_installs_a_runtime_only_environment_that_decodes_and_evaluates(tiny_bundle, tiny_checkpoint, tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
-                    str(REPO)], check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                            str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True, text=True)
+    assert "Deprecat" not in built.stderr and "project.license" not in built.stderr  # no setuptools banners
     wheel = next((tmp_path / "dist").glob("seq2edge-*.whl"))
     env_dir = tmp_path / "env"
     venv.create(env_dir, with_pip=True)

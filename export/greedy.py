@@ -1,0 +1,157 @@
+"""greedy.onnx: the encoder and a Loop of decoder steps in one graph, for hosts that want one call.
+
+    src_ids int64 [batch, src_len], src_lengths int64 [batch], max_len int64 scalar
+    -> tokens int64 [batch, steps] (target ids, then </s>, then <pad>),
+       lengths int64 [batch] (tokens before </s>), scores float [batch] (log-probs summed, </s> included)
+
+It is built from a bundle's own encoder and decoder graphs (so int8 graphs give greedy.int8.onnx)
+and follows the runtime's greedy rules exactly: <pad> and <s> are never chosen, only </s> once
+max_len tokens were produced, ties go to the lowest id (ArgMax keeps the first maximum).
+`max_len` is a plain graph input (onnxruntime-web hides inputs that have an initializer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper
+
+from seq2edge.runtime.config import ModelConfig
+from seq2edge.runtime.interface import GREEDY_INPUTS, GREEDY_OUTPUTS, graph_file
+
+from .onnx import save_single_file
+
+_DEC = "dec/"  # prefix of the decoder graph's names inside the loop body
+
+
+def build_greedy_graph(bundle_dir: Path, config: ModelConfig, precision: str, metadata: dict[str, str]) -> Path:
+    """Write greedy[.precision].onnx beside the bundle's encoder and decoder of that precision."""
+    encoder = onnx.load(str(bundle_dir / graph_file("encoder", precision)))
+    decoder = onnx.load(str(bundle_dir / graph_file("decoder", precision)))
+    opset = max(_opset(encoder), _opset(decoder), 13)
+    body = _loop_body(decoder, config)
+    c = config
+    nodes = list(encoder.graph.node)
+    initializers = list(encoder.graph.initializer) + list(body.pop("initializers"))
+    const = _Constants(initializers)
+    nodes += [
+        # src_mask [B, S]: position < length
+        helper.make_node("Shape", ["src_ids"], ["g/src_shape"]),
+        helper.make_node("Gather", ["g/src_shape", const.int64(1, "g/one_index")], ["g/src_len"], axis=0),
+        helper.make_node("Range", [const.int64(0, "g/zero"), "g/src_len", const.int64(1, "g/one")], ["g/positions"]),
+        helper.make_node("Unsqueeze", ["g/positions", const.int64([0], "g/axis0")], ["g/positions_row"]),
+        helper.make_node("Unsqueeze", ["src_lengths", const.int64([1], "g/axis1")], ["g/lengths_col"]),
+        helper.make_node("Less", ["g/positions_row", "g/lengths_col"], ["g/src_mask"]),
+        # loop state: <s> for every row, nothing finished, zero scores and lengths
+        helper.make_node("Gather", ["g/src_shape", const.int64(0, "g/zero_index")], ["g/batch"], axis=0),
+        helper.make_node("Unsqueeze", ["g/batch", const.int64([0], "g/axis0b")], ["g/batch_1d"]),
+        helper.make_node("Expand", [const.int64(c.bos_id, "g/bos"), "g/batch_1d"], ["g/prev0"]),
+        helper.make_node("Expand", [const.bool(False, "g/false"), "g/batch_1d"], ["g/done0"]),
+        helper.make_node("Expand", [const.float(0.0, "g/zero_f"), "g/batch_1d"], ["g/score0"]),
+        helper.make_node("Expand", [const.int64(0, "g/zero_len"), "g/batch_1d"], ["g/length0"]),
+        helper.make_node("Add", ["max_len", const.int64(1, "g/one_more")], ["g/trips"]),  # + the forced </s> step
+        helper.make_node("Loop", ["g/trips", const.bool(True, "g/true"), "g/prev0", "state", "g/done0", "g/score0", "g/length0"],
+                         ["g/prev_last", "g/state_last", "g/done_last", "scores", "lengths", "g/tokens_tb"], body=body["graph"]),
+        helper.make_node("Transpose", ["g/tokens_tb"], ["tokens"], perm=[1, 0]),
+    ]
+    ins = [helper.make_tensor_value_info(p.name, _elem(p.dtype), [a.name for a in p.axes]) for p in GREEDY_INPUTS]
+    outs = [helper.make_tensor_value_info(p.name, _elem(p.dtype), [a.name for a in p.axes]) for p in GREEDY_OUTPUTS]
+    graph = helper.make_graph(nodes, "seq2edge_greedy", ins, outs, initializer=initializers)
+    domains = {o.domain: o.version for m in (encoder, decoder) for o in m.opset_import}
+    domains[""] = opset
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in domains.items()],
+                              ir_version=max(encoder.ir_version, decoder.ir_version), producer_name="seq2edge")
+    from .onnx import set_metadata
+
+    set_metadata(model, metadata)
+    onnx.checker.check_model(model, full_check=False)
+    path = bundle_dir / graph_file("greedy", precision)
+    save_single_file(model, path)
+    return path
+
+
+def _loop_body(decoder: onnx.ModelProto, c: ModelConfig) -> dict:
+    """The Loop body: one decoder step, the greedy choice under the length rules, the running sums."""
+    dec = compose.add_prefix(decoder, _DEC)
+    renames = {f"{_DEC}memory": "memory", f"{_DEC}src_mask": "g/src_mask", f"{_DEC}prev_ids": "b/prev", f"{_DEC}state": "b/state"}
+    nodes = []
+    for node in dec.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        nodes.append(node)
+    initializers = list(dec.graph.initializer)
+    const = _Constants(initializers)
+    base = np.zeros(c.tgt_vocab_size, dtype=np.float32)
+    base[[c.pad_id, c.bos_id]] = -np.inf
+    end = np.full(c.tgt_vocab_size, -np.inf, dtype=np.float32)
+    end[c.eos_id] = 0.0
+    log_probs, new_state = f"{_DEC}log_probs", f"{_DEC}new_state"
+    nodes += [
+        helper.make_node("GreaterOrEqual", ["b/t", "max_len"], ["b/at_end"]),
+        helper.make_node("Where", ["b/at_end", const.array(end, "b/end_bias"), const.array(base, "b/open_bias")], ["b/bias"]),
+        helper.make_node("Add", [log_probs, "b/bias"], ["b/biased"]),
+        helper.make_node("ArgMax", ["b/biased"], ["b/best"], axis=1, keepdims=1, select_last_index=0),
+        helper.make_node("GatherElements", ["b/biased", "b/best"], ["b/best_lp_2d"], axis=1),
+        helper.make_node("Squeeze", ["b/best", const.int64([1], "b/axis1")], ["b/ids"]),
+        helper.make_node("Squeeze", ["b/best_lp_2d", const.int64([1], "b/axis1b")], ["b/best_lp"]),
+        # rows already finished emit <pad> and add nothing
+        helper.make_node("Where", ["b/done", const.int64(c.pad_id, "b/pad"), "b/ids"], ["b/token"]),
+        helper.make_node("Where", ["b/done", const.float(0.0, "b/zero_f"), "b/best_lp"], ["b/gain"]),
+        helper.make_node("Add", ["b/score", "b/gain"], ["b/score_out"]),
+        helper.make_node("Equal", ["b/token", const.int64(c.eos_id, "b/eos")], ["b/is_eos"]),
+        helper.make_node("Or", ["b/done", "b/is_eos"], ["b/done_out"]),
+        helper.make_node("Cast", ["b/done_out"], ["b/still"], to=TensorProto.INT64),
+        helper.make_node("Sub", [const.int64(1, "b/one"), "b/still"], ["b/grows"]),
+        helper.make_node("Add", ["b/length", "b/grows"], ["b/length_out"]),
+        helper.make_node("ReduceMin", ["b/still"], ["b/all_done_i"], keepdims=0),
+        helper.make_node("Equal", ["b/all_done_i", const.int64(0, "b/zero")], ["b/cond_out"]),
+        helper.make_node("Identity", ["b/token"], ["b/prev_out"]),
+        helper.make_node("Identity", [new_state], ["b/state_out"]),
+        helper.make_node("Identity", ["b/token"], ["b/token_scan"]),
+    ]
+    ins = [helper.make_tensor_value_info("b/t", TensorProto.INT64, []),
+           helper.make_tensor_value_info("b/cond", TensorProto.BOOL, []),
+           helper.make_tensor_value_info("b/prev", TensorProto.INT64, ["batch"]),
+           helper.make_tensor_value_info("b/state", TensorProto.FLOAT, ["batch", c.state_size]),
+           helper.make_tensor_value_info("b/done", TensorProto.BOOL, ["batch"]),
+           helper.make_tensor_value_info("b/score", TensorProto.FLOAT, ["batch"]),
+           helper.make_tensor_value_info("b/length", TensorProto.INT64, ["batch"])]
+    outs = [helper.make_tensor_value_info("b/cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("b/prev_out", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("b/state_out", TensorProto.FLOAT, ["batch", c.state_size]),
+            helper.make_tensor_value_info("b/done_out", TensorProto.BOOL, ["batch"]),
+            helper.make_tensor_value_info("b/score_out", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("b/length_out", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("b/token_scan", TensorProto.INT64, ["batch"])]
+    # Initializers live in the outer graph (a body sees the outer scope): one copy, and hosts
+    # that do not load subgraph initializers still work.
+    return {"graph": helper.make_graph(nodes, "greedy_step", ins, outs), "initializers": initializers}
+
+
+class _Constants:
+    """Small initializers added to a list, by name."""
+
+    def __init__(self, initializers: list):
+        self.initializers = initializers
+
+    def array(self, value: np.ndarray, name: str) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def int64(self, value, name: str) -> str:
+        return self.array(np.array(value, dtype=np.int64), name)
+
+    def float(self, value: float, name: str) -> str:
+        return self.array(np.array(value, dtype=np.float32), name)
+
+    def bool(self, value: bool, name: str) -> str:
+        return self.array(np.array(value, dtype=bool), name)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _elem(dtype: str) -> int:
+    return {"int64": TensorProto.INT64, "float": TensorProto.FLOAT, "bool": TensorProto.BOOL}[dtype]
