@@ -18,7 +18,9 @@ TRAIN_ARGS ?= --corpus cmudict --cell lstm --attention dot --input-feed --bidire
               --embed 64 --hidden 384 --dropout 0.25 --label-smoothing 0.1 --batch-size 64 --lr 0.002 \
               --epochs 40 --patience 5 --max-minutes 270 --seed 0 --threads 2
 
-.PHONY: install install-gpu demo train export eval test soak lint bench bench-quick clean
+JS_DEPS := hosts/js/node_modules/.installed
+
+.PHONY: install install-gpu js demo train export eval test soak lint bench bench-quick clean
 
 $(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +34,14 @@ $(FULL): pyproject.toml $(BASE)
 	touch $@
 
 install: $(FULL)
+
+# The JavaScript host's packages (onnxruntime-node, onnxruntime-web, playwright-core for the browser test).
+# --ignore-scripts: onnxruntime-node's postinstall downloads CUDA binaries; its CPU binaries are in the package.
+$(JS_DEPS): hosts/js/package.json hosts/js/package-lock.json
+	@if command -v npm >/dev/null; then cd hosts/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	 else echo "npm not found: the JavaScript host tests will be skipped (install Node.js 18+)"; fi
+
+js: $(JS_DEPS)
 
 # onnxruntime-gpu provides the same module as onnxruntime: remove the CPU package, then
 # reinstall the GPU one so that its files are the ones left in place.
@@ -54,7 +64,7 @@ eval: $(FULL)
 	$(BIN)/seq2edge eval $(BUNDLE) --split test
 	$(BIN)/seq2edge eval $(BUNDLE) --split test --beam 4
 
-test: $(FULL)
+test: $(FULL) $(JS_DEPS)
 	$(BIN)/python -m pytest -q -x --durations=15
 
 # 20,000 decodes from 8 threads against serial results, with memory growth measured (README "Reliability")
@@ -71,4 +81,4 @@ bench-quick: $(FULL)
 	$(BIN)/seq2edge bench $(BUNDLE) --checkpoint $(CHECKPOINT) --quick
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache hosts/js/node_modules

@@ -21,16 +21,18 @@ import onnxruntime
 import torch
 
 from seq2edge.runtime.errors import BundleError, Seq2EdgeError
-from seq2edge.runtime.interface import BUNDLE_FILE
+from seq2edge.runtime.interface import BUNDLE_FILE, graph_metadata
 from seq2edge.runtime.model import Seq2Seq
 from seq2edge.runtime.schema import BundleMeta, GraphEntry, SideMeta
 from seq2edge.runtime.util import sha256_file, write_json_atomic
 from seq2edge.train import corpus as C
 from seq2edge.train.checkpoint import load_checkpoint, read_json
 
+from .greedy import build_greedy_graph
 from .onnx import export_graphs
+from .ort_format import REQUIRED_OPERATORS, write_ort_copies
 from .quantize import write_precision
-from .verify import check_parity, compare_precision
+from .verify import check_greedy_graph, check_parity, compare_precision
 
 
 class ExportError(Seq2EdgeError):
@@ -39,7 +41,8 @@ class ExportError(Seq2EdgeError):
 
 def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, int8: bool = False, fp16: bool = False,
                   exporter: str = "torchscript", corpus: str | None = None, parity_words: int = 500,
-                  atol: float | None = None, log: Callable[[str], None] = print) -> Path:
+                  atol: float | None = None, greedy_graph: bool = False, ort: bool = False,
+                  log: Callable[[str], None] = print) -> Path:
     """Export `checkpoint` to the bundle directory `out`, verify it, and return its path.
 
     atol: the largest |log-prob difference| from PyTorch that parity accepts; default: 10 x the
@@ -67,12 +70,33 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
                 write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
                 meta.parity[precision] = compare_precision(tmp, meta, precision, entries, reference, runtime)
                 _log_precision(precision, meta.parity[precision], log)
+        if greedy_graph:
+            _add_greedy_graphs(tmp, meta, texts, log)
+        if ort:
+            write_ort_copies(tmp, meta)
+            log(f"ORT format: {', '.join(e.ort.file for g in meta.graphs.values() for e in g.values())} and "
+                f"{REQUIRED_OPERATORS}")
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         _place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _add_greedy_graphs(tmp: Path, meta: BundleMeta, texts: list[str], log: Callable[[str], None]) -> None:
+    """greedy[.int8].onnx for the fp32 (and int8) graphs, each verified against the step-by-step runtime."""
+    for precision in [p for p in ("fp32", "int8") if p in meta.graphs]:
+        metadata = graph_metadata(meta.bundle_id, meta.model.to_dict(), precision, "greedy")
+        meta.graphs[precision]["greedy"] = GraphEntry.of_file(build_greedy_graph(tmp, meta.model, precision, metadata))
+        write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
+        figures = check_greedy_graph(tmp, precision, texts)
+        meta.parity.setdefault(precision, {})["greedy_graph"] = figures
+        log(f"greedy graph {precision}: token agreement with the step-by-step runtime "
+            f"{100 * figures['token_agreement_batch_1']:.2f}% at batch 1, {100 * figures['token_agreement_batched']:.2f}% "
+            f"batched; max |score diff| {max(figures['max_abs_score_diff_batch_1'], figures['max_abs_score_diff_batched']):.1e}")
+        if not figures["passed"]:
+            raise ExportError(f"greedy.onnx ({precision}) does not decode like the runtime: {figures}. No bundle was written.")
 
 
 def _bundle_meta(bundle_id, model, checkpoint: Path, tmp: Path, source, target, paths: dict, exporter: str) -> BundleMeta:

@@ -20,10 +20,15 @@ import click
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Largest |log-prob difference| from PyTorch that parity accepts (default: 10 x PyTorch's own "
                    "float32-vs-float64 difference on the same steps, at least 1e-4).")
-def export(checkpoint, out, int8, fp16, force, exporter, corpus, parity_words, atol) -> None:
+@click.option("--greedy-graph", is_flag=True, help="Also write greedy.onnx (greedy.int8.onnx with --int8): encoder and decoder "
+              "loop in one graph, for hosts that want one call per batch.")
+@click.option("--ort", "ort_format", is_flag=True, help="Also write ORT-format copies of every graph and "
+              "required_operators.config, for reduced (mobile) onnxruntime builds.")
+def export(checkpoint, out, int8, fp16, force, exporter, corpus, parity_words, atol, greedy_graph, ort_format) -> None:
     """Export CHECKPOINT to the bundle directory OUT and verify it against PyTorch."""
     from .bundle import export_bundle
 
     export_bundle(checkpoint, out, force=force, int8=int8, fp16=fp16, exporter=exporter, corpus=corpus,
-                  parity_words=parity_words, atol=atol, log=lambda m: click.echo(m, err=True))
+                  parity_words=parity_words, atol=atol, greedy_graph=greedy_graph,
+                  ort=ort_format, log=lambda m: click.echo(m, err=True))
     click.echo(f"bundle written: {out}")

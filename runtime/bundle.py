@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ModelConfig
 from .errors import BundleError
-from .interface import BUNDLE_FILE, PRECISIONS
+from .interface import BUNDLE_FILE, GRAPH_FORMATS, PRECISIONS
 from .onnx_scan import MalformedModel, uses_external_data
 from .schema import BundleMeta, GraphEntry
 from .tokenize import TextCodec, codec_pair
@@ -49,21 +49,41 @@ class Bundle:
             have = ", ".join(self.precisions)
             raise BundleError(f"{self.path / BUNDLE_FILE}: no {precision} graphs in this bundle (it has {have}); "
                               f"export them with `seq2edge export --{precision}`")
+        if kind not in graphs:
+            raise BundleError(f"{self.path / BUNDLE_FILE}: no {precision} {kind} graph in this bundle"
+                              + ("; export it with `seq2edge export --greedy-graph`" if kind == "greedy" else ""))
         return graphs[kind]
 
-    def verified_graph(self, kind: str, precision: str = "fp32") -> Path:
+    def has_graph(self, kind: str, precision: str = "fp32") -> bool:
+        return kind in self.meta.graphs.get(precision, {})
+
+    def graph_format(self, requested: str, precision: str = "fp32") -> str:
+        """"onnx" or "ort" for `requested` ("onnx", "ort", or "auto": the .onnx files when they are
+        there, else the .ort copies, as on a device that was sent only those)."""
+        if requested in GRAPH_FORMATS:
+            return requested
+        if requested != "auto":
+            raise BundleError(f"graph format must be one of auto, {', '.join(GRAPH_FORMATS)}, not {requested!r}")
+        entry = self.graph_entry("encoder", precision)
+        return "ort" if not (self.path / entry.file).exists() and entry.ort is not None else "onnx"
+
+    def verified_graph(self, kind: str, precision: str = "fp32", fmt: str = "onnx") -> Path:
         """The graph's path, after checking its sha256 against bundle.json and that it reads no
         other file (external data). The file is mapped, not copied, so a large graph costs no
         extra memory; onnxruntime then loads it from the path."""
         entry = self.graph_entry(kind, precision)
+        if fmt == "ort":
+            if entry.ort is None:
+                raise BundleError(f"{self.path / entry.file}: the bundle has no ORT-format copy; export it with --ort")
+            entry = entry.ort
         path = self.path / entry.file
         try:
             with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 if hashlib.sha256(data).hexdigest() != entry.sha256:
                     raise BundleError(f"{path}: sha256 does not match {BUNDLE_FILE}; the file is damaged or was replaced, "
                                       "re-export the bundle")
-                with memoryview(data) as view:
-                    external = uses_external_data(view)
+                with memoryview(data) as view:  # an .ort file is a flatbuffer: it has no external data
+                    external = uses_external_data(view) if fmt == "onnx" else False
         except MalformedModel as exc:
             raise BundleError(f"{path}: not a valid ONNX model ({exc})") from None
         except (OSError, ValueError) as exc:  # ValueError: mmap of an empty file

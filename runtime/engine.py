@@ -17,22 +17,28 @@ import onnxruntime as ort
 from . import providers as P
 from .bundle import Bundle
 from .errors import BundleError
-from .interface import GRAPHS, META_BUNDLE_ID, META_GRAPH, META_PRECISION, Port, graph_ports
+from .interface import GRAPHS, META_BUNDLE_ID, META_GRAPH, META_PRECISION, OPTIONAL_GRAPHS, Port, graph_ports
 
 
 class Engine:
-    """The two verified sessions of a bundle at one precision (encoder, decoder)."""
+    """The verified sessions of a bundle at one precision: encoder, decoder, and the greedy graph
+    when the bundle has one and `greedy_graph` is not False."""
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", providers: P.ProviderSpec = "auto",
-                 threads: int | None = None, optimization: str = "all"):
+                 threads: int | None = None, optimization: str = "all", graph_format: str = "auto",
+                 greedy_graph: bool | None = None):
         self.bundle = bundle
         self.precision = precision
+        self.format = bundle.graph_format(graph_format, precision)
         requested, explicit = P.resolve(providers)
         options = P.session_options(threads, optimization)
         self.requested, self.options = requested, options
         self.sessions: dict[str, ort.InferenceSession] = {}
-        for kind in GRAPHS:
-            path = bundle.verified_graph(kind, precision)
+        kinds = [*GRAPHS, *(k for k in OPTIONAL_GRAPHS if bundle.has_graph(k, precision) and greedy_graph is not False)]
+        if greedy_graph and "greedy" not in kinds:
+            bundle.graph_entry("greedy", precision)  # raises: says how to export one
+        for kind in kinds:
+            path = bundle.verified_graph(kind, precision, self.format)
             session = _create_session(path, options, requested)
             P.check_active(session, requested, explicit, path.name)
             self._check_graph(session, kind, path.name)
@@ -41,6 +47,8 @@ class Engine:
 
     def _check_graph(self, session: ort.InferenceSession, kind: str, name: str) -> None:
         meta = session.get_modelmeta().custom_metadata_map
+        if self.format == "ort" and not meta:  # ORT format keeps no metadata_props; sha256 tied the file to bundle.json
+            meta = {META_BUNDLE_ID: self.bundle.bundle_id, META_GRAPH: kind}
         owner = meta.get(META_BUNDLE_ID)
         if owner != self.bundle.bundle_id:
             raise BundleError(f"{name}: exported for bundle {owner or '(none)'}, but bundle.json is bundle "

@@ -12,8 +12,10 @@ from typing import Any
 
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
-GRAPHS = ("encoder", "decoder")
+GRAPHS = ("encoder", "decoder")  # every bundle has both, at every precision
+OPTIONAL_GRAPHS = ("greedy",)  # export --greedy-graph: the encoder and a Loop of decoder steps in one graph
 PRECISIONS = ("fp32", "int8", "fp16")
+GRAPH_FORMATS = ("onnx", "ort")  # ORT format: for reduced (mobile) onnxruntime builds, export --ort
 
 # metadata_props of every graph: what the graph says about itself, mirroring bundle.json.
 META_FORMAT_VERSION = "seq2edge.format_version"
@@ -31,7 +33,7 @@ class Axis:
     dynamic: bool
 
 
-BATCH, SRC_LEN = Axis("batch", True), Axis("src_len", True)
+BATCH, SRC_LEN, STEPS = Axis("batch", True), Axis("src_len", True), Axis("steps", True)
 HIDDEN, STATE_SIZE, VOCAB = Axis("hidden", False), Axis("state_size", False), Axis("vocab", False)
 
 
@@ -69,14 +71,28 @@ DECODER_OUTPUTS = (
 )
 
 
-def graph_file(kind: str, precision: str) -> str:
-    """File name of a graph: encoder.onnx, decoder.int8.onnx, ..."""
-    return f"{kind}.onnx" if precision == "fp32" else f"{kind}.{precision}.onnx"
+GREEDY_INPUTS = (
+    Port("src_ids", "int64", (BATCH, SRC_LEN)),
+    Port("src_lengths", "int64", (BATCH,)),
+    Port("max_len", "int64", ()),  # a plain input: onnxruntime-web hides inputs that have an initializer
+)
+GREEDY_OUTPUTS = (
+    Port("tokens", "int64", (BATCH, STEPS)),  # target ids, then </s>, then <pad>
+    Port("lengths", "int64", (BATCH,)),  # tokens before </s>
+    Port("scores", "float", (BATCH,)),  # sum of the log-probs of the tokens and </s>
+)
+_PORTS = {"encoder": (ENCODER_INPUTS, ENCODER_OUTPUTS), "decoder": (DECODER_INPUTS, DECODER_OUTPUTS),
+          "greedy": (GREEDY_INPUTS, GREEDY_OUTPUTS)}
+
+
+def graph_file(kind: str, precision: str, fmt: str = "onnx") -> str:
+    """File name of a graph: encoder.onnx, decoder.int8.onnx, greedy.ort, ..."""
+    return f"{kind}.{fmt}" if precision == "fp32" else f"{kind}.{precision}.{fmt}"
 
 
 def graph_ports(kind: str) -> tuple[tuple[Port, ...], tuple[Port, ...]]:
-    """(inputs, outputs) of the "encoder" or "decoder" graph."""
-    return (ENCODER_INPUTS, ENCODER_OUTPUTS) if kind == "encoder" else (DECODER_INPUTS, DECODER_OUTPUTS)
+    """(inputs, outputs) of the "encoder", "decoder" or "greedy" graph."""
+    return _PORTS[kind]
 
 
 def graph_metadata(bundle_id: str, model: dict[str, Any], precision: str, kind: str) -> dict[str, str]:

@@ -25,6 +25,9 @@ from .tokenize import UNKNOWN_POLICIES
 from .util import pad_batch
 
 TOO_LONG_POLICIES = ("error", "truncate")
+# With greedy_graph=None ("auto"), the one-call greedy graph decodes chunks of at most this many
+# inputs; larger batches go step by step, where finished rows leave the batch (README "Decode anywhere").
+GREEDY_GRAPH_MAX_BATCH = 1
 
 
 @dataclass
@@ -61,7 +64,7 @@ class Seq2Seq:
     """A loaded bundle: tokenisers plus onnxruntime sessions for the encoder and decoder."""
 
     def __init__(self, bundle: Bundle, engine: Engine, unknown: str = "error", too_long: str = "error",
-                 io_binding: bool | None = None, option_style: str = "python"):
+                 io_binding: bool | None = None, option_style: str = "python", greedy_graph: bool | None = None):
         if unknown not in UNKNOWN_POLICIES:
             raise Seq2EdgeError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, not {unknown!r}")
         if too_long not in TOO_LONG_POLICIES:
@@ -74,6 +77,7 @@ class Seq2Seq:
         self.unknown = unknown
         self.too_long = too_long
         self.option_style = option_style  # how input errors name the option that would decode them anyway
+        self.greedy_graph = greedy_graph
         if io_binding is None:  # keep decoding state on the device whenever the decoder runs on one
             io_binding = device_of(engine.providers) != "cpu"
         self.backend: Backend = DeviceBackend(engine) if io_binding else HostBackend(engine)
@@ -81,7 +85,8 @@ class Seq2Seq:
     @classmethod
     def load(cls, path: str | Path, providers: ProviderSpec = "auto", precision: str = "fp32",
              threads: int | None = None, optimization: str = "all", unknown: str = "error",
-             too_long: str = "error", io_binding: bool | None = None, option_style: str = "python") -> Seq2Seq:
+             too_long: str = "error", io_binding: bool | None = None, option_style: str = "python",
+             greedy_graph: bool | None = None, graph_format: str = "auto") -> Seq2Seq:
         """Load and verify a bundle directory.
 
         providers: "auto", "cpu", "cuda", another provider name, or an onnxruntime providers list.
@@ -93,10 +98,13 @@ class Seq2Seq:
             default: on when the decoder runs on an accelerator (CUDA), off on the CPU.
         option_style: how input errors name the setting that would decode them anyway:
             "python" (unknown='unk') or "cli" (--unknown unk).
+        greedy_graph: decode plain greedy searches with the bundle's greedy.onnx (one call per batch):
+            True always, False never, None when it is faster (batches of up to GREEDY_GRAPH_MAX_BATCH).
+        graph_format: "onnx", "ort" (the export --ort copies), or "auto" (.onnx when present, else .ort).
         """
         bundle = load_bundle(path)
-        return cls(bundle, Engine(bundle, precision, providers, threads, optimization), unknown, too_long, io_binding,
-                   option_style)
+        engine = Engine(bundle, precision, providers, threads, optimization, graph_format, greedy_graph)
+        return cls(bundle, engine, unknown, too_long, io_binding, option_style, greedy_graph)
 
     @property
     def providers(self) -> list[str]:
@@ -132,9 +140,12 @@ class Seq2Seq:
         strategy = search.STRATEGIES[options.strategy]
         for start in range(0, len(ready), options.batch_size):
             chunk = ready[start : start + options.batch_size]
-            stepper, state = self._encode(chunk)
-            input_ids = np.array([p.index for p in chunk])
-            for source, hyps in zip(chunk, strategy(stepper, state, input_ids, limits, options)):
+            if self._greedy_graph_decodes(options, len(chunk)):
+                found = self._greedy_graph(chunk, limits)
+            else:
+                stepper, state = self._encode(chunk)
+                found = strategy(stepper, state, np.array([p.index for p in chunk]), limits, options)
+            for source, hyps in zip(chunk, found):
                 results[source.index] = self._result(texts[source.index], source, hyps)
         return results  # type: ignore[return-value]
 
@@ -175,6 +186,22 @@ class Seq2Seq:
         src, lengths = pad_batch([p.ids for p in chunk], self.config.pad_id)
         encoded = self.backend.encode(src, lengths)
         return Stepper(self.backend, encoded), encoded.state
+
+    def _greedy_graph_decodes(self, options: SearchOptions, rows: int) -> bool:
+        """Whether greedy.onnx decodes this chunk: a plain greedy search it can do, and wanted."""
+        if "greedy" not in self.backend.sessions or self.greedy_graph is False:
+            return False
+        if options.strategy != "greedy" or options.return_attention or options.min_len:
+            return False
+        return self.greedy_graph is True or rows <= GREEDY_GRAPH_MAX_BATCH
+
+    def _greedy_graph(self, chunk: list[_Source], limits: search.Limits) -> list[list[search.Hypothesis]]:
+        """Greedy search in one onnxruntime call: encoder and a Loop of decoder steps in greedy.onnx."""
+        src, lengths = pad_batch([p.ids for p in chunk], self.config.pad_id)
+        tokens, found, scores = self.backend.sessions["greedy"].run(
+            None, {"src_ids": src, "src_lengths": lengths, "max_len": np.array(limits.max_len, dtype=np.int64)})
+        return [[search.Hypothesis(tokens[row, :n].tolist(), float(scores[row]), truncated=n >= limits.max_len)]
+                for row, n in enumerate(found.tolist())]
 
     def _result(self, text: str, source: _Source, hyps: list[search.Hypothesis]) -> Result:
         target = self.bundle.target

@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import ModelConfig
 from .errors import BundleError
-from .interface import FORMAT_VERSION, GRAPHS, PRECISIONS
+from .interface import FORMAT_VERSION, GRAPHS, OPTIONAL_GRAPHS, PRECISIONS
 from .util import sha256_file
 
 
@@ -22,6 +22,7 @@ class GraphEntry:
     file: str  # a plain file name inside the bundle
     sha256: str
     bytes: int | None = None
+    ort: GraphEntry | None = None  # the same graph in ORT format (export --ort), for reduced onnxruntime builds
 
     @classmethod
     def of_file(cls, path: Path) -> GraphEntry:
@@ -32,6 +33,8 @@ class GraphEntry:
         d: dict[str, Any] = {"file": self.file, "sha256": self.sha256}
         if self.bytes is not None:
             d["bytes"] = self.bytes
+        if self.ort is not None:
+            d["ort"] = self.ort.to_dict()
         return d
 
 
@@ -159,12 +162,21 @@ def _graphs(graphs: dict, where: str) -> dict[str, dict[str, GraphEntry]]:
         if precision not in PRECISIONS:
             raise BundleError(f"{where}: unknown graph precision {precision!r}")
         table[precision] = {}
-        for kind in GRAPHS:
+        for kind in (*GRAPHS, *OPTIONAL_GRAPHS):
             entry = entries.get(kind) if isinstance(entries, dict) else None
-            if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
-                raise BundleError(f"{where}: graphs.{precision}.{kind} needs file and sha256")
-            if not _plain_name(entry["file"]):
-                raise BundleError(f"{where}: graphs.{precision}.{kind}.file must be a plain file name in the bundle")
-            size = entry.get("bytes")
-            table[precision][kind] = GraphEntry(entry["file"], entry["sha256"], size if isinstance(size, int) else None)
+            if entry is None and kind in OPTIONAL_GRAPHS:
+                continue
+            table[precision][kind] = _graph_entry(entry, f"graphs.{precision}.{kind}", where)
+            if isinstance(entry, dict) and entry.get("ort") is not None:
+                ort = _graph_entry(entry["ort"], f"graphs.{precision}.{kind}.ort", where)
+                table[precision][kind] = GraphEntry(**{**table[precision][kind].__dict__, "ort": ort})
     return table
+
+
+def _graph_entry(entry: Any, name: str, where: str) -> GraphEntry:
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
+        raise BundleError(f"{where}: {name} needs file and sha256")
+    if not _plain_name(entry["file"]):
+        raise BundleError(f"{where}: {name}.file must be a plain file name in the bundle")
+    size = entry.get("bytes")
+    return GraphEntry(entry["file"], entry["sha256"], size if isinstance(size, int) else None)

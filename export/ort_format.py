@@ -1,0 +1,44 @@
+"""ORT-format copies of a bundle's graphs (export --ort), for reduced onnxruntime builds (mobile).
+
+onnxruntime's own converter writes each .ort file (graph optimisations applied at the "Fixed"
+level, so the file runs on any build with the same operators) and required_operators.config, the
+operator list a reduced build (`build.sh --include_ops_by_config`) must include.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from seq2edge.runtime.schema import BundleMeta, GraphEntry
+
+REQUIRED_OPERATORS = "required_operators.config"
+
+
+def write_ort_copies(bundle_dir: Path, meta: BundleMeta) -> Path:
+    """Convert every graph listed in meta to .ort beside it, record the copies in meta, and write
+    required_operators.config for all of them; returns that file's path."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # it logs every file it writes
+
+    work = Path(tempfile.mkdtemp(prefix=".ort.", dir=bundle_dir))
+    try:
+        for graphs in meta.graphs.values():
+            for entry in graphs.values():
+                shutil.copyfile(bundle_dir / entry.file, work / entry.file)
+        convert_onnx_models_to_ort(work, output_dir=work, optimization_styles=[OptimizationStyle.Fixed])
+        for graphs in meta.graphs.values():
+            for kind, entry in graphs.items():
+                name = Path(entry.file).with_suffix(".ort").name
+                shutil.move(work / name, bundle_dir / name)
+                graphs[kind] = GraphEntry(entry.file, entry.sha256, entry.bytes, GraphEntry.of_file(bundle_dir / name))
+        config = next(work.glob("*.config")).read_text().splitlines()
+        # name the bundle's files, not the temporary folder they were converted in
+        lines = [f"# - {Path(line[4:]).name}" if line.startswith("# - ") else line for line in config]
+        (bundle_dir / REQUIRED_OPERATORS).write_text("\n".join(lines) + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return bundle_dir / REQUIRED_OPERATORS

@@ -1,0 +1,27 @@
+// Node entry point: bundles from the file system, onnxruntime-node (native CPU) by default.
+//   import { loadBundle } from "./node.mjs";
+//   const model = await loadBundle("models/g2p-en", { backend: "node" });   // or "wasm" (onnxruntime-web)
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+
+import { BundleError, Seq2Seq } from "./seq2edge.mjs";
+
+export * from "./seq2edge.mjs";
+
+/** Load the bundle directory `dir`. options: backend ("node" | "wasm"), threads, precision, format ("onnx" | "ort"),
+ * unknown, tooLong, useGreedyGraph ("auto" | true | false). */
+export async function loadBundle(dir, { backend = "node", threads = 1, format, ...options } = {}) {
+  const ort = backend === "wasm" ? await import("onnxruntime-web") : await import("onnxruntime-node");
+  if (backend === "wasm") ort.env.wasm.numThreads = threads;
+  const read = async (name) => {
+    try {
+      return new Uint8Array(await readFile(join(dir, name)));
+    } catch (err) {
+      throw new BundleError(`${join(dir, name)}: ${err.code === "ENOENT" ? "missing from the bundle" : err.message}`);
+    }
+  };
+  const sha256 = async (bytes) => createHash("sha256").update(bytes).digest("hex");
+  const sessionOptions = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all", format };
+  return Seq2Seq.load({ ort, read, sha256, sessionOptions, ...options });
+}

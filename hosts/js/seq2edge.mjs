@@ -1,0 +1,415 @@
+// seq2edge for JavaScript hosts: load a bundle, tokenise like the Python runtime, decode with
+// onnxruntime (onnxruntime-node, or onnxruntime-web in a browser or in Node).
+//
+//   import { loadBundle } from "./node.mjs";          // or ./web.mjs in a browser
+//   const model = await loadBundle("models/g2p-en");
+//   (await model.decode(["attention"]))[0].text       // 'AH0 T EH1 N SH AH0 N'
+//
+// This file knows no file system and no particular onnxruntime package: a host passes `ort`,
+// a `read(name)` returning a file's bytes, and a `sha256(bytes)` returning its hex digest.
+
+export const FORMAT_VERSION = 1;
+export const SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"];
+const PORTS = {  // the ONNX contract (runtime/interface.py in the Python package)
+  encoder: {
+    inputs: { src_ids: ["int64", ["batch", "src_len"]], src_lengths: ["int64", ["batch"]] },
+    outputs: { memory: ["float32", ["batch", "src_len", "hidden"]], state: ["float32", ["batch", "state_size"]] },
+  },
+  decoder: {
+    inputs: {
+      prev_ids: ["int64", ["batch"]], state: ["float32", ["batch", "state_size"]],
+      memory: ["float32", ["batch", "src_len", "hidden"]], src_mask: ["bool", ["batch", "src_len"]],
+    },
+    outputs: {
+      log_probs: ["float32", ["batch", "vocab"]], new_state: ["float32", ["batch", "state_size"]],
+      attention: ["float32", ["batch", "src_len"]],
+    },
+  },
+  greedy: {
+    inputs: { src_ids: ["int64", ["batch", "src_len"]], src_lengths: ["int64", ["batch"]], max_len: ["int64", []] },
+    outputs: { tokens: ["int64", ["batch", "steps"]], lengths: ["int64", ["batch"]], scores: ["float32", ["batch"]] },
+  },
+};
+const DYNAMIC = new Set(["batch", "src_len", "steps"]);
+
+export class Seq2EdgeError extends Error {}
+export class BundleError extends Seq2EdgeError {}
+export class InputError extends Seq2EdgeError {}
+
+// Python's str.isspace() characters, so that strip() and split() agree with the Python runtime.
+const WS = "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+const STRIP = new RegExp(`^[${WS}]+|[${WS}]+$`, "g");
+const SPLIT = new RegExp(`[${WS}]+`);
+const FORBIDDEN = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/u;
+
+/** Text <-> ids for one side, as runtime/tokenize.py's TextCodec. */
+export class TextCodec {
+  constructor(kind, vocab, lowercase) {
+    if (kind !== "char" && kind !== "word") {
+      throw new BundleError(`a ${kind} tokeniser is not supported by the JavaScript host (char and word are)`);
+    }
+    this.kind = kind;
+    this.tokens = vocab;
+    this.index = new Map(vocab.map((t, i) => [t, i]));
+    this.lowercase = lowercase;
+  }
+
+  normalize(text) {
+    text = text.normalize("NFC").replace(STRIP, "");
+    return this.lowercase ? text.toLowerCase() : text;
+  }
+
+  split(text) {
+    text = this.normalize(text);
+    if (this.kind === "char") return Array.from(text);  // code points, as Python's list(str)
+    return text === "" ? [] : text.split(SPLIT);
+  }
+
+  join(tokens) {
+    return tokens.join(this.kind === "char" ? "" : " ");
+  }
+
+  /** [tokens, ids] after the unknown-token policy ("error", "unk" or "skip"). */
+  encode(text, unknown = "error") {
+    let tokens = this.split(text);
+    if (tokens.length === 0) throw new InputError("empty input");
+    let ids = tokens.map((t) => (this.index.has(t) ? this.index.get(t) : -1));
+    if (!ids.includes(-1)) return [tokens, ids];
+    if (unknown === "error") {
+      const missing = [...new Set(tokens.filter((t, i) => ids[i] < 0))].map((t) => `'${t}'`).join(", ");
+      throw new InputError(`not in the source vocabulary: ${missing}`);
+    }
+    if (unknown === "skip") {
+      tokens = tokens.filter((t, i) => ids[i] >= 0);
+      ids = ids.filter((i) => i >= 0);
+      if (tokens.length === 0) throw new InputError("nothing left after skipping unknown tokens");
+      return [tokens, ids];
+    }
+    return [tokens, ids.map((i) => (i < 0 ? this.index.get("<unk>") : i))];
+  }
+}
+
+/** A loaded bundle: both codecs and onnxruntime sessions. Use loadBundle() of node.mjs or web.mjs. */
+export class Seq2Seq {
+  static async load({ ort, read, sha256, sessionOptions = {}, precision = "fp32", unknown = "error", tooLong = "error",
+                      useGreedyGraph = "auto" }) {
+    let meta;
+    try {
+      meta = JSON.parse(new TextDecoder().decode(await read("bundle.json")));
+    } catch (err) {
+      throw new BundleError(`bundle.json: cannot read or parse: ${err.message}`);
+    }
+    checkMeta(meta);
+    const graphs = meta.graphs[precision];
+    if (!graphs) throw new BundleError(`bundle.json: no ${precision} graphs in this bundle`);
+    const sessions = {};
+    for (const kind of ["encoder", "decoder", "greedy"]) {
+      const entry = graphs[kind];
+      if (!entry) continue;
+      const file = pickFile(entry, sessionOptions.format);
+      const bytes = await read(file.file);
+      if ((await sha256(bytes)) !== file.sha256) {
+        throw new BundleError(`${file.file}: sha256 does not match bundle.json; re-export the bundle`);
+      }
+      const session = await ort.InferenceSession.create(bytes, sessionOptions);
+      checkPorts(session, kind, file.file, meta.model);
+      sessions[kind] = session;
+    }
+    if (!sessions.encoder || !sessions.decoder) throw new BundleError("bundle.json: the encoder and decoder are required");
+    return new Seq2Seq(ort, meta, sessions, { unknown, tooLong, useGreedyGraph });
+  }
+
+  constructor(ort, meta, sessions, { unknown, tooLong, useGreedyGraph }) {
+    this.ort = ort;
+    this.meta = meta;
+    this.config = meta.model;
+    this.sessions = sessions;
+    this.source = new TextCodec(meta.source.tokenizer, meta.source.vocab, meta.source.lowercase);
+    this.target = new TextCodec(meta.target.tokenizer, meta.target.vocab, false);
+    this.unknown = unknown;
+    this.tooLong = tooLong;
+    this.useGreedyGraph = useGreedyGraph;
+  }
+
+  get hasGreedyGraph() {
+    return Boolean(this.sessions.greedy);
+  }
+
+  /**
+   * Decode texts; results in input order, each {input, text, tokens, score, nbest?, error?}.
+   * options: beamSize (1: greedy), nbest, maxLen, batchSize, lengthPenalty (beam: rank by score / (len + 1) ** it),
+   * greedyGraph (true/false; default: for batches of one input when the bundle has greedy.onnx, as the Python runtime).
+   */
+  async decode(texts, { beamSize = 1, nbest = 1, maxLen = null, batchSize = 64, greedyGraph = null, lengthPenalty = 0 } = {}) {
+    if (nbest < 1 || nbest > beamSize) throw new Seq2EdgeError(`nbest must be between 1 and beamSize (${beamSize})`);
+    const limit = maxLen ?? this.config.max_tgt_len;
+    const results = new Array(texts.length);
+    const ready = [];
+    texts.forEach((text, index) => {
+      try {
+        ready.push({ index, ...this.prepare(text) });
+      } catch (err) {
+        if (!(err instanceof InputError)) throw err;
+        results[index] = { input: text, error: err.message };
+      }
+    });
+    ready.sort((a, b) => a.ids.length - b.ids.length);  // stable, as Python's sort
+    const graph = this.hasGreedyGraph ? (greedyGraph ?? this.useGreedyGraph) : false;
+    for (let start = 0; start < ready.length; start += batchSize) {
+      const chunk = ready.slice(start, start + batchSize);
+      let hyps;
+      if (beamSize > 1) hyps = await this.#beam(chunk, beamSize, nbest, limit, lengthPenalty);
+      else if (graph === true || (graph === "auto" && chunk.length === 1)) hyps = await this.#greedyGraph(chunk, limit);
+      else hyps = await this.#greedy(chunk, limit);
+      chunk.forEach((source, row) => { results[source.index] = this.#result(texts[source.index], hyps[row]); });
+    }
+    return results;
+  }
+
+  prepare(text) {
+    if (typeof text !== "string") throw new InputError(`expected a string, got ${typeof text}`);
+    const bad = text.match(FORBIDDEN);
+    if (bad) {
+      const code = bad[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+      throw new InputError(/[\ud800-\udfff]/.test(bad[0]) ? `lone surrogate U+${code} (the text is not valid Unicode)`
+        : `control character U+${code} in the input`);
+    }
+    let [tokens, ids] = this.source.encode(text, this.unknown);
+    const max = this.config.max_src_len;
+    if (ids.length > max) {
+      if (this.tooLong === "error") throw new InputError(`${ids.length} source tokens, over the model's max_src_len of ${max}`);
+      [tokens, ids] = [tokens.slice(0, max), ids.slice(0, max)];
+    }
+    return { tokens, ids };
+  }
+
+  #result(input, hyps) {
+    const make = (h) => {
+      const tokens = h.ids.map((i) => this.target.tokens[i]);
+      return { input, text: this.target.join(tokens), tokens, score: h.score, truncated: h.truncated };
+    };
+    const best = make(hyps[0]);
+    if (hyps.length > 1) best.nbest = hyps.map(make);
+    return best;
+  }
+
+  // -- encoding ----------------------------------------------------------------------------
+  #sourceTensors(chunk) {
+    const c = this.config;
+    const width = Math.max(...chunk.map((s) => s.ids.length));
+    const ids = new BigInt64Array(chunk.length * width).fill(BigInt(c.pad_id));
+    const lengths = new BigInt64Array(chunk.length);
+    const mask = new Uint8Array(chunk.length * width);
+    chunk.forEach((s, row) => {
+      s.ids.forEach((id, j) => { ids[row * width + j] = BigInt(id); mask[row * width + j] = 1; });
+      lengths[row] = BigInt(s.ids.length);
+    });
+    const T = this.ort.Tensor;
+    return { width, src: new T("int64", ids, [chunk.length, width]), lengths: new T("int64", lengths, [chunk.length]),
+      mask: new T("bool", mask, [chunk.length, width]) };
+  }
+
+  async #encode(chunk) {
+    const { width, src, lengths, mask } = this.#sourceTensors(chunk);
+    const out = await this.sessions.encoder.run({ src_ids: src, src_lengths: lengths });
+    return { width, memory: out.memory, state: out.state, mask };
+  }
+
+  async #step(prev, state, memory, mask) {
+    const T = this.ort.Tensor;
+    const out = await this.sessions.decoder.run({
+      prev_ids: new T("int64", BigInt64Array.from(prev, (x) => BigInt(x)), [prev.length]), state, memory, src_mask: mask,
+    });
+    return { logProbs: out.log_probs.data, state: out.new_state };
+  }
+
+  #bias(t, maxLen) {
+    const c = this.config;
+    const bias = new Float32Array(c.tgt_vocab_size);
+    if (t >= maxLen) {
+      bias.fill(-Infinity);
+      bias[c.eos_id] = 0;
+    } else {
+      bias[c.pad_id] = -Infinity;
+      bias[c.bos_id] = -Infinity;
+    }
+    return bias;
+  }
+
+  // -- greedy, one decoder step per call -------------------------------------------------
+  async #greedy(chunk, maxLen) {
+    const c = this.config;
+    const V = c.tgt_vocab_size;
+    let { width, memory, state, mask } = await this.#encode(chunk);
+    let rows = chunk.map((_, i) => i);  // which input each active row is
+    let prev = rows.map(() => c.bos_id);
+    const out = chunk.map(() => ({ ids: [], score: 0, truncated: false }));
+    for (let t = 0; rows.length > 0; t++) {
+      const step = await this.#step(prev, state, memory, mask);
+      const bias = this.#bias(t, maxLen);
+      const keep = [];
+      const next = [];
+      rows.forEach((input, r) => {
+        let best = -1;
+        let value = -Infinity;
+        for (let v = 0; v < V; v++) {
+          const x = step.logProbs[r * V + v] + bias[v];
+          if (x > value) { value = x; best = v; }  // strict: ties keep the lowest id, as argmax
+        }
+        out[input].score += Math.fround(value);
+        if (best === c.eos_id) {
+          out[input].truncated = t >= maxLen;
+        } else {
+          out[input].ids.push(best);
+          keep.push(r);
+          next.push(best);
+        }
+      });
+      if (keep.length < rows.length && keep.length > 0) {
+        state = takeRows(this.ort, step.state, keep);
+        memory = takeRows(this.ort, memory, keep);
+        mask = takeRows(this.ort, mask, keep);
+      } else {
+        state = step.state;
+      }
+      rows = keep.map((r) => rows[r]);
+      prev = next;
+    }
+    return out.map((h) => [h]);
+  }
+
+  // -- greedy, the whole loop in greedy.onnx -------------------------------------------
+  async #greedyGraph(chunk, maxLen) {
+    const { src, lengths } = this.#sourceTensors(chunk);
+    const T = this.ort.Tensor;
+    const out = await this.sessions.greedy.run({
+      src_ids: src, src_lengths: lengths, max_len: new T("int64", BigInt64Array.from([BigInt(maxLen)]), []),
+    });
+    const steps = out.tokens.dims[1];
+    return chunk.map((_, row) => {
+      const n = Number(out.lengths.data[row]);
+      const ids = [];
+      for (let j = 0; j < n; j++) ids.push(Number(out.tokens.data[row * steps + j]));
+      return [{ ids, score: out.scores.data[row], truncated: n >= maxLen }];
+    });
+  }
+
+  // -- beam search, as runtime/search.py's beam() -----------------------------------------
+  async #beam(chunk, k, nbest, maxLen, lengthPenalty) {
+    const results = [];
+    for (const source of chunk) results.push(await this.#beamOne(source, k, nbest, maxLen, lengthPenalty));
+    return results;
+  }
+
+  async #beamOne(source, k, nbest, maxLen, lengthPenalty) {
+    const c = this.config;
+    const V = c.tgt_vocab_size;
+    const enc = await this.#encode([source]);
+    const rows = new Array(k).fill(0);
+    let state = takeRows(this.ort, enc.state, rows);
+    const memory = takeRows(this.ort, enc.memory, rows);
+    const mask = takeRows(this.ort, enc.mask, rows);
+    let scores = Array.from({ length: k }, (_, i) => (i === 0 ? 0 : -Infinity));
+    let history = Array.from({ length: k }, () => []);
+    let prev = new Array(k).fill(c.bos_id);
+    const finished = [];
+    let bestFinished = new Array(k).fill(-Infinity);
+    for (let t = 0; ; t++) {
+      const step = await this.#step(prev, state, memory, mask);
+      const bias = this.#bias(t, maxLen);
+      const width = Math.min(2 * k, V);
+      const cand = [];
+      for (let b = 0; b < k; b++) {
+        const row = [];
+        for (let v = 0; v < V; v++) row.push([step.logProbs[b * V + v] + bias[v], v]);
+        row.sort((x, y) => y[0] - x[0] || x[1] - y[1]);
+        for (let j = 0; j < width; j++) cand.push([scores[b] + Math.fround(row[j][0]), b * width + j, b, row[j][1]]);
+      }
+      cand.sort((x, y) => (y[0] - x[0]) || (x[1] - y[1]));  // best first, ties to the lower place
+      const top = cand.slice(0, Math.min(2 * k, cand.length));
+      top.slice(0, k).forEach(([score, , b, token]) => {
+        if (token === c.eos_id && Number.isFinite(score)) {
+          const hyp = { ids: history[b].slice(), score, truncated: t >= maxLen };
+          finished.push([score / (hyp.ids.length + 1) ** lengthPenalty, hyp]);
+          const rank = finished[finished.length - 1][0];
+          if (rank > bestFinished[k - 1]) bestFinished = [...bestFinished, rank].sort((x, y) => y - x).slice(0, k);
+        }
+      });
+      const live = top.filter(([, , , token]) => token !== c.eos_id).slice(0, k);
+      scores = live.map(([score]) => score);
+      history = live.map(([, , b, token]) => [...history[b], token]);
+      state = takeRows(this.ort, step.state, live.map(([, , b]) => b));
+      prev = live.map(([, , , token]) => token);
+      const bestLive = Math.max(...scores);
+      if (t + 1 > maxLen || !Number.isFinite(bestLive) || bestLive / (t + 2) ** lengthPenalty <= bestFinished[k - 1]) break;
+    }
+    finished.sort((x, y) => y[0] - x[0]);  // stable: equal ranks keep their order, as in Python
+    return finished.slice(0, nbest).map(([, h]) => h);
+  }
+}
+
+/** Rows `index` (axis 0) of a tensor, copied into a new tensor. */
+export function takeRows(ort, tensor, index) {
+  const per = tensor.dims.slice(1).reduce((a, b) => a * b, 1);
+  const data = new tensor.data.constructor(index.length * per);
+  index.forEach((r, i) => data.set(tensor.data.subarray(r * per, (r + 1) * per), i * per));
+  return new ort.Tensor(tensor.type, data, [index.length, ...tensor.dims.slice(1)]);
+}
+
+function checkMeta(meta) {
+  const v = meta?.format_version;
+  if (!Number.isInteger(v) || v < 1) throw new BundleError("bundle.json: no valid format_version; not a seq2edge bundle");
+  if (v > FORMAT_VERSION) throw new BundleError(`bundle.json: format version ${v} is newer than this host reads (${FORMAT_VERSION})`);
+  for (const side of ["source", "target"]) {
+    const vocab = meta[side]?.vocab;
+    if (!Array.isArray(vocab) || SPECIALS.some((s, i) => vocab[i] !== s)) {
+      throw new BundleError(`bundle.json: ${side} vocabulary must start with ${SPECIALS.join(" ")}`);
+    }
+  }
+  const m = meta.model;
+  if (meta.source.vocab.length !== m.src_vocab_size || meta.target.vocab.length !== m.tgt_vocab_size) {
+    throw new BundleError("bundle.json: vocabulary sizes disagree with the model config");
+  }
+  if (meta.source.tokenizer !== m.src_tokens || meta.target.tokenizer !== m.tgt_tokens) {
+    throw new BundleError("bundle.json: tokenizers disagree with the model config");
+  }
+}
+
+function pickFile(entry, format) {
+  if (format === "ort") {
+    if (!entry.ort) throw new BundleError(`${entry.file}: this bundle has no ORT-format copy; export it with --ort`);
+    return entry.ort;
+  }
+  return entry;
+}
+
+function stateSize(m) {
+  const perLayer = m.cell === "lstm" ? 2 : 1;
+  return m.decoder_layers * m.hidden * perLayer + (m.input_feed ? m.hidden : 0);
+}
+
+function checkPorts(session, kind, file, model) {
+  const sizes = { hidden: model.hidden, state_size: stateSize(model), vocab: model.tgt_vocab_size };
+  const expect = PORTS[kind];
+  for (const [role, names, metadata] of [["input", session.inputNames, session.inputMetadata],
+    ["output", session.outputNames, session.outputMetadata]]) {
+    const wanted = Object.keys(expect[`${role}s`]);
+    if ([...names].sort().join() !== [...wanted].sort().join()) {
+      throw new BundleError(`${file}: ${role}s are ${names.join(", ")}, the bundle format expects ${wanted.join(", ")}`);
+    }
+    for (const info of metadata ?? []) {
+      const [type, axes] = expect[`${role}s`][info.name];
+      if (info.isTensor === false || (info.type && info.type !== type)) {
+        throw new BundleError(`${file}: ${role} ${info.name} is ${info.type}, expected ${type}`);
+      }
+      if (!info.shape) continue;
+      if (info.shape.length !== axes.length) throw new BundleError(`${file}: ${role} ${info.name} has ${info.shape.length} axes`);
+      axes.forEach((axis, i) => {
+        const dim = info.shape[i];
+        if (!DYNAMIC.has(axis) && typeof dim === "number" && dim !== sizes[axis]) {
+          throw new BundleError(`${file}: ${role} ${info.name} has ${axis} ${dim}, bundle.json's model says ${sizes[axis]}`);
+        }
+      });
+    }
+  }
+}

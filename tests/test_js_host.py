@@ -1,0 +1,150 @@
+"""The JavaScript host, the one-call greedy graph and ORT-format graphs decode exactly like the Python runtime.
+
+A bundle of the shipped checkpoint is exported once with --greedy-graph --ort; Node (onnxruntime-node,
+and onnxruntime-web's wasm in Node) and headless Chromium decode CMUdict test words with it.
+"""
+
+import json
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import REPO
+
+from seq2edge.runtime import Seq2Seq
+from seq2edge.train import corpus as C
+
+JS = REPO / "hosts" / "js"
+NODE = shutil.which("node")
+needs_node = pytest.mark.skipif(NODE is None or not (JS / "node_modules" / "onnxruntime-node").exists(),
+                                reason="LOUD SKIP: Node.js or hosts/js/node_modules is missing; run `make js` (needs npm)")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from seq2edge.export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("js") / "g2p"
+    return export_bundle(REPO / "models" / "g2p-en-checkpoint", out, int8=True, greedy_graph=True, ort=True,
+                         parity_words=100, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def words() -> list[str]:
+    return [e.source for e in C.split(C.load_cmudict().entries, "test")][:1000]
+
+
+def node_decode(bundle, words, tmp_path, *flags) -> list[dict]:
+    path = tmp_path / "words.txt"
+    path.write_text("\n".join(words) + "\n")
+    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), "--input", str(path), "--jsonl", *flags],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_greedy_graph_follows_the_contract_and_equals_step_by_step_decoding(bundle, words):
+    graph = onnx.load(str(bundle / "greedy.onnx"))
+    assert [i.name for i in graph.graph.input] == ["src_ids", "src_lengths", "max_len"]
+    assert "max_len" not in {t.name for t in graph.graph.initializer}
+    assert [o.name for o in graph.graph.output] == ["tokens", "lengths", "scores"]
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["parity"]["fp32"]["greedy_graph"]["token_agreement_batched"] == 1.0
+    steps = Seq2Seq.load(bundle, providers="cpu", greedy_graph=False)
+    one_call = Seq2Seq.load(bundle, providers="cpu", greedy_graph=True)
+    for batch in (1, 64):
+        a, b = steps.decode(words[:300], batch_size=batch), one_call.decode(words[:300], batch_size=batch)
+        assert [r.tokens for r in a] == [r.tokens for r in b]
+        np.testing.assert_allclose([r.score for r in a], [r.score for r in b], atol=1e-4)
+    short = one_call.decode(words[:50], max_len=2)
+    assert all(len(r.tokens) <= 2 for r in short) and any(r.truncated for r in short)
+    assert [r.tokens for r in short] == [r.tokens for r in steps.decode(words[:50], max_len=2)]
+
+
+def test_ort_format_graphs_decode_identically_and_list_their_operators(bundle, words):
+    onnx_model = Seq2Seq.load(bundle, providers="cpu", graph_format="onnx")
+    ort_model = Seq2Seq.load(bundle, providers="cpu", graph_format="ort")
+    assert ort_model.engine.format == "ort"
+    assert [r.tokens for r in onnx_model.decode(words[:300])] == [r.tokens for r in ort_model.decode(words[:300])]
+    ops = (bundle / "required_operators.config").read_text()
+    assert "ai.onnx;16;" in ops and "Loop" in ops and "com.microsoft;1;DynamicQuantizeLSTM" in ops
+    assert "/tmp" not in ops.split("\n", 8)[-1] and "# - greedy.ort" in ops
+
+
+def test_auto_format_uses_the_ort_copies_when_only_they_were_shipped(bundle, words, tmp_path):
+    device = tmp_path / "device"
+    shutil.copytree(bundle, device, ignore=shutil.ignore_patterns("*.onnx"))
+    model = Seq2Seq.load(device, providers="cpu")
+    assert model.engine.format == "ort"
+    assert [r.tokens for r in model.decode(words[:100])] == [r.tokens for r in Seq2Seq.load(bundle).decode(words[:100])]
+
+
+@needs_node
+def test_node_greedy_equals_python_on_1000_words_step_by_step_and_in_one_call(bundle, words, tmp_path):
+    python = Seq2Seq.load(bundle, providers="cpu", unknown="unk").decode(words, batch_size=64)
+    for flags in ((), ("--greedy-graph",), ("--greedy-graph", "--batch-size", "1")):
+        records = node_decode(bundle, words, tmp_path, "--unknown", "unk", *flags)
+        assert [r["output"] for r in records] == [r.text for r in python], flags
+        np.testing.assert_allclose([r["score"] for r in records], [r.score for r in python], atol=1e-4)
+
+
+@needs_node
+def test_node_beam_5_nbest_equals_python_on_200_words(bundle, words, tmp_path):
+    python = Seq2Seq.load(bundle, providers="cpu").decode(words[:200], beam_size=5, nbest=5)
+    records = node_decode(bundle, words[:200], tmp_path, "--beam", "5", "--nbest", "5")
+    for record, result in zip(records, python, strict=True):
+        assert [h["output"] for h in record["nbest"]] == [h.text for h in result.nbest], record["input"]
+        np.testing.assert_allclose([h["score"] for h in record["nbest"]], [h.score for h in result.nbest], atol=1e-4)
+
+
+@needs_node
+def test_node_wasm_and_ort_format_and_int8_equal_python(bundle, words, tmp_path):
+    python = [r.text for r in Seq2Seq.load(bundle, providers="cpu").decode(words[:200])]
+    for flags in (("--backend", "wasm"), ("--format", "ort"), ("--backend", "wasm", "--format", "ort", "--greedy-graph")):
+        assert [r["output"] for r in node_decode(bundle, words[:200], tmp_path, *flags)] == python, flags
+    int8 = [r.text for r in Seq2Seq.load(bundle, providers="cpu", precision="int8").decode(words[:200], batch_size=1)]
+    records = node_decode(bundle, words[:200], tmp_path, "--precision", "int8", "--batch-size", "1")
+    assert [r["output"] for r in records] == int8
+
+
+@needs_node
+def test_node_checks_the_bundle_like_the_python_runtime(bundle, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    with open(broken / "decoder.onnx", "ab") as f:
+        f.write(b"\0")
+    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(broken), "edge"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "decoder.onnx: sha256 does not match bundle.json" in proc.stderr
+    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle)], input="edge\ncaf\u00e9\na\u0001b\n", capture_output=True,
+                          text=True)
+    assert proc.returncode == 1 and proc.stdout.startswith("edge -> ")
+    assert "not in the source vocabulary: 'é'" in proc.stderr and "control character U+0001" in proc.stderr
+
+
+def test_browser_demo_decodes_like_python_in_headless_chromium(words, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if NODE is None or chromium is None or not (JS / "node_modules" / "playwright-core").exists():
+        pytest.skip("LOUD SKIP: the browser test needs Debian's chromium (.ci/run installs it) and `make js`")
+    import sys
+
+    sys.path.insert(0, str(REPO / "examples" / "web"))
+    from serve import serve
+
+    server = serve(port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "words.json").write_text(json.dumps(words[:250]))
+        proc = subprocess.run([NODE, str(JS / "browser-check.mjs"), f"http://127.0.0.1:{server.server_address[1]}/",
+                               str(tmp_path / "words.json")], capture_output=True, text=True, timeout=300,
+                              env={"CHROMIUM": chromium, "PATH": "/usr/bin:/bin"})
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    page = json.loads(proc.stdout)
+    assert page["status"].startswith("model ready: /models/g2p-en/")
+    python = Seq2Seq.load(REPO / "models" / "g2p-en", providers="cpu").decode(words[:250], errors="return")
+    assert [r["text"] for r in page["results"]] == [r.text if r.ok else None for r in python]
