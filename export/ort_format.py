@@ -1,7 +1,7 @@
 """ORT-format copies of a bundle's graphs (export --ort), for reduced onnxruntime builds (mobile).
 
-onnxruntime's own converter writes each .ort file (graph optimisations applied at the "Fixed"
-level, so the file runs on any build with the same operators) and required_operators.config, the
+onnxruntime's own converter writes each .ort file (graph optimisations applied once, at conversion:
+its "Fixed" style) and required_operators.config, the
 operator list a reduced build (`build.sh --include_ops_by_config`) must include.
 """
 

@@ -1,0 +1,64 @@
+"""Words/s of the Python runtime and the JavaScript host on the same words, one thread, in one run.
+
+    python tools/decode_anywhere_bench.py BUNDLE [--words 1000]
+
+BUNDLE must have greedy graphs (`seq2edge export CKPT BUNDLE --greedy-graph`). Prints README's
+"Decode anywhere" table: per-step and greedy-graph decoding at batch 1 and 64, in Python
+(onnxruntime), Node (onnxruntime-node) and Node with onnxruntime-web's wasm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from seq2edge.runtime import Seq2Seq
+from seq2edge.train import corpus as C
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def python_rate(bundle: Path, words: list[str], batch: int, graph: bool) -> float:
+    model = Seq2Seq.load(bundle, providers="cpu", threads=1, greedy_graph=graph, unknown="unk", too_long="truncate")
+    model.decode(words[:50], batch_size=batch)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        model.decode(words, batch_size=batch)
+        times.append(time.perf_counter() - start)
+    return len(words) / statistics.median(times)
+
+
+def node_rate(bundle: Path, words_file: Path, batch: int, backend: str, graph: bool) -> float:
+    out = subprocess.run(["node", str(REPO / "hosts" / "js" / "bench.mjs"), str(bundle), str(words_file), str(batch), backend,
+                          "graph" if graph else "steps"], capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--words", type=int, default=1000)
+    args = parser.parse_args()
+    words = [e.source for e in C.split(C.load_cmudict().entries, "test")][: args.words]
+    words_file = Path(tempfile.mkdtemp()) / "words.txt"
+    words_file.write_text("\n".join(words) + "\n")
+    print("| host | loop | batch 1 words/s | batch 64 words/s | vs Python per-step (1 / 64) |\n|---|---|---|---|---|")
+    base = {b: python_rate(args.bundle, words, b, False) for b in (1, 64)}
+    rows = [("Python (onnxruntime)", "per-step", base),
+            ("Python (onnxruntime)", "greedy graph", {b: python_rate(args.bundle, words, b, True) for b in (1, 64)})]
+    for host, backend in (("Node (onnxruntime-node)", "node"), ("Node (onnxruntime-web, wasm)", "wasm")):
+        for graph in (False, True):
+            rows.append((host, "greedy graph" if graph else "per-step",
+                         {b: node_rate(args.bundle, words_file, b, backend, graph) for b in (1, 64)}))
+    for host, loop, rates in rows:
+        print(f"| {host} | {loop} | {rates[1]:.0f} | {rates[64]:.0f} | {rates[1] / base[1]:.2f}x / {rates[64] / base[64]:.2f}x |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
