@@ -16,11 +16,13 @@ import signal
 import stat
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
+from .bulk import INPUT_FORMATS, Job, decoded_chunks, worker_count
 from .errors import Seq2EdgeError
 from .interface import PRECISIONS
 from .model import TOO_LONG_POLICIES, Result, Seq2Seq
@@ -79,9 +81,18 @@ class Interrupted(Exception):
               help="Draw attention as a PNG heatmap: FILE for a single input, FILE-N.png for input line N otherwise.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress on stderr (default: when stderr is a terminal); a count only when the input's length is unknown.")
+@click.option("--workers", default="1", show_default=True,
+              help="Worker processes, each with its own session and one onnxruntime thread; auto: one per core.")
+@click.option("--input-format", type=click.Choice(INPUT_FORMATS), default="lines", show_default=True,
+              help="lines: each line is one input; tsv: tab-separated columns, --column says which is the input.")
+@click.option("--column", type=click.IntRange(min=1), default=None,
+              help="With --input-format tsv: decode column K (1-based, default 1); the line is written back with the "
+                   "output as a new last column (jsonl: the columns as a field).")
+@click.option("--greedy-graph/--no-greedy-graph", default=None,
+              help="Decode plain greedy searches with the bundle's greedy.onnx (default: for single inputs, when it has one).")
 def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, length_penalty, sample, temperature, top_k, top_p,
            seed, max_len, min_len, batch_size, provider, threads, precision, optimization, io_binding, unknown, too_long,
-           plot_attention, progress) -> int:
+           plot_attention, progress, workers, input_format, column, greedy_graph) -> int:
     """Decode TEXTS (or --input FILE, or stdin lines) with the bundle at BUNDLE."""
     input_file = None if input_file == Path("-") else input_file
     output_file = None if output_file == Path("-") else output_file
@@ -95,44 +106,40 @@ def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, len
         raise click.UsageError("--resume continues an --output FILE; give one")
     if resume and nbest is not None and fmt != "jsonl":
         raise click.UsageError("--resume with --nbest needs --format jsonl (one record per input)")
+    workers = worker_count(workers)
+    if workers > 1 and plot_attention is not None:
+        raise click.UsageError("--plot-attention needs --workers 1 (the plots are drawn in this process)")
+    if column is not None and input_format != "tsv":
+        raise click.UsageError("--column goes with --input-format tsv")
+    if input_format == "tsv" and column is None:
+        column = 1
     if plot_attention is not None:
         _check_matplotlib()
     options = SearchOptions(beam_size=beam, nbest=nbest or 1, max_len=max_len, min_len=min_len, batch_size=batch_size,
                             length_penalty=length_penalty, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed, return_attention=plot_attention is not None, errors="return")
-    model = Seq2Seq.load(bundle, providers=provider, precision=precision, threads=threads, optimization=optimization,
-                         unknown=unknown, too_long=too_long, io_binding=io_binding, option_style="cli")
+    load = dict(providers=provider, precision=precision, threads=1 if workers > 1 else threads, optimization=optimization,
+                unknown=unknown, too_long=too_long, io_binding=io_binding, option_style="cli", greedy_graph=greedy_graph)
+    model = Seq2Seq.load(bundle, **load)  # here too with workers: a bad bundle is exit 2 before any decoding
+    job = Job(str(bundle), load, options, fmt, nbest is not None, column)
     show_progress = sys.stderr.isatty() if progress is None else progress
-    writer = _Writer(fmt, nbest is not None)
     plots = _Plots(plot_attention, single=len(texts) == 1) if plot_attention is not None else None
     failed = 0
     with _Sink(output_file, resume, fmt) as out, _Progress(show_progress, input_file) as bar, _signals_raise():
-        skip = out.done
+        # A resumed run skips what the output already holds, but decodes every chunk it touches whole,
+        # so that batches (and so every digit of the scores) are those of an uninterrupted run.
+        already: deque[int] = deque()
+        chunks = _unwritten(_chunks(_inputs(texts, input_file), CHUNK), out.done, already)
         try:
-            for chunk in _chunks(_inputs(texts, input_file), CHUNK):
-                # A resumed run skips what the output already holds, but decodes every chunk whole, so
-                # that batches (and so every digit of the scores) are those of an uninterrupted run.
-                written = min(skip, len(chunk))
-                skip -= written
-                if written == len(chunk):
-                    continue
-                good = [(n, text) for n, text, problem in chunk if problem is None]
-                results = iter(model.decode([text for _, text in good], options)) if good else iter(())
-                for position, (number, text, problem) in enumerate(chunk):
-                    result = next(results) if problem is None else None
-                    if position < written:
-                        continue
-                    problem = problem or (result.error if result is not None else None)
-                    if problem is not None:
-                        failed += 1
-                        click.echo(f"seq2edge: line {number}: {problem}", err=True)
-                    elif result.source_truncated_from is not None:
-                        click.echo(f"seq2edge: line {number}: truncated from {result.source_truncated_from} to "
-                                   f"{len(result.source_tokens)} source tokens (--too-long truncate)", err=True)
-                    out.write(writer.format(number, text, result, problem))
-                    if plots is not None and problem is None:
-                        plots.add(number, result)
-                bar.update(len(chunk))
+            for lines in decoded_chunks(job, chunks, workers, model):
+                for line in lines[already.popleft():]:
+                    for note in line.notes:
+                        click.echo(f"seq2edge: {note}", err=True)
+                    failed += line.failed
+                    out.write(line.out)
+                    if plots is not None and line.result is not None and not line.failed:
+                        plots.add(line.number, line.result)
+                bar.update(len(lines))
         except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, like a killed pipeline writer
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 141
@@ -148,6 +155,17 @@ def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, len
         click.echo(f"seq2edge: {failed} input(s) failed; the others were written", err=True)
         return 1
     return 0
+
+
+def _unwritten(chunks: Iterator[list], done: int, already: deque) -> Iterator[list]:
+    """The chunks not wholly in the output yet; for each, how many of its lines are (into `already`)."""
+    for chunk in chunks:
+        if done >= len(chunk):
+            done -= len(chunk)
+            continue
+        already.append(done)
+        done = 0
+        yield chunk
 
 
 def _inputs(texts: tuple[str, ...], input_file: Path | None) -> Iterator[tuple[int, str, str | None]]:
@@ -232,35 +250,6 @@ def _chunks(inputs: Iterator, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
-
-
-class _Writer:
-    """One input's result as text, tsv or jsonl lines."""
-
-    def __init__(self, fmt: str, with_nbest: bool):
-        self.fmt, self.with_nbest = fmt, with_nbest
-
-    def format(self, number: int, text: str, result: Result | None, problem: str | None) -> str:
-        if self.fmt == "jsonl":
-            record: dict = {"line": number, "input": text}
-            if problem is not None:
-                record["error"] = problem
-            else:
-                record.update(output=result.text, tokens=result.tokens, score=round(result.score, 6))
-                if result.truncated:
-                    record["truncated"] = True
-                if result.source_truncated_from is not None:
-                    record["source_truncated_from"] = result.source_truncated_from
-                if self.with_nbest:
-                    record["nbest"] = [{"output": r.text, "tokens": r.tokens, "score": round(r.score, 6)}
-                                       for r in (result.nbest or [result])]
-            return json.dumps(record, ensure_ascii=False) + "\n"
-        if problem is not None:
-            return f"{text}\t\n" if self.fmt == "tsv" else f"{text} -> (error: {problem})\n"
-        hyps = (result.nbest or [result]) if self.with_nbest else [result]
-        if self.fmt == "tsv":
-            return "".join(f"{text}\t{r.text}" + (f"\t{r.score:.4f}" if self.with_nbest else "") + "\n" for r in hyps)
-        return "".join(f"{text} -> {r.text}" + (f"  ({r.score:.3f})" if self.with_nbest else "") + "\n" for r in hyps)
 
 
 class _Plots:

@@ -135,3 +135,32 @@ def test_resume_drops_a_half_written_last_line_and_stale_temporaries_go(tiny_bun
     proc = decode(tiny_bundle, "--input", path, "--output", out, "--format", "jsonl", "--resume")
     assert proc.returncode == 0 and out.read_text() == whole
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_two_workers_write_the_same_bytes_as_one_with_the_same_errors(tiny_bundle, tmp_path, words):
+    lines = words[:9000]
+    lines[10], lines[5000], lines[8999] = "caf\u00e9", "", "a" * 100  # bad lines in several chunks (line 5001 is blank)
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(lines) + "\n")
+    runs = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"out{workers}.jsonl"
+        proc = decode(tiny_bundle, "--input", path, "--output", out, "--format", "jsonl", "--workers", workers)
+        runs[workers] = (proc.returncode, proc.stderr, out.read_bytes())
+    assert runs["1"] == runs["2"]
+    code, stderr, _ = runs["2"]
+    assert code == 1 and "line 11: " in stderr and "line 9000: " in stderr and "line 5001" not in stderr
+    assert decode(tiny_bundle, "edge", "--workers", "0").returncode == 2
+
+
+def test_a_tsv_column_is_decoded_and_the_line_written_back_with_the_output(tiny_bundle, tmp_path, tiny_model):
+    path = tmp_path / "table.tsv"
+    path.write_text("1\tedge\tnoun\n2\tonnx\n3\n")
+    proc = decode(tiny_bundle, "--input", path, "--input-format", "tsv", "--column", "2")
+    assert proc.returncode == 1 and "line 3: has 1 column(s), --column 2 asked for" in proc.stderr
+    edge, onnx = (r.text for r in tiny_model.decode(["edge", "onnx"]))
+    assert proc.stdout.splitlines() == [f"1\tedge\tnoun\t{edge}", f"2\tonnx\t{onnx}", "3\t"]
+    proc = decode(tiny_bundle, "--input", path, "--input-format", "tsv", "--column", "2", "--format", "jsonl")
+    first = json.loads(proc.stdout.splitlines()[0])
+    assert first["input"] == "edge" and first["columns"] == ["1", "edge", "noun"] and first["output"] == edge
+    assert decode(tiny_bundle, "edge", "--column", "2").returncode == 2  # --column needs --input-format tsv
