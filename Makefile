@@ -30,7 +30,7 @@ $(BASE): pyproject.toml
 
 $(FULL): pyproject.toml $(BASE)
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e '.[train,plot,bench,dev]'
+	$(PIP) install -e '.[train,plot,bench,dev,ray]'
 	touch $@
 
 install: $(FULL)
