@@ -24,7 +24,7 @@ from seq2edge.runtime.errors import BundleError, Seq2EdgeError
 from seq2edge.runtime.interface import BUNDLE_FILE, graph_metadata
 from seq2edge.runtime.model import Seq2Seq
 from seq2edge.runtime.schema import BundleMeta, GraphEntry, SideMeta
-from seq2edge.runtime.util import sha256_file, write_json_atomic
+from seq2edge.runtime.util import remove_orphans, sha256_file, write_json_atomic
 from seq2edge.train import corpus as C
 from seq2edge.train.checkpoint import load_checkpoint, read_json
 
@@ -54,7 +54,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     entries = parity_entries(checkpoint, corpus, parity_words)
     texts = [e.source for e in entries]
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
+    remove_orphans(out, ".partial")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
     try:
         bundle_id = uuid.uuid4().hex
@@ -179,18 +179,6 @@ def _train_summary(checkpoint: Path) -> dict:
     history = train.get("history") or []
     return {"corpus": train["train_config"].get("corpus"), "epochs": len(history),
             "best_dev_wer": train.get("best_dev_wer"), "minutes": history[-1]["minutes"] if history else None}
-
-
-def _remove_stale_partials(out: Path) -> None:
-    """Remove half-written bundles left by exports of `out` that were killed (their process is gone)."""
-    for partial in out.parent.glob(f".{out.name}.*.partial"):
-        try:
-            pid = int(partial.name[len(out.name) + 2 :].split(".")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(partial, ignore_errors=True)
-        except (ValueError, PermissionError):
-            continue
 
 
 def _place(tmp: Path, out: Path) -> None:

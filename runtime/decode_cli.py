@@ -29,7 +29,7 @@ from .model import TOO_LONG_POLICIES, Result, Seq2Seq
 from .options import SearchOptions
 from .providers import OPTIMIZATION_LEVELS
 from .tokenize import UNKNOWN_POLICIES
-from .util import atomic_path
+from .util import atomic_path, remove_orphans
 
 CHUNK = 4096  # most lines decoded per call: bounds memory on long inputs
 STALL_SECONDS = 0.05  # a live stream that pauses this long gets what it sent so far decoded
@@ -327,7 +327,7 @@ class _Sink:
         if self._atomic is None:
             self.stream = sys.stdout
             return self
-        _remove_stale_temporaries(self.path)
+        remove_orphans(self.path, ".tmp")
         tmp = self._atomic.__enter__()
         try:
             self.stream = open(tmp, "w", encoding="utf-8")
@@ -374,18 +374,6 @@ def _copy_complete_records(path: Path, out, fmt: str) -> int:
             out.write(line)
             count += 1
     return count
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove temporary outputs of runs for `path` that were killed outright (their process is gone)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            pid = int(tmp.name[len(path.name) + 2 :].split(".")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except (ValueError, PermissionError):
-            continue
 
 
 class _Progress:

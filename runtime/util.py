@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,3 +66,19 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def remove_orphans(target: Path, suffix: str) -> None:
+    """Remove `.NAME.PID...SUFFIX` leftovers beside `target` (NAME its name) whose process is gone:
+    temporaries of runs killed outright (SIGKILL), which could not clean up after themselves."""
+    for leftover in target.parent.glob(f".{target.name}.*{suffix}"):
+        try:
+            pid = int(leftover.name[len(target.name) + 2 :].split(".")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            continue
