@@ -49,6 +49,10 @@ def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats
             if precision == "fp32":
                 raise
             log(f"{precision}: skipped ({exc})")
+    for precision in list(variants):  # the one-call greedy graph, where the bundle has one, is a variant of its own
+        if variants[precision].bundle.has_graph("greedy", precision):
+            variants[f"{precision}-graph"] = Seq2Seq.load(bundle, providers=provider, precision=precision, threads=threads,
+                                                          unknown="unk", too_long="truncate", greedy_graph=True)
     target = variants["fp32"].bundle.target
     refs = [[target.split(r) for r in e.references] for e in entries]
     speed, wer = [], {}

@@ -125,7 +125,8 @@ def test_node_checks_the_bundle_like_the_python_runtime(bundle, tmp_path):
     assert "not in the source vocabulary: 'é'" in proc.stderr and "control character U+0001" in proc.stderr
 
 
-def test_browser_demo_decodes_like_python_in_headless_chromium(words, tmp_path):
+def test_browser_demo_decodes_like_python_in_headless_chromium(bundle, words, tmp_path):
+    """The exported --greedy-graph --ort bundle, its .ort graphs, in the browser page, against Python."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if NODE is None or chromium is None or not (JS / "node_modules" / "playwright-core").exists():
         pytest.skip("LOUD SKIP: the browser test needs Debian's chromium (.ci/run installs it) and `make js`")
@@ -134,17 +135,18 @@ def test_browser_demo_decodes_like_python_in_headless_chromium(words, tmp_path):
     sys.path.insert(0, str(REPO / "examples" / "web"))
     from serve import serve
 
-    server = serve(port=0)
+    server = serve(port=0, bundle=bundle)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         (tmp_path / "words.json").write_text(json.dumps(words[:250]))
-        proc = subprocess.run([NODE, str(JS / "browser-check.mjs"), f"http://127.0.0.1:{server.server_address[1]}/",
+        url = f"http://127.0.0.1:{server.server_address[1]}/?bundle=/bundle/&format=ort"
+        proc = subprocess.run([NODE, str(JS / "browser-check.mjs"), url,
                                str(tmp_path / "words.json")], capture_output=True, text=True, timeout=300,
                               env={"CHROMIUM": chromium, "PATH": "/usr/bin:/bin"})
     finally:
         server.shutdown()
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = json.loads(proc.stdout)
-    assert page["status"].startswith("model ready: /models/g2p-en/")
-    python = Seq2Seq.load(REPO / "models" / "g2p-en", providers="cpu").decode(words[:250], errors="return")
+    assert page["status"].startswith("model ready: /bundle/")
+    python = Seq2Seq.load(bundle, providers="cpu").decode(words[:250], errors="return")
     assert [r["text"] for r in page["results"]] == [r.text if r.ok else None for r in python]
