@@ -29,7 +29,7 @@ LAZY_COMMANDS = {
 }
 SUMMARIES = {
     "train": "Train a model on CMUdict or a TSV corpus into a checkpoint directory.",
-    "eval": "Print WER and PER of a bundle or checkpoint on a corpus split.",
+    "eval": "Score a bundle or checkpoint on a corpus: exact match, token error rate (CMUdict: WER, PER).",
     "export": "Export a checkpoint to a bundle (ONNX graphs + bundle.json), verified against PyTorch.",
     "bench": "Measure the runtime against PyTorch and a peer: speed, start-up, memory, WER.",
     "decode": "Decode texts with a bundle (arguments, --input FILE or stdin lines).",
