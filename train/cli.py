@@ -9,6 +9,7 @@ import click
 from seq2edge.runtime.config import ATTENTIONS, CELLS, TOKENIZERS
 from seq2edge.runtime.interface import PRECISIONS
 
+from .distill import KD_MODES
 from .evaluate import EVAL_SPLITS
 
 
@@ -49,9 +50,19 @@ from .evaluate import EVAL_SPLITS
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
 @click.option("--log-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Batches between progress lines (loss, batches/s, ETA) when stderr is not a terminal; 0: none.")
+@click.option("--teacher", type=click.Path(path_type=Path), default=None,
+              help="Knowledge distillation: a bundle whose outputs the student learns (with --kd).")
+@click.option("--kd", type=click.Choice(KD_MODES), default=None,
+              help="seq: train on the teacher's beam-search outputs (labels cached in OUT/teacher/).")
+@click.option("--kd-beam", type=click.IntRange(min=1), default=5, show_default=True, help="The teacher's beam size.")
+@click.option("--kd-mix-references/--kd-teacher-only", default=False, show_default=True,
+              help="Keep the corpus references beside the teacher's outputs.")
+@click.option("--extra-inputs", type=click.Path(path_type=Path), default=None,
+              help="Unlabelled sources (one per line) for the teacher to label; those of the dev/test split are left out.")
 def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidirectional, embed, hidden, dropout, src_tokens,
           tgt_tokens, lowercase_source, src_vocab_size, tgt_vocab_size, min_freq, max_src_len, max_tgt_len, epochs, batch_size,
-          lr, clip, label_smoothing, patience, max_minutes, seed, resume, limit, dev_limit, threads, log_every) -> None:
+          lr, clip, label_smoothing, patience, max_minutes, seed, resume, limit, dev_limit, threads, log_every, teacher, kd,
+          kd_beam, kd_mix_references, extra_inputs) -> None:
     """Train a seq2seq model with attention into the checkpoint directory --out.
 
     With --resume, the run continues with its saved settings; --epochs, --patience, --threads,
@@ -63,13 +74,19 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
     if corpus != "cmudict":  # recorded absolute, so eval and export find it from any directory
         corpus = str(Path(corpus).resolve())
     given = _given_on_command_line()
+    if (teacher is None) != (kd is None):
+        raise click.UsageError("--teacher and --kd go together")
+    if extra_inputs is not None and kd is None:
+        raise click.UsageError("--extra-inputs needs a teacher (--teacher BUNDLE --kd seq) to label them")
     if resume and not (out / "last" / "state.json").exists():
         raise Seq2EdgeError(f"{out}: no resume point (last/state.json); start without --resume")
     if not resume and (out / "model.safetensors").exists():
         raise Seq2EdgeError(f"{out}: already holds a trained model; use --resume to continue it or choose another --out")
     tc = TrainConfig(corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, label_smoothing=label_smoothing,
                      patience=patience, seed=seed, max_minutes=max_minutes, min_freq=min_freq, src_vocab_size=src_vocab_size,
-                     tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads, log_every=log_every)
+                     tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads, log_every=log_every,
+                     teacher=str(teacher.resolve()) if teacher else None, kd=kd, kd_beam=kd_beam,
+                     kd_mix_references=kd_mix_references, extra_inputs=str(extra_inputs.resolve()) if extra_inputs else None)
     arch = dict(cell=cell, attention=attention, input_feed=input_feed, layers=layers, decoder_layers=decoder_layers,
                 bidirectional=bidirectional, embed=embed, hidden=hidden, dropout=dropout, src_tokens=src_tokens,
                 tgt_tokens=tgt_tokens, lowercase_source=lowercase_source, max_src_len=max_src_len, max_tgt_len=max_tgt_len)

@@ -29,3 +29,8 @@ class TrainConfig:
     dev_limit: int | None = None  # first N dev entries for the per-epoch WER
     threads: int | None = None
     log_every: int = 100  # batches between progress lines on stderr when it is not a terminal (0: none)
+    teacher: str | None = None  # a bundle whose outputs the student learns (knowledge distillation)
+    kd: str | None = None  # "seq": train on the teacher's beam outputs
+    kd_beam: int = 5
+    kd_mix_references: bool = False  # keep the references beside the teacher's outputs
+    extra_inputs: str | None = None  # a file of unlabelled sources for the teacher to label

@@ -111,14 +111,20 @@ class TrainingData:
     dev: list[Entry]
 
 
-def split_corpus(tc: TrainConfig) -> tuple[Corpus, list[Entry], list[Entry]]:
-    """The corpus and its training and dev parts, cut to the configured limits."""
+def split_corpus(tc: TrainConfig, out: Path | None = None, log: Callable[[str], None] = print
+                 ) -> tuple[Corpus, list[Entry], list[Entry]]:
+    """The corpus and its training and dev parts, cut to the configured limits; with a teacher
+    (tc.kd), the training part as the teacher labels it (train/distill.py; cached in `out`)."""
     corpus = load_corpus(tc.corpus)
     train_entries = split(corpus.entries, "train")[: tc.train_limit]
     dev = split(corpus.entries, "dev")[: tc.dev_limit]
     if not train_entries or not dev:
         raise Seq2EdgeError(f"{tc.corpus}: the split left {len(train_entries)} training and {len(dev)} dev entries; "
                             "the corpus is too small")
+    if tc.kd is not None:
+        from .distill import distilled_entries
+
+        train_entries = distilled_entries(tc, train_entries, out, log)
     return corpus, train_entries, dev
 
 
@@ -126,7 +132,7 @@ def prepare(tc: TrainConfig, arch: dict, out: Path, log: Callable[[str], None] =
     """Corpus -> split -> tokenisers (SentencePiece trained here when asked) -> encoded pairs.
 
     `arch` holds the ModelConfig fields chosen by the user (sizes, cell, tokenisers...)."""
-    corpus, train_entries, dev = split_corpus(tc)
+    corpus, train_entries, dev = split_corpus(tc, out, log)
     for problem in corpus.problems:
         log(problem)
     src_kind = arch.pop("src_tokens", None) or corpus.src_tokens

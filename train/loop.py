@@ -110,7 +110,7 @@ class Trainer:
     def _prepare_resumed(self) -> D.TrainingData:
         c = ModelConfig.from_dict(read_json(self.out / "config.json"), where=str(self.out / "config.json"))
         source, target = load_codecs(self.out, c)  # the weights are loaded once, by _restore
-        _, train_entries, dev = D.split_corpus(self.tc)
+        _, train_entries, dev = D.split_corpus(self.tc, self.out, self.log)
         encoded = D.encode_pairs(train_entries, source, target, c.max_src_len, c.max_tgt_len)
         return D.TrainingData(c, source, target, encoded, dev)
 
