@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 
+import pytest
 from conftest import SEQ2EDGE
 
 from seq2edge.runtime import Seq2Seq
@@ -42,16 +43,62 @@ def test_a_student_learns_the_teachers_beam_outputs_and_a_resume_needs_no_teache
     assert len(json.loads((out / "train.json").read_text())["history"]) == 2
 
 
-def test_references_can_be_kept_beside_the_teachers_outputs(tiny_bundle, tmp_path):
-    tc = TrainConfig(corpus="cmudict", train_limit=40, dev_limit=5, teacher=str(tiny_bundle), kd="seq",
-                     kd_mix_references=True)
-    corpus, plain, _ = D.split_corpus(TrainConfig(corpus="cmudict", train_limit=40, dev_limit=5))
+def test_references_can_be_kept_beside_the_teachers_outputs_on_a_tsv_corpus(tiny_bundle, tmp_path):
+    corpus = tmp_path / "pairs.tsv"
+    pairs = [e for e in C.load_cmudict().entries if e.source.isalpha()][:300]
+    corpus.write_text("".join(f"{e.source}\t{e.references[0]}\n" for e in pairs))
+    plain_tc = TrainConfig(corpus=str(corpus), train_limit=40, dev_limit=5)
+    tc = TrainConfig(corpus=str(corpus), train_limit=40, dev_limit=5, teacher=str(tiny_bundle), kd="seq", kd_mix_references=True)
+    _, plain, _ = D.split_corpus(plain_tc)
     _, mixed, _ = D.split_corpus(tc, tmp_path, log=lambda m: None)
-    for before, after in zip(plain, mixed):
-        assert set(before.references) <= set(after.references) and len(after.references) >= 1
+    labels = dict(zip([e.source for e in plain], [r.text for r in Seq2Seq.load(tiny_bundle, providers="cpu", unknown="unk")
+                                                  .decode([e.source for e in plain], beam_size=5)]))
+    for before, after in zip(plain, mixed, strict=True):
+        assert after.references[0] == labels[before.source] and set(before.references) <= set(after.references)
 
 
 def test_a_checkpoint_as_teacher_says_to_export_it(tiny_checkpoint, tmp_path):
     proc = subprocess.run([*SEQ2EDGE, "train", "--out", str(tmp_path / "s"), "--teacher", str(tiny_checkpoint), "--kd", "seq",
                            *ARGS], capture_output=True, text=True)
-    assert proc.returncode == 2 and "needs a teacher bundle" in proc.stderr and "export it first" in proc.stderr
+    assert proc.returncode == 2 and "distillation needs a teacher bundle" in proc.stderr and "export it first" in proc.stderr
+
+
+def test_token_level_distillation_matches_the_teachers_distributions_and_caches_them(tiny_bundle, tmp_path):
+    import numpy as np
+
+    from seq2edge.train.distill import token_targets
+    from seq2edge.train.loop import Trainer
+
+    tc = TrainConfig(corpus="cmudict", train_limit=60, dev_limit=10, epochs=1, batch_size=16, teacher=str(tiny_bundle),
+                     kd="token", kd_alpha=0.7, kd_top_k=4, save_every_minutes=60)
+    trainer = Trainer(tc, {"embed": 8, "hidden": 16, "max_src_len": 32, "max_tgt_len": 24}, tmp_path / "s", log=lambda m: None)
+    data, targets = trainer.prepared, trainer.teacher
+    assert targets.offsets[-1] == sum(len(t) + 1 for t in data.train.tgt) and targets.ids.shape[1] == 4
+    # pair 0, step 0: the teacher's 4 best first tokens after <s>, as the runtime computes them
+    teacher = Seq2Seq.load(tiny_bundle, providers="cpu", unknown="unk")
+    tokens = [data.source.vocab.tokens[i] for i in data.train.src[0]]
+    encoded = teacher.backend.encode(np.array([[teacher.bundle.source.vocab.index.get(t, 3) for t in tokens]]),
+                                     np.array([len(tokens)]))
+    step = teacher.backend.step(np.array([teacher.config.bos_id]), encoded.state, encoded.memory, encoded.mask)
+    best = np.argsort(-step.raw_log_probs[0], kind="stable")[:4]
+    expected = [data.target.vocab.index.get(teacher.bundle.target.vocab.tokens[i], -1) for i in best]
+    assert targets.ids[0].tolist() == expected
+    np.testing.assert_allclose(targets.probs[0], np.exp(step.raw_log_probs[0][best]), rtol=1e-5)
+    (cache,) = (tmp_path / "s" / "teacher").glob("token-*-k4-*.safetensors")
+    written = cache.stat().st_mtime_ns
+    assert trainer.run()["epochs"] == 1
+    said = []
+    again = token_targets(tc, data.train.src, data.train.tgt, data.source, data.target, tmp_path / "s", log=said.append)
+    assert np.array_equal(again.ids, targets.ids) and cache.stat().st_mtime_ns == written and not said  # from the cache
+
+
+def test_token_kd_loss_is_cross_entropy_against_the_renormalised_teacher():
+    import torch
+
+    from seq2edge.train.loop import token_kd_loss
+
+    log_probs = torch.log_softmax(torch.tensor([[[1.0, 2.0, 0.5, -1.0]]]), dim=-1)
+    ids = torch.tensor([[[1, 2, -1]]])  # the teacher's third token is not in the student's vocabulary
+    probs = torch.tensor([[[0.6, 0.2, 0.2]]])
+    expected = -(0.75 * log_probs[0, 0, 1] + 0.25 * log_probs[0, 0, 2])
+    assert token_kd_loss(log_probs, ids, probs, torch.tensor([[5]]), pad=0).item() == pytest.approx(expected.item())

@@ -53,7 +53,12 @@ from .evaluate import EVAL_SPLITS
 @click.option("--teacher", type=click.Path(path_type=Path), default=None,
               help="Knowledge distillation: a bundle whose outputs the student learns (with --kd).")
 @click.option("--kd", type=click.Choice(KD_MODES), default=None,
-              help="seq: train on the teacher's beam-search outputs (labels cached in OUT/teacher/).")
+              help="seq: train on the teacher's beam-search outputs; token: also match its next-token distributions "
+                   "(teacher outputs cached in OUT/teacher/).")
+@click.option("--kd-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="--kd token: weight of the teacher's distributions (1 - alpha on the references).")
+@click.option("--kd-top-k", type=click.IntRange(min=1), default=8, show_default=True,
+              help="--kd token: the teacher's most likely tokens kept per step.")
 @click.option("--kd-beam", type=click.IntRange(min=1), default=5, show_default=True, help="The teacher's beam size.")
 @click.option("--kd-mix-references/--kd-teacher-only", default=False, show_default=True,
               help="Keep the corpus references beside the teacher's outputs.")
@@ -62,7 +67,7 @@ from .evaluate import EVAL_SPLITS
 def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidirectional, embed, hidden, dropout, src_tokens,
           tgt_tokens, lowercase_source, src_vocab_size, tgt_vocab_size, min_freq, max_src_len, max_tgt_len, epochs, batch_size,
           lr, clip, label_smoothing, patience, max_minutes, seed, resume, limit, dev_limit, threads, log_every, teacher, kd,
-          kd_beam, kd_mix_references, extra_inputs) -> None:
+          kd_alpha, kd_top_k, kd_beam, kd_mix_references, extra_inputs) -> None:
     """Train a seq2seq model with attention into the checkpoint directory --out.
 
     With --resume, the run continues with its saved settings; --epochs, --patience, --threads,
@@ -85,7 +90,8 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
     tc = TrainConfig(corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, label_smoothing=label_smoothing,
                      patience=patience, seed=seed, max_minutes=max_minutes, min_freq=min_freq, src_vocab_size=src_vocab_size,
                      tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads, log_every=log_every,
-                     teacher=str(teacher.resolve()) if teacher else None, kd=kd, kd_beam=kd_beam,
+                     teacher=str(teacher.resolve()) if teacher else None, kd=kd, kd_beam=kd_beam, kd_alpha=kd_alpha,
+                     kd_top_k=kd_top_k,
                      kd_mix_references=kd_mix_references, extra_inputs=str(extra_inputs.resolve()) if extra_inputs else None)
     arch = dict(cell=cell, attention=attention, input_feed=input_feed, layers=layers, decoder_layers=decoder_layers,
                 bidirectional=bidirectional, embed=embed, hidden=hidden, dropout=dropout, src_tokens=src_tokens,

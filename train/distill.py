@@ -1,4 +1,9 @@
-"""Sequence-level knowledge distillation (Kim & Rush 2016): train on a teacher's beam-search outputs.
+"""Knowledge distillation from a teacher bundle, run by the runtime (onnxruntime).
+
+Sequence level (Kim & Rush 2016), `--kd seq`: train on the teacher's beam-search outputs. Token
+level (Hinton et al.; Kim & Rush's word-level KD), `--kd token`: the loss mixes the cross-entropy on
+the references with the cross-entropy against the teacher's next-token distribution at every
+reference step (its top `--kd-top-k` tokens, renormalised), weighted by `--kd-alpha`.
 
 `seq2edge train --teacher BUNDLE --kd seq` labels every training source (and, with --extra-inputs,
 unlabelled sources of the training part of the split) with the teacher bundle's best beam
@@ -8,35 +13,46 @@ teacher's bundle id and beam size, so a resumed run (or a second student) does n
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from seq2edge.runtime.errors import Seq2EdgeError
 from seq2edge.runtime.interface import BUNDLE_FILE
-from seq2edge.runtime.util import write_text_atomic
+from seq2edge.runtime.util import atomic_path, pad_batch, write_text_atomic
 
 from .config import TrainConfig
 from .corpus import Entry, split_of
 
-KD_MODES = ("seq",)
+KD_MODES = ("seq", "token")
 CHUNK = 4096  # sources decoded (and cached) at a time
 
 
 def distilled_entries(tc: TrainConfig, entries: list[Entry], out: Path, log: Callable[[str], None]) -> list[Entry]:
-    """The training entries with the teacher's outputs as targets (before the references with
-    kd_mix_references), plus the --extra-inputs sources of the training part, teacher-labelled."""
-    sources = [e.source for e in entries]
-    known = set(sources)
+    """--kd seq: the training entries with the teacher's outputs as targets (before the references
+    with kd_mix_references); --kd token: the entries as they are. Both: plus the --extra-inputs
+    sources of the training part, labelled by the teacher's beam search."""
+    if tc.kd == "token" and not tc.extra_inputs:
+        return entries
+    sources = [e.source for e in entries] if tc.kd == "seq" else []
+    known = {e.source for e in entries}
     extra = [s for s in _extra_inputs(tc.extra_inputs) if s not in known and split_of(s) == "train"]
     labels = teacher_labels(tc, list(dict.fromkeys(sources + extra)), out, log)
     distilled = []
     for entry in entries:
+        if tc.kd == "token":
+            distilled.append(entry)
+            continue
         label = labels.get(entry.source)
         refs = tuple(dict.fromkeys(((label,) if label else ()) + (entry.references if tc.kd_mix_references or not label else ())))
         distilled.append(Entry(entry.source, refs))
     distilled += [Entry(s, (labels[s],)) for s in dict.fromkeys(extra) if labels.get(s)]
-    log(f"distillation: {len(entries)} training sources labelled by the teacher"
+    relabelled = len(entries) if tc.kd == "seq" else 0
+    log(f"distillation: {relabelled} training sources labelled by the teacher"
         f"{' (references kept)' if tc.kd_mix_references else ''}, {len(distilled) - len(entries)} extra inputs added")
     return distilled
 
@@ -84,7 +100,7 @@ def _load_teacher(teacher: Path):
 
     if not (teacher / BUNDLE_FILE).exists():
         hint = "; export it first: seq2edge export CHECKPOINT BUNDLE" if (teacher / "config.json").exists() else ""
-        raise Seq2EdgeError(f"{teacher}: --kd seq needs a teacher bundle (its beam search runs in the runtime){hint}")
+        raise Seq2EdgeError(f"{teacher}: distillation needs a teacher bundle (it runs in the runtime){hint}")
     return Seq2Seq.load(teacher, providers="cpu", unknown="unk", too_long="truncate")
 
 
@@ -96,3 +112,87 @@ def _extra_inputs(path: str | None) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise Seq2EdgeError(f"{path}: cannot read the extra inputs: {exc}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and "\t" not in line]
+
+
+# -- token level: KL to the teacher's per-step distributions ---------------------------------------
+
+@dataclass
+class TokenTargets:
+    """The teacher's k most likely next tokens (student ids, -1 where the student has no such token)
+    and their probabilities, for every decoder step of every training pair: pair i's steps are rows
+    offsets[i] .. offsets[i + 1] (its target tokens, then </s>)."""
+
+    ids: np.ndarray  # int32 [steps, k]
+    probs: np.ndarray  # float32 [steps, k]
+    offsets: np.ndarray  # int64 [pairs + 1]
+
+    def batch(self, pairs: list[int], width: int) -> tuple[np.ndarray, np.ndarray]:
+        """[B, width, k] ids and probabilities for these pairs, padded with id -1 and probability 0."""
+        k = self.ids.shape[1]
+        ids = np.full((len(pairs), width, k), -1, dtype=np.int64)
+        probs = np.zeros((len(pairs), width, k), dtype=np.float32)
+        for row, pair in enumerate(pairs):
+            start, end = self.offsets[pair], self.offsets[pair + 1]
+            ids[row, : end - start] = self.ids[start:end]
+            probs[row, : end - start] = self.probs[start:end]
+        return ids, probs
+
+
+def token_targets(tc: TrainConfig, src: list[list[int]], tgt: list[list[int]], source, target, out: Path,
+                  log: Callable[[str], None]) -> TokenTargets:
+    """The teacher's top-k distributions on every step of the training pairs (teacher forcing on the
+    references), from OUT/teacher/ or computed now by the runtime and cached there."""
+    from safetensors.numpy import load_file, save_file
+
+    digest = hashlib.sha1(json.dumps([src, tgt, source.vocab.tokens, target.vocab.tokens]).encode()).hexdigest()[:16]
+    cache_dir = out / "teacher"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache_dir.glob(f"token-*-k{tc.kd_top_k}-{digest}.safetensors"))
+    meta = Path(tc.teacher) / BUNDLE_FILE
+    if found and not meta.exists():
+        cache = found[0]
+    else:
+        model = _load_teacher(Path(tc.teacher))
+        cache = cache_dir / f"token-{model.bundle.bundle_id}-k{tc.kd_top_k}-{digest}.safetensors"
+    if cache.exists():
+        arrays = load_file(str(cache))
+        return TokenTargets(arrays["ids"], arrays["probs"], arrays["offsets"])
+    log(f"distillation: the teacher scores {sum(len(t) + 1 for t in tgt)} decoder steps of {len(tgt)} pairs "
+        f"(top {tc.kd_top_k}; cached in {cache})")
+    targets = _teacher_forced(model, src, tgt, source, target, tc.kd_top_k)
+    with atomic_path(cache) as tmp:
+        save_file({"ids": targets.ids, "probs": targets.probs, "offsets": targets.offsets}, str(tmp))
+    return targets
+
+
+def _teacher_forced(model, src, tgt, source, target, k: int, batch_size: int = 256) -> TokenTargets:
+    """Step the teacher's decoder on the reference tokens and keep its k best next tokens per step."""
+    teacher_src = model.bundle.source.vocab.index
+    teacher_tgt = model.bundle.target.vocab.index
+    unk = teacher_src["<unk>"]
+    to_student = np.full(len(model.bundle.target.vocab), -1, dtype=np.int32)  # teacher target id -> student id
+    for token, i in teacher_tgt.items():
+        to_student[i] = target.vocab.index.get(token, -1)
+    c = model.config
+    ids_out, probs_out, lengths = [], [], []
+    for start in range(0, len(src), batch_size):
+        rows = range(start, min(start + batch_size, len(src)))
+        src_ids, src_lengths = pad_batch([[teacher_src.get(source.vocab.tokens[i], unk) for i in src[r]] for r in rows], c.pad_id)
+        gold = [[teacher_tgt.get(target.vocab.tokens[i], teacher_tgt["<unk>"]) for i in tgt[r]] for r in rows]
+        encoded = model.backend.encode(src_ids, src_lengths)
+        state, steps = encoded.state, max(len(g) for g in gold) + 1
+        prev = np.full(len(gold), c.bos_id, dtype=np.int64)
+        top_ids, top_probs = [], []
+        for t in range(steps):
+            out = model.backend.step(prev, state, encoded.memory, encoded.mask)
+            state = out.state
+            values, ids = out.top(k, np.zeros(c.tgt_vocab_size, dtype=np.float32))
+            top_ids.append(to_student[ids])
+            top_probs.append(np.exp(values))
+            prev = np.array([g[t] if t < len(g) else c.eos_id for g in gold], dtype=np.int64)
+        for row, g in enumerate(gold):
+            ids_out.append(np.stack([top_ids[t][row] for t in range(len(g) + 1)]))
+            probs_out.append(np.stack([top_probs[t][row] for t in range(len(g) + 1)]))
+            lengths.append(len(g) + 1)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return TokenTargets(np.concatenate(ids_out).astype(np.int32), np.concatenate(probs_out).astype(np.float32), offsets)

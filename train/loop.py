@@ -42,6 +42,16 @@ from .infer import dev_wer
 from .model import Seq2SeqModule
 
 
+def token_kd_loss(log_probs: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor, gold: torch.Tensor, pad: int) -> torch.Tensor:
+    """Cross-entropy against the teacher's next-token distribution (its top-k ids, renormalised over
+    those the student's vocabulary has; -1 marks the others) at every non-pad step."""
+    kept = probs * (ids >= 0)
+    kept = kept / kept.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+    per_step = -(kept * log_probs.gather(-1, ids.clamp(min=0))).sum(dim=-1)
+    mask = gold != pad
+    return per_step[mask].sum() / mask.sum().clamp(min=1)
+
+
 def loss_fn(log_probs: torch.Tensor, gold: torch.Tensor, pad: int, smoothing: float) -> torch.Tensor:
     """Cross-entropy over non-pad positions, with optional label smoothing."""
     log_probs = log_probs.reshape(-1, log_probs.size(-1))
@@ -90,6 +100,12 @@ class Trainer:
             self._restore()
         elif self.rank == 0:
             save_model_files(self.out, self.model, self.prepared.source, self.prepared.target)
+        self.teacher = None  # --kd token: the teacher's per-step distributions, aligned with the training pairs
+        if self.tc.kd == "token":
+            from .distill import token_targets
+
+            data = self.prepared
+            self.teacher = token_targets(self.tc, data.train.src, data.train.tgt, data.source, data.target, self.out, self.log)
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
@@ -194,6 +210,10 @@ class Trainer:
             batch = D.make_batch([data.src[i] for i in idx], [data.tgt[i] for i in idx], c.pad_id, c.bos_id, c.eos_id)
             log_probs = self.net(batch.src_ids, batch.src_lengths, batch.tgt_in)
             loss = loss_fn(log_probs, batch.tgt_out, c.pad_id, tc.label_smoothing)
+            if self.teacher is not None:
+                ids, probs = self.teacher.batch(idx, batch.tgt_out.size(1))
+                kd = token_kd_loss(log_probs, torch.from_numpy(ids), torch.from_numpy(probs), batch.tgt_out, c.pad_id)
+                loss = (1 - tc.kd_alpha) * loss + tc.kd_alpha * kd
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip)
