@@ -17,12 +17,12 @@ import onnxruntime as ort
 from . import providers as P
 from .bundle import Bundle
 from .errors import BundleError
-from .interface import GRAPHS, META_BUNDLE_ID, META_GRAPH, META_PRECISION, OPTIONAL_GRAPHS, Port, graph_ports
+from .interface import GRAPHS, META_BUNDLE_ID, META_GRAPH, META_PRECISION, Port, graph_ports
 
 
 class Engine:
-    """The verified sessions of a bundle at one precision: encoder, decoder, and the greedy graph
-    when the bundle has one and `greedy_graph` is not False."""
+    """The verified sessions of a bundle at one precision: encoder and decoder at once, the
+    optional greedy graph when first asked for (`load`), so a load that never uses it pays nothing."""
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", providers: P.ProviderSpec = "auto",
                  threads: int | None = None, optimization: str = "all", graph_format: str = "auto",
@@ -30,20 +30,20 @@ class Engine:
         self.bundle = bundle
         self.precision = precision
         self.format = bundle.graph_format(graph_format, precision)
-        requested, explicit = P.resolve(providers)
-        options = P.session_options(threads, optimization)
-        self.requested, self.options = requested, options
-        self.sessions: dict[str, ort.InferenceSession] = {}
-        kinds = [*GRAPHS, *(k for k in OPTIONAL_GRAPHS if bundle.has_graph(k, precision) and greedy_graph is not False)]
-        if greedy_graph and "greedy" not in kinds:
-            bundle.graph_entry("greedy", precision)  # raises: says how to export one
-        for kind in kinds:
-            path = bundle.verified_graph(kind, precision, self.format)
-            session = _create_session(path, options, requested)
-            P.check_active(session, requested, explicit, path.name)
-            self._check_graph(session, kind, path.name)
-            self.sessions[kind] = session
+        self.requested, self.explicit = P.resolve(providers)
+        self.options = P.session_options(threads, optimization)
+        if greedy_graph:
+            bundle.graph_entry("greedy", precision)  # raises when there is none: says how to export one
+        self.sessions: dict[str, ort.InferenceSession] = {kind: self.load(kind) for kind in GRAPHS}
         self.providers = self.sessions["decoder"].get_providers()
+
+    def load(self, kind: str) -> ort.InferenceSession:
+        """A verified session for the `kind` graph (encoder, decoder, greedy) of this precision."""
+        path = self.bundle.verified_graph(kind, self.precision, self.format)
+        session = _create_session(path, self.options, self.requested)
+        P.check_active(session, self.requested, self.explicit, path.name)
+        self._check_graph(session, kind, path.name)
+        return session
 
     def _check_graph(self, session: ort.InferenceSession, kind: str, name: str) -> None:
         meta = session.get_modelmeta().custom_metadata_map

@@ -135,7 +135,7 @@ class Seq2Seq:
             except InputError as exc:
                 if options.errors == "raise":
                     raise InputError(f"input {i}: {exc.problem}", exc.option, self.option_style) from None
-                results[i] = Result(input=text if isinstance(text, str) else repr(text), error=str(exc.restyled(self.option_style)))
+                results[i] = Result(input=text if isinstance(text, str) else repr(text), error=str(exc))
         ready.sort(key=lambda p: len(p.ids))
         strategy = search.STRATEGIES[options.strategy]
         for start in range(0, len(ready), options.batch_size):
@@ -155,11 +155,7 @@ class Seq2Seq:
         options = SearchOptions.of(options, **keywords)
         if options.beam_size > 1:
             raise Seq2EdgeError("stream() decodes greedily or by sampling; use decode() for beam search")
-        try:
-            source = self._prepare(0, text)
-        except InputError as exc:
-            raise exc.restyled(self.option_style) from None
-        stepper, state = self._encode([source])
+        stepper, state = self._encode([self._prepare(0, text)])
         for token_id in search.stream(stepper, state, self._limits(options), options):
             yield self.bundle.target.vocab.tokens[token_id]
 
@@ -170,15 +166,20 @@ class Seq2Seq:
         return search.Limits(c.bos_id, c.eos_id, c.pad_id, c.tgt_vocab_size, options.min_len, max_len)
 
     def _prepare(self, index: int, text: str) -> _Source:
+        """Tokenise one input; an InputError names the option that would decode it in this model's option_style."""
         if not isinstance(text, str):
             raise InputError(f"expected a string, got {type(text).__name__}")
         _check_text(text)
-        tokens, ids = self.bundle.source.encode_tokens(text, self.unknown)
+        try:
+            tokens, ids = self.bundle.source.encode_tokens(text, self.unknown)
+        except InputError as exc:
+            raise exc.restyled(self.option_style) from None
         limit = self.config.max_src_len
         if len(ids) <= limit:
             return _Source(index, ids, tokens)
         if self.too_long == "error":
-            raise InputError(f"{len(ids)} source tokens, over the model's max_src_len of {limit}", option=("too_long", ("truncate",)))
+            raise InputError(f"{len(ids)} source tokens, over the model's max_src_len of {limit}",
+                             option=("too_long", ("truncate",)), style=self.option_style)
         return _Source(index, ids[:limit], tokens[:limit], truncated_from=len(ids))
 
     def _encode(self, chunk: list[_Source]) -> tuple[Stepper, Any]:
@@ -189,7 +190,7 @@ class Seq2Seq:
 
     def _greedy_graph_decodes(self, options: SearchOptions, rows: int) -> bool:
         """Whether greedy.onnx decodes this chunk: a plain greedy search it can do, and wanted."""
-        if "greedy" not in self.backend.sessions or self.greedy_graph is False:
+        if self.greedy_graph is False or not self.bundle.has_graph("greedy", self.engine.precision):
             return False
         if options.strategy != "greedy" or options.return_attention or options.min_len:
             return False
@@ -197,6 +198,8 @@ class Seq2Seq:
 
     def _greedy_graph(self, chunk: list[_Source], limits: search.Limits) -> list[list[search.Hypothesis]]:
         """Greedy search in one onnxruntime call: encoder and a Loop of decoder steps in greedy.onnx."""
+        if "greedy" not in self.backend.sessions:  # loaded on first use (the backend runs every session it holds)
+            self.backend.sessions["greedy"] = self.engine.load("greedy")
         src, lengths = pad_batch([p.ids for p in chunk], self.config.pad_id)
         tokens, found, scores = self.backend.sessions["greedy"].run(
             None, {"src_ids": src, "src_lengths": lengths, "max_len": np.array(limits.max_len, dtype=np.int64)})

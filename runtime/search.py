@@ -117,17 +117,10 @@ Strategy = Callable[[Stepper, Any, np.ndarray, Limits, SearchOptions], list[list
 
 
 def greedy(stepper: Stepper, state: Any, input_ids: np.ndarray, limits: Limits, options: SearchOptions) -> list[list[Hypothesis]]:
-    """The most likely token at every step."""
+    """The most likely token at every step, or with options.sample a token drawn at every step
+    (temperature, top_k, top_p; draws fixed by seed, input and step)."""
     record = _Record(len(input_ids), options.return_attention)
-    for _ in _greedy_steps(stepper, state, input_ids, limits, None, record):
-        pass
-    return [[h] for h in record.hypotheses(limits)]
-
-
-def sampling(stepper: Stepper, state: Any, input_ids: np.ndarray, limits: Limits, options: SearchOptions) -> list[list[Hypothesis]]:
-    """A token drawn at every step (temperature, top_k, top_p; draws fixed by seed, input and step)."""
-    record = _Record(len(input_ids), options.return_attention)
-    for _ in _greedy_steps(stepper, state, input_ids, limits, options, record):
+    for _ in _greedy_steps(stepper, state, input_ids, limits, options if options.sample else None, record):
         pass
     return [[h] for h in record.hypotheses(limits)]
 
@@ -332,4 +325,4 @@ def _beam_done(best_finished, scores, t, limits, length_penalty) -> np.ndarray:
     return ~np.isfinite(best_live) | (bound <= best_finished[:, -1])
 
 
-STRATEGIES: dict[str, Strategy] = {"greedy": greedy, "beam": beam, "sampling": sampling}
+STRATEGIES: dict[str, Strategy] = {"greedy": greedy, "beam": beam, "sampling": greedy}  # greedy() samples when asked

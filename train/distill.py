@@ -59,7 +59,7 @@ def distilled_entries(tc: TrainConfig, entries: list[Entry], out: Path, log: Cal
 
 def teacher_labels(tc: TrainConfig, sources: list[str], out: Path, log: Callable[[str], None]) -> dict[str, str]:
     """source -> the teacher's best beam output, from the cache or decoded now (and cached)."""
-    cache = _cache_path(tc, out / "teacher")
+    cache = _cache_path(tc, out / "teacher", f"seq-{{}}-beam{tc.kd_beam}.jsonl")
     cached = {}
     if cache.exists():
         cached = {r["source"]: r["output"] for r in map(json.loads, cache.read_text(encoding="utf-8").splitlines())}
@@ -78,9 +78,9 @@ def teacher_labels(tc: TrainConfig, sources: list[str], out: Path, log: Callable
     return cached
 
 
-def _cache_path(tc: TrainConfig, directory: Path) -> Path:
-    """OUT/teacher/seq-<teacher bundle id>-beam<N>.jsonl; when the teacher is no longer there (a
-    resumed run elsewhere), the one cache of that beam size."""
+def _cache_path(tc: TrainConfig, directory: Path, pattern: str) -> Path:
+    """directory / pattern with the teacher's bundle id (read from its bundle.json, no session loaded);
+    when the teacher is no longer there (a resumed run elsewhere), the one cache that fits."""
     directory.mkdir(parents=True, exist_ok=True)
     meta = Path(tc.teacher) / BUNDLE_FILE
     if meta.exists():
@@ -88,11 +88,11 @@ def _cache_path(tc: TrainConfig, directory: Path) -> Path:
             bundle_id = json.loads(meta.read_text(encoding="utf-8"))["bundle_id"]
         except (OSError, ValueError, KeyError, TypeError):
             raise Seq2EdgeError(f"{meta}: not a readable bundle.json; --teacher needs a bundle") from None
-        return directory / f"seq-{bundle_id}-beam{tc.kd_beam}.jsonl"
-    found = sorted(directory.glob(f"seq-*-beam{tc.kd_beam}.jsonl"))
+        return directory / pattern.format(bundle_id)
+    found = sorted(directory.glob(pattern.format("*")))
     if len(found) == 1:
         return found[0]
-    return directory / f"seq-missing-teacher-beam{tc.kd_beam}.jsonl"  # _load_teacher will say what is wrong
+    return directory / pattern.format("missing-teacher")  # _load_teacher will say what is wrong
 
 
 def _load_teacher(teacher: Path):
@@ -145,18 +145,11 @@ def token_targets(tc: TrainConfig, src: list[list[int]], tgt: list[list[int]], s
     from safetensors.numpy import load_file, save_file
 
     digest = hashlib.sha1(json.dumps([src, tgt, source.vocab.tokens, target.vocab.tokens]).encode()).hexdigest()[:16]
-    cache_dir = out / "teacher"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache_dir.glob(f"token-*-k{tc.kd_top_k}-{digest}.safetensors"))
-    meta = Path(tc.teacher) / BUNDLE_FILE
-    if found and not meta.exists():
-        cache = found[0]
-    else:
-        model = _load_teacher(Path(tc.teacher))
-        cache = cache_dir / f"token-{model.bundle.bundle_id}-k{tc.kd_top_k}-{digest}.safetensors"
+    cache = _cache_path(tc, out / "teacher", f"token-{{}}-k{tc.kd_top_k}-{digest}.safetensors")
     if cache.exists():
         arrays = load_file(str(cache))
         return TokenTargets(arrays["ids"], arrays["probs"], arrays["offsets"])
+    model = _load_teacher(Path(tc.teacher))
     log(f"distillation: the teacher scores {sum(len(t) + 1 for t in tgt)} decoder steps of {len(tgt)} pairs "
         f"(top {tc.kd_top_k}; cached in {cache})")
     targets = _teacher_forced(model, src, tgt, source, target, tc.kd_top_k)
