@@ -1,4 +1,4 @@
-"""`seq2edge bench`: the runtime against PyTorch eager and g2p-en, in one run, as ratios."""
+"""`seq2edge bench`: one or more bundles against PyTorch eager and g2p-en, in one run, as ratios."""
 
 from __future__ import annotations
 
@@ -15,84 +15,90 @@ from .report import plot, table, targets
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="The bundle's checkpoint, to time PyTorch eager.")
-@click.option("--quick", is_flag=True, help="Few words, one repetition: a smoke run in well under a minute.")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
+              help="A bundle's checkpoint, to time PyTorch eager on it; repeat it to pair checkpoints with the bundles in order.")
+@click.option("--quick", is_flag=True, help="Few words, one repetition: a smoke run in about a minute.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write every figure as JSON.")
-@click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None, help="Draw words/s against batch size (PNG).")
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None,
+              help="Draw test WER against batch-1 words/s (the Pareto picture) and words/s against batch size (PNG).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Threads for onnxruntime and torch.")
-@click.option("--words", type=click.IntRange(min=1), default=None, help="How many test words (default 2048, quick 96).")
+@click.option("--words", type=click.IntRange(min=1), default=None, help="How many test words are timed (default 2048, quick 96).")
+@click.option("--accuracy-words", type=click.IntRange(min=1), default=None,
+              help="How many test words are scored (default: the whole test split; quick: the timed words).")
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed runs per figure (default 3, quick 1).")
 @click.option("--batch-sizes", default="1,64,512", show_default=True)
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider for the runtime variants (cuda on a GPU).")
-@click.option("--precisions", default="fp32,int8", show_default=True, help="Which of the bundle's graphs to time.")
-def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats, batch_sizes, provider, precisions) -> None:
-    """Measure BUNDLE's runtime (fp32, int8) against PyTorch and g2p-en on CMUdict test words."""
-    from seq2edge.runtime.backend import DeviceBackend
-    from seq2edge.runtime.model import Seq2Seq
-    from seq2edge.train import corpus as C
-    from seq2edge.train.metrics import score
+@click.option("--precisions", default="fp32,int8", show_default=True, help="Which of each bundle's graphs to time.")
+@click.option("--edge-precision", default="int8", show_default=True,
+              help="The precision the small-model targets (every bundle after the first) are checked in.")
+def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accuracy_words, repeats, batch_sizes, provider,
+          precisions, edge_precision) -> None:
+    """Measure each of BUNDLES (fp32, int8, greedy graph) against PyTorch and g2p-en on CMUdict test words.
 
+    Speed is timed on the first --words test words; accuracy (WER and PER, with and without stress)
+    is scored on the whole test split. The first bundle is checked against the runtime's targets,
+    every further one against the small-model targets (in --edge-precision)."""
+    from seq2edge.train import corpus as C
+
+    if len(checkpoints) > len(bundles):
+        raise click.UsageError(f"{len(checkpoints)} --checkpoint for {len(bundles)} bundle(s): they pair with the bundles in order")
+    sizes = [int(b) for b in batch_sizes.split(",")]
     words = words or (96 if quick else 2048)
     repeats = repeats or (1 if quick else 3)
-    sizes = [int(b) for b in batch_sizes.split(",")]
-    entries = C.split(C.load_cmudict().entries, "test")[:words]
-    texts = [e.source for e in entries]
+    test = C.split(C.load_cmudict().entries, "test")
+    timed = [e.source for e in test[:words]]
+    scored = test[:accuracy_words or (words if quick else len(test))]
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    names = M.model_names(bundles)
+    wanted = ["fp32"] + [p for p in precisions.split(",") if p != "fp32"]
 
-    variants = {}
-    for precision in ["fp32"] + [p for p in precisions.split(",") if p != "fp32"]:
-        try:
-            variants[precision] = Seq2Seq.load(bundle, providers=provider, precision=precision, threads=threads,
-                                               unknown="unk", too_long="truncate")
-        except Exception as exc:
-            if precision == "fp32":
-                raise
-            log(f"{precision}: skipped ({exc})")
-    for precision in list(variants):  # the one-call greedy graph, where the bundle has one, is a variant of its own
-        if variants[precision].bundle.has_graph("greedy", precision):
-            variants[f"{precision}-graph"] = Seq2Seq.load(bundle, providers=provider, precision=precision, threads=threads,
-                                                          unknown="unk", too_long="truncate", greedy_graph=True)
-    target = variants["fp32"].bundle.target
-    refs = [[target.split(r) for r in e.references] for e in entries]
-    speed, wer = [], {}
-    torch_model = _load_torch(checkpoint, threads, log)
-    if torch_model is not None:
-        model, source, tgt = torch_model
-        from seq2edge.train.infer import decode_entries
-
-        wer["pytorch"] = score(decode_entries(model, texts, source, tgt), refs).wer
-        for batch in sizes:
-            log(f"pytorch batch {batch}")
-            speed.append(M.time_torch(model, source, tgt, texts, batch, repeats))
-    for precision, model in variants.items():
-        wer[precision] = score([r.tokens for r in model.decode(texts)], refs).wer
-        for batch in sizes:
-            log(f"{precision} batch {batch}")
-            speed.append(M.time_runtime(model, texts, batch, repeats, precision))
+    speed, accuracy, startup, models = [], [], [], []
+    for i, (name, bundle) in enumerate(zip(names, bundles)):
+        checkpoint = checkpoints[i] if i < len(checkpoints) else None
+        variants = M.load_variants(bundle, wanted, provider, threads, log)
+        torch_model = _load_torch(checkpoint, threads, log, name)
+        if torch_model is not None:
+            model, source, target = torch_model
+            log(f"{name} pytorch: accuracy on {len(scored)} words")
+            accuracy.append(M.torch_accuracy(name, model, source, target, scored))
+            for batch in sizes:
+                log(f"{name} pytorch batch {batch}")
+                speed.append(M.time_torch(name, model, source, target, timed, batch, repeats))
+        for variant, model in variants.items():
+            if not variant.endswith("-graph"):  # a greedy graph decodes what its precision decodes (export checks it)
+                log(f"{name} {variant}: accuracy on {len(scored)} words")
+                accuracy.append(M.runtime_accuracy(name, variant, model, scored))
+            for batch in sizes:
+                log(f"{name} {variant} batch {batch}")
+                speed.append(M.time_runtime(name, variant, model, timed, batch, repeats))
+        fp32 = variants["fp32"]
+        models.append({"name": name, "bundle": str(bundle), "checkpoint": str(checkpoint) if torch_model else None,
+                       "provider": fp32.providers[0], "sizes": M.bundle_sizes(fp32.bundle)})
+        for variant, command in M.startup_commands(bundle, [p for p in variants if not p.endswith("-graph")],
+                                                   checkpoint if torch_model else None).items():
+            log(f"{name} cold start {variant}")
+            startup.append(M.startup(name, variant, command, 1 if quick else 5))
+        del variants, torch_model
     from .peers import load_g2p_en
 
     g2p = load_g2p_en()
     if g2p is not None:
-        log("g2p-en batch 1")
-        wer["g2p-en"] = score([g2p.predict(w) for w in texts], refs).wer
-        speed.append(M.time_g2p_en(g2p, texts, repeats))
+        log(f"g2p-en: accuracy on {len(scored)} words, batch 1")
+        accuracy.append(M.g2p_en_accuracy(g2p, scored))
+        speed.append(M.time_g2p_en(g2p, timed, repeats))
+        startup.append(M.startup(M.PEER, "g2p-en", M.g2p_en_command(), 1 if quick else 5))
     else:
         log("g2p-en: not installed, skipped (pip install 'seq2edge[bench]')")
-    startup = []
-    for variant, command in M.startup_commands(bundle, checkpoint if torch_model else None, g2p is not None).items():
-        log(f"cold start {variant}")
-        startup.append(M.startup(variant, command, 1 if quick else 5))
     result = {
-        "bundle": str(bundle), "checkpoint": str(checkpoint) if checkpoint else None, "words": len(texts), "threads": threads,
-        "provider": variants["fp32"].providers[0], "io_binding": isinstance(variants["fp32"].backend, DeviceBackend),
-        "repeats": repeats, "quick": quick, "machine": {"python": platform.python_version(), "processor": platform.processor(),
-                                                        "machine": platform.machine(), "cpus": _cpus()},
-        "speed": M.as_dicts(speed), "wer": {k: round(v, 3) for k, v in wer.items()},
-        "sizes": M.bundle_sizes(variants["fp32"].bundle), "startup": M.as_dicts(startup),
+        "models": models, "words": len(timed), "accuracy_words": len(scored), "threads": threads, "repeats": repeats,
+        "quick": quick, "edge_precision": edge_precision,
+        "machine": {"python": platform.python_version(), "processor": platform.processor(), "machine": platform.machine(),
+                    "cpus": _cpus()},
+        "speed": M.as_dicts(speed), "accuracy": M.as_dicts(accuracy), "startup": M.as_dicts(startup),
     }
-    result["targets"] = [{"name": t.name, "value": t.value, "goal": t.goal, "at_least": t.at_least, "met": t.met}
-                         for t in targets(result)]
+    result["targets"] = [{"model": t.model, "name": t.name, "value": t.value, "goal": t.goal, "at_least": t.at_least,
+                          "met": t.met} for t in targets(result)]
     click.echo(table(result))
     if json_out:
         write_json_atomic(json_out, result)
@@ -100,9 +106,9 @@ def bench(bundle, checkpoint, quick, json_out, plot_out, threads, words, repeats
         plot(result, plot_out)
 
 
-def _load_torch(checkpoint: Path | None, threads: int, log):
+def _load_torch(checkpoint: Path | None, threads: int, log, name: str):
     if checkpoint is None:
-        log("pytorch: no --checkpoint given, skipped")
+        log(f"{name} pytorch: no --checkpoint given, skipped")
         return None
     try:
         import torch

@@ -12,12 +12,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from seq2edge.runtime.interface import GRAPHS, graph_file
+from seq2edge.runtime.interface import GRAPHS, OPTIONAL_GRAPHS, graph_file
+
+PEER = "peer"  # the model name of the rows of g2p-en
 
 
 @dataclass
 class Speed:
-    variant: str  # pytorch, fp32, int8, g2p-en
+    model: str  # the bundle's name, or PEER
+    variant: str  # pytorch, fp32, int8, fp32-graph, int8-graph, g2p-en
     batch_size: int
     words: int
     seconds: float  # median over repeats
@@ -28,8 +31,20 @@ class Speed:
 
 
 @dataclass
-class Startup:
+class Accuracy:
+    model: str
     variant: str
+    words: int
+    wer: float  # percent, stress digits as given
+    per: float
+    wer_stressless: float
+    per_stressless: float
+
+
+@dataclass
+class Startup:
+    model: str
+    variant: str  # fp32, int8 (the runtime's decode command in that precision), pytorch, g2p-en
     seconds: float  # median: process start to first printed result
     peak_rss_mb: float  # median peak resident memory of the process
     runs: int
@@ -86,12 +101,68 @@ class SessionTimer:
         self.sessions.update(self._saved)
 
 
-def speed_row(variant: str, batch_size: int, words: int, seconds: float, repeats: int, run_share: float | None = None) -> Speed:
-    return Speed(variant, batch_size, words, round(seconds, 5), round(words / seconds, 1), round(1000 * seconds / words, 4),
+def model_names(bundles: Sequence[Path]) -> list[str]:
+    """Each bundle's directory name; the whole path where two names would be the same."""
+    names = [Path(b).name for b in bundles]
+    return [n if names.count(n) == 1 and n != PEER else str(b) for n, b in zip(names, bundles)]
+
+
+def load_variants(bundle: Path, precisions: Sequence[str], provider: str, threads: int, log) -> dict:
+    """{precision: Seq2Seq} for each precision the bundle has (fp32 must load), plus
+    {precision-graph: Seq2Seq} decoding every batch through the greedy graph where there is one.
+    The plain precisions keep the runtime's default: the greedy graph for one-input calls."""
+    from seq2edge.runtime.model import Seq2Seq
+
+    def load(precision, **kw):
+        return Seq2Seq.load(bundle, providers=provider, precision=precision, threads=threads, unknown="unk",
+                            too_long="truncate", **kw)
+
+    variants = {}
+    for precision in precisions:
+        try:
+            variants[precision] = load(precision)
+        except Exception as exc:
+            if precision == "fp32":
+                raise
+            log(f"{bundle} {precision}: skipped ({exc})")
+    for precision in list(variants):
+        if variants[precision].bundle.has_graph("greedy", precision):
+            variants[f"{precision}-graph"] = load(precision, greedy_graph=True)
+    return variants
+
+
+def accuracy_row(model: str, variant: str, hyps: Sequence[Sequence[str]], entries, split) -> Accuracy:
+    from seq2edge.train.metrics import score_both
+
+    refs = [[split(r) for r in e.references] for e in entries]
+    scores = score_both(hyps, refs)
+    stress, stressless = scores["stress"], scores["stressless"]
+    return Accuracy(model, variant, len(hyps), round(stress.wer, 3), round(stress.per, 3), round(stressless.wer, 3),
+                    round(stressless.per, 3))
+
+
+def runtime_accuracy(name: str, variant: str, model, entries) -> Accuracy:
+    hyps = [r.tokens for r in model.decode([e.source for e in entries])]
+    return accuracy_row(name, variant, hyps, entries, model.bundle.target.split)
+
+
+def torch_accuracy(name: str, model, source, target, entries) -> Accuracy:
+    from seq2edge.train.infer import decode_entries
+
+    return accuracy_row(name, "pytorch", decode_entries(model, [e.source for e in entries], source, target), entries,
+                        target.split)
+
+
+def g2p_en_accuracy(g2p, entries) -> Accuracy:
+    return accuracy_row(PEER, "g2p-en", [g2p.predict(e.source) for e in entries], entries, str.split)
+
+
+def speed_row(model: str, variant: str, batch_size: int, words: int, seconds: float, repeats: int, run_share: float | None = None) -> Speed:
+    return Speed(model, variant, batch_size, words, round(seconds, 5), round(words / seconds, 1), round(1000 * seconds / words, 4),
                  None if run_share is None else round(run_share, 4), repeats)
 
 
-def time_runtime(model, texts: Sequence[str], batch_size: int, repeats: int, variant: str) -> Speed:
+def time_runtime(name: str, variant: str, model, texts: Sequence[str], batch_size: int, repeats: int) -> Speed:
     """Decode time and the share of it spent inside onnxruntime's session.run."""
     shares = []
 
@@ -102,22 +173,22 @@ def time_runtime(model, texts: Sequence[str], batch_size: int, repeats: int, var
             shares.append(timer.seconds / (time.perf_counter() - start))
 
     seconds = median_time(run, repeats)
-    return speed_row(variant, batch_size, len(texts), seconds, repeats, statistics.median(shares[1:] or shares))
+    return speed_row(name, variant, batch_size, len(texts), seconds, repeats, statistics.median(shares[1:] or shares))
 
 
-def time_torch(model, source, target, texts: Sequence[str], batch_size: int, repeats: int) -> Speed:
+def time_torch(name: str, model, source, target, texts: Sequence[str], batch_size: int, repeats: int) -> Speed:
     from seq2edge.train.infer import decode_entries
 
     seconds = median_time(lambda: decode_entries(model, list(texts), source, target, batch_size), repeats)
-    return speed_row("pytorch", batch_size, len(texts), seconds, repeats)
+    return speed_row(name, "pytorch", batch_size, len(texts), seconds, repeats)
 
 
 def time_g2p_en(g2p, texts: Sequence[str], repeats: int) -> Speed:
     seconds = median_time(lambda: [g2p.predict(w) for w in texts], repeats)
-    return speed_row("g2p-en", 1, len(texts), seconds, repeats)
+    return speed_row(PEER, "g2p-en", 1, len(texts), seconds, repeats)
 
 
-def startup(variant: str, command: list[str], runs: int) -> Startup:
+def startup(model: str, variant: str, command: list[str], runs: int) -> Startup:
     """Median time from process start to its first line on stdout, and its peak RSS, measured by
     bench/launch.py in a small process of its own (see there why)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -130,22 +201,34 @@ def startup(variant: str, command: list[str], runs: int) -> Startup:
             raise RuntimeError(f"{' '.join(command)} failed (exit {report['exit']})")
         times.append(report["seconds"])
         peaks.append(report["peak_rss_kib"] / 1024)
-    return Startup(variant, round(statistics.median(times), 4), round(statistics.median(peaks), 1), runs)
+    return Startup(model, variant, round(statistics.median(times), 4), round(statistics.median(peaks), 1), runs)
 
 
-def startup_commands(bundle: Path, checkpoint: Path | None, have_g2p_en: bool, word: str = "attention") -> dict[str, list[str]]:
+def startup_commands(bundle: Path, precisions: Sequence[str], checkpoint: Path | None,
+                     word: str = "attention") -> dict[str, list[str]]:
+    """The command lines whose cold start is timed: the runtime's decode in each precision, and the
+    torch-based equivalent on the checkpoint."""
     python = sys.executable
-    commands = {"runtime": [python, "-m", "seq2edge.runtime.cli", "decode", str(bundle), word, "--threads", "1", "--provider", "cpu"]}
+    commands = {p: [python, "-m", "seq2edge.runtime.cli", "decode", str(bundle), word, "--threads", "1", "--provider", "cpu",
+                    "--precision", p] for p in precisions}
     if checkpoint is not None:
         commands["pytorch"] = [python, "-m", "seq2edge.bench.peers", "torch", str(checkpoint), word]
-    if have_g2p_en:
-        commands["g2p-en"] = [python, "-m", "seq2edge.bench.peers", "g2p-en", word]
     return commands
 
 
-def bundle_sizes(bundle) -> dict[str, int]:
-    """Bytes of the encoder plus decoder graphs, per precision."""
-    return {p: sum((bundle.path / graph_file(k, p)).stat().st_size for k in GRAPHS) for p in bundle.precisions}
+def g2p_en_command(word: str = "attention") -> list[str]:
+    return [sys.executable, "-m", "seq2edge.bench.peers", "g2p-en", word]
+
+
+def bundle_sizes(bundle) -> dict[str, dict[str, int]]:
+    """Bytes per precision: "steps", the encoder plus decoder graphs (every search needs them), and
+    "all", with the greedy graph where the bundle has one (everything of that precision it ships)."""
+    sizes = {}
+    for p in bundle.precisions:
+        steps = sum((bundle.path / graph_file(k, p)).stat().st_size for k in GRAPHS)
+        extra = sum((bundle.path / graph_file(k, p)).stat().st_size for k in OPTIONAL_GRAPHS if bundle.has_graph(k, p))
+        sizes[p] = {"steps": steps, "all": steps + extra}
+    return sizes
 
 
 def as_dicts(rows) -> list[dict]:

@@ -7,9 +7,17 @@ from pathlib import Path
 
 from seq2edge.runtime.util import atomic_path
 
+from .measure import PEER
+
+# The small-model targets (every bundle after the first), in the --edge-precision: the accuracy of
+# the peers beaten on the test split, and speed, size and start-up that suit a device.
+EDGE_GOALS = {"wer_stressless": 25.5, "per_stressless": 6.0, "wer": 31.0, "batch_1_vs_g2p_en": 2.0,
+              "batch_64_vs_g2p_en": 8.0, "graph_mb": 2.0, "cold_start_s": 0.2}
+
 
 @dataclass
 class Target:
+    model: str
     name: str
     value: float | None  # None: could not be measured in this run
     goal: float
@@ -25,80 +33,158 @@ class Target:
         sign = ">=" if self.at_least else "<="
         shown = "n/a" if self.value is None else f"{self.value:.3g}"
         verdict = {True: "met", False: "MISSED", None: "not measured"}[self.met]
-        return f"{self.name:48s} {shown:>9s}  (target {sign} {self.goal:g})  {verdict}"
+        return f"{self.model + ' ' + self.name:58s} {shown:>9s}  (target {sign} {self.goal:g})  {verdict}"
 
 
-def speed_of(speeds: list[dict], variant: str, batch: int) -> float | None:
+def speed_of(speeds: list[dict], model: str, variant: str, batch: int) -> float | None:
     for row in speeds:
-        if row["variant"] == variant and row["batch_size"] == batch:
+        if row["model"] == model and row["variant"] == variant and row["batch_size"] == batch:
             return row["words_per_s"]
     return None
+
+
+def row_of(rows: list[dict], model: str, variant: str) -> dict:
+    return next((r for r in rows if r["model"] == model and r["variant"] == variant), {})
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else round(a / b, 3)
 
 
+def difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
 def targets(result: dict) -> list[Target]:
-    s = result["speed"]
-    wer = result["wer"]
-    sizes = result["sizes"]
-    share = next((r["run_share"] for r in s if r["variant"] == "fp32" and r["batch_size"] == 64), None)
-    start = {r["variant"]: r for r in result["startup"]}
-    rt = start.get("runtime", {})
+    names = [m["name"] for m in result["models"]]
+    found = runtime_targets(result, names[0]) if names else []
+    for name in names[1:]:
+        found += edge_targets(result, name, result["edge_precision"])
+    return found
+
+
+def runtime_targets(result: dict, m: str) -> list[Target]:
+    """The runtime's targets against PyTorch and g2p-en, for the first (the accurate) bundle."""
+    s, acc = result["speed"], result["accuracy"]
+    sizes = {p: v["steps"] for p, v in next(x for x in result["models"] if x["name"] == m)["sizes"].items()}
+    share = next((r["run_share"] for r in s if r["model"] == m and r["variant"] == "fp32" and r["batch_size"] == 64), None)
+    start = row_of(result["startup"], m, "fp32")
+    g2p_en = speed_of(s, PEER, "g2p-en", 1)
     return [
-        Target("fp32 / PyTorch words/s, batch 1", ratio(speed_of(s, "fp32", 1), speed_of(s, "pytorch", 1)), 8, True),
-        Target("fp32 / PyTorch words/s, batch 64", ratio(speed_of(s, "fp32", 64), speed_of(s, "pytorch", 64)), 1.5, True),
-        Target("int8 / PyTorch words/s, batch 64", ratio(speed_of(s, "int8", 64), speed_of(s, "pytorch", 64)), 3.5, True),
-        Target("int8 WER - fp32 WER (points)", None if "int8" not in wer else round(wer["int8"] - wer["fp32"], 3), 0.5, False),
-        Target("int8 graphs / fp32 graphs (size)", ratio(sizes.get("int8"), sizes.get("fp32")), 0.30, False),
-        Target("Python-side share of fp32 decode, batch 64", None if share is None else round(1 - share, 4), 0.10, False),
-        Target("fp32 / g2p-en words/s, batch 1", ratio(speed_of(s, "fp32", 1), speed_of(s, "g2p-en", 1)), 1, True),
-        Target("fp32 default batching (64) / g2p-en words/s", ratio(speed_of(s, "fp32", 64), speed_of(s, "g2p-en", 1)), 5, True),
-        Target("runtime cold start to first result (s)", rt.get("seconds"), 0.35, False),
-        Target("runtime peak RSS (MB)", rt.get("peak_rss_mb"), 100, False),
+        Target(m, "fp32 / PyTorch words/s, batch 1", ratio(speed_of(s, m, "fp32", 1), speed_of(s, m, "pytorch", 1)), 8, True),
+        Target(m, "fp32 / PyTorch words/s, batch 64", ratio(speed_of(s, m, "fp32", 64), speed_of(s, m, "pytorch", 64)), 1.5, True),
+        Target(m, "int8 / PyTorch words/s, batch 64", ratio(speed_of(s, m, "int8", 64), speed_of(s, m, "pytorch", 64)), 3.5, True),
+        Target(m, "int8 WER - fp32 WER (points)", difference(row_of(acc, m, "int8").get("wer"), row_of(acc, m, "fp32").get("wer")),
+               0.5, False),
+        Target(m, "int8 graphs / fp32 graphs (size)", ratio(sizes.get("int8"), sizes.get("fp32")), 0.30, False),
+        Target(m, "Python-side share of fp32 decode, batch 64", None if share is None else round(1 - share, 4), 0.10, False),
+        Target(m, "fp32 / g2p-en words/s, batch 1", ratio(speed_of(s, m, "fp32", 1), g2p_en), 1, True),
+        Target(m, "fp32 default batching (64) / g2p-en words/s", ratio(speed_of(s, m, "fp32", 64), g2p_en), 5, True),
+        Target(m, "fp32 cold start to first result (s)", start.get("seconds"), 0.35, False),
+        Target(m, "fp32 peak RSS (MB)", start.get("peak_rss_mb"), 100, False),
+    ]
+
+
+def edge_targets(result: dict, m: str, p: str) -> list[Target]:
+    """The small-model targets in precision p: test-split accuracy, speed against g2p-en, size, start-up."""
+    s, g = result["speed"], EDGE_GOALS
+    acc = row_of(result["accuracy"], m, p)
+    size = next(x for x in result["models"] if x["name"] == m)["sizes"].get(p, {}).get("all")
+    g2p_en = speed_of(s, PEER, "g2p-en", 1)
+    return [
+        Target(m, f"{p} stressless WER (%)", acc.get("wer_stressless"), g["wer_stressless"], False),
+        Target(m, f"{p} stressless PER (%)", acc.get("per_stressless"), g["per_stressless"], False),
+        Target(m, f"{p} WER with stress (%)", acc.get("wer"), g["wer"], False),
+        Target(m, f"{p} / g2p-en words/s, batch 1", ratio(speed_of(s, m, p, 1), g2p_en), g["batch_1_vs_g2p_en"], True),
+        Target(m, f"{p} batch 64 / g2p-en words/s", ratio(speed_of(s, m, p, 64), g2p_en), g["batch_64_vs_g2p_en"], True),
+        Target(m, f"{p} graphs, greedy graph included (MB)", None if size is None else round(size / 1e6, 3), g["graph_mb"], False),
+        Target(m, f"{p} cold start to first result (s)", row_of(result["startup"], m, p).get("seconds"), g["cold_start_s"], False),
     ]
 
 
 def table(result: dict) -> str:
-    lines = [f"seq2edge bench: {result['bundle']}  ({result['words']} CMUdict test words, threads {result['threads']}, "
-             f"median of {result['repeats']} runs after a warm-up)", ""]
-    lines.append(f"{'variant':9s} {'batch':>5s} {'words/s':>10s} {'ms/word':>9s} {'in session.run':>15s} {'vs pytorch':>11s}")
+    width = max([len(m["name"]) for m in result["models"]] + [len(PEER), 5])
+    lines = [f"seq2edge bench: {' '.join(m['bundle'] for m in result['models'])}  ({result['words']} CMUdict test words timed, "
+             f"threads {result['threads']}, median of {result['repeats']} runs after a warm-up; accuracy on "
+             f"{result['accuracy_words']} test words)", ""]
+    lines.append(f"{'model':{width}s} {'variant':10s} {'batch':>5s} {'words/s':>9s} {'ms/word':>8s} {'in session.run':>14s} "
+                 f"{'vs pytorch':>10s} {'vs g2p-en':>9s}")
+    g2p_en = speed_of(result["speed"], PEER, "g2p-en", 1)
     for row in result["speed"]:
-        base = speed_of(result["speed"], "pytorch", row["batch_size"])
         share = "" if row["run_share"] is None else f"{100 * row['run_share']:.1f}%"
-        vs = ratio(row["words_per_s"], base)
-        lines.append(f"{row['variant']:9s} {row['batch_size']:5d} {row['words_per_s']:10.1f} {row['ms_per_word']:9.3f} "
-                     f"{share:>15s} {'' if vs is None else f'{vs:.2f}x':>11s}")
+        vs_torch = ratio(row["words_per_s"], speed_of(result["speed"], row["model"], "pytorch", row["batch_size"]))
+        vs_peer = ratio(row["words_per_s"], g2p_en)
+        lines.append(f"{row['model']:{width}s} {row['variant']:10s} {row['batch_size']:5d} {row['words_per_s']:9.1f} "
+                     f"{row['ms_per_word']:8.3f} {share:>14s} {_times(vs_torch):>10s} {_times(vs_peer):>9s}")
+    lines += ["", f"{'model':{width}s} {'variant':10s} {'WER':>7s} {'PER':>6s}  {'stressless WER':>14s} {'PER':>6s}  "
+                  f"{'graphs MB':>9s} {'+ greedy':>8s}"]
+    sizes = {m["name"]: m["sizes"] for m in result["models"]}
+    for row in result["accuracy"]:
+        size = sizes.get(row["model"], {}).get(row["variant"])
+        steps = "" if size is None else f"{size['steps'] / 1e6:.2f}"
+        total = "" if size is None or size["all"] == size["steps"] else f"{size['all'] / 1e6:.2f}"
+        lines.append(f"{row['model']:{width}s} {row['variant']:10s} {row['wer']:6.2f}% {row['per']:5.2f}%  "
+                     f"{row['wer_stressless']:13.2f}% {row['per_stressless']:5.2f}%  {steps:>9s} {total:>8s}")
     lines.append("")
-    lines.append("WER (with stress) on these words: " + ", ".join(f"{k} {v:.2f}%" for k, v in result["wer"].items()))
-    lines.append("graph bytes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in result["sizes"].items()))
     for row in result["startup"]:
-        lines.append(f"cold start {row['variant']:8s} {row['seconds']:.3f} s to first result, peak RSS {row['peak_rss_mb']:.0f} MB")
-    lines.append("")
-    lines.append("targets:")
+        lines.append(f"cold start {row['model'] + ' ' + row['variant']:{width + 11}s} {row['seconds']:.3f} s to first result, "
+                     f"peak RSS {row['peak_rss_mb']:.0f} MB")
+    lines += ["", "targets:"]
     lines.extend("  " + t.line() for t in targets(result))
     return "\n".join(lines)
 
 
+def _times(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}x"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (more words/s, lower WER), by speed."""
+    keep = [i for i, (speed, wer) in enumerate(points)
+            if not any(s >= speed and w <= wer and (s, w) != (speed, wer) for s, w in points)]
+    return sorted(keep, key=lambda i: points[i][0])
+
+
 def plot(result: dict, path: Path) -> None:
+    """Left: stressless test WER against batch-1 words/s, one point per model and precision (and
+    PyTorch, g2p-en), the Pareto front joined. Right: words/s against batch size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for variant in dict.fromkeys(r["variant"] for r in result["speed"]):
-        rows = sorted((r for r in result["speed"] if r["variant"] == variant), key=lambda r: r["batch_size"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    labels, points = [], []
+    for row in result["accuracy"]:
+        speed = speed_of(result["speed"], row["model"], row["variant"], 1)
+        if speed is not None:
+            labels.append(row["variant"] if row["model"] == PEER else f"{row['model']} {row['variant']}")
+            points.append((speed, row["wer_stressless"]))
+    front = pareto_front(points)
+    for i, ((speed, wer), label) in enumerate(zip(points, labels)):
+        left.plot(speed, wer, "o", color="C3" if i in front else "C0")
+        left.annotate(label, (speed, wer), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if front:
+        left.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="C3", alpha=0.6,
+                  label="Pareto front")
+        left.legend(fontsize=8)
+    left.set_xscale("log")
+    left.set_xlabel("words / s at batch 1 (one thread)")
+    left.set_ylabel(f"stressless WER, % ({result['accuracy_words']} test words)")
+    left.set_title("accuracy against batch-1 speed")
+    left.grid(True, which="both", alpha=0.3)
+    for series in dict.fromkeys((r["model"], r["variant"]) for r in result["speed"]):
+        rows = sorted((r for r in result["speed"] if (r["model"], r["variant"]) == series), key=lambda r: r["batch_size"])
         xs, ys = [r["batch_size"] for r in rows], [r["words_per_s"] for r in rows]
-        ax.plot(xs, ys, "o-" if len(xs) > 1 else "D", label=variant)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("words / s")
-    ax.set_title(f"greedy decoding, {result['threads']} thread(s)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+        label = series[1] if series[0] == PEER else " ".join(series)
+        right.plot(xs, ys, "o-" if len(xs) > 1 else "D", label=label)
+    right.set_xscale("log", base=2)
+    right.set_yscale("log")
+    right.set_xlabel("batch size")
+    right.set_ylabel("words / s")
+    right.set_title(f"greedy decoding, {result['threads']} thread(s)")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

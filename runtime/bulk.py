@@ -9,18 +9,19 @@ per worker are in flight, so memory stays bounded and a slow writer holds the re
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import Seq2EdgeError
 from .model import Result, Seq2Seq
 from .options import SearchOptions
+
+if TYPE_CHECKING:  # imported where workers start: a one-process decode need not pay for them at start-up
+    from concurrent.futures import Future, ProcessPoolExecutor
 
 INPUT_FORMATS = ("lines", "tsv")
 
@@ -126,6 +127,9 @@ def decoded_chunks(job: Job, chunks: Iterable[list], workers: int, model: Seq2Se
         for chunk in chunks:
             yield decode_chunk(model, job, chunk)
         return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(job,))
     pending: deque[Future] = deque()

@@ -73,21 +73,46 @@ def test_info_reports_a_cuda_provider_that_does_not_load(monkeypatch):
     assert any("CUDAExecutionProvider is listed but does not load" in p for p in problems)
 
 
-def test_bench_quick_writes_every_figure(tiny_checkpoint, tmp_path):
-    bundle = export_tiny(tiny_checkpoint, tmp_path / "bundle", int8=True, parity_words=40)
+def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_path):
+    """Two bundles (the second with a greedy graph) and their checkpoints, g2p-en: speed, accuracy,
+    sizes and cold start for each, the runtime targets for the first, the small-model targets for the second."""
+    first = export_tiny(tiny_checkpoint, tmp_path / "big", int8=True, parity_words=40)
+    second = export_tiny(tiny_checkpoint, tmp_path / "small", greedy_graph=True, parity_words=40)
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    proc = subprocess.run([*SEQ2EDGE, "bench", str(bundle), "--checkpoint", str(tiny_checkpoint), "--quick",
-                           "--json", str(out), "--plot", str(png)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*SEQ2EDGE, "bench", str(first), str(second), "--checkpoint", str(tiny_checkpoint), "--quick",
+                           "--words", "40", "--batch-sizes", "1,64", "--json", str(out), "--plot", str(png)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    variants = {(r["variant"], r["batch_size"]) for r in result["speed"]}
-    assert {("pytorch", b) for b in (1, 64, 512)} <= variants and {("fp32", 1), ("int8", 512), ("g2p-en", 1)} <= variants
+    assert [m["name"] for m in result["models"]] == ["big", "small"]
+    variants = {(r["model"], r["variant"], r["batch_size"]) for r in result["speed"]}
+    assert {("big", "pytorch", b) for b in (1, 64)} <= variants and ("small", "pytorch", 1) not in variants
+    assert {("big", "fp32", 1), ("big", "int8", 64), ("small", "fp32-graph", 64), ("peer", "g2p-en", 1)} <= variants
     for row in result["speed"]:
         assert row["words_per_s"] > 0 and row["ms_per_word"] > 0
         assert (row["run_share"] is not None) == (row["variant"].split("-")[0] in ("fp32", "int8"))
-    assert set(result["wer"]) == {"pytorch", "fp32", "int8", "g2p-en"}
-    assert set(result["sizes"]) == {"fp32", "int8"}
-    assert {r["variant"] for r in result["startup"]} == {"runtime", "pytorch", "g2p-en"}
-    assert len(result["targets"]) == 10 and all({"name", "value", "goal", "met"} <= set(t) for t in result["targets"])
+    scored = {(r["model"], r["variant"]): r for r in result["accuracy"]}
+    assert set(scored) == {("big", "pytorch"), ("big", "fp32"), ("big", "int8"), ("small", "fp32"), ("peer", "g2p-en")}
+    assert scored["big", "fp32"]["wer"] == scored["small", "fp32"]["wer"]  # the same weights decode the same words
+    assert all(r["words"] == 40 and r["wer_stressless"] <= r["wer"] for r in result["accuracy"])
+    sizes = {m["name"]: m["sizes"] for m in result["models"]}
+    assert sizes["big"]["fp32"]["all"] == sizes["big"]["fp32"]["steps"] < sizes["small"]["fp32"]["all"]
+    assert {(r["model"], r["variant"]) for r in result["startup"]} == {
+        ("big", "fp32"), ("big", "int8"), ("big", "pytorch"), ("small", "fp32"), ("peer", "g2p-en")}
+    names = [(t["model"], t["name"]) for t in result["targets"]]
+    assert len(names) == 10 + 7 and names[10] == ("small", "int8 stressless WER (%)")
+    assert result["targets"][13]["value"] is None  # the small bundle has no int8 graphs: not measured, not invented
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert "targets:" in proc.stdout
+    assert "targets:" in proc.stdout and "stressless WER" in proc.stdout
+
+
+def test_bench_refuses_more_checkpoints_than_bundles(tiny_bundle, tiny_checkpoint):
+    proc = subprocess.run([*SEQ2EDGE, "bench", str(tiny_bundle), "--checkpoint", str(tiny_checkpoint), "--checkpoint",
+                           str(tiny_checkpoint), "--quick"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "2 --checkpoint for 1 bundle(s)" in proc.stderr
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
+    from seq2edge.bench.report import pareto_front
+
+    points = [(100.0, 30.0), (50.0, 25.0), (80.0, 31.0), (200.0, 40.0), (50.0, 26.0)]
+    assert pareto_front(points) == [1, 0, 3]  # (80, 31) is beaten by (100, 30); (50, 26) by (50, 25)
