@@ -26,8 +26,12 @@ from .util import pad_batch
 
 TOO_LONG_POLICIES = ("error", "truncate")
 # With greedy_graph=None ("auto"), the one-call greedy graph decodes chunks of at most this many
-# inputs; larger batches go step by step, where finished rows leave the batch (README "Decode anywhere").
+# inputs; larger batches go step by step, where finished rows leave the batch, unless export measured
+# the graph faster batched too on the CPU (small models: README "Decode anywhere").
 GREEDY_GRAPH_MAX_BATCH = 1
+# The speed-up export must have measured for auto to use the graph on batches: a margin over the
+# noise of a 500-word timing, so that a bundle does not switch paths on a coin toss.
+GREEDY_GRAPH_BATCHED_SPEEDUP = 1.15
 
 
 @dataclass
@@ -194,7 +198,16 @@ class Seq2Seq:
             return False
         if options.strategy != "greedy" or options.return_attention or options.min_len:
             return False
-        return self.greedy_graph is True or rows <= GREEDY_GRAPH_MAX_BATCH
+        return self.greedy_graph is True or rows <= GREEDY_GRAPH_MAX_BATCH or self._greedy_graph_batches
+
+    @property
+    def _greedy_graph_batches(self) -> bool:
+        """Export found the greedy graph faster than step-by-step batched too, on the CPU, where this runs."""
+        if self.providers[0] != "CPUExecutionProvider":
+            return False
+        figures = self.bundle.meta.parity.get(self.engine.precision, {}).get("greedy_graph", {})
+        return figures.get("batched_speedup", 0.0) >= GREEDY_GRAPH_BATCHED_SPEEDUP
+
 
     def _greedy_graph(self, chunk: list[_Source], limits: search.Limits) -> list[list[search.Hypothesis]]:
         """Greedy search in one onnxruntime call: encoder and a Loop of decoder steps in greedy.onnx."""

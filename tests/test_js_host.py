@@ -65,6 +65,18 @@ def test_greedy_graph_follows_the_contract_and_equals_step_by_step_decoding(bund
     assert [r.tokens for r in short] == [r.tokens for r in steps.decode(words[:50], max_len=2)]
 
 
+def test_auto_uses_the_greedy_graph_on_batches_only_where_export_measured_it_faster(bundle, words):
+    figures = json.loads((bundle / "bundle.json").read_text())["parity"]["fp32"]["greedy_graph"]
+    assert figures["batched_speedup"] > 0  # measured by export, one thread, batch 64
+    for speedup, used_on_batches in ((1.0, False), (2.0, True)):
+        model = Seq2Seq.load(bundle, providers="cpu")
+        model.bundle.meta.parity["fp32"]["greedy_graph"]["batched_speedup"] = speedup
+        model.decode(words[:20], batch_size=64)
+        assert ("greedy" in model.backend.sessions) == used_on_batches  # the graph's session opens on first use
+        model.decode(words[:1])
+        assert "greedy" in model.backend.sessions  # one input: the graph, whatever was measured
+
+
 def test_ort_format_graphs_decode_identically_and_list_their_operators(bundle, words):
     onnx_model = Seq2Seq.load(bundle, providers="cpu", graph_format="onnx")
     ort_model = Seq2Seq.load(bundle, providers="cpu", graph_format="ort")

@@ -80,7 +80,8 @@ def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_
     second = export_tiny(tiny_checkpoint, tmp_path / "small", greedy_graph=True, parity_words=40)
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run([*SEQ2EDGE, "bench", str(first), str(second), "--checkpoint", str(tiny_checkpoint), "--quick",
-                           "--words", "40", "--batch-sizes", "1,64", "--json", str(out), "--plot", str(png)], capture_output=True, text=True, timeout=300)
+                           "--words", "40", "--batch-sizes", "1,64", "--json", str(out), "--plot", str(png)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert [m["name"] for m in result["models"]] == ["big", "small"]
