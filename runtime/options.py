@@ -63,9 +63,14 @@ class SearchOptions:
     @classmethod
     def of(cls, options: SearchOptions | None = None, **changes: Any) -> SearchOptions:
         """`options` (default: the defaults) with `changes` applied; an unknown name is a TypeError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(changes) - known)
+        base = options if options is not None else _DEFAULTS
+        if not changes:  # the batch-1 hot path: nothing to check or build
+            return base
+        unknown = sorted(set(changes) - _FIELDS)
         if unknown:
-            raise TypeError(f"unknown search option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        base = options if options is not None else cls()
-        return dataclasses.replace(base, **changes) if changes else base
+            raise TypeError(f"unknown search option(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}")
+        return dataclasses.replace(base, **changes)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(SearchOptions))
+_DEFAULTS = SearchOptions()  # frozen, so one instance serves every call that changes nothing

@@ -55,6 +55,8 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Id sequences -> (ids int64 [B, longest] padded with pad_id, lengths int64 [B])."""
+    if len(sequences) == 1:  # batch 1, the device app's call: no padding to do
+        return np.array([sequences[0]], dtype=np.int64), np.array([len(sequences[0])], dtype=np.int64)
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     ids = np.full((len(sequences), int(lengths.max()) if len(sequences) else 0), pad_id, dtype=np.int64)
     for row, seq in enumerate(sequences):
