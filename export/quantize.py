@@ -21,11 +21,67 @@ from .onnx import save_single_file, set_metadata
 
 
 def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic int8 quantisation: int8 weights, activations quantised per call (MatMulInteger, DynamicQuantizeLSTM)."""
+    """Dynamic int8 quantisation: int8 weights, activations quantised per call (MatMulInteger,
+    DynamicQuantizeLSTM); GRU and RNN weights, which onnxruntime has no integer kernel for, stored
+    as int8 and widened back to float32 as the graph runs (quantize_recurrent_weights)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False)
+    graph = onnx.load(str(dst))
+    if quantize_recurrent_weights(graph):
+        onnx.save_model(graph, str(dst))
+
+
+# Inputs 1 and 2 of these ops are their input and recurrence weight matrices.
+WEIGHT_ONLY_OPS = ("GRU", "RNN")
+
+
+def quantize_recurrent_weights(graph: onnx.ModelProto) -> int:
+    """Store the float weights of GRU and RNN nodes as int8, one symmetric scale per output row,
+    with a DequantizeLinear (and a Reshape back to [directions, gates x hidden, inputs]) in front of
+    the node: a quarter of the bytes, the same float32 arithmetic. Returns how many were replaced."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    initializers = {t.name: t for t in graph.graph.initializer}
+    done: dict[str, str] = {}
+    nodes = []
+    for node in graph.graph.node:
+        if node.op_type in WEIGHT_ONLY_OPS:
+            for slot in (1, 2):
+                name = node.input[slot] if len(node.input) > slot else ""
+                tensor = initializers.get(name)
+                if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
+                    continue
+                if name not in done:
+                    weights = numpy_helper.to_array(tensor)
+                    rows = weights.reshape(-1, weights.shape[-1])
+                    scale = np.maximum(np.abs(rows).max(axis=1), np.finfo(np.float32).tiny) / 127.0
+                    q = np.clip(np.rint(rows / scale[:, None]), -127, 127).astype(np.int8)
+                    graph.graph.initializer.extend([
+                        numpy_helper.from_array(q, f"{name}_int8"),
+                        numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                        numpy_helper.from_array(np.zeros(len(scale), dtype=np.int8), f"{name}_zero_point"),
+                        numpy_helper.from_array(np.array(weights.shape, dtype=np.int64), f"{name}_shape"),
+                    ])
+                    nodes += [
+                        helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+                                         [f"{name}_rows"], axis=0, name=f"{name}_dequantize"),
+                        helper.make_node("Reshape", [f"{name}_rows", f"{name}_shape"], [f"{name}_float"], name=f"{name}_reshape"),
+                    ]
+                    done[name] = f"{name}_float"
+                node.input[slot] = done[name]
+        nodes.append(node)
+    if not done:
+        return 0
+    still_used = {i for n in nodes for i in n.input}
+    kept = [t for t in graph.graph.initializer if t.name in still_used]
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(kept)
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes)
+    return len(done)
 
 
 def convert_fp16(src: Path, dst: Path) -> None:
