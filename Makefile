@@ -18,9 +18,17 @@ TRAIN_ARGS ?= --corpus cmudict --cell lstm --attention dot --input-feed --bidire
               --embed 64 --hidden 384 --dropout 0.25 --label-smoothing 0.1 --batch-size 64 --lr 0.002 \
               --epochs 40 --patience 5 --max-minutes 270 --seed 0 --threads 2
 
+# The small model: a GRU student distilled from the shipped model's beam-5 outputs (README "The small model").
+SMALL            := models/g2p-en-small
+SMALL_CHECKPOINT := models/g2p-en-small-checkpoint
+SMALL_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --kd seq --kd-beam 5 --kd-mix-references \
+              --cell gru --attention dot --input-feed --bidirectional --layers 1 --embed 64 --hidden 256 \
+              --dropout 0.1 --label-smoothing 0.1 --batch-size 64 --lr 0.002 --epochs 60 --patience 6 \
+              --dev-limit 4000 --max-minutes 100 --seed 0 --threads 2
+
 JS_DEPS := hosts/js/node_modules/.installed
 
-.PHONY: install install-gpu js demo train export eval test soak lint bench bench-quick clean
+.PHONY: install install-gpu js demo train export eval train-small export-small test soak lint bench bench-quick clean
 
 $(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,7 +70,15 @@ export: $(FULL)
 
 eval: $(FULL)
 	$(BIN)/seq2edge eval $(BUNDLE) --split test
-	$(BIN)/seq2edge eval $(BUNDLE) --split test --beam 4
+	$(BIN)/seq2edge eval $(BUNDLE) --split test --beam 5
+
+# The teacher's labels are cached in $(SMALL_CHECKPOINT)/teacher/ (ignored by git, as resume points are).
+train-small: $(FULL)
+	$(BIN)/seq2edge train $(SMALL_ARGS) --out $(SMALL_CHECKPOINT)
+
+export-small: $(FULL)
+	$(BIN)/seq2edge export $(SMALL_CHECKPOINT) $(SMALL) --int8 --greedy-graph --force
+	$(BIN)/seq2edge eval $(SMALL) --split test --precision int8
 
 test: $(FULL) $(JS_DEPS)
 	$(BIN)/python -m pytest -q -x --durations=15
@@ -75,10 +91,11 @@ lint: $(FULL)
 	$(BIN)/ruff check runtime train export bench tests examples tools
 
 bench: $(FULL)
-	$(BIN)/seq2edge bench $(BUNDLE) --checkpoint $(CHECKPOINT) --json bench.json --plot bench.png
+	$(BIN)/seq2edge bench $(BUNDLE) $(SMALL) --checkpoint $(CHECKPOINT) --checkpoint $(SMALL_CHECKPOINT) \
+	    --json bench.json --plot bench.png
 
 bench-quick: $(FULL)
-	$(BIN)/seq2edge bench $(BUNDLE) --checkpoint $(CHECKPOINT) --quick
+	$(BIN)/seq2edge bench $(BUNDLE) $(SMALL) --checkpoint $(CHECKPOINT) --checkpoint $(SMALL_CHECKPOINT) --quick
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache hosts/js/node_modules
