@@ -105,6 +105,20 @@ def test_node_greedy_equals_python_on_1000_words_step_by_step_and_in_one_call(bu
 
 
 @needs_node
+def test_node_follows_the_measured_batched_greedy_graph_policy(bundle, words, tmp_path):
+    """Where export measured the graph faster batched, Node's default decodes batches with it, as Python
+    does: its float32 score sums then equal --greedy-graph's bit for bit, not the step-by-step ones."""
+    fast = tmp_path / "fast"
+    shutil.copytree(bundle, fast)
+    meta = json.loads((fast / "bundle.json").read_text())
+    meta["parity"]["fp32"]["greedy_graph"]["batched_speedup"] = 2.0
+    (fast / "bundle.json").write_text(json.dumps(meta))
+    scores = {name: [r["score"] for r in node_decode(fast, words[:300], tmp_path, *flags)]
+              for name, flags in (("auto", ()), ("graph", ("--greedy-graph",)), ("steps", ("--no-greedy-graph",)))}
+    assert scores["auto"] == scores["graph"] != scores["steps"]
+
+
+@needs_node
 def test_node_beam_5_nbest_equals_python_on_200_words(bundle, words, tmp_path):
     python = Seq2Seq.load(bundle, providers="cpu").decode(words[:200], beam_size=5, nbest=5)
     records = node_decode(bundle, words[:200], tmp_path, "--beam", "5", "--nbest", "5")

@@ -30,6 +30,8 @@ const PORTS = {  // the ONNX contract (runtime/interface.py in the Python packag
     outputs: { tokens: ["int64", ["batch", "steps"]], lengths: ["int64", ["batch"]], scores: ["float32", ["batch"]] },
   },
 };
+// The batched speed-up export must have measured for "auto" to use greedy.onnx on batches (runtime/model.py).
+const GREEDY_GRAPH_BATCHED_SPEEDUP = 1.15;
 const DYNAMIC = new Set(["batch", "src_len", "steps"]);
 
 export class Seq2EdgeError extends Error {}
@@ -116,10 +118,10 @@ export class Seq2Seq {
       sessions[kind] = session;
     }
     if (!sessions.encoder || !sessions.decoder) throw new BundleError("bundle.json: the encoder and decoder are required");
-    return new Seq2Seq(ort, meta, sessions, { unknown, tooLong, useGreedyGraph });
+    return new Seq2Seq(ort, meta, sessions, { unknown, tooLong, useGreedyGraph, precision });
   }
 
-  constructor(ort, meta, sessions, { unknown, tooLong, useGreedyGraph }) {
+  constructor(ort, meta, sessions, { unknown, tooLong, useGreedyGraph, precision = "fp32" }) {
     this.ort = ort;
     this.meta = meta;
     this.config = meta.model;
@@ -129,6 +131,10 @@ export class Seq2Seq {
     this.unknown = unknown;
     this.tooLong = tooLong;
     this.useGreedyGraph = useGreedyGraph;
+    // As the Python runtime: "auto" also decodes batches with the graph where export measured it
+    // at least 1.15x faster than step by step (batched, on the CPU).
+    const speedup = meta.parity?.[precision]?.greedy_graph?.batched_speedup ?? 0;
+    this.greedyGraphBatches = speedup >= GREEDY_GRAPH_BATCHED_SPEEDUP;
   }
 
   get hasGreedyGraph() {
@@ -138,7 +144,8 @@ export class Seq2Seq {
   /**
    * Decode texts; results in input order, each {input, text, tokens, score, nbest?, error?}.
    * options: beamSize (1: greedy), nbest, maxLen, batchSize, lengthPenalty (beam: rank by score / (len + 1) ** it),
-   * greedyGraph (true/false; default: for batches of one input when the bundle has greedy.onnx, as the Python runtime).
+   * greedyGraph (true/false; default: as the Python runtime, for batches of one input when the bundle has greedy.onnx,
+   * and for every batch where export measured the graph faster batched).
    */
   async decode(texts, { beamSize = 1, nbest = 1, maxLen = null, batchSize = 64, greedyGraph = null, lengthPenalty = 0 } = {}) {
     if (nbest < 1 || nbest > beamSize) throw new Seq2EdgeError(`nbest must be between 1 and beamSize (${beamSize})`);
@@ -159,7 +166,7 @@ export class Seq2Seq {
       const chunk = ready.slice(start, start + batchSize);
       let hyps;
       if (beamSize > 1) hyps = await this.#beam(chunk, beamSize, nbest, limit, lengthPenalty);
-      else if (graph === true || (graph === "auto" && chunk.length === 1)) hyps = await this.#greedyGraph(chunk, limit);
+      else if (graph === true || (graph === "auto" && (chunk.length === 1 || this.greedyGraphBatches))) hyps = await this.#greedyGraph(chunk, limit);
       else hyps = await this.#greedy(chunk, limit);
       chunk.forEach((source, row) => { results[source.index] = this.#result(texts[source.index], hyps[row]); });
     }
