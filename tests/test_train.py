@@ -175,3 +175,29 @@ def test_a_bom_at_the_start_of_a_tsv_corpus_is_not_a_token(tmp_path):
     path.write_bytes("\ufeffabc\tx y\nbca\ty x\n".encode())
     corpus = C.load_tsv(path)
     assert sorted(e.source for e in corpus.entries) == ["abc", "bca"] and corpus.skipped == 0
+
+
+def test_lr_patience_halves_the_rate_only_after_that_many_epochs_without_a_better_dev_wer(tmp_path):
+    tc = TrainConfig(corpus="cmudict", epochs=5, train_limit=100, dev_limit=20, batch_size=32, lr=1e-9, min_lr=0.0,
+                     patience=10, lr_patience=2, save_every_minutes=60)
+    Trainer(tc, {"embed": 8, "hidden": 16, "max_src_len": 32, "max_tgt_len": 24}, tmp_path / "lr", log=lambda m: None).run()
+    history = json.loads((tmp_path / "lr" / "train.json").read_text())["history"]
+    assert [h["lr"] for h in history] == pytest.approx([1e-9, 1e-9, 1e-9, 5e-10, 5e-10], rel=1e-6)
+
+
+def test_init_from_starts_a_second_cycle_from_a_trained_checkpoints_weights_and_vocabularies(tiny_checkpoint, tmp_path):
+    """Epoch 1 of the new run trains from the old weights: with a learning rate too small to move them,
+    its weights and dev WER are the old ones. Model options may not be given beside it."""
+    out = tmp_path / "cycle2"
+    proc = subprocess.run([*SEQ2EDGE, "train", "--init-from", str(tiny_checkpoint), "--out", str(out), "--epochs", "1",
+                           "--limit", "200", "--dev-limit", "100", "--lr", "1e-12"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "config.json").read_text()) == json.loads((tiny_checkpoint / "config.json").read_text())
+    assert json.loads((out / "vocab.json").read_text()) == json.loads((tiny_checkpoint / "vocab.json").read_text())
+    old, new = load_file(tiny_checkpoint / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.allclose(old[k], new[k], atol=1e-6) for k in old)
+    before = json.loads((tiny_checkpoint / "train.json").read_text())["history"]
+    assert json.loads((out / "train.json").read_text())["history"][0]["dev_wer"] == min(h["dev_wer"] for h in before)
+    refused = subprocess.run([*SEQ2EDGE, "train", "--init-from", str(tiny_checkpoint), "--out", str(tmp_path / "x"),
+                              "--hidden", "64"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "leave out --hidden" in refused.stderr

@@ -42,6 +42,11 @@ from .evaluate import EVAL_SPLITS
 @click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
 @click.option("--patience", type=click.IntRange(min=1), default=6, show_default=True,
               help="Early stopping: epochs without a better dev WER.")
+@click.option("--lr-patience", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Epochs without a better dev WER before the learning rate halves.")
+@click.option("--init-from", type=click.Path(path_type=Path), default=None,
+              help="Start from this trained checkpoint's weights, model options and vocabularies (a second training "
+                   "cycle, e.g. on a teacher's outputs).")
 @click.option("--max-minutes", type=float, default=None, help="Time budget; stops inside an epoch if needed (resumable).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last resume point.")
@@ -66,7 +71,8 @@ from .evaluate import EVAL_SPLITS
               help="Unlabelled sources (one per line) for the teacher to label; those of the dev/test split are left out.")
 def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidirectional, embed, hidden, dropout, src_tokens,
           tgt_tokens, lowercase_source, src_vocab_size, tgt_vocab_size, min_freq, max_src_len, max_tgt_len, epochs, batch_size,
-          lr, clip, label_smoothing, patience, max_minutes, seed, resume, limit, dev_limit, threads, log_every, teacher, kd,
+          lr, clip, label_smoothing, patience, lr_patience, init_from, max_minutes, seed, resume, limit, dev_limit, threads,
+          log_every, teacher, kd,
           kd_alpha, kd_top_k, kd_beam, kd_mix_references, extra_inputs) -> None:
     """Train a seq2seq model with attention into the checkpoint directory --out.
 
@@ -87,8 +93,12 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
         raise Seq2EdgeError(f"{out}: no resume point (last/state.json); start without --resume")
     if not resume and (out / "model.safetensors").exists():
         raise Seq2EdgeError(f"{out}: already holds a trained model; use --resume to continue it or choose another --out")
+    if init_from is not None and not resume:
+        _check_init_from(init_from, given)
     tc = TrainConfig(corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, label_smoothing=label_smoothing,
-                     patience=patience, seed=seed, max_minutes=max_minutes, min_freq=min_freq, src_vocab_size=src_vocab_size,
+                     patience=patience, lr_patience=lr_patience,
+                     init_from=str(init_from.resolve()) if init_from else None, seed=seed, max_minutes=max_minutes,
+                     min_freq=min_freq, src_vocab_size=src_vocab_size,
                      tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads, log_every=log_every,
                      teacher=str(teacher.resolve()) if teacher else None, kd=kd, kd_beam=kd_beam, kd_alpha=kd_alpha,
                      kd_top_k=kd_top_k,
@@ -114,6 +124,24 @@ _SAVED_NAME = {"limit": "train_limit"}
 def _given_on_command_line() -> set[str]:
     ctx = click.get_current_context()
     return {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+
+
+# Options that the --init-from checkpoint fixes (its config.json and vocabularies).
+_MODEL_OPTIONS = ("cell", "attention", "input_feed", "layers", "decoder_layers", "bidirectional", "embed", "hidden", "dropout",
+                  "src_tokens", "tgt_tokens", "lowercase_source", "src_vocab_size", "tgt_vocab_size", "min_freq",
+                  "max_src_len", "max_tgt_len")
+
+
+def _check_init_from(checkpoint: Path, given: set[str]) -> None:
+    """--init-from keeps the checkpoint's model and vocabularies: model options may not be given."""
+    from seq2edge.runtime.errors import Seq2EdgeError
+
+    if not (checkpoint / "config.json").exists() or not (checkpoint / "model.safetensors").exists():
+        raise Seq2EdgeError(f"--init-from {checkpoint}: not a trained checkpoint (config.json and model.safetensors)")
+    fixed = sorted(f"--{name.replace('_', '-')}" for name in given & set(_MODEL_OPTIONS))
+    if fixed:
+        raise click.UsageError(f"--init-from takes the model options and vocabularies of {checkpoint}; "
+                               f"leave out {', '.join(fixed)}")
 
 
 def _check_unchanged(out: Path, names: set[str], values: dict) -> None:

@@ -36,3 +36,4 @@ class TrainConfig:
     kd_top_k: int = 8  # token level: how many of the teacher's most likely tokens per step are kept
     kd_mix_references: bool = False  # keep the references beside the teacher's outputs
     extra_inputs: str | None = None  # a file of unlabelled sources for the teacher to label
+    init_from: str | None = None  # a checkpoint whose weights, model options and vocabularies this run starts from

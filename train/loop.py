@@ -21,13 +21,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from seq2edge.runtime.config import ModelConfig
 from seq2edge.runtime.errors import Seq2EdgeError
 from seq2edge.runtime.util import write_json_atomic
 
 from . import data as D
 from .checkpoint import (
-    load_codecs,
     load_tensors,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -84,9 +82,16 @@ class Trainer:
         self.tc = tc
         if resume:
             self._load_resume_config(overrides or {})
-        self.prepared = D.prepare(self.tc, dict(arch), self.out, self.log) if not resume else self._prepare_resumed()
+        if resume:
+            self.prepared = D.prepare_from(self.tc, self.out, self.out, self.log)
+        elif self.tc.init_from:
+            self.prepared = D.prepare_from(self.tc, Path(self.tc.init_from), self.out, self.log)
+        else:
+            self.prepared = D.prepare(self.tc, dict(arch), self.out, self.log)
         torch.manual_seed(self.tc.seed)
         self.model = Seq2SeqModule(self.prepared.model_config)
+        if self.tc.init_from and not resume:  # a second training cycle: the weights of a trained checkpoint
+            self.model.load_state_dict(load_tensors(Path(self.tc.init_from) / "model.safetensors"))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr)
         self.history: list[dict] = []
         self.best = math.inf  # best dev WER at an epoch's end: what the schedule and early stopping see
@@ -122,13 +127,6 @@ class Trainer:
             if name not in self.RESUME_OVERRIDES:
                 raise ValueError(f"a resumed run cannot change {name}")
             setattr(self.tc, name, value)
-
-    def _prepare_resumed(self) -> D.TrainingData:
-        c = ModelConfig.from_dict(read_json(self.out / "config.json"), where=str(self.out / "config.json"))
-        source, target = load_codecs(self.out, c)  # the weights are loaded once, by _restore
-        _, train_entries, dev = D.split_corpus(self.tc, self.out, self.log)
-        encoded = D.encode_pairs(train_entries, source, target, c.max_src_len, c.max_tgt_len)
-        return D.TrainingData(c, source, target, encoded, dev)
 
     def _restore(self) -> None:
         last = self.out / "last"
