@@ -18,13 +18,19 @@ TRAIN_ARGS ?= --corpus cmudict --cell lstm --attention dot --input-feed --bidire
               --embed 64 --hidden 384 --dropout 0.25 --label-smoothing 0.1 --batch-size 64 --lr 0.002 \
               --epochs 40 --patience 5 --max-minutes 270 --seed 0 --threads 2
 
-# The small model: a GRU student distilled from the shipped model's beam-5 outputs (README "The small model").
+# The small model: a GRU student distilled from the shipped model's beam-5 outputs, in two cycles
+# (README "The small model"): references and teacher outputs, then the teacher's outputs alone from
+# the first cycle's weights with a fresh learning rate.
 SMALL            := models/g2p-en-small
 SMALL_CHECKPOINT := models/g2p-en-small-checkpoint
-SMALL_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --kd seq --kd-beam 5 --kd-mix-references \
+SMALL_CYCLE1     := build/g2p-en-small-cycle1
+SMALL_CYCLE1_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --kd seq --kd-beam 5 --kd-mix-references \
               --cell gru --attention dot --input-feed --bidirectional --layers 1 --embed 64 --hidden 256 \
-              --dropout 0.1 --label-smoothing 0.1 --batch-size 64 --lr 0.002 --epochs 60 --patience 6 \
-              --dev-limit 4000 --max-minutes 100 --seed 0 --threads 2
+              --dropout 0.1 --label-smoothing 0.1 --batch-size 64 --lr 0.002 --epochs 17 --patience 6 \
+              --dev-limit 4000 --seed 0 --threads 2
+SMALL_CYCLE2_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --kd seq --kd-beam 5 --kd-teacher-only \
+              --label-smoothing 0.1 --batch-size 64 --lr 0.001 --lr-patience 2 --epochs 22 --patience 6 \
+              --dev-limit 4000 --seed 1 --threads 2
 
 JS_DEPS := hosts/js/node_modules/.installed
 
@@ -74,7 +80,9 @@ eval: $(FULL)
 
 # The teacher's labels are cached in $(SMALL_CHECKPOINT)/teacher/ (ignored by git, as resume points are).
 train-small: $(FULL)
-	$(BIN)/seq2edge train $(SMALL_ARGS) --out $(SMALL_CHECKPOINT)
+	$(BIN)/seq2edge train $(SMALL_CYCLE1_ARGS) --out $(SMALL_CYCLE1)
+	mkdir -p $(SMALL_CHECKPOINT)/teacher && cp $(SMALL_CYCLE1)/teacher/*.jsonl $(SMALL_CHECKPOINT)/teacher/
+	$(BIN)/seq2edge train $(SMALL_CYCLE2_ARGS) --init-from $(SMALL_CYCLE1) --out $(SMALL_CHECKPOINT)
 
 export-small: $(FULL)
 	$(BIN)/seq2edge export $(SMALL_CHECKPOINT) $(SMALL) --int8 --greedy-graph --force

@@ -59,3 +59,22 @@ def test_batching_changes_no_fp32_result_and_few_int8_results(shipped):
     batched = [r.tokens for r in int8.decode(words, batch_size=64)]
     assert sum(a != b for a, b in zip(alone, batched)) <= 15
     assert alone[:100] == [int8.decode([w])[0].tokens for w in words[:100]]  # batch 1 is one-at-a-time
+
+
+SMALL = REPO / "models" / "g2p-en-small"
+
+
+@pytest.mark.parametrize("label,precision", [("small fp32", "fp32"), ("small int8", "int8")])
+def test_readme_figures_of_the_small_model_are_what_eval_reproduces(label, precision):
+    result = evaluate(SMALL, split="test", precision=precision)
+    measured = [result.scores["stress"].wer, result.scores["stress"].per,
+                result.scores["stressless"].wer, result.scores["stressless"].per]
+    assert [round(x, 2) for x in measured] == _readme_row(label)
+
+
+def test_small_bundle_ships_fp32_int8_and_greedy_graphs_that_passed_their_checks():
+    small = Seq2Seq.load(SMALL, providers="cpu")
+    parity = small.bundle.meta.parity
+    assert parity["fp32"]["token_agreement"] == 1.0 and small.bundle.precisions == ["fp32", "int8"]
+    for precision in ("fp32", "int8"):
+        assert small.bundle.has_graph("greedy", precision) and parity[precision]["greedy_graph"]["passed"]
