@@ -38,7 +38,7 @@ def main() -> None:
                 break
             if greedy_graph and not model.bundle.has_graph("greedy", precision):
                 continue
-            one_at_a_time = lambda: [model.decode([w]) for w in words]  # noqa: E731
+            one_at_a_time = lambda model=model: [model.decode([w]) for w in words]  # noqa: E731
             one_at_a_time()  # warm-up
             with SessionTimer(model) as timer:
                 start = time.perf_counter()
