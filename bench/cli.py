@@ -65,8 +65,9 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
             for batch in sizes:
                 log(f"{name} pytorch batch {batch}")
                 speed.append(M.time_torch(name, model, source, target, timed, batch, repeats))
+        precisions_loaded = [v for v in variants if not v.endswith("-graph")]
         for variant, model in variants.items():
-            if not variant.endswith("-graph"):  # a greedy graph decodes what its precision decodes (export checks it)
+            if variant in precisions_loaded:  # a greedy graph decodes what its precision decodes (export checks it)
                 log(f"{name} {variant}: accuracy on {len(scored)} words")
                 accuracy.append(M.runtime_accuracy(name, variant, model, scored))
             for batch in sizes:
@@ -75,7 +76,7 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
         fp32 = variants["fp32"]
         models.append({"name": name, "bundle": str(bundle), "checkpoint": str(checkpoint) if torch_model else None,
                        "provider": fp32.providers[0], "sizes": M.bundle_sizes(fp32.bundle)})
-        for variant, command in M.startup_commands(bundle, [p for p in variants if not p.endswith("-graph")],
+        for variant, command in M.startup_commands(bundle, precisions_loaded,
                                                    checkpoint if torch_model else None).items():
             log(f"{name} cold start {variant}")
             startup.append(M.startup(name, variant, command, 1 if quick else 5))

@@ -208,7 +208,6 @@ class Seq2Seq:
         figures = self.bundle.meta.parity.get(self.engine.precision, {}).get("greedy_graph", {})
         return figures.get("batched_speedup", 0.0) >= GREEDY_GRAPH_BATCHED_SPEEDUP
 
-
     def _greedy_graph(self, chunk: list[_Source], limits: search.Limits) -> list[list[search.Hypothesis]]:
         """Greedy search in one onnxruntime call: encoder and a Loop of decoder steps in greedy.onnx."""
         if "greedy" not in self.backend.sessions:  # loaded on first use (the backend runs every session it holds)

@@ -131,8 +131,6 @@ def split_corpus(tc: TrainConfig, out: Path | None = None, log: Callable[[str], 
 def prepare_from(tc: TrainConfig, checkpoint: Path, out: Path, log: Callable[[str], None] = print) -> TrainingData:
     """The corpus encoded with the model options and vocabularies of `checkpoint` (a resumed run's own
     directory, or the one --init-from names): nothing is rebuilt, so its weights fit."""
-    import shutil
-
     from .checkpoint import load_codecs, read_json
 
     c = ModelConfig.from_dict(read_json(checkpoint / "config.json"), where=str(checkpoint / "config.json"))
@@ -140,7 +138,7 @@ def prepare_from(tc: TrainConfig, checkpoint: Path, out: Path, log: Callable[[st
     out.mkdir(parents=True, exist_ok=True)
     for spm in checkpoint.glob("*.spm.model"):  # SentencePiece tokenisers travel with their vocabularies
         if not (out / spm.name).exists():
-            shutil.copyfile(spm, out / spm.name)
+            write_bytes_atomic(out / spm.name, spm.read_bytes())
     _, train_entries, dev = split_corpus(tc, out, log)
     encoded = encode_pairs(train_entries, source, target, c.max_src_len, c.max_tgt_len)
     if checkpoint != out:
