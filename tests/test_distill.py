@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from conftest import SEQ2EDGE
 
@@ -102,3 +103,22 @@ def test_token_kd_loss_is_cross_entropy_against_the_renormalised_teacher():
     probs = torch.tensor([[[0.6, 0.2, 0.2]]])
     expected = -(0.75 * log_probs[0, 0, 1] + 0.25 * log_probs[0, 0, 2])
     assert token_kd_loss(log_probs, ids, probs, torch.tensor([[5]]), pad=0).item() == pytest.approx(expected.item())
+
+
+def test_seq_and_token_distillation_together_match_the_teacher_on_its_own_outputs(tiny_bundle, tmp_path):
+    """--kd seq+token: the targets are the teacher's beam outputs, and the per-step distributions
+    are the teacher's along those outputs (not along the references)."""
+    from seq2edge.train.loop import Trainer
+
+    tc = TrainConfig(corpus="cmudict", train_limit=40, dev_limit=5, epochs=1, batch_size=16, teacher=str(tiny_bundle),
+                     kd="seq+token", kd_beam=2, kd_top_k=3, save_every_minutes=60)
+    trainer = Trainer(tc, {"embed": 8, "hidden": 16, "max_src_len": 32, "max_tgt_len": 24}, tmp_path / "s", log=lambda m: None)
+    data, targets = trainer.prepared, trainer.teacher
+    sources = ["".join(data.source.vocab.tokens[i] for i in s) for s in data.train.src]
+    teacher = Seq2Seq.load(tiny_bundle, providers="cpu", unknown="unk")
+    labels = [r.text for r in teacher.decode(sources, beam_size=2)]
+    trained_on = [" ".join(data.target.vocab.tokens[i] for i in t) for t in data.train.tgt]
+    references = {e.source: e.references for e in C.split(C.load_cmudict().entries, "train")}
+    assert trained_on == labels and any(label not in references[s] for s, label in zip(sources, labels))
+    assert targets.offsets.tolist() == [0, *np.cumsum([len(t) + 1 for t in data.train.tgt]).tolist()]
+    assert trainer.run()["epochs"] == 1

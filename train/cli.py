@@ -58,12 +58,12 @@ from .evaluate import EVAL_SPLITS
 @click.option("--teacher", type=click.Path(path_type=Path), default=None,
               help="Knowledge distillation: a bundle whose outputs the student learns (with --kd).")
 @click.option("--kd", type=click.Choice(KD_MODES), default=None,
-              help="seq: train on the teacher's beam-search outputs; token: also match its next-token distributions "
-                   "(teacher outputs cached in OUT/teacher/).")
+              help="seq: train on the teacher's beam-search outputs; token: on the references, also matching the "
+                   "teacher's next-token distributions; seq+token: both (teacher outputs cached in OUT/teacher/).")
 @click.option("--kd-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="--kd token: weight of the teacher's distributions (1 - alpha on the references).")
+              help="--kd token, seq+token: weight of the teacher's distributions (1 - alpha on the targets).")
 @click.option("--kd-top-k", type=click.IntRange(min=1), default=8, show_default=True,
-              help="--kd token: the teacher's most likely tokens kept per step.")
+              help="--kd token, seq+token: the teacher's most likely tokens kept per step.")
 @click.option("--kd-beam", type=click.IntRange(min=1), default=5, show_default=True, help="The teacher's beam size.")
 @click.option("--kd-mix-references/--kd-teacher-only", default=False, show_default=True,
               help="Keep the corpus references beside the teacher's outputs.")

@@ -3,7 +3,9 @@
 Sequence level (Kim & Rush 2016), `--kd seq`: train on the teacher's beam-search outputs. Token
 level (Hinton et al.; Kim & Rush's word-level KD), `--kd token`: the loss mixes the cross-entropy on
 the references with the cross-entropy against the teacher's next-token distribution at every
-reference step (its top `--kd-top-k` tokens, renormalised), weighted by `--kd-alpha`.
+reference step (its top `--kd-top-k` tokens, renormalised), weighted by `--kd-alpha`. Both,
+`--kd seq+token` (Kim & Rush's best student): the teacher's beam outputs become the targets, and the
+student also matches the teacher's distributions at every step of them.
 
 `seq2edge train --teacher BUNDLE --kd seq` labels every training source (and, with --extra-inputs,
 unlabelled sources of the training part of the split) with the teacher bundle's best beam
@@ -28,30 +30,40 @@ from seq2edge.runtime.util import atomic_path, pad_batch, write_text_atomic
 from .config import TrainConfig
 from .corpus import Entry, split_of
 
-KD_MODES = ("seq", "token")
+KD_MODES = ("seq", "token", "seq+token")
 CHUNK = 4096  # sources decoded (and cached) at a time
 
 
+def relabels(kd: str | None) -> bool:
+    """Whether this --kd mode trains on the teacher's beam outputs."""
+    return kd in ("seq", "seq+token")
+
+
+def matches_distributions(kd: str | None) -> bool:
+    """Whether this --kd mode adds the loss against the teacher's per-step distributions."""
+    return kd in ("token", "seq+token")
+
+
 def distilled_entries(tc: TrainConfig, entries: list[Entry], out: Path, log: Callable[[str], None]) -> list[Entry]:
-    """--kd seq: the training entries with the teacher's outputs as targets (before the references
-    with kd_mix_references); --kd token: the entries as they are. Both: plus the --extra-inputs
-    sources of the training part, labelled by the teacher's beam search."""
-    if tc.kd == "token" and not tc.extra_inputs:
+    """--kd seq and seq+token: the training entries with the teacher's outputs as targets (before the
+    references with kd_mix_references); --kd token: the entries as they are. All: plus the
+    --extra-inputs sources of the training part, labelled by the teacher's beam search."""
+    if not relabels(tc.kd) and not tc.extra_inputs:
         return entries
-    sources = [e.source for e in entries] if tc.kd == "seq" else []
+    sources = [e.source for e in entries] if relabels(tc.kd) else []
     known = {e.source for e in entries}
     extra = [s for s in _extra_inputs(tc.extra_inputs) if s not in known and split_of(s) == "train"]
     labels = teacher_labels(tc, list(dict.fromkeys(sources + extra)), out, log)
     distilled = []
     for entry in entries:
-        if tc.kd == "token":
+        if not relabels(tc.kd):
             distilled.append(entry)
             continue
         label = labels.get(entry.source)
         refs = tuple(dict.fromkeys(((label,) if label else ()) + (entry.references if tc.kd_mix_references or not label else ())))
         distilled.append(Entry(entry.source, refs))
     distilled += [Entry(s, (labels[s],)) for s in dict.fromkeys(extra) if labels.get(s)]
-    relabelled = len(entries) if tc.kd == "seq" else 0
+    relabelled = len(entries) if relabels(tc.kd) else 0
     log(f"distillation: {relabelled} training sources labelled by the teacher"
         f"{' (references kept)' if tc.kd_mix_references else ''}, {len(distilled) - len(entries)} extra inputs added")
     return distilled

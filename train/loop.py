@@ -36,6 +36,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .curves import plot_curves
+from .distill import matches_distributions, token_targets
 from .infer import dev_wer
 from .model import Seq2SeqModule
 
@@ -105,9 +106,8 @@ class Trainer:
             self._restore()
         elif self.rank == 0:
             save_model_files(self.out, self.model, self.prepared.source, self.prepared.target)
-        self.teacher = None  # --kd token: the teacher's per-step distributions, aligned with the training pairs
-        if self.tc.kd == "token":
-            from .distill import token_targets
+        self.teacher = None  # --kd token, seq+token: the teacher's per-step distributions, aligned with the training pairs
+        if matches_distributions(self.tc.kd):
 
             data = self.prepared
             self.teacher = token_targets(self.tc, data.train.src, data.train.tgt, data.source, data.target, self.out, self.log)
