@@ -146,29 +146,30 @@ def _compare_batch(model: Seq2SeqModule, reference: Seq2SeqModule, runtime: Seq2
 
 
 def check_greedy_graph(bundle_dir: Path, precision: str, texts: Sequence[str], batch_size: int = 64) -> dict:
-    """greedy.onnx against the step-by-step runtime on the same words: tokens at batch 1 and batched, scores.
+    """greedy.onnx against the step-by-step runtime on the same words and at the same batch size
+    (1, then `batch_size`): the same tokens, and scores within SCORE_TOLERANCE.
 
-    fp32 must agree on every word at both batch sizes. int8 must agree at batch 1; batched, its
-    activation scales are shared by the batch (and the graph keeps finished rows in it), so it is
-    held to the runtime's int8 batching bound (README "Batch independence")."""
+    fp32 must match on every word at both batch sizes. int8 must match on every word at batch 1;
+    batched, its activation scales are shared by the batch and the graph keeps finished rows in it
+    (the runtime drops them), so a near tie may round the other way: at least 1 - INT8_BATCHING_BOUND
+    of the words must match. Measured against the runtime at the same batch size, not at batch 1, so a
+    correct model whose own int8 decoding changes with batching is not refused, while a graph that
+    mishandles batches (scores off on most words, tokens on few) still is."""
     steps = Seq2Seq.load(bundle_dir, providers="cpu", precision=precision, unknown="unk", too_long="truncate", greedy_graph=False,
                          threads=1)
     graph = Seq2Seq.load(bundle_dir, providers="cpu", precision=precision, unknown="unk", too_long="truncate", greedy_graph=True,
                          threads=1)
-    reference = steps.decode(list(texts), batch_size=1, errors="return")
     figures: dict = {"words": len(texts)}
     for name, size in (("batch_1", 1), ("batched", batch_size)):
+        reference = steps.decode(list(texts), batch_size=size, errors="return")
         got = graph.decode(list(texts), batch_size=size, errors="return")
         pairs = [(a, b) for a, b in zip(reference, got) if a.ok and b.ok]
-        same = [(a, b) for a, b in pairs if a.tokens == b.tokens]
-        figures[f"token_agreement_{name}"] = len(same) / max(len(pairs), 1)
-        figures[f"max_abs_score_diff_{name}"] = max((abs(a.score - b.score) for a, b in same), default=0.0)
-    batch_1_ok = figures["token_agreement_batch_1"] == 1.0 and figures["max_abs_score_diff_batch_1"] <= SCORE_TOLERANCE
-    if precision == "int8":  # batched int8 rounds with the batch's scale: tokens within the bound, scores not gated
-        batched_ok = figures["token_agreement_batched"] >= 1.0 - INT8_BATCHING_BOUND
-    else:
-        batched_ok = figures["token_agreement_batched"] == 1.0 and figures["max_abs_score_diff_batched"] <= SCORE_TOLERANCE
-    figures["passed"] = batch_1_ok and batched_ok
+        diffs = [abs(a.score - b.score) for a, b in pairs if a.tokens == b.tokens]
+        figures[f"token_agreement_{name}"] = len(diffs) / max(len(pairs), 1)
+        figures[f"max_abs_score_diff_{name}"] = max(diffs, default=0.0)
+        figures[f"matching_{name}"] = sum(d <= SCORE_TOLERANCE for d in diffs) / max(len(pairs), 1)
+    bound = INT8_BATCHING_BOUND if precision == "int8" else 0.0
+    figures["passed"] = figures["matching_batch_1"] == 1.0 and figures["matching_batched"] >= 1.0 - bound
     figures["batched_speedup"] = round(batched_speedup(steps, graph, list(texts), batch_size), 3)
     return figures
 
@@ -192,7 +193,7 @@ def batched_speedup(steps: Seq2Seq, graph: Seq2Seq, texts: list[str], batch_size
 # in float64. 1e-3 is far above that rounding (measured at most ~1e-5 on the shipped model) and far
 # below any difference in what was chosen.
 SCORE_TOLERANCE = 1e-3
-INT8_BATCHING_BOUND = 0.015  # share of inputs int8 may decode differently batched (README "Batch independence")
+INT8_BATCHING_BOUND = 0.015  # share of inputs int8 may decode differently batched (README "Batch independence", "Greedy graph")
 
 
 def compare_precision(bundle_dir: Path, meta: BundleMeta, precision: str, entries: Sequence[Entry],

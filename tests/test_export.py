@@ -140,3 +140,39 @@ def test_runtime_imports_neither_torch_nor_onnx(tiny_bundle):
             "import seq2edge.runtime.cli, seq2edge.runtime.decode_cli, seq2edge.runtime.info; "
             "bad = [n for n in sys.modules if n.split('.')[0] in ('torch', 'onnx')]; print(bad); assert not bad")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+def _ignore_source_lengths(bundle, precision: str) -> None:
+    """Plant a batch-only defect in the bundle's greedy graph: its attention mask covers every
+    position up to the longest source, so shorter rows of a batch attend to padding."""
+    path = bundle / ("greedy.int8.onnx" if precision == "int8" else "greedy.onnx")
+    graph = onnx.load(str(path))
+    nodes = list(graph.graph.node)
+    (less,) = [n for n in nodes if n.output[0] == "g/src_mask"]
+    less.input[1] = "g/longest"
+    at = next(i for i, n in enumerate(nodes) if "g/src_len" in n.output) + 1
+    nodes.insert(at, onnx.helper.make_node("Unsqueeze", ["g/src_len", "g/axis0"], ["g/longest"]))
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes)
+    onnx.save(graph, str(path))
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["graphs"][precision]["greedy"].update(sha256=sha256_file(path), bytes=path.stat().st_size)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_a_greedy_graph_that_mishandles_batches_is_refused_in_fp32_and_int8_and_a_correct_one_is_not(tmp_path, dev_words):
+    import shutil
+
+    from conftest import REPO
+
+    from seq2edge.export.verify import check_greedy_graph
+
+    words = dev_words[:300]
+    bundle = tmp_path / "small"
+    shutil.copytree(REPO / "models" / "g2p-en-small", bundle)
+    assert check_greedy_graph(bundle, "int8", words)["passed"]
+    for precision in ("fp32", "int8"):
+        _ignore_source_lengths(bundle, precision)
+        figures = check_greedy_graph(bundle, precision, words)
+        assert figures["matching_batch_1"] == 1.0  # the defect only shows in batches
+        assert not figures["passed"] and figures["matching_batched"] < 0.9, figures
