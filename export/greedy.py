@@ -31,7 +31,7 @@ def build_greedy_graph(bundle_dir: Path, config: ModelConfig, precision: str, me
     encoder = onnx.load(str(bundle_dir / graph_file("encoder", precision)))
     decoder = onnx.load(str(bundle_dir / graph_file("decoder", precision)))
     opset = max(_opset(encoder), _opset(decoder), 13)
-    body = _loop_body(decoder, config)
+    body = _loop_body(decoder, config, opset)
     c = config
     nodes = list(encoder.graph.node)
     initializers = list(encoder.graph.initializer) + list(body.pop("initializers"))
@@ -50,11 +50,16 @@ def build_greedy_graph(bundle_dir: Path, config: ModelConfig, precision: str, me
         helper.make_node("Expand", [const.int64(c.bos_id, "g/bos"), "g/batch_1d"], ["g/prev0"]),
         helper.make_node("Expand", [const.bool(False, "g/false"), "g/batch_1d"], ["g/done0"]),
         helper.make_node("Expand", [const.float(0.0, "g/zero_f"), "g/batch_1d"], ["g/score0"]),
-        helper.make_node("Expand", [const.int64(0, "g/zero_len"), "g/batch_1d"], ["g/length0"]),
         helper.make_node("Add", ["max_len", const.int64(1, "g/one_more")], ["g/trips"]),  # + the forced </s> step
-        helper.make_node("Loop", ["g/trips", const.bool(True, "g/true"), "g/prev0", "state", "g/done0", "g/score0", "g/length0"],
-                         ["g/prev_last", "g/state_last", "g/done_last", "scores", "lengths", "g/tokens_tb"], body=body["graph"]),
+        helper.make_node("Loop", ["g/trips", const.bool(True, "g/true"), "g/prev0", "state", "g/done0", "g/score0"],
+                         ["g/prev_last", "g/state_last", "g/done_last", "scores", "g/tokens_tb"], body=body["graph"]),
         helper.make_node("Transpose", ["g/tokens_tb"], ["tokens"], perm=[1, 0]),
+        # lengths once after the loop: every row ends with one </s> (forced at max_len), then <pad>
+        helper.make_node("Equal", ["tokens", const.int64(c.pad_id, "g/pad")], ["g/is_pad"]),
+        helper.make_node("Not", ["g/is_pad"], ["g/emitted"]),
+        helper.make_node("Cast", ["g/emitted"], ["g/emitted_i"], to=TensorProto.INT64),
+        helper.make_node("ReduceSum", ["g/emitted_i", const.int64([1], "g/axis1_sum")], ["g/emitted_n"], keepdims=0),
+        helper.make_node("Sub", ["g/emitted_n", const.int64(1, "g/the_end")], ["lengths"]),
     ]
     ins = [helper.make_tensor_value_info(p.name, _elem(p.dtype), [a.name for a in p.axes]) for p in GREEDY_INPUTS]
     outs = [helper.make_tensor_value_info(p.name, _elem(p.dtype), [a.name for a in p.axes]) for p in GREEDY_OUTPUTS]
@@ -72,7 +77,7 @@ def build_greedy_graph(bundle_dir: Path, config: ModelConfig, precision: str, me
     return path
 
 
-def _loop_body(decoder: onnx.ModelProto, c: ModelConfig) -> dict:
+def _loop_body(decoder: onnx.ModelProto, c: ModelConfig, opset: int) -> dict:
     """The Loop body: one decoder step, the greedy choice under the length rules, the running sums."""
     dec = compose.add_prefix(decoder, _DEC)
     renames = {f"{_DEC}memory": "memory", f"{_DEC}src_mask": "g/src_mask", f"{_DEC}prev_ids": "b/prev", f"{_DEC}state": "b/state"}
@@ -87,14 +92,17 @@ def _loop_body(decoder: onnx.ModelProto, c: ModelConfig) -> dict:
     end = np.full(c.tgt_vocab_size, -np.inf, dtype=np.float32)
     end[c.eos_id] = 0.0
     log_probs, new_state = f"{_DEC}log_probs", f"{_DEC}new_state"
+    # Every node here runs once per step and per word, where a step costs ~0.1 ms: as few as will do.
+    if opset >= 18:  # ReduceMax took its axes as an attribute before opset 18, as an input since
+        best_value = helper.make_node("ReduceMax", ["b/biased", const.int64([1], "b/axis1")], ["b/best_lp"], keepdims=0)
+    else:
+        best_value = helper.make_node("ReduceMax", ["b/biased"], ["b/best_lp"], axes=[1], keepdims=0)
     nodes += [
         helper.make_node("GreaterOrEqual", ["b/t", "max_len"], ["b/at_end"]),
         helper.make_node("Where", ["b/at_end", const.array(end, "b/end_bias"), const.array(base, "b/open_bias")], ["b/bias"]),
         helper.make_node("Add", [log_probs, "b/bias"], ["b/biased"]),
-        helper.make_node("ArgMax", ["b/biased"], ["b/best"], axis=1, keepdims=1, select_last_index=0),
-        helper.make_node("GatherElements", ["b/biased", "b/best"], ["b/best_lp_2d"], axis=1),
-        helper.make_node("Squeeze", ["b/best", const.int64([1], "b/axis1")], ["b/ids"]),
-        helper.make_node("Squeeze", ["b/best_lp_2d", const.int64([1], "b/axis1b")], ["b/best_lp"]),
+        helper.make_node("ArgMax", ["b/biased"], ["b/ids"], axis=1, keepdims=0, select_last_index=0),
+        best_value,
         # rows already finished emit <pad> and add nothing
         helper.make_node("Where", ["b/done", const.int64(c.pad_id, "b/pad"), "b/ids"], ["b/token"]),
         helper.make_node("Where", ["b/done", const.float(0.0, "b/zero_f"), "b/best_lp"], ["b/gain"]),
@@ -102,27 +110,21 @@ def _loop_body(decoder: onnx.ModelProto, c: ModelConfig) -> dict:
         helper.make_node("Equal", ["b/token", const.int64(c.eos_id, "b/eos")], ["b/is_eos"]),
         helper.make_node("Or", ["b/done", "b/is_eos"], ["b/done_out"]),
         helper.make_node("Cast", ["b/done_out"], ["b/still"], to=TensorProto.INT64),
-        helper.make_node("Sub", [const.int64(1, "b/one"), "b/still"], ["b/grows"]),
-        helper.make_node("Add", ["b/length", "b/grows"], ["b/length_out"]),
         helper.make_node("ReduceMin", ["b/still"], ["b/all_done_i"], keepdims=0),
         helper.make_node("Equal", ["b/all_done_i", const.int64(0, "b/zero")], ["b/cond_out"]),
-        helper.make_node("Identity", ["b/token"], ["b/prev_out"]),
-        helper.make_node("Identity", [new_state], ["b/state_out"]),
-        helper.make_node("Identity", ["b/token"], ["b/token_scan"]),
+        helper.make_node("Identity", ["b/token"], ["b/token_scan"]),  # one value cannot be two outputs
     ]
     ins = [helper.make_tensor_value_info("b/t", TensorProto.INT64, []),
            helper.make_tensor_value_info("b/cond", TensorProto.BOOL, []),
            helper.make_tensor_value_info("b/prev", TensorProto.INT64, ["batch"]),
            helper.make_tensor_value_info("b/state", TensorProto.FLOAT, ["batch", c.state_size]),
            helper.make_tensor_value_info("b/done", TensorProto.BOOL, ["batch"]),
-           helper.make_tensor_value_info("b/score", TensorProto.FLOAT, ["batch"]),
-           helper.make_tensor_value_info("b/length", TensorProto.INT64, ["batch"])]
+           helper.make_tensor_value_info("b/score", TensorProto.FLOAT, ["batch"])]
     outs = [helper.make_tensor_value_info("b/cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("b/prev_out", TensorProto.INT64, ["batch"]),
-            helper.make_tensor_value_info("b/state_out", TensorProto.FLOAT, ["batch", c.state_size]),
+            helper.make_tensor_value_info("b/token", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info(new_state, TensorProto.FLOAT, ["batch", c.state_size]),
             helper.make_tensor_value_info("b/done_out", TensorProto.BOOL, ["batch"]),
             helper.make_tensor_value_info("b/score_out", TensorProto.FLOAT, ["batch"]),
-            helper.make_tensor_value_info("b/length_out", TensorProto.INT64, ["batch"]),
             helper.make_tensor_value_info("b/token_scan", TensorProto.INT64, ["batch"])]
     # Initializers live in the outer graph (a body sees the outer scope): one copy, and hosts
     # that do not load subgraph initializers still work.

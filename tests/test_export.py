@@ -176,3 +176,29 @@ def test_a_greedy_graph_that_mishandles_batches_is_refused_in_fp32_and_int8_and_
         figures = check_greedy_graph(bundle, precision, words)
         assert figures["matching_batch_1"] == 1.0  # the defect only shows in batches
         assert not figures["passed"] and figures["matching_batched"] < 0.9, figures
+
+
+def test_the_greedy_graph_is_built_for_opset_18_graphs_too(tiny_bundle, tmp_path, dev_words):
+    """ReduceMax takes its axes as an input from opset 18 (the dynamo exporter's opset), as an
+    attribute before: the greedy graph is built and verified either way."""
+    import shutil
+
+    from onnx import version_converter
+
+    from seq2edge.export.greedy import build_greedy_graph
+    from seq2edge.export.verify import check_greedy_graph
+    from seq2edge.runtime.config import ModelConfig
+    from seq2edge.runtime.interface import graph_metadata
+
+    bundle = tmp_path / "opset18"
+    shutil.copytree(tiny_bundle, bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    for kind in ("encoder", "decoder"):
+        path = bundle / meta["graphs"]["fp32"][kind]["file"]
+        onnx.save(version_converter.convert_version(onnx.load(str(path)), 18), str(path))
+        meta["graphs"]["fp32"][kind].update(sha256=sha256_file(path), bytes=path.stat().st_size)
+    path = build_greedy_graph(bundle, ModelConfig(**meta["model"]), "fp32", graph_metadata(meta["bundle_id"], meta["model"], "fp32", "greedy"))
+    assert {o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")} == {18}
+    meta["graphs"]["fp32"]["greedy"] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    assert check_greedy_graph(bundle, "fp32", dev_words[:100])["passed"]
