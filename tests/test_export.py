@@ -197,7 +197,8 @@ def test_the_greedy_graph_is_built_for_opset_18_graphs_too(tiny_bundle, tmp_path
         path = bundle / meta["graphs"]["fp32"][kind]["file"]
         onnx.save(version_converter.convert_version(onnx.load(str(path)), 18), str(path))
         meta["graphs"]["fp32"][kind].update(sha256=sha256_file(path), bytes=path.stat().st_size)
-    path = build_greedy_graph(bundle, ModelConfig(**meta["model"]), "fp32", graph_metadata(meta["bundle_id"], meta["model"], "fp32", "greedy"))
+    metadata = graph_metadata(meta["bundle_id"], meta["model"], "fp32", "greedy")
+    path = build_greedy_graph(bundle, ModelConfig(**meta["model"]), "fp32", metadata)
     assert {o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")} == {18}
     meta["graphs"]["fp32"]["greedy"] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     (bundle / "bundle.json").write_text(json.dumps(meta))
