@@ -98,11 +98,11 @@ soak: $(FULL)
 lint: $(FULL)
 	$(BIN)/ruff check runtime train export bench tests examples tools
 
-bench: $(FULL)
+bench: $(FULL) $(JS_DEPS)
 	$(BIN)/seq2edge bench $(BUNDLE) $(SMALL) --checkpoint $(CHECKPOINT) --checkpoint $(SMALL_CHECKPOINT) \
 	    --json bench.json --plot bench.png
 
-bench-quick: $(FULL)
+bench-quick: $(FULL) $(JS_DEPS)
 	$(BIN)/seq2edge bench $(BUNDLE) $(SMALL) --checkpoint $(CHECKPOINT) --checkpoint $(SMALL_CHECKPOINT) --quick
 
 clean:

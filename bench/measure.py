@@ -204,13 +204,31 @@ def startup(model: str, variant: str, command: list[str], runs: int) -> Startup:
     return Startup(model, variant, round(statistics.median(times), 4), round(statistics.median(peaks), 1), runs)
 
 
+# The JavaScript host's command line (hosts/js), where this is a checkout with `make js` done.
+JS_CLI = Path(__file__).resolve().parents[1] / "hosts" / "js" / "cli.mjs"
+
+
+def node_host() -> list[str] | None:
+    """`node hosts/js/cli.mjs`, or None where Node or the host's onnxruntime-node is not installed."""
+    import shutil
+
+    node = shutil.which("node")
+    if node is None or not (JS_CLI.parent / "node_modules" / "onnxruntime-node").is_dir():
+        return None
+    return [node, str(JS_CLI)]
+
+
 def startup_commands(bundle: Path, precisions: Sequence[str], checkpoint: Path | None,
                      word: str = "attention") -> dict[str, list[str]]:
-    """The command lines whose cold start is timed: the runtime's decode in each precision, and the
-    torch-based equivalent on the checkpoint."""
+    """The command lines whose cold start is timed: the runtime's decode in each precision, the
+    JavaScript host's in each (`P-node`, where it is installed), and the torch-based equivalent on
+    the checkpoint."""
     python = sys.executable
     commands = {p: [python, "-m", "seq2edge.runtime.cli", "decode", str(bundle), word, "--threads", "1", "--provider", "cpu",
                     "--precision", p] for p in precisions}
+    node = node_host()
+    if node is not None:
+        commands |= {f"{p}-node": [*node, str(bundle), word, "--threads", "1", "--precision", p] for p in precisions}
     if checkpoint is not None:
         commands["pytorch"] = [python, "-m", "seq2edge.bench.peers", "torch", str(checkpoint), word]
     return commands

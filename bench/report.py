@@ -99,6 +99,8 @@ def edge_targets(result: dict, m: str, p: str) -> list[Target]:
         Target(m, f"{p} batch 64 / g2p-en words/s", ratio(speed_of(s, m, p, 64), g2p_en), g["batch_64_vs_g2p_en"], True),
         Target(m, f"{p} graphs, greedy graph included (MB)", None if size is None else round(size / 1e6, 3), g["graph_mb"], False),
         Target(m, f"{p} cold start to first result (s)", row_of(result["startup"], m, p).get("seconds"), g["cold_start_s"], False),
+        Target(m, f"{p} cold start, JavaScript host on Node (s)", row_of(result["startup"], m, f"{p}-node").get("seconds"),
+               g["cold_start_s"], False),
     ]
 
 

@@ -76,6 +76,8 @@ def test_info_reports_a_cuda_provider_that_does_not_load(monkeypatch):
 def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_path):
     """Two bundles (the second with a greedy graph) and their checkpoints, g2p-en: speed, accuracy,
     sizes and cold start for each, the runtime targets for the first, the small-model targets for the second."""
+    from seq2edge.bench.measure import node_host
+
     first = export_tiny(tiny_checkpoint, tmp_path / "big", int8=True, parity_words=40)
     second = export_tiny(tiny_checkpoint, tmp_path / "small", greedy_graph=True, parity_words=40)
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
@@ -97,10 +99,12 @@ def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_
     assert all(r["words"] == 40 and r["wer_stressless"] <= r["wer"] for r in result["accuracy"])
     sizes = {m["name"]: m["sizes"] for m in result["models"]}
     assert sizes["big"]["fp32"]["all"] == sizes["big"]["fp32"]["steps"] < sizes["small"]["fp32"]["all"]
+    on_node = {("big", "fp32-node"), ("big", "int8-node"), ("small", "fp32-node")} if node_host() else set()  # make test: `make js`
     assert {(r["model"], r["variant"]) for r in result["startup"]} == {
-        ("big", "fp32"), ("big", "int8"), ("big", "pytorch"), ("small", "fp32"), ("peer", "g2p-en")}
+        ("big", "fp32"), ("big", "int8"), ("big", "pytorch"), ("small", "fp32"), ("peer", "g2p-en")} | on_node
+    assert all(r["seconds"] > 0 for r in result["startup"])
     names = [(t["model"], t["name"]) for t in result["targets"]]
-    assert len(names) == 10 + 7 and names[10] == ("small", "int8 stressless WER (%)")
+    assert len(names) == 10 + 8 and names[10] == ("small", "int8 stressless WER (%)")
     assert result["targets"][13]["value"] is None  # the small bundle has no int8 graphs: not measured, not invented
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "targets:" in proc.stdout and "stressless WER" in proc.stdout
