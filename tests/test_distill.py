@@ -122,3 +122,23 @@ def test_seq_and_token_distillation_together_match_the_teacher_on_its_own_output
     assert trained_on == labels and any(label not in references[s] for s, label in zip(sources, labels))
     assert targets.offsets.tolist() == [0, *np.cumsum([len(t) + 1 for t in data.train.tgt]).tolist()]
     assert trainer.run()["epochs"] == 1
+
+
+def test_students_given_one_kd_cache_share_the_teachers_labels(tiny_bundle, tmp_path):
+    cache = tmp_path / "cache"
+    said = {}
+    for student in ("first", "second"):
+        tc = TrainConfig(corpus="cmudict", train_limit=30, dev_limit=5, teacher=str(tiny_bundle), kd="seq", kd_cache=str(cache))
+        said[student] = []
+        _, distilled, _ = D.split_corpus(tc, tmp_path / student, log=said[student].append)
+        assert not (tmp_path / student / "teacher").exists()
+    assert any("the teacher labels 30 sources" in m for m in said["first"])
+    assert not any("the teacher labels" in m for m in said["second"])  # read from the shared cache
+    (labels,) = cache.glob("seq-*-beam5.jsonl")
+    assert len(labels.read_text().splitlines()) == 30
+
+
+def test_kd_cache_without_a_teacher_is_a_usage_error(tmp_path):
+    proc = subprocess.run([*SEQ2EDGE, "train", "--out", str(tmp_path / "s"), "--kd-cache", str(tmp_path / "c"), *ARGS],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--kd-cache needs a teacher" in proc.stderr

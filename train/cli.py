@@ -67,13 +67,15 @@ from .evaluate import EVAL_SPLITS
 @click.option("--kd-beam", type=click.IntRange(min=1), default=5, show_default=True, help="The teacher's beam size.")
 @click.option("--kd-mix-references/--kd-teacher-only", default=False, show_default=True,
               help="Keep the corpus references beside the teacher's outputs.")
+@click.option("--kd-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of the teacher's cached outputs (default: OUT/teacher/); students of one teacher may share it.")
 @click.option("--extra-inputs", type=click.Path(path_type=Path), default=None,
               help="Unlabelled sources (one per line) for the teacher to label; those of the dev/test split are left out.")
 def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidirectional, embed, hidden, dropout, src_tokens,
           tgt_tokens, lowercase_source, src_vocab_size, tgt_vocab_size, min_freq, max_src_len, max_tgt_len, epochs, batch_size,
           lr, clip, label_smoothing, patience, lr_patience, init_from, max_minutes, seed, resume, limit, dev_limit, threads,
           log_every, teacher, kd,
-          kd_alpha, kd_top_k, kd_beam, kd_mix_references, extra_inputs) -> None:
+          kd_alpha, kd_top_k, kd_beam, kd_mix_references, kd_cache, extra_inputs) -> None:
     """Train a seq2seq model with attention into the checkpoint directory --out.
 
     With --resume, the run continues with its saved settings; --epochs, --patience, --threads,
@@ -87,6 +89,8 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
     given = _given_on_command_line()
     if (teacher is None) != (kd is None):
         raise click.UsageError("--teacher and --kd go together")
+    if kd_cache is not None and kd is None:
+        raise click.UsageError("--kd-cache needs a teacher (--teacher BUNDLE --kd MODE)")
     if extra_inputs is not None and kd is None:
         raise click.UsageError("--extra-inputs needs a teacher (--teacher BUNDLE --kd seq) to label them")
     if resume and not (out / "last" / "state.json").exists():
@@ -102,7 +106,8 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
                      tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads, log_every=log_every,
                      teacher=str(teacher.resolve()) if teacher else None, kd=kd, kd_beam=kd_beam, kd_alpha=kd_alpha,
                      kd_top_k=kd_top_k,
-                     kd_mix_references=kd_mix_references, extra_inputs=str(extra_inputs.resolve()) if extra_inputs else None)
+                     kd_mix_references=kd_mix_references, kd_cache=str(kd_cache.resolve()) if kd_cache else None,
+                     extra_inputs=str(extra_inputs.resolve()) if extra_inputs else None)
     arch = dict(cell=cell, attention=attention, input_feed=input_feed, layers=layers, decoder_layers=decoder_layers,
                 bidirectional=bidirectional, embed=embed, hidden=hidden, dropout=dropout, src_tokens=src_tokens,
                 tgt_tokens=tgt_tokens, lowercase_source=lowercase_source, max_src_len=max_src_len, max_tgt_len=max_tgt_len)

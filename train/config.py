@@ -36,4 +36,5 @@ class TrainConfig:
     kd_top_k: int = 8  # token level: how many of the teacher's most likely tokens per step are kept
     kd_mix_references: bool = False  # keep the references beside the teacher's outputs
     extra_inputs: str | None = None  # a file of unlabelled sources for the teacher to label
+    kd_cache: str | None = None  # where the teacher's outputs are cached; None: OUT/teacher/
     init_from: str | None = None  # a checkpoint whose weights, model options and vocabularies this run starts from

@@ -9,8 +9,9 @@ student also matches the teacher's distributions at every step of them.
 
 `seq2edge train --teacher BUNDLE --kd seq` labels every training source (and, with --extra-inputs,
 unlabelled sources of the training part of the split) with the teacher bundle's best beam
-hypothesis, decoded by the runtime (onnxruntime). Labels are cached in OUT/teacher/, keyed by the
-teacher's bundle id and beam size, so a resumed run (or a second student) does not decode again.
+hypothesis, decoded by the runtime (onnxruntime). Labels are cached in OUT/teacher/ (or --kd-cache),
+keyed by the teacher's bundle id and beam size, so a resumed run (or a second student given the same
+--kd-cache) does not decode again.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def distilled_entries(tc: TrainConfig, entries: list[Entry], out: Path, log: Cal
 
 def teacher_labels(tc: TrainConfig, sources: list[str], out: Path, log: Callable[[str], None]) -> dict[str, str]:
     """source -> the teacher's best beam output, from the cache or decoded now (and cached)."""
-    cache = _cache_path(tc, out / "teacher", f"seq-{{}}-beam{tc.kd_beam}.jsonl")
+    cache = _cache_path(tc, cache_dir(tc, out), f"seq-{{}}-beam{tc.kd_beam}.jsonl")
     cached = {}
     if cache.exists():
         cached = {r["source"]: r["output"] for r in map(json.loads, cache.read_text(encoding="utf-8").splitlines())}
@@ -88,6 +89,12 @@ def teacher_labels(tc: TrainConfig, sources: list[str], out: Path, log: Callable
             lines.append(json.dumps({"source": source, "output": cached[source]}, ensure_ascii=False))
         write_text_atomic(cache, "\n".join(lines) + "\n")  # a killed run keeps the labels decoded so far
     return cached
+
+
+def cache_dir(tc: TrainConfig, out: Path) -> Path:
+    """--kd-cache, or OUT/teacher/. Entries are keyed by what they depend on (the teacher's bundle id
+    and beam; for distributions also the student's pairs and vocabularies), so students share one."""
+    return Path(tc.kd_cache) if tc.kd_cache else out / "teacher"
 
 
 def _cache_path(tc: TrainConfig, directory: Path, pattern: str) -> Path:
@@ -157,7 +164,7 @@ def token_targets(tc: TrainConfig, src: list[list[int]], tgt: list[list[int]], s
     from safetensors.numpy import load_file, save_file
 
     digest = hashlib.sha1(json.dumps([src, tgt, source.vocab.tokens, target.vocab.tokens]).encode()).hexdigest()[:16]
-    cache = _cache_path(tc, out / "teacher", f"token-{{}}-k{tc.kd_top_k}-{digest}.safetensors")
+    cache = _cache_path(tc, cache_dir(tc, out), f"token-{{}}-k{tc.kd_top_k}-{digest}.safetensors")
     if cache.exists():
         arrays = load_file(str(cache))
         return TokenTargets(arrays["ids"], arrays["probs"], arrays["offsets"])
