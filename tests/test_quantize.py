@@ -64,3 +64,21 @@ def test_a_gru_bundle_ships_its_encoder_in_int8_at_under_half_the_float_size(tmp
     encoder = onnx.load(str(bundle / "encoder.int8.onnx"))
     assert all(i.endswith("_float") for n in encoder.graph.node if n.op_type == "GRU" for i in n.input[1:3])
     assert json.loads((bundle / "bundle.json").read_text())["parity"]["int8"]["token_agreement_with_fp32"] > 0.5
+
+
+def test_the_runtime_widens_int8_recurrent_weights_once_at_load_not_on_every_call(tmp_path):
+    """The runtime's session options let constant folding replace each weight's DequantizeLinear by
+    float weights; left in the graph, it would run on every encoder call."""
+    from conftest import REPO
+
+    from seq2edge.runtime.providers import session_options
+
+    graph = REPO / "models" / "g2p-en-small" / "encoder.int8.onnx"
+    weights = {t.name for t in onnx.load(str(graph)).graph.initializer}
+    widened_per_call = []
+    for options in (ort.SessionOptions(), session_options(1)):
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+        widened_per_call.append(sum(n.op_type == "DequantizeLinear" and n.input[0] in weights for n in nodes))
+    assert widened_per_call[0] > 0 and widened_per_call[1] == 0

@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 
-import { BundleError, Seq2Seq } from "./seq2edge.mjs";
+import { BundleError, Seq2Seq, sessionConfig } from "./seq2edge.mjs";
 
 export * from "./seq2edge.mjs";
 
@@ -22,6 +22,6 @@ export async function loadBundle(dir, { backend = "node", threads = 1, format, .
     }
   };
   const sha256 = async (bytes) => createHash("sha256").update(bytes).digest("hex");
-  const sessionOptions = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all", format };
+  const sessionOptions = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all", format, extra: sessionConfig() };
   return Seq2Seq.load({ ort, read, sha256, sessionOptions, ...options });
 }

@@ -91,6 +91,11 @@ export class TextCodec {
   }
 }
 
+// Session config both entry points pass (as runtime/providers.py): no QDQ rewrites, so constant folding
+// widens the int8 GRU/RNN weights once at load instead of a DequantizeLinear on every call. A new object
+// each time: onnxruntime-web adds its own entries to the one it is given.
+export const sessionConfig = () => ({ session: { disable_quant_qdq: "1" } });
+
 /** A loaded bundle: both codecs and onnxruntime sessions. Use loadBundle() of node.mjs or web.mjs. */
 export class Seq2Seq {
   static async load({ ort, read, sha256, sessionOptions = {}, precision = "fp32", unknown = "error", tooLong = "error",
