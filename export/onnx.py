@@ -1,7 +1,8 @@
 """Trace the model's encode() and step() into encoder.onnx and decoder.onnx.
 
 Default exporter: torch's TorchScript-based one (`dynamo=False`). In torch 2.13
-it keeps every cell's sequence axis dynamic and exports in well under a second;
+it keeps every cell's sequence axis dynamic and exports in well under a second,
+and it writes each encoder layer as one recurrent node (export.encoder_graph);
 the dynamo exporter fixes the vanilla RNN's sequence length to the traced one
 (seen here), so it is offered but not the default. Either way export.verify
 checks the result step by step against PyTorch before a bundle is written.
@@ -21,11 +22,15 @@ from seq2edge.runtime.errors import Seq2EdgeError
 from seq2edge.runtime.interface import Port, graph_file, graph_metadata, graph_ports
 from seq2edge.train.model import Seq2SeqModule, source_mask
 
+from .encoder_graph import EncoderGraph
+
 OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
 
 
-class EncoderGraph(nn.Module):
+class TracedEncoder(nn.Module):
+    """encode() as written, for the dynamo exporter (which ignores export.encoder_graph's symbolic)."""
+
     def __init__(self, model: Seq2SeqModule):
         super().__init__()
         self.model = model
@@ -65,7 +70,8 @@ def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter:
     model = model.eval()
     inputs = example_inputs(model)
     paths = {}
-    for kind, module in (("encoder", EncoderGraph(model)), ("decoder", DecoderGraph(model))):
+    encoder = EncoderGraph(model) if exporter == "torchscript" else TracedEncoder(model)
+    for kind, module in (("encoder", encoder), ("decoder", DecoderGraph(model))):
         path = out_dir / graph_file(kind, "fp32")
         ins, outs = graph_ports(kind)
         with warnings.catch_warnings(), torch.no_grad():

@@ -56,20 +56,28 @@ class Encoder(nn.Module):
         (at each sequence's own end) and the last backward state (at its start)."""
         x = self.embedding(src_ids)
         index = reversal_index(src_lengths, src_ids.size(1)) if self.bidirectional else None  # once for all layers
-        for layer, forward_rnn in enumerate(self.forward_rnns):
+        for layer in range(len(self.forward_rnns)):
             if layer:
                 x = self.dropout(x)
-            out, _ = forward_rnn(x)
-            if self.bidirectional:
-                back, _ = self.backward_rnns[layer](reverse_padded(x, src_lengths, index))
-                out = torch.cat([out, reverse_padded(back, src_lengths, index)], dim=2)
-            x = out
+            x = self.layer(layer, x, src_lengths, index)
+        return x, self.summary(x, src_lengths)
+
+    def layer(self, layer: int, x: Tensor, src_lengths: Tensor, index: Tensor | None) -> Tensor:
+        """Layer `layer` over x [B, S, D] -> [B, S, hidden] (index: reversal_index, bidirectional only)."""
+        out, _ = self.forward_rnns[layer](x)
+        if self.bidirectional:
+            back, _ = self.backward_rnns[layer](reverse_padded(x, src_lengths, index))
+            out = torch.cat([out, reverse_padded(back, src_lengths, index)], dim=2)
+        return out
+
+    def summary(self, x: Tensor, src_lengths: Tensor) -> Tensor:
+        """The last layer's final states [B, hidden]: forward at each sequence's end, backward at its start."""
         last = (src_lengths - 1).view(-1, 1, 1).expand(-1, 1, x.size(2))
         end = x.gather(1, last)[:, 0]  # indexing, not squeeze: no shape test in the exported graph
         if not self.bidirectional:
-            return x, end
+            return end
         half = x.size(2) // 2
-        return x, torch.cat([end[:, :half], x[:, 0, half:]], dim=1)
+        return torch.cat([end[:, :half], x[:, 0, half:]], dim=1)
 
 
 class Attention(nn.Module):
@@ -153,6 +161,10 @@ class Seq2SeqModule(nn.Module):
     def encode(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """-> memory [B, S, hidden] and the first packed decoder state [B, state_size]."""
         memory, summary = self.encoder(src_ids, src_lengths)
+        return memory, self.first_state(summary)
+
+    def first_state(self, summary: Tensor) -> Tensor:
+        """The encoder's summary [B, hidden] bridged to the first packed decoder state."""
         c = self.config
         bridged = self.bridge(summary)
         n = c.decoder_layers * c.hidden
@@ -161,7 +173,7 @@ class Seq2SeqModule(nn.Module):
             parts.append(bridged[:, n:])
         if c.input_feed:
             parts.append(summary.new_zeros(summary.size(0), c.hidden))
-        return memory, torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=1)
 
     def step(self, prev_ids: Tensor, state: Tensor, memory: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One decoder step -> log_probs [B, V], new state [B, state_size], attention [B, S]."""
