@@ -163,9 +163,13 @@ def plot(result: dict, path: Path) -> None:
             labels.append(row["variant"] if row["model"] == PEER else f"{row['model']} {row['variant']}")
             points.append((speed, row["wer_stressless"]))
     front = pareto_front(points)
+    above: list[tuple[float, float]] = []  # points labelled above; a near neighbour gets its label below
     for i, ((speed, wer), label) in enumerate(zip(points, labels)):
         left.plot(speed, wer, "o", color="C3" if i in front else "C0")
-        left.annotate(label, (speed, wer), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        near = any(abs(wer - w) < 0.4 and max(speed, s) / min(speed, s) < 1.8 for s, w in above)
+        if not near:
+            above.append((speed, wer))
+        left.annotate(label, (speed, wer), textcoords="offset points", xytext=(5, -11 if near else 4), fontsize=8)
     if front:
         left.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="C3", alpha=0.6,
                   label="Pareto front")
