@@ -142,16 +142,18 @@ def test_runtime_imports_neither_torch_nor_onnx(tiny_bundle):
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
 
 
-def _ignore_source_lengths(bundle, precision: str) -> None:
-    """Plant a batch-only defect in the bundle's greedy graph: its attention mask covers every
-    position up to the longest source, so shorter rows of a batch attend to padding."""
+def _mix_up_rows(bundle, precision: str) -> None:
+    """Plant a batch-only defect in the bundle's greedy graph: row i of a batch is given the source
+    mask of row B-1-i (as a wrong batch axis would), so at batch 1 nothing changes."""
     path = bundle / ("greedy.int8.onnx" if precision == "int8" else "greedy.onnx")
     graph = onnx.load(str(path))
     nodes = list(graph.graph.node)
     (less,) = [n for n in nodes if n.output[0] == "g/src_mask"]
-    less.input[1] = "g/longest"
-    at = next(i for i, n in enumerate(nodes) if "g/src_len" in n.output) + 1
-    nodes.insert(at, onnx.helper.make_node("Unsqueeze", ["g/src_len", "g/axis0"], ["g/longest"]))
+    less.output[0] = "g/src_mask_in_order"
+    for name, value in (("t/start", -1), ("t/end", np.iinfo(np.int64).min), ("t/axis", 0), ("t/step", -1)):
+        graph.graph.initializer.append(onnx.numpy_helper.from_array(np.array([value], dtype=np.int64), name))
+    reverse = onnx.helper.make_node("Slice", ["g/src_mask_in_order", "t/start", "t/end", "t/axis", "t/step"], ["g/src_mask"])
+    nodes.insert(nodes.index(less) + 1, reverse)
     del graph.graph.node[:]
     graph.graph.node.extend(nodes)
     onnx.save(graph, str(path))
@@ -172,7 +174,7 @@ def test_a_greedy_graph_that_mishandles_batches_is_refused_in_fp32_and_int8_and_
     shutil.copytree(REPO / "models" / "g2p-en-small", bundle)
     assert check_greedy_graph(bundle, "int8", words)["passed"]
     for precision in ("fp32", "int8"):
-        _ignore_source_lengths(bundle, precision)
+        _mix_up_rows(bundle, precision)
         figures = check_greedy_graph(bundle, precision, words)
         assert figures["matching_batch_1"] == 1.0  # the defect only shows in batches
         assert not figures["passed"] and figures["matching_batched"] < 0.9, figures
