@@ -58,6 +58,9 @@ class TextCodec:
         self.vocab = vocab
         self.lowercase = lowercase
         self._spm = _load_spm(spm_path) if kind == "spm" else None
+        # What a token of text may become: <pad>, <s> and </s> are control ids, never text, so a
+        # "<pad>" in the input is an unknown token like any other (<unk> typed as text stays <unk>).
+        self._from_text = {t: i for t, i in vocab.index.items() if i not in _DROPPED_IDS}
 
     def normalize(self, text: str) -> str:
         """The normalisation applied before splitting, identical in training and on the device."""
@@ -89,7 +92,7 @@ class TextCodec:
         tokens = self.split(text)
         if not tokens:
             raise InputError("empty input")
-        index = self.vocab.index
+        index = self._from_text
         ids = [index.get(t, -1) for t in tokens]
         if -1 not in ids:
             return tokens, ids
@@ -102,7 +105,7 @@ class TextCodec:
             if not tokens:
                 raise InputError(f"{_describe(text)}: nothing left after skipping unknown tokens")
             return tokens, [i for i in ids if i >= 0]
-        return tokens, [index[UNK] if i < 0 else i for i in ids]
+        return tokens, [self.vocab.index[UNK] if i < 0 else i for i in ids]
 
     def ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         """Tokens of `ids`; <pad>, <s> and </s> dropped, <unk> kept so that it stays visible."""

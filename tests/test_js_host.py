@@ -176,3 +176,30 @@ def test_browser_demo_decodes_like_python_in_headless_chromium(bundle, words, tm
     assert page["status"].startswith("model ready: /bundle/")
     python = Seq2Seq.load(bundle, providers="cpu").decode(words[:250], errors="return")
     assert [r["text"] for r in page["results"]] == [r.text if r.ok else None for r in python]
+
+
+@needs_node
+def test_node_codec_treats_control_tokens_typed_as_text_as_python_does():
+    from seq2edge.runtime import InputError
+    from seq2edge.runtime.tokenize import SPECIALS, TextCodec, Vocabulary
+
+    vocab = [*SPECIALS, "a", "b"]
+    texts = ["a <pad> b", "<s> a", "</s>", "a <unk>", "<PAD>"]
+    codec = TextCodec("word", Vocabulary(vocab), lowercase=True)
+    expected = []
+    for policy in ("error", "unk", "skip"):
+        for text in texts:
+            try:
+                expected.append(codec.encode(text, policy))
+            except InputError:
+                expected.append("error")
+    script = (f"import {{ TextCodec }} from {json.dumps(str(JS / 'seq2edge.mjs'))};"
+              f"const codec = new TextCodec('word', {json.dumps(vocab)}, true); const out = [];"
+              f"for (const p of ['error', 'unk', 'skip']) for (const t of {json.dumps(texts)}) {{"
+              "try { out.push(codec.encode(t, p)[1]); } catch (e) { out.push('error'); } }"
+              "console.log(JSON.stringify(out));")
+    proc = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == expected
+    # the control ids never come from text; a typed <unk> is <unk>
+    assert expected[:5] == ["error", "error", "error", [4, 3], "error"] and expected[5] == [4, 3, 5]

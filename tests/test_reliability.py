@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seq2edge.runtime import BundleError, InputError, Result, Seq2Seq
-from seq2edge.runtime.tokenize import SPECIALS, TextCodec, Vocabulary
+from seq2edge.runtime.tokenize import BOS, EOS, PAD, SPECIALS, TextCodec, Vocabulary
 from seq2edge.runtime.util import sha256_file
 
 # --------------------------------------------------------------------------- bad text input
@@ -89,7 +89,7 @@ def test_any_unicode_gives_a_result_or_the_documented_error(tiny_model, texts):
 def test_tokenisers_never_fail_outside_their_documented_error(text, kind, policy):
     codec = TextCodec(kind, Vocabulary([*SPECIALS, "a", "b", "ab", "é"]), lowercase=True)
     tokens = codec.split(text)
-    known = [t for t in tokens if t in codec.vocab]
+    known = [t for t in tokens if t in codec.vocab and t not in (PAD, BOS, EOS)]  # control tokens are never text
     try:
         ids = codec.encode(text, policy)
     except InputError as exc:
@@ -100,7 +100,7 @@ def test_tokenisers_never_fail_outside_their_documented_error(text, kind, policy
         else:
             assert policy == "skip" and not known and "nothing left after skipping" in str(exc)
     else:
-        expected = {"error": tokens, "unk": [t if t in codec.vocab else "<unk>" for t in tokens], "skip": known}[policy]
+        expected = {"error": tokens, "unk": [t if t in known else "<unk>" for t in tokens], "skip": known}[policy]
         assert codec.ids_to_tokens(ids) == expected
 
 
@@ -289,3 +289,12 @@ def test_decode_survives_a_closed_stdout(tiny_bundle):
     proc = subprocess.run(f"yes edge | head -n 3000 | {' '.join(SEQ2EDGE)} decode {tiny_bundle} | head -n 1",
                           shell=True, capture_output=True, text=True)
     assert proc.stdout.strip().startswith("edge -> ") and "Traceback" not in proc.stderr
+
+
+def test_control_tokens_typed_as_text_are_unknown_tokens_not_control_ids():
+    """A word-level source that contains "<pad>", "<s>" or "</s>" must not feed those ids to the encoder."""
+    codec = TextCodec("word", Vocabulary([*SPECIALS, "a"]), lowercase=False)
+    with pytest.raises(InputError, match="not in the source vocabulary: '<pad>', '</s>'"):
+        codec.encode("a <pad> </s>")
+    assert codec.encode("a <pad> <s> <unk>", "unk") == [4, 3, 3, 3]
+    assert codec.encode("<s> a", "skip") == [4]

@@ -53,6 +53,8 @@ export class TextCodec {
     this.kind = kind;
     this.tokens = vocab;
     this.index = new Map(vocab.map((t, i) => [t, i]));
+    // As runtime/tokenize.py: <pad>, <s> and </s> (ids 0-2) are never text; typed, they are unknown tokens.
+    this.fromText = new Map([...this.index].filter(([, i]) => i > 2));
     this.lowercase = lowercase;
   }
 
@@ -75,7 +77,7 @@ export class TextCodec {
   encode(text, unknown = "error") {
     let tokens = this.split(text);
     if (tokens.length === 0) throw new InputError("empty input");
-    let ids = tokens.map((t) => (this.index.has(t) ? this.index.get(t) : -1));
+    let ids = tokens.map((t) => (this.fromText.has(t) ? this.fromText.get(t) : -1));
     if (!ids.includes(-1)) return [tokens, ids];
     if (unknown === "error") {
       const missing = [...new Set(tokens.filter((t, i) => ids[i] < 0))].map((t) => `'${t}'`).join(", ");
