@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -210,8 +211,6 @@ JS_CLI = Path(__file__).resolve().parents[1] / "hosts" / "js" / "cli.mjs"
 
 def node_host() -> list[str] | None:
     """`node hosts/js/cli.mjs`, or None where Node or the host's onnxruntime-node is not installed."""
-    import shutil
-
     node = shutil.which("node")
     if node is None or not (JS_CLI.parent / "node_modules" / "onnxruntime-node").is_dir():
         return None

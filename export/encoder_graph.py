@@ -7,7 +7,7 @@ more than the recurrences. ONNX recurrent nodes take `sequence_lens` and run the
 direction from each sequence's own end, which is that reversal: one node per layer, the same
 computation at every real position (export's parity check compares them with PyTorch) and zeros at
 the padding, which attention masks. The summary is the node's final state (Y_h): forward at each
-sequence's end, backward at its start, as Encoder.summary.
+sequence's end, backward at its start, as Encoder.forward's summary.
 
 Only the TorchScript exporter honours an autograd.Function's `symbolic`; `--exporter dynamo` traces
 Seq2SeqModule.encode as it is.

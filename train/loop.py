@@ -108,7 +108,6 @@ class Trainer:
             save_model_files(self.out, self.model, self.prepared.source, self.prepared.target)
         self.teacher = None  # --kd token, seq+token: the teacher's per-step distributions, aligned with the training pairs
         if matches_distributions(self.tc.kd):
-
             data = self.prepared
             self.teacher = token_targets(self.tc, data.train.src, data.train.tgt, data.source, data.target, self.out, self.log)
         self.net = self.model

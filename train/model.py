@@ -56,28 +56,20 @@ class Encoder(nn.Module):
         (at each sequence's own end) and the last backward state (at its start)."""
         x = self.embedding(src_ids)
         index = reversal_index(src_lengths, src_ids.size(1)) if self.bidirectional else None  # once for all layers
-        for layer in range(len(self.forward_rnns)):
+        for layer, forward_rnn in enumerate(self.forward_rnns):
             if layer:
                 x = self.dropout(x)
-            x = self.layer(layer, x, src_lengths, index)
-        return x, self.summary(x, src_lengths)
-
-    def layer(self, layer: int, x: Tensor, src_lengths: Tensor, index: Tensor | None) -> Tensor:
-        """Layer `layer` over x [B, S, D] -> [B, S, hidden] (index: reversal_index, bidirectional only)."""
-        out, _ = self.forward_rnns[layer](x)
-        if self.bidirectional:
-            back, _ = self.backward_rnns[layer](reverse_padded(x, src_lengths, index))
-            out = torch.cat([out, reverse_padded(back, src_lengths, index)], dim=2)
-        return out
-
-    def summary(self, x: Tensor, src_lengths: Tensor) -> Tensor:
-        """The last layer's final states [B, hidden]: forward at each sequence's end, backward at its start."""
+            out, _ = forward_rnn(x)
+            if self.bidirectional:
+                back, _ = self.backward_rnns[layer](reverse_padded(x, src_lengths, index))
+                out = torch.cat([out, reverse_padded(back, src_lengths, index)], dim=2)
+            x = out
         last = (src_lengths - 1).view(-1, 1, 1).expand(-1, 1, x.size(2))
         end = x.gather(1, last)[:, 0]  # indexing, not squeeze: no shape test in the exported graph
         if not self.bidirectional:
-            return end
+            return x, end
         half = x.size(2) // 2
-        return torch.cat([end[:, :half], x[:, 0, half:]], dim=1)
+        return x, torch.cat([end[:, :half], x[:, 0, half:]], dim=1)
 
 
 class Attention(nn.Module):
