@@ -53,7 +53,10 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
     names = M.model_names(bundles)
     wanted = ["fp32"] + [p for p in precisions.split(",") if p != "fp32"]
 
-    speed, accuracy, startup, models = [], [], [], []
+    from .peers import load_g2p_en
+
+    g2p = load_g2p_en()
+    speed, accuracy, startup, models, paired = [], [], [], [], []
     for i, (name, bundle) in enumerate(zip(names, bundles)):
         checkpoint = checkpoints[i] if i < len(checkpoints) else None
         variants = M.load_variants(bundle, wanted, provider, threads, log)
@@ -73,6 +76,9 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
             for batch in sizes:
                 log(f"{name} {variant} batch {batch}")
                 speed.append(M.time_runtime(name, variant, model, timed, batch, repeats))
+        if i and g2p is not None and edge_precision in variants:  # the small-model speed targets' ratios
+            log(f"{name} {edge_precision} and g2p-en in alternation")
+            paired.append(M.time_paired(name, edge_precision, variants[edge_precision], g2p, timed, 1 if quick else 5))
         fp32 = variants["fp32"]
         models.append({"name": name, "bundle": str(bundle), "checkpoint": str(checkpoint) if torch_model else None,
                        "provider": fp32.providers[0], "sizes": M.bundle_sizes(fp32.bundle)})
@@ -81,9 +87,6 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
             log(f"{name} cold start {variant}")
             startup.append(M.startup(name, variant, command, 1 if quick else 5))
         del variants, torch_model
-    from .peers import load_g2p_en
-
-    g2p = load_g2p_en()
     if g2p is not None:
         log(f"g2p-en: accuracy on {len(scored)} words, batch 1")
         accuracy.append(M.g2p_en_accuracy(g2p, scored))
@@ -97,6 +100,7 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
         "machine": {"python": platform.python_version(), "processor": platform.processor(), "machine": platform.machine(),
                     "cpus": _cpus()},
         "speed": M.as_dicts(speed), "accuracy": M.as_dicts(accuracy), "startup": M.as_dicts(startup),
+        "paired": M.as_dicts(paired),
     }
     result["targets"] = [{"model": t.model, "name": t.name, "value": t.value, "goal": t.goal, "at_least": t.at_least,
                           "met": t.met} for t in targets(result)]

@@ -32,6 +32,21 @@ class Speed:
 
 
 @dataclass
+class Paired:
+    """A bundle's speed against g2p-en's, the two timed in alternation on the same chunks of words,
+    so that a change in the machine's speed during the run moves both sides of each ratio."""
+
+    model: str
+    variant: str
+    rounds: int
+    chunk: int  # words per chunk: g2p-en, then the model at batch 1, then at batch 64, chunk after chunk
+    batch_1: list[float]  # per round: the model's words/s at batch 1 over g2p-en's
+    batch_64: list[float]
+    vs_g2p_en_batch_1: float  # medians over the rounds
+    vs_g2p_en_batch_64: float
+
+
+@dataclass
 class Accuracy:
     model: str
     variant: str
@@ -187,6 +202,29 @@ def time_torch(name: str, model, source, target, texts: Sequence[str], batch_siz
 def time_g2p_en(g2p, texts: Sequence[str], repeats: int) -> Speed:
     seconds = median_time(lambda: [g2p.predict(w) for w in texts], repeats)
     return speed_row(PEER, "g2p-en", 1, len(texts), seconds, repeats)
+
+
+def time_paired(name: str, variant: str, model, g2p, texts: Sequence[str], rounds: int, chunk: int = 512) -> Paired:
+    """The model's words/s at batch 1 and 64 over g2p-en's, each round timing the three in turn on
+    every chunk of `texts` (after a warm-up), so that neither side gets a faster stretch of the run."""
+    texts = list(texts)
+    chunks = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
+    model.decode(chunks[0], batch_size=1)
+    [g2p.predict(w) for w in chunks[0][:64]]
+    batch_1, batch_64 = [], []
+    for _ in range(rounds):
+        peer = one = many = 0.0
+        for part in chunks:
+            start = time.perf_counter()
+            [g2p.predict(w) for w in part]
+            middle = time.perf_counter()
+            model.decode(part, batch_size=1)
+            end = time.perf_counter()
+            model.decode(part, batch_size=64)
+            peer, one, many = peer + middle - start, one + end - middle, many + time.perf_counter() - end
+        batch_1.append(round(peer / one, 3))
+        batch_64.append(round(peer / many, 3))
+    return Paired(name, variant, rounds, chunk, batch_1, batch_64, statistics.median(batch_1), statistics.median(batch_64))
 
 
 def startup(model: str, variant: str, command: list[str], runs: int) -> Startup:

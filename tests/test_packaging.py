@@ -82,7 +82,7 @@ def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_
     second = export_tiny(tiny_checkpoint, tmp_path / "small", greedy_graph=True, parity_words=40)
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run([*SEQ2EDGE, "bench", str(first), str(second), "--checkpoint", str(tiny_checkpoint), "--quick",
-                           "--words", "40", "--batch-sizes", "1,64", "--json", str(out), "--plot", str(png)],
+                           "--words", "40", "--batch-sizes", "1,64", "--edge-precision", "fp32", "--json", str(out), "--plot", str(png)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -104,8 +104,11 @@ def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_
         ("big", "fp32"), ("big", "int8"), ("big", "pytorch"), ("small", "fp32"), ("peer", "g2p-en")} | on_node
     assert all(r["seconds"] > 0 for r in result["startup"])
     names = [(t["model"], t["name"]) for t in result["targets"]]
-    assert len(names) == 10 + 8 and names[10] == ("small", "int8 stressless WER (%)")
-    assert result["targets"][13]["value"] is None  # the small bundle has no int8 graphs: not measured, not invented
+    assert len(names) == 10 + 8 and names[10] == ("small", "fp32 stressless WER (%)")
+    (paired,) = result["paired"]  # the small-model targets' speed ratios: g2p-en timed in turn with the bundle
+    assert (paired["model"], paired["variant"], paired["rounds"]) == ("small", "fp32", 1) and paired["batch_1"][0] > 0
+    assert result["targets"][13]["value"] == paired["vs_g2p_en_batch_1"] and result["targets"][14]["value"] == paired["vs_g2p_en_batch_64"]
+    assert ("small", "int8") not in {(r["model"], r["variant"]) for r in result["speed"]}  # no int8 graphs: nothing invented
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "targets:" in proc.stdout and "stressless WER" in proc.stdout
 
