@@ -14,6 +14,7 @@ Reduced-precision graphs (int8, fp16) against the fp32 graphs
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -174,19 +175,23 @@ def check_greedy_graph(bundle_dir: Path, precision: str, texts: Sequence[str], b
     return figures
 
 
-def batched_speedup(steps: Seq2Seq, graph: Seq2Seq, texts: list[str], batch_size: int) -> float:
-    """Step-by-step time over greedy-graph time, batched, one thread, best of three each: the runtime
-    uses the graph on batches where this is well above 1 (small models, whose steps cost less than
-    the Python around them)."""
-    def best(model: Seq2Seq) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            model.decode(texts, batch_size=batch_size, errors="return")
-            times.append(time.perf_counter() - start)
-        return min(times)
+def batched_speedup(steps: Seq2Seq, graph: Seq2Seq, texts: list[str], batch_size: int, rounds: int = 7) -> float:
+    """Step-by-step time over greedy-graph time, batched, one thread: the median of `rounds` ratios,
+    the two timed in turn within each round (after a warm-up), so that a change in the machine's speed
+    moves both. The runtime uses the graph on batches where this is above GREEDY_GRAPH_BATCHED_SPEEDUP
+    (small models, whose steps cost less than the Python around them)."""
+    def seconds(model: Seq2Seq) -> float:
+        start = time.perf_counter()
+        model.decode(texts, batch_size=batch_size, errors="return")
+        return time.perf_counter() - start
 
-    return best(steps) / best(graph)
+    seconds(steps), seconds(graph)
+    ratios = []
+    for i in range(rounds):
+        first, second = (steps, graph) if i % 2 == 0 else (graph, steps)
+        a, b = seconds(first), seconds(second)
+        ratios.append(a / b if first is steps else b / a)
+    return statistics.median(ratios)
 
 
 # Scores are sums of up to max_tgt_len float32 log-probs: the graph adds them in float32, the runtime
