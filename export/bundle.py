@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +22,7 @@ from seq2edge.runtime.errors import BundleError, Seq2EdgeError
 from seq2edge.runtime.interface import BUNDLE_FILE, graph_metadata
 from seq2edge.runtime.model import GREEDY_GRAPH_BATCHED_SPEEDUP, Seq2Seq
 from seq2edge.runtime.schema import BundleMeta, GraphEntry, SideMeta
-from seq2edge.runtime.util import remove_orphans, sha256_file, write_json_atomic
+from seq2edge.runtime.util import atomic_directory, sha256_file, write_json_atomic
 from seq2edge.train import corpus as C
 from seq2edge.train.checkpoint import load_checkpoint, read_json
 
@@ -53,10 +51,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     model, source, target = load_checkpoint(checkpoint)
     entries = parity_entries(checkpoint, corpus, parity_words)
     texts = [e.source for e in entries]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_orphans(out, ".partial")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         bundle_id = uuid.uuid4().hex
         paths = export_graphs(model, tmp, bundle_id, exporter)
         meta = _bundle_meta(bundle_id, model, checkpoint, tmp, source, target, paths, exporter)
@@ -77,10 +72,6 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
             log(f"ORT format: {', '.join(e.ort.file for g in meta.graphs.values() for e in g.values())} and "
                 f"{REQUIRED_OPERATORS}")
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
-        _place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -181,15 +172,3 @@ def _train_summary(checkpoint: Path) -> dict:
     history = train.get("history") or []
     return {"corpus": train["train_config"].get("corpus"), "epochs": len(history),
             "best_dev_wer": train.get("best_dev_wer"), "minutes": history[-1]["minutes"] if history else None}
-
-
-def _place(tmp: Path, out: Path) -> None:
-    """Rename the finished bundle into place; an old bundle (with --force) is moved aside first, then removed."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    os.chmod(out, 0o755)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
