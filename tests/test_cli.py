@@ -89,7 +89,7 @@ def test_train_command_rejects_an_impossible_config(tmp_path):
 
 def test_help_lists_every_command():
     result = run("--help")
-    for command in ("train", "export", "eval", "decode", "info", "bench"):
+    for command in ("train", "average", "export", "eval", "decode", "info", "bench"):
         assert command in result.output
 
 

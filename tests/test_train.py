@@ -201,3 +201,36 @@ def test_init_from_starts_a_second_cycle_from_a_trained_checkpoints_weights_and_
     refused = subprocess.run([*SEQ2EDGE, "train", "--init-from", str(tiny_checkpoint), "--out", str(tmp_path / "x"),
                               "--hidden", "64"], capture_output=True, text=True)
     assert refused.returncode == 2 and "leave out --hidden" in refused.stderr
+
+
+def test_keep_epochs_and_average_give_one_checkpoint_whose_weights_are_the_epochs_mean(tiny_checkpoint, tmp_path):
+    """train --keep-epochs keeps each epoch's weights; `average` writes their mean as a checkpoint that
+    eval and export take, and refuses weights of another model or an existing --out."""
+    run = tmp_path / "run"
+    proc = subprocess.run([*SEQ2EDGE, "train", "--out", str(run), "--epochs", "2", "--keep-epochs", *ARGS],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    epochs = sorted((run / "epochs").glob("*.safetensors"))
+    assert [p.name for p in epochs] == ["epoch-001.safetensors", "epoch-002.safetensors"]
+    history = json.loads((run / "train.json").read_text())["history"]
+    assert [float(tensors_metadata(p)["dev_wer"]) for p in epochs] == [h["dev_wer"] for h in history]
+    first, second = load_file(epochs[0]), load_file(epochs[1])
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+    out = tmp_path / "averaged"
+    proc = subprocess.run([*SEQ2EDGE, "average", *map(str, epochs), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    mean = load_file(out / "model.safetensors")
+    assert set(mean) == set(first) and all(torch.allclose(mean[k], (first[k] + second[k]) / 2, atol=1e-7) for k in first)
+    assert json.loads((out / "config.json").read_text()) == json.loads((run / "config.json").read_text())
+    sources = json.loads((out / "train.json").read_text())["averaged_from"]
+    assert [s["epoch"] for s in sources] == ["1", "2"]
+    model, _, _ = load_checkpoint(out)  # a checkpoint like any other
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing temporary left
+
+    again = subprocess.run([*SEQ2EDGE, "average", *map(str, epochs), "--out", str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and "--force" in again.stderr
+    other = subprocess.run([*SEQ2EDGE, "average", str(run), str(tiny_checkpoint), "--out", str(tmp_path / "x")],
+                           capture_output=True, text=True)
+    assert other.returncode == 2 and "config.json differs" in other.stderr and "Traceback" not in other.stderr
+    assert not (tmp_path / "x").exists()

@@ -7,6 +7,7 @@ CHECKPOINT_DIR/
   model.safetensors   the best-on-dev weights (what export and eval use)
   train.json          TrainConfig and per-epoch history
   last/               resume point: model, optimizer and RNG state after the last finished epoch
+  epochs/             every epoch's weights, epoch-N.safetensors (train --keep-epochs; for `seq2edge average`)
   curves.png          training and dev curves
 """
 
@@ -45,6 +46,11 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     """safetensors file written atomically."""
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def epoch_weights(directory: Path, epoch: int) -> Path:
+    """Where train --keep-epochs keeps the weights at the end of `epoch` (1-based)."""
+    return directory / "epochs" / f"epoch-{epoch:03d}.safetensors"
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

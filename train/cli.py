@@ -47,6 +47,8 @@ from .evaluate import EVAL_SPLITS
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
               help="Start from this trained checkpoint's weights, model options and vocabularies (a second training "
                    "cycle, e.g. on a teacher's outputs).")
+@click.option("--keep-epochs", is_flag=True,
+              help="Also keep every epoch's weights in OUT/epochs/epoch-N.safetensors (for `seq2edge average`).")
 @click.option("--max-minutes", type=float, default=None, help="Time budget; stops inside an epoch if needed (resumable).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last resume point.")
@@ -73,7 +75,7 @@ from .evaluate import EVAL_SPLITS
               help="Unlabelled sources (one per line) for the teacher to label; those of the dev/test split are left out.")
 def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidirectional, embed, hidden, dropout, src_tokens,
           tgt_tokens, lowercase_source, src_vocab_size, tgt_vocab_size, min_freq, max_src_len, max_tgt_len, epochs, batch_size,
-          lr, clip, label_smoothing, patience, lr_patience, init_from, max_minutes, seed, resume, limit, dev_limit, threads,
+          lr, clip, label_smoothing, patience, lr_patience, init_from, keep_epochs, max_minutes, seed, resume, limit, dev_limit, threads,
           log_every, teacher, kd,
           kd_alpha, kd_top_k, kd_beam, kd_mix_references, kd_cache, extra_inputs) -> None:
     """Train a seq2seq model with attention into the checkpoint directory --out.
@@ -101,7 +103,7 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
         _check_init_from(init_from, given)
     tc = TrainConfig(corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, label_smoothing=label_smoothing,
                      patience=patience, lr_patience=lr_patience,
-                     init_from=str(init_from.resolve()) if init_from else None, seed=seed, max_minutes=max_minutes,
+                     init_from=str(init_from.resolve()) if init_from else None, keep_epochs=keep_epochs, seed=seed, max_minutes=max_minutes,
                      min_freq=min_freq, src_vocab_size=src_vocab_size,
                      tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads, log_every=log_every,
                      teacher=str(teacher.resolve()) if teacher else None, kd=kd, kd_beam=kd_beam, kd_alpha=kd_alpha,
@@ -198,3 +200,17 @@ def evaluate(path, corpus, split, beam, precision, batch_size, limit, threads, o
         click.echo(f"per-input results: {output}")
     if json_out:
         write_metrics(result, json_out)
+
+
+@click.command("average")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint directory to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def average(sources, out, force) -> None:
+    """Average the weights of SOURCES (checkpoint directories, or weights files such as a run's
+    epochs/epoch-N.safetensors from train --keep-epochs) of one model into the checkpoint --out."""
+    from .average import average_checkpoints
+
+    result = average_checkpoints(list(sources), out, force)
+    click.echo(f"{out}: the mean of {len(result['averaged_from'])} weights files; score it with "
+               f"`seq2edge eval {out} --split dev`")

@@ -38,3 +38,4 @@ class TrainConfig:
     extra_inputs: str | None = None  # a file of unlabelled sources for the teacher to label
     kd_cache: str | None = None  # where the teacher's outputs are cached; None: OUT/teacher/
     init_from: str | None = None  # a checkpoint whose weights, model options and vocabularies this run starts from
+    keep_epochs: bool = False  # also keep every epoch's weights in OUT/epochs/ (for `seq2edge average`)

@@ -26,6 +26,7 @@ from seq2edge.runtime.util import write_json_atomic
 
 from . import data as D
 from .checkpoint import (
+    epoch_weights,
     load_tensors,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -243,6 +244,10 @@ class Trainer:
             if wer < self.saved:
                 self.saved = wer
                 save_tensors(self.out / "model.safetensors", self.model.state_dict(), {"epoch": str(self.epoch + 1)})
+            if tc.keep_epochs:
+                path = epoch_weights(self.out, self.epoch + 1)
+                path.parent.mkdir(exist_ok=True)
+                save_tensors(path, self.model.state_dict(), {"epoch": str(self.epoch + 1), "dev_wer": str(wer)})
             if improved:
                 self.best, self.bad_epochs = wer, 0
             else:
