@@ -111,10 +111,13 @@ def _loop_body(decoder: onnx.ModelProto, c: ModelConfig, opset: int) -> onnx.Gra
         best_value,
         helper.make_node("Equal", ["b/ids", const.int64(c.eos_id, "b/eos")], ["b/is_eos"]),
         helper.make_node("Or", ["b/done", "b/is_eos"], ["b/done_out"]),
+        # Finished rows go on with <pad>, whose embedding is zero: any other token (</s> above all,
+        # never an input in training) would widen the batch's int8 activation range and change the
+        # scores of the rows still decoding.
+        helper.make_node("Where", ["b/done_out", const.int64(c.pad_id, "b/pad"), "b/ids"], ["b/next"]),
         helper.make_node("Cast", ["b/done_out"], ["b/still"], to=TensorProto.INT64),
         helper.make_node("ReduceMin", ["b/still"], ["b/all_done_i"], keepdims=0),
         helper.make_node("Equal", ["b/all_done_i", const.int64(0, "b/zero")], ["b/cond_out"]),
-        helper.make_node("Identity", ["b/ids"], ["b/ids_scan"]),  # one value cannot be two outputs
     ]
     ins = [helper.make_tensor_value_info("b/t", TensorProto.INT64, []),
            helper.make_tensor_value_info("b/cond", TensorProto.BOOL, []),
@@ -122,10 +125,10 @@ def _loop_body(decoder: onnx.ModelProto, c: ModelConfig, opset: int) -> onnx.Gra
            helper.make_tensor_value_info("b/state", TensorProto.FLOAT, ["batch", c.state_size]),
            helper.make_tensor_value_info("b/done", TensorProto.BOOL, ["batch"])]
     outs = [helper.make_tensor_value_info("b/cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("b/ids", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("b/next", TensorProto.INT64, ["batch"]),
             helper.make_tensor_value_info(new_state, TensorProto.FLOAT, ["batch", c.state_size]),
             helper.make_tensor_value_info("b/done_out", TensorProto.BOOL, ["batch"]),
-            helper.make_tensor_value_info("b/ids_scan", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("b/ids", TensorProto.INT64, ["batch"]),
             helper.make_tensor_value_info("b/best_lp", TensorProto.FLOAT, ["batch"])]
     # The decoder's weights are the body's own initializers, not outer-scope values: onnxruntime
     # passes every outer value a body reads to each iteration as an input, which made the whole

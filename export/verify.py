@@ -150,27 +150,36 @@ def check_greedy_graph(bundle_dir: Path, precision: str, texts: Sequence[str], b
     """greedy.onnx against the step-by-step runtime on the same words and at the same batch size
     (1, then `batch_size`): the same tokens, and scores within SCORE_TOLERANCE.
 
-    fp32 must match on every word at both batch sizes. int8 must match on every word at batch 1;
-    batched, its activation scales are shared by the batch and the graph keeps finished rows in it
-    (the runtime drops them), so a near tie may round the other way: at least 1 - INT8_BATCHING_BOUND
-    of the words must match. Measured against the runtime at the same batch size, not at batch 1, so a
-    correct model whose own int8 decoding changes with batching is not refused, while a graph that
-    mishandles batches still is (fp32 always; int8 where it changes more than that share)."""
+    fp32 must match on every word at both batch sizes, and int8 on every word at batch 1. Batched,
+    int8 activations are quantised with one scale per batch, and the graph keeps finished rows in the
+    batch (fed <pad>) where the runtime drops them: scores move with that (by up to 0.1 on a barely
+    trained model whose tokens all agree), and a near tie may round the other way. So int8 batched is
+    held to its tokens: they must agree on at least 1 - INT8_BATCHING_BOUND of the words, or, for a
+    model whose own int8 decoding changes more than that between batch 1 and the batch (measured here
+    on the same words), on all but twice that share. Measured against the runtime at the same batch
+    size, so a correct but batch-sensitive model is not refused, while a graph that mishandles batches
+    still is (fp32 always; int8 where it changes far more than the model itself does)."""
     steps = Seq2Seq.load(bundle_dir, providers="cpu", precision=precision, unknown="unk", too_long="truncate", greedy_graph=False,
                          threads=1)
     graph = Seq2Seq.load(bundle_dir, providers="cpu", precision=precision, unknown="unk", too_long="truncate", greedy_graph=True,
                          threads=1)
     figures: dict = {"words": len(texts)}
+    references = {}
     for name, size in (("batch_1", 1), ("batched", batch_size)):
-        reference = steps.decode(list(texts), batch_size=size, errors="return")
+        reference = references[name] = steps.decode(list(texts), batch_size=size, errors="return")
         got = graph.decode(list(texts), batch_size=size, errors="return")
         pairs = [(a, b) for a, b in zip(reference, got) if a.ok and b.ok]
         diffs = [abs(a.score - b.score) for a, b in pairs if a.tokens == b.tokens]
         figures[f"token_agreement_{name}"] = len(diffs) / max(len(pairs), 1)
         figures[f"max_abs_score_diff_{name}"] = max(diffs, default=0.0)
         figures[f"matching_{name}"] = sum(d <= SCORE_TOLERANCE for d in diffs) / max(len(pairs), 1)
-    bound = INT8_BATCHING_BOUND if precision == "int8" else 0.0
-    figures["passed"] = figures["matching_batch_1"] == 1.0 and figures["matching_batched"] >= 1.0 - bound
+    if precision == "int8":
+        own = [a.tokens != b.tokens for a, b in zip(references["batch_1"], references["batched"]) if a.ok and b.ok]
+        figures["runtime_batch_sensitivity"] = sum(own) / max(len(own), 1)
+        bound = max(INT8_BATCHING_BOUND, 2 * figures["runtime_batch_sensitivity"])
+        figures["passed"] = figures["matching_batch_1"] == 1.0 and figures["token_agreement_batched"] >= 1.0 - bound
+    else:
+        figures["passed"] = figures["matching_batch_1"] == 1.0 and figures["matching_batched"] == 1.0
     figures["batched_speedup"] = round(batched_speedup(steps, graph, list(texts), batch_size), 3)
     return figures
 

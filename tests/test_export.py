@@ -177,7 +177,7 @@ def test_a_greedy_graph_that_mishandles_batches_is_refused_in_fp32_and_int8_and_
         _mix_up_rows(bundle, precision)
         figures = check_greedy_graph(bundle, precision, words)
         assert figures["matching_batch_1"] == 1.0  # the defect only shows in batches
-        assert not figures["passed"] and figures["matching_batched"] < 0.9, figures
+        assert not figures["passed"] and figures["token_agreement_batched"] < 0.9, figures
 
 
 def test_the_greedy_graph_is_built_for_opset_18_graphs_too(tiny_bundle, tmp_path, dev_words):
