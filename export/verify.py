@@ -196,10 +196,12 @@ def batched_speedup(steps: Seq2Seq, graph: Seq2Seq, texts: list[str], batch_size
 
     seconds(steps), seconds(graph)
     ratios = []
-    for i in range(rounds):
-        first, second = (steps, graph) if i % 2 == 0 else (graph, steps)
-        a, b = seconds(first), seconds(second)
-        ratios.append(a / b if first is steps else b / a)
+    for i in range(rounds):  # each goes first in every other round
+        if i % 2:
+            took_graph, took_steps = seconds(graph), seconds(steps)
+        else:
+            took_steps, took_graph = seconds(steps), seconds(graph)
+        ratios.append(took_steps / took_graph)
     return statistics.median(ratios)
 
 

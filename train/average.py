@@ -11,8 +11,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
 from seq2edge.runtime.errors import BundleError, Seq2EdgeError
 from seq2edge.runtime.util import atomic_directory, write_json_atomic
 
@@ -49,18 +47,17 @@ def average_checkpoints(sources: list[Path], out: Path, force: bool = False) -> 
         for name in MODEL_FILES:
             if read_json(checkpoint / name) != model[name]:
                 raise Seq2EdgeError(f"{weights}: its {name} differs from {first / name}: only one model's weights average")
-    total: dict[str, torch.Tensor] = {}
-    dtypes: dict[str, torch.dtype] = {}
-    for weights, _ in pairs:
+    reference = load_tensors(pairs[0][0])
+    total = {name: value.double() for name, value in reference.items()}
+    for weights, _ in pairs[1:]:
         tensors = load_tensors(weights)
-        if dtypes and set(tensors) != set(dtypes):
+        if set(tensors) != set(total):
             raise Seq2EdgeError(f"{weights}: holds other tensors than {pairs[0][0]}")
         for name, value in tensors.items():
-            if name in total and value.shape != total[name].shape:
+            if value.shape != total[name].shape:
                 raise Seq2EdgeError(f"{weights}: {name} is {tuple(value.shape)}, not {tuple(total[name].shape)}")
-            dtypes.setdefault(name, value.dtype)
-            total[name] = total[name] + value.double() if name in total else value.double()
-    mean = {name: (value / len(pairs)).to(dtypes[name]) for name, value in total.items()}
+            total[name] += value.double()
+    mean = {name: (value / len(pairs)).to(reference[name].dtype) for name, value in total.items()}
     averaged_from = [{"weights": str(w.resolve()), **{k: v for k, v in tensors_metadata(w).items() if k in ("epoch", "dev_wer")}}
                      for w, _ in pairs]
     with atomic_directory(out) as tmp:
