@@ -69,6 +69,14 @@ def test_encode_pairs_counts_pairs_over_the_length_limit():
     assert encoded.too_long == 1 and encoded.src == [[4, 5]]
 
 
+def test_every_rank_gets_the_same_number_of_batches_and_every_batch_is_trained():
+    batches = [[i] for i in range(7)]
+    shares = [D.rank_share(batches, rank, 3) for rank in range(3)]
+    assert [len(s) for s in shares] == [3, 3, 3]
+    assert sorted({b[0] for s in shares for b in s}) == list(range(7))
+    assert D.rank_share(batches, 0, 1) == batches
+
+
 def test_batch_order_is_fixed_by_seed_and_epoch():
     lengths = list(range(500))
     assert D.batch_order(lengths, 16, 0, 3) == D.batch_order(lengths, 16, 0, 3)

@@ -87,15 +87,35 @@ def test_train_refuses_to_overwrite_a_trained_checkpoint(tiny_checkpoint):
     assert proc.returncode == 2 and "already holds a trained model" in proc.stderr
 
 
-def test_two_process_gloo_training_smoke(tmp_path):
+def _train_two_processes(out, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                           "-m", "seq2edge.runtime.cli", "train", "--out", str(tmp_path / "ddp"), "--epochs", "1", *ARGS],
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                           "-m", "seq2edge.runtime.cli", "train", "--out", str(out), *ARGS, *args],
                           capture_output=True, text=True, env=env, timeout=240)
+
+
+def test_two_process_gloo_training_takes_an_odd_number_of_batches(tmp_path):
+    """Batch size 17 cuts the 446 training pairs into 27 batches: a rank left with one batch more
+    than its partner would wait forever in that batch's gradient sum."""
+    proc = _train_two_processes(tmp_path / "ddp", "--epochs", "2", "--batch-size", "17")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "446 training pairs" in proc.stderr
     model, _, _ = load_checkpoint(tmp_path / "ddp")
-    assert json.loads((tmp_path / "ddp" / "train.json").read_text())["history"][0]["epoch"] == 1
+    assert [h["epoch"] for h in json.loads((tmp_path / "ddp" / "train.json").read_text())["history"]] == [1, 2]
     assert model.config.hidden == 32
+
+
+def test_two_process_gloo_training_stops_on_its_time_budget_together_and_resumes(tmp_path):
+    """Each rank starts its clock separately; the ranks agree on the step to stop at, or one would
+    wait in a gradient sum the other never joins."""
+    proc = _train_two_processes(tmp_path / "ddp", "--epochs", "2", "--max-minutes", "0.002")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stopped (time budget)" in proc.stderr
+    state = json.loads((tmp_path / "ddp" / "last" / "state.json").read_text())
+    assert state["epoch"] < 2
+    proc = _train_two_processes(tmp_path / "ddp", "--epochs", "2", "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [h["epoch"] for h in json.loads((tmp_path / "ddp" / "train.json").read_text())["history"]] == [1, 2]
 
 
 def test_label_smoothing_mixes_in_the_mean_negative_log_prob_over_the_vocabulary():

@@ -100,6 +100,17 @@ def batch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) 
     return batches
 
 
+def rank_share(batches: list[list[int]], rank: int, world: int) -> list[list[int]]:
+    """This process's batches when `world` processes train together: every rank must take the same
+    number of steps (each step is a collective gradient sum; a rank left with one batch more waits
+    for a partner that has moved on), so the list is filled up to a multiple of `world` with its
+    own first batches, as torch's DistributedSampler does, and dealt out round-robin."""
+    if world <= 1:
+        return batches
+    short = -len(batches) % world
+    return (batches + batches[:short])[rank::world]
+
+
 @dataclass
 class TrainingData:
     """What the training loop consumes: the model config, both codecs, encoded training pairs, dev entries."""

@@ -11,6 +11,7 @@ schedule on dev WER, and runs under torchrun with DistributedDataParallel.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import sys
@@ -176,7 +177,7 @@ class Trainer:
         lengths = [len(s) + len(t) for s, t in zip(self.prepared.train.src, self.prepared.train.tgt)]
         stopped = "epochs"
         while self.epoch < tc.epochs:
-            order = D.batch_order(lengths, tc.batch_size, tc.seed, self.epoch)[self.rank :: self.world]
+            order = D.rank_share(D.batch_order(lengths, tc.batch_size, tc.seed, self.epoch), self.rank, self.world)
             finished, loss = self._train_epoch(order, deadline)
             if not finished:
                 stopped = "time budget"
@@ -188,7 +189,7 @@ class Trainer:
         if self.rank == 0:
             self.log(f"stopped ({stopped}); best dev WER {self.saved:.2f}% -> {self.out / 'model.safetensors'}")
         if self.world > 1:
-            dist.destroy_process_group()
+            self._leave_process_group()
         return {"best_dev_wer": self.saved, "epochs": len(self.history), "stopped": stopped}
 
     def _train_epoch(self, order: list[list[int]], deadline: float) -> tuple[bool, float]:
@@ -202,7 +203,7 @@ class Trainer:
         first = self.step_in_epoch
         progress_lines = self.rank == 0 and tc.log_every > 0 and not sys.stderr.isatty()
         for idx in order[self.step_in_epoch :]:
-            if time.monotonic() > deadline:
+            if self._out_of_time(deadline):
                 bar.close()
                 return False, self.loss_total / max(self.loss_batches, 1)
             batch = D.make_batch([data.src[i] for i in idx], [data.tgt[i] for i in idx], c.pad_id, c.bos_id, c.eos_id)
@@ -230,6 +231,14 @@ class Trainer:
                 last_save = time.monotonic()
         bar.close()
         return True, self.loss_total / max(self.loss_batches, 1)
+
+    def _out_of_time(self, deadline: float) -> bool:
+        """Past the time budget, on any rank: all ranks stop at the same step (one that stopped alone
+        would leave the others waiting in the next gradient sum)."""
+        late = torch.tensor([float(time.monotonic() > deadline)])
+        if self.world > 1 and math.isfinite(deadline):
+            dist.all_reduce(late, op=dist.ReduceOp.MAX)
+        return bool(late[0])
 
     def _end_epoch(self, loss: float) -> bool:
         """Dev WER, schedule, best and resume files; True when training should stop early."""
@@ -271,6 +280,15 @@ class Trainer:
                 dist.broadcast(lr, 0)
                 group["lr"] = float(lr)
         return bool(stop[0])
+
+    def _leave_process_group(self) -> None:
+        """Every rank waits for the others, then drops the DDP wrapper (its reducer holds the process
+        group) before the group is destroyed: a group torn down while a peer is still finishing, or
+        left to the interpreter's exit through the wrapper, can abort the process (std::terminate)."""
+        dist.barrier()
+        self.net = self.model
+        gc.collect()
+        dist.destroy_process_group()
 
     def _end_partial_epoch(self) -> None:
         """Time is up inside an epoch: keep the resume point there, and the weights if they are the best yet."""
