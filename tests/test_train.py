@@ -89,7 +89,7 @@ def test_train_refuses_to_overwrite_a_trained_checkpoint(tiny_checkpoint):
 
 def _train_two_processes(out, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "seq2edge.runtime.cli", "train", "--out", str(out), *ARGS, *args],
                           capture_output=True, text=True, env=env, timeout=240)
 
