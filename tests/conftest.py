@@ -7,8 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Property tests draw the same examples on every run of `make test` (a CI run must not pass or fail by
+# chance); SEQ2EDGE_HYPOTHESIS=explore draws new ones, ten times as many, to look for bugs.
+settings.register_profile("repeatable", max_examples=300, derandomize=True, database=None)
+settings.register_profile("explore", max_examples=3000, database=None)
+settings.load_profile(os.environ.get("SEQ2EDGE_HYPOTHESIS", "repeatable"))
 REPO = Path(__file__).resolve().parents[1]
 SEQ2EDGE = [sys.executable, "-m", "seq2edge.runtime.cli"]
 

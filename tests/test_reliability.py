@@ -66,7 +66,7 @@ def test_api_bad_inputs_raise_input_error_or_return_errors(tiny_model):
             tiny_model.decode([bad])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.text(max_size=40), min_size=1, max_size=4))
 def test_any_unicode_gives_a_result_or_the_documented_error(tiny_model, texts):
     results = tiny_model.decode(texts, errors="return", max_len=12)
@@ -84,7 +84,7 @@ def test_any_unicode_gives_a_result_or_the_documented_error(tiny_model, texts):
             pass
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.text(max_size=60), st.sampled_from(["char", "word"]), st.sampled_from(["error", "unk", "skip"]))
 def test_tokenisers_never_fail_outside_their_documented_error(text, kind, policy):
     codec = TextCodec(kind, Vocabulary([*SPECIALS, "a", "b", "ab", "é"]), lowercase=True)
