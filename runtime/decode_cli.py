@@ -90,9 +90,12 @@ class Interrupted(Exception):
                    "output as a new last column (jsonl: the columns as a field).")
 @click.option("--greedy-graph/--no-greedy-graph", default=None,
               help="Decode plain greedy searches with the bundle's greedy.onnx (default: for single inputs, when it has one).")
+@click.option("--ensemble", multiple=True, type=click.Path(path_type=Path), metavar="BUNDLE",
+              help="Another bundle of the same task (the same vocabularies), decoding together with BUNDLE (repeatable): "
+                   "every step searches the log of the members' mean probability.")
 def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, length_penalty, sample, temperature, top_k, top_p,
            seed, max_len, min_len, batch_size, provider, threads, precision, optimization, io_binding, unknown, too_long,
-           plot_attention, progress, workers, input_format, column, greedy_graph) -> int:
+           plot_attention, progress, workers, input_format, column, greedy_graph, ensemble) -> int:
     """Decode TEXTS (or --input FILE, or stdin lines) with the bundle at BUNDLE."""
     input_file = None if input_file == Path("-") else input_file
     output_file = None if output_file == Path("-") else output_file
@@ -119,7 +122,8 @@ def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, len
                             length_penalty=length_penalty, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed, return_attention=plot_attention is not None, errors="return")
     load = dict(providers=provider, precision=precision, threads=1 if workers > 1 else threads, optimization=optimization,
-                unknown=unknown, too_long=too_long, io_binding=io_binding, option_style="cli", greedy_graph=greedy_graph)
+                unknown=unknown, too_long=too_long, io_binding=io_binding, option_style="cli", greedy_graph=greedy_graph,
+                ensemble=[str(p) for p in ensemble])
     model = Seq2Seq.load(bundle, **load)  # here too with workers: a bad bundle is exit 2 before any decoding
     job = Job(str(bundle), load, options, fmt, nbest is not None, column)
     show_progress = sys.stderr.isatty() if progress is None else progress

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from . import search
 from .backend import Backend, DeviceBackend, HostBackend, Stepper, device_of
 from .bundle import Bundle, load_bundle
 from .engine import Engine
+from .ensemble import EnsembleStepper, check_members
 from .errors import OPTION_STYLES, InputError, Seq2EdgeError
 from .options import SearchOptions
 from .providers import ProviderSpec
@@ -68,7 +69,8 @@ class Seq2Seq:
     """A loaded bundle: tokenisers plus onnxruntime sessions for the encoder and decoder."""
 
     def __init__(self, bundle: Bundle, engine: Engine, unknown: str = "error", too_long: str = "error",
-                 io_binding: bool | None = None, option_style: str = "python", greedy_graph: bool | None = None):
+                 io_binding: bool | None = None, option_style: str = "python", greedy_graph: bool | None = None,
+                 members: Sequence[Seq2Seq] = ()):
         if unknown not in UNKNOWN_POLICIES:
             raise Seq2EdgeError(f"unknown must be one of {', '.join(UNKNOWN_POLICIES)}, not {unknown!r}")
         if too_long not in TOO_LONG_POLICIES:
@@ -76,6 +78,12 @@ class Seq2Seq:
         self.bundle = bundle
         self.config = bundle.config
         self.engine = engine
+        self.members = list(members)  # the other bundles of an ensemble (runtime/ensemble.py)
+        if self.members:
+            check_members(bundle, [m.bundle for m in self.members])
+            configs = [bundle.config] + [m.config for m in self.members]
+            self.config = replace(bundle.config, max_src_len=min(c.max_src_len for c in configs),
+                                  max_tgt_len=min(c.max_tgt_len for c in configs))
         if option_style not in OPTION_STYLES:
             raise Seq2EdgeError(f"option_style must be one of {', '.join(OPTION_STYLES)}, not {option_style!r}")
         self.unknown = unknown
@@ -90,7 +98,7 @@ class Seq2Seq:
     def load(cls, path: str | Path, providers: ProviderSpec = "auto", precision: str = "fp32",
              threads: int | None = None, optimization: str = "all", unknown: str = "error",
              too_long: str = "error", io_binding: bool | None = None, option_style: str = "python",
-             greedy_graph: bool | None = None, graph_format: str = "auto") -> Seq2Seq:
+             greedy_graph: bool | None = None, graph_format: str = "auto", ensemble: Sequence[str | Path] = ()) -> Seq2Seq:
         """Load and verify a bundle directory.
 
         providers: "auto", "cpu", "cuda", another provider name, or an onnxruntime providers list.
@@ -105,10 +113,18 @@ class Seq2Seq:
         greedy_graph: decode plain greedy searches with the bundle's greedy.onnx (one call per batch):
             True always, False never, None when it is faster (batches of up to GREEDY_GRAPH_MAX_BATCH).
         graph_format: "onnx", "ort" (the export --ort copies), or "auto" (.onnx when present, else .ort).
+        ensemble: other bundles of the same task, loaded with the same settings, that decode together
+            with this one: every step searches the log of the members' mean probability. They must
+            share this bundle's vocabularies; limits are the smallest of theirs. Greedy graphs are
+            not used (they hold one model).
         """
         bundle = load_bundle(path)
+        if ensemble:
+            greedy_graph = False
         engine = Engine(bundle, precision, providers, threads, optimization, graph_format, greedy_graph)
-        return cls(bundle, engine, unknown, too_long, io_binding, option_style, greedy_graph)
+        members = [cls.load(p, providers=providers, precision=precision, threads=threads, optimization=optimization,
+                            io_binding=io_binding, greedy_graph=False, graph_format=graph_format) for p in ensemble]
+        return cls(bundle, engine, unknown, too_long, io_binding, option_style, greedy_graph, members)
 
     @property
     def providers(self) -> list[str]:
@@ -187,14 +203,24 @@ class Seq2Seq:
         return _Source(index, ids[:limit], tokens[:limit], truncated_from=len(ids))
 
     def _encode(self, chunk: list[_Source]) -> tuple[Stepper, Any]:
-        """Encode a batch -> the search's stepper over it, and the first decoder state."""
-        src, lengths = pad_batch([p.ids for p in chunk], self.config.pad_id)
-        encoded = self.backend.encode(src, lengths)
-        return Stepper(self.backend, encoded), encoded.state
+        return self.stepper(*pad_batch([p.ids for p in chunk], self.config.pad_id))
+
+    def stepper(self, src: np.ndarray, lengths: np.ndarray) -> tuple[Stepper | EnsembleStepper, Any]:
+        """Encode a padded batch of source ids -> the search's stepper over it and the first decoder
+        state (an ensemble's: every member's). For code that steps the decoder itself, such as
+        distillation's teacher forcing."""
+        encoded = [backend.encode(src, lengths) for backend in self._backends()]
+        if not self.members:
+            return Stepper(self.backend, encoded[0]), encoded[0].state
+        steppers = [Stepper(backend, e) for backend, e in zip(self._backends(), encoded)]
+        return EnsembleStepper(steppers, self.config.tgt_vocab_size), tuple(e.state for e in encoded)
+
+    def _backends(self) -> list[Backend]:
+        return [self.backend] + [m.backend for m in self.members]
 
     def _greedy_graph_decodes(self, options: SearchOptions, rows: int) -> bool:
         """Whether greedy.onnx decodes this chunk: a plain greedy search it can do, and wanted."""
-        if self.greedy_graph is False or not self.bundle.has_graph("greedy", self.engine.precision):
+        if self.greedy_graph is False or self.members or not self.bundle.has_graph("greedy", self.engine.precision):
             return False
         if options.strategy != "greedy" or options.return_attention or options.min_len:
             return False

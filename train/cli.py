@@ -57,8 +57,9 @@ from .evaluate import EVAL_SPLITS
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
 @click.option("--log-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Batches between progress lines (loss, batches/s, ETA) when stderr is not a terminal; 0: none.")
-@click.option("--teacher", type=click.Path(path_type=Path), default=None,
-              help="Knowledge distillation: a bundle whose outputs the student learns (with --kd).")
+@click.option("--teacher", type=click.Path(path_type=Path), multiple=True,
+              help="Knowledge distillation: a bundle whose outputs the student learns (with --kd). Given more than "
+                   "once: the teacher is those bundles' ensemble (the log of their mean probability at every step).")
 @click.option("--kd", type=click.Choice(KD_MODES), default=None,
               help="seq: train on the teacher's beam-search outputs; token: on the references, also matching the "
                    "teacher's next-token distributions; seq+token: both (teacher outputs cached in OUT/teacher/).")
@@ -89,7 +90,7 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
     if corpus != "cmudict":  # recorded absolute, so eval and export find it from any directory
         corpus = str(Path(corpus).resolve())
     given = _given_on_command_line()
-    if (teacher is None) != (kd is None):
+    if (not teacher) != (kd is None):
         raise click.UsageError("--teacher and --kd go together")
     if kd_cache is not None and kd is None:
         raise click.UsageError("--kd-cache needs a teacher (--teacher BUNDLE --kd MODE)")
@@ -106,7 +107,8 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
                      init_from=str(init_from.resolve()) if init_from else None, keep_epochs=keep_epochs, seed=seed, max_minutes=max_minutes,
                      min_freq=min_freq, src_vocab_size=src_vocab_size,
                      tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads, log_every=log_every,
-                     teacher=str(teacher.resolve()) if teacher else None, kd=kd, kd_beam=kd_beam, kd_alpha=kd_alpha,
+                     teacher=str(teacher[0].resolve()) if teacher else None,
+                     teacher_ensemble=[str(t.resolve()) for t in teacher[1:]], kd=kd, kd_beam=kd_beam, kd_alpha=kd_alpha,
                      kd_top_k=kd_top_k,
                      kd_mix_references=kd_mix_references, kd_cache=str(kd_cache.resolve()) if kd_cache else None,
                      extra_inputs=str(extra_inputs.resolve()) if extra_inputs else None)
@@ -177,13 +179,16 @@ def _check_unchanged(out: Path, names: set[str], values: dict) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write per-input results as TSV.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the figures as JSON.")
-def evaluate(path, corpus, split, beam, precision, batch_size, limit, threads, output, json_out) -> None:
+@click.option("--ensemble", "ensemble", multiple=True, type=click.Path(path_type=Path), metavar="BUNDLE",
+              help="Another bundle of the same task, decoding together with BUNDLE (repeatable): every step "
+                   "searches the log of the members' mean probability.")
+def evaluate(path, corpus, split, beam, precision, batch_size, limit, threads, output, json_out, ensemble) -> None:
     """Score BUNDLE_OR_CHECKPOINT on a corpus: exact-match rate and token error rate (CER for character
     targets); for CMUdict WER and PER with and without stress digits."""
     from .evaluate import evaluate as run
     from .evaluate import write_metrics, write_rows
 
-    result = run(path, corpus, split, beam, batch_size, limit, precision, threads)
+    result = run(path, corpus, split, beam, batch_size, limit, precision, threads, ensemble)
     for problem in result.problems:
         click.echo(f"seq2edge: {problem}", err=True)
     if result.unusable:

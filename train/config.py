@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -30,6 +30,7 @@ class TrainConfig:
     threads: int | None = None
     log_every: int = 100  # batches between progress lines on stderr when it is not a terminal (0: none)
     teacher: str | None = None  # a bundle whose outputs the student learns (knowledge distillation)
+    teacher_ensemble: list[str] = field(default_factory=list)  # more bundles: the teacher is their ensemble with `teacher`
     kd: str | None = None  # "seq": train on the teacher's beam outputs; "token": match its next-token distributions; "seq+token": both
     kd_beam: int = 5
     kd_alpha: float = 0.5  # token level: weight of the teacher's distributions against the references

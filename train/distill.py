@@ -79,7 +79,7 @@ def teacher_labels(tc: TrainConfig, sources: list[str], out: Path, log: Callable
     missing = [s for s in sources if s not in cached]
     if not missing:
         return cached
-    model = _load_teacher(Path(tc.teacher))
+    model = _load_teacher(tc)
     log(f"distillation: the teacher labels {len(missing)} sources (beam {tc.kd_beam}; cached in {cache})")
     lines = [json.dumps({"source": s, "output": o}, ensure_ascii=False) for s, o in cached.items()]
     for start in range(0, len(missing), CHUNK):
@@ -98,29 +98,38 @@ def cache_dir(tc: TrainConfig, out: Path) -> Path:
 
 
 def _cache_path(tc: TrainConfig, directory: Path, pattern: str) -> Path:
-    """directory / pattern with the teacher's bundle id (read from its bundle.json, no session loaded);
-    when the teacher is no longer there (a resumed run elsewhere), the one cache that fits."""
+    """directory / pattern with the teacher's key (its bundle id, read from bundle.json, no session
+    loaded; an ensemble's: a digest of its members' ids); when the teacher is no longer there (a
+    resumed run elsewhere), the one cache that fits."""
     directory.mkdir(parents=True, exist_ok=True)
-    meta = Path(tc.teacher) / BUNDLE_FILE
-    if meta.exists():
-        try:
-            bundle_id = json.loads(meta.read_text(encoding="utf-8"))["bundle_id"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise Seq2EdgeError(f"{meta}: not a readable bundle.json; --teacher needs a bundle") from None
-        return directory / pattern.format(bundle_id)
+    teachers = [tc.teacher, *tc.teacher_ensemble]
+    metas = [Path(t) / BUNDLE_FILE for t in teachers]
+    if all(meta.exists() for meta in metas):
+        ids = [_bundle_id(meta) for meta in metas]
+        key = ids[0] if len(ids) == 1 else "ensemble-" + hashlib.sha1("+".join(ids).encode()).hexdigest()[:16]
+        return directory / pattern.format(key)
     found = sorted(directory.glob(pattern.format("*")))
     if len(found) == 1:
         return found[0]
     return directory / pattern.format("missing-teacher")  # _load_teacher will say what is wrong
 
 
-def _load_teacher(teacher: Path):
+def _bundle_id(meta: Path) -> str:
+    try:
+        return json.loads(meta.read_text(encoding="utf-8"))["bundle_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise Seq2EdgeError(f"{meta}: not a readable bundle.json; --teacher needs a bundle") from None
+
+
+def _load_teacher(tc: TrainConfig):
+    """The teacher bundle (with --teacher given more than once, the ensemble of those bundles)."""
     from seq2edge.runtime import Seq2Seq
 
-    if not (teacher / BUNDLE_FILE).exists():
-        hint = "; export it first: seq2edge export CHECKPOINT BUNDLE" if (teacher / "config.json").exists() else ""
-        raise Seq2EdgeError(f"{teacher}: distillation needs a teacher bundle (it runs in the runtime){hint}")
-    return Seq2Seq.load(teacher, providers="cpu", unknown="unk", too_long="truncate")
+    for teacher in map(Path, [tc.teacher, *tc.teacher_ensemble]):
+        if not (teacher / BUNDLE_FILE).exists():
+            hint = "; export it first: seq2edge export CHECKPOINT BUNDLE" if (teacher / "config.json").exists() else ""
+            raise Seq2EdgeError(f"{teacher}: distillation needs a teacher bundle (it runs in the runtime){hint}")
+    return Seq2Seq.load(tc.teacher, providers="cpu", unknown="unk", too_long="truncate", ensemble=tc.teacher_ensemble)
 
 
 def _extra_inputs(path: str | None) -> list[str]:
@@ -168,7 +177,7 @@ def token_targets(tc: TrainConfig, src: list[list[int]], tgt: list[list[int]], s
     if cache.exists():
         arrays = load_file(str(cache))
         return TokenTargets(arrays["ids"], arrays["probs"], arrays["offsets"])
-    model = _load_teacher(Path(tc.teacher))
+    model = _load_teacher(tc)
     log(f"distillation: the teacher scores {sum(len(t) + 1 for t in tgt)} decoder steps of {len(tgt)} pairs "
         f"(top {tc.kd_top_k}; cached in {cache})")
     targets = _teacher_forced(model, src, tgt, source, target, tc.kd_top_k)
@@ -191,12 +200,12 @@ def _teacher_forced(model, src, tgt, source, target, k: int, batch_size: int = 2
         rows = range(start, min(start + batch_size, len(src)))
         src_ids, src_lengths = pad_batch([[teacher_src.get(source.vocab.tokens[i], unk) for i in src[r]] for r in rows], c.pad_id)
         gold = [[teacher_tgt.get(target.vocab.tokens[i], teacher_tgt["<unk>"]) for i in tgt[r]] for r in rows]
-        encoded = model.backend.encode(src_ids, src_lengths)
-        state, steps = encoded.state, max(len(g) for g in gold) + 1
+        stepper, state = model.stepper(src_ids, src_lengths)
+        steps, every_row = max(len(g) for g in gold) + 1, np.arange(len(gold))
         prev = np.full(len(gold), c.bos_id, dtype=np.int64)
         top_ids, top_probs = [], []
         for t in range(steps):
-            out = model.backend.step(prev, state, encoded.memory, encoded.mask)
+            out = stepper(prev, state, every_row)
             state = out.state
             values, ids = out.top(k, np.zeros(c.tgt_vocab_size, dtype=np.float32))
             top_ids.append(to_student[ids])

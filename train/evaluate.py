@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,8 +71,10 @@ def _recorded_corpus(path: Path) -> str:
 
 
 def evaluate(path: str | Path, corpus: str | None = None, split: str = "test", beam: int = 1, batch_size: int = 256,
-             limit: int | None = None, precision: str = "fp32", threads: int | None = None) -> Evaluation:
-    """Decode `split` of the corpus ("all": every entry) and score it; CMUdict gets WER/PER with and without stress."""
+             limit: int | None = None, precision: str = "fp32", threads: int | None = None,
+             ensemble: Sequence[str | Path] = ()) -> Evaluation:
+    """Decode `split` of the corpus ("all": every entry) and score it; CMUdict gets WER/PER with and without stress.
+    `ensemble`: other bundles that decode together with the bundle at `path` (Seq2Seq.load's ensemble)."""
     path = Path(path)
     name = corpus or corpus_of(path)
     if split not in EVAL_SPLITS:
@@ -83,10 +86,11 @@ def evaluate(path: str | Path, corpus: str | None = None, split: str = "test", b
     texts = [e.source for e in entries]
     start = time.perf_counter()
     if (path / BUNDLE_FILE).exists():
-        hyps, codec = _decode_bundle(path, texts, beam, batch_size, precision, threads)
+        hyps, codec = _decode_bundle(path, texts, beam, batch_size, precision, threads, ensemble)
     elif (path / "config.json").exists():
-        if beam != 1 or precision != "fp32":
-            raise Seq2EdgeError(f"{path}: a checkpoint is evaluated with greedy fp32 PyTorch decoding; export it for --beam or --precision")
+        if beam != 1 or precision != "fp32" or ensemble:
+            raise Seq2EdgeError(f"{path}: a checkpoint is evaluated with greedy fp32 PyTorch decoding; export it for --beam, --precision "
+                                "or --ensemble")
         hyps, codec = _decode_checkpoint(path, texts, batch_size)
     else:
         raise Seq2EdgeError(f"{path}: neither a bundle ({BUNDLE_FILE}) nor a checkpoint (config.json)")
@@ -97,10 +101,11 @@ def evaluate(path: str | Path, corpus: str | None = None, split: str = "test", b
     return Evaluation(name, split, scores, seconds, rows, codec.kind, list(loaded.problems), loaded.skipped)
 
 
-def _decode_bundle(path, texts, beam, batch_size, precision, threads):
+def _decode_bundle(path, texts, beam, batch_size, precision, threads, ensemble):
     from seq2edge.runtime.model import Seq2Seq
 
-    model = Seq2Seq.load(path, providers="cpu", precision=precision, threads=threads, unknown="unk", too_long="truncate")
+    model = Seq2Seq.load(path, providers="cpu", precision=precision, threads=threads, unknown="unk", too_long="truncate",
+                         ensemble=ensemble)
     results = model.decode(texts, beam_size=beam, batch_size=batch_size, errors="return")
     return [r.tokens if r.ok else [] for r in results], model.bundle.target
 
