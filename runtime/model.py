@@ -118,6 +118,8 @@ class Seq2Seq:
             share this bundle's vocabularies; limits are the smallest of theirs. Greedy graphs are
             not used (they hold one model).
         """
+        if ensemble and greedy_graph:
+            raise Seq2EdgeError("a greedy graph holds one model, and an ensemble decodes step by step: ask for one or the other")
         bundle = load_bundle(path)
         if ensemble:
             greedy_graph = False

@@ -63,6 +63,8 @@ def test_members_that_tokenise_differently_are_refused(tiny_bundle, tmp_path):
         Seq2Seq.load(tiny_bundle, providers="cpu", ensemble=[other])
     proc = subprocess.run([*SEQ2EDGE, "decode", str(tiny_bundle), "--ensemble", str(other), "edge"], capture_output=True, text=True)
     assert proc.returncode == 2 and "differs from" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    with pytest.raises(Seq2EdgeError, match="a greedy graph holds one model"):
+        Seq2Seq.load(tiny_bundle, providers="cpu", ensemble=[tiny_bundle], greedy_graph=True)
 
 
 def test_decode_and_eval_take_ensembles_from_the_cli(tiny_bundle, gru_bundle, dev_words):
