@@ -105,12 +105,15 @@ def test_two_process_gloo_training_takes_an_odd_number_of_batches(tmp_path):
     assert model.config.hidden == 32
 
 
-def test_two_process_gloo_training_stops_on_its_time_budget_together_and_resumes(tmp_path):
+def test_two_process_gloo_distillation_stops_on_its_time_budget_together_and_resumes(tmp_path, tiny_bundle):
     """Each rank starts its clock separately; the ranks agree on the step to stop at, or one would
-    wait in a gradient sum the other never joins."""
-    proc = _train_two_processes(tmp_path / "ddp", "--epochs", "2", "--max-minutes", "0.002")
+    wait in a gradient sum the other never joins. Rank 0 labels with the teacher first, the other
+    rank then reads the caches."""
+    proc = _train_two_processes(tmp_path / "ddp", "--epochs", "2", "--max-minutes", "0.002", "--teacher", str(tiny_bundle),
+                                "--kd", "seq+token", "--kd-beam", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "stopped (time budget)" in proc.stderr
+    assert len(list((tmp_path / "ddp" / "teacher").iterdir())) == 2  # the labels and the distributions, nothing half-written
     state = json.loads((tmp_path / "ddp" / "last" / "state.json").read_text())
     assert state["epoch"] < 2
     proc = _train_two_processes(tmp_path / "ddp", "--epochs", "2", "--resume")

@@ -16,6 +16,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -85,12 +87,18 @@ class Trainer:
         self.tc = tc
         if resume:
             self._load_resume_config(overrides or {})
-        if resume:
-            self.prepared = D.prepare_from(self.tc, self.out, self.out, self.log)
-        elif self.tc.init_from:
-            self.prepared = D.prepare_from(self.tc, Path(self.tc.init_from), self.out, self.log)
-        else:
-            self.prepared = D.prepare(self.tc, dict(arch), self.out, self.log)
+        with self._rank_0_first():  # a teacher labels once; the other ranks read its caches
+            if resume:
+                self.prepared = D.prepare_from(self.tc, self.out, self.out, self.log)
+            elif self.tc.init_from:
+                self.prepared = D.prepare_from(self.tc, Path(self.tc.init_from), self.out, self.log)
+            else:
+                self.prepared = D.prepare(self.tc, dict(arch), self.out, self.log)
+            self.teacher = None  # --kd token, seq+token: the teacher's per-step distributions, aligned with the training pairs
+            if matches_distributions(self.tc.kd):
+                data = self.prepared
+                self.teacher = token_targets(self.tc, data.train.src, data.train.tgt, data.source, data.target, self.out,
+                                             self.log)
         torch.manual_seed(self.tc.seed)
         self.model = Seq2SeqModule(self.prepared.model_config)
         if self.tc.init_from and not resume:  # a second training cycle: the weights of a trained checkpoint
@@ -108,13 +116,19 @@ class Trainer:
             self._restore()
         elif self.rank == 0:
             save_model_files(self.out, self.model, self.prepared.source, self.prepared.target)
-        self.teacher = None  # --kd token, seq+token: the teacher's per-step distributions, aligned with the training pairs
-        if matches_distributions(self.tc.kd):
-            data = self.prepared
-            self.teacher = token_targets(self.tc, data.train.src, data.train.tgt, data.source, data.target, self.out, self.log)
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    @contextmanager
+    def _rank_0_first(self) -> Iterator[None]:
+        """With several processes, rank 0 runs the block before the others do (they wait at a barrier):
+        what it computes and caches (a teacher's labels and distributions) the others then read."""
+        if self.world > 1 and self.rank:
+            dist.barrier()
+        yield
+        if self.world > 1 and not self.rank:
+            dist.barrier()
 
     # -- resume -----------------------------------------------------------------
     def _load_resume_config(self, overrides: dict) -> None:
