@@ -47,26 +47,62 @@ def _final_state(out):
     return load_file(str(out / "last" / "model.safetensors")), [round(h["dev_wer"], 6) for h in history]
 
 
-def test_killed_training_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_path):
-    straight = tmp_path / "straight"
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    straight = tmp_path_factory.mktemp("straight") / "run"
     subprocess.run([*SEQ2EDGE, "train", "--out", str(straight), "--epochs", "3", *ARGS], check=True, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([*SEQ2EDGE, "train", "--out", str(killed), "--epochs", "3", *ARGS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / "last" / "state.json"
+    return straight
+
+
+def _interrupt_after_the_first_epoch(out, sig):
+    proc = subprocess.Popen([*SEQ2EDGE, "train", "--out", str(out), "--epochs", "3", *ARGS],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = out / "last" / "state.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads(state.read_text())["epoch"] < 3, "the run finished before it could be killed"
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert json.loads(state.read_text())["epoch"] < 3, "the run finished before it could be interrupted"
+    return proc.returncode, stderr
+
+
+def test_killed_training_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_path, straight_run):
+    killed = tmp_path / "killed"
+    _interrupt_after_the_first_epoch(killed, signal.SIGKILL)
     subprocess.run([*SEQ2EDGE, "train", "--out", str(killed), "--resume", "--epochs", "3", *ARGS], check=True, capture_output=True)
-    (w1, h1), (w2, h2) = _final_state(straight), _final_state(killed)
+    (w1, h1), (w2, h2) = _final_state(straight_run), _final_state(killed)
     assert h1 == h2
     for name in w1:
         assert torch.equal(w1[name], w2[name]), name
+
+
+def test_sigterm_stops_training_between_batches_with_the_resume_point_saved_there(tmp_path, straight_run):
+    """SIGTERM (Ctrl-C alike) is acted on at the next batch boundary: the resume point holds the last
+    batch trained (not the last epoch's end), exit code 143, one line naming --resume, no temporary
+    file; resumed, the run ends exactly as an uninterrupted one."""
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([*SEQ2EDGE, "train", "--out", str(stopped), "--epochs", "3", "--log-every", "1", *ARGS],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # progress lines: "epoch 2: batch 3/28, ..."
+        lines.append(line)
+        if line.startswith("epoch 2: batch 3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stderr.readlines()
+    assert proc.wait(timeout=120) == 143, "".join(lines)
+    assert not any("Traceback" in line for line in lines)
+    (message,) = [line for line in lines if "interrupted" in line]
+    state = json.loads((stopped / "last" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["step_in_epoch"] >= 3, state
+    assert f"epoch 2 after batch {state['step_in_epoch']}" in message and "--resume continues" in message
+    assert not [p for p in stopped.rglob("*") if p.name.endswith(".tmp")]
+    subprocess.run([*SEQ2EDGE, "train", "--out", str(stopped), "--resume", "--epochs", "3", *ARGS], check=True, capture_output=True)
+    (w1, h1), (w2, h2) = _final_state(straight_run), _final_state(stopped)
+    assert h1 == h2 and all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
 def test_time_budget_stops_inside_an_epoch_and_resume_continues_there(tmp_path):

@@ -14,7 +14,9 @@ import dataclasses
 import gc
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,6 +114,8 @@ class Trainer:
         self.loss_total, self.loss_batches = 0.0, 0  # the current epoch's running loss, kept across a resume
         self.minutes_before = 0.0  # training minutes spent by earlier runs of this checkpoint
         self.run_start = time.monotonic()
+        self._signalled: list[int] = []  # SIGINT/SIGTERM received while run() trains
+        self._stop_reason = 0
         if resume:
             self._restore()
         elif self.rank == 0:
@@ -184,6 +188,13 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------
     def run(self) -> dict:
+        """Train to the end (epochs, early stopping or time budget). SIGINT or SIGTERM stop it at the
+        next batch boundary with the resume point saved there, raising TrainingInterrupted."""
+        with _signals_noted() as signalled:
+            self._signalled = signalled
+            return self._run()
+
+    def _run(self) -> dict:
         tc = self.tc
         self._write_train_json()
         self.run_start = time.monotonic()
@@ -193,6 +204,13 @@ class Trainer:
         while self.epoch < tc.epochs:
             order = D.rank_share(D.batch_order(lengths, tc.batch_size, tc.seed, self.epoch), self.rank, self.world)
             finished, loss = self._train_epoch(order, deadline)
+            if not finished and self._stop_reason == _SIGNALLED:
+                self._save_resume_point()
+                self._write_train_json()
+                if self.world > 1:
+                    self._leave_process_group()
+                signum = self._signalled[0] if self._signalled else signal.SIGTERM  # another rank's signal
+                raise TrainingInterrupted(signum, self.out, self.epoch, self.step_in_epoch)
             if not finished:
                 stopped = "time budget"
                 self._end_partial_epoch()
@@ -217,7 +235,7 @@ class Trainer:
         first = self.step_in_epoch
         progress_lines = self.rank == 0 and tc.log_every > 0 and not sys.stderr.isatty()
         for idx in order[self.step_in_epoch :]:
-            if self._out_of_time(deadline):
+            if self._must_stop(deadline):
                 bar.close()
                 return False, self.loss_total / max(self.loss_batches, 1)
             batch = D.make_batch([data.src[i] for i in idx], [data.tgt[i] for i in idx], c.pad_id, c.bos_id, c.eos_id)
@@ -246,13 +264,15 @@ class Trainer:
         bar.close()
         return True, self.loss_total / max(self.loss_batches, 1)
 
-    def _out_of_time(self, deadline: float) -> bool:
-        """Past the time budget, on any rank: all ranks stop at the same step (one that stopped alone
-        would leave the others waiting in the next gradient sum)."""
-        late = torch.tensor([float(time.monotonic() > deadline)])
-        if self.world > 1 and math.isfinite(deadline):
-            dist.all_reduce(late, op=dist.ReduceOp.MAX)
-        return bool(late[0])
+    def _must_stop(self, deadline: float) -> bool:
+        """Signalled or past the time budget, on any rank: all ranks stop at the same step (one that
+        stopped alone would leave the others waiting in the next gradient sum), for the same reason."""
+        reason = _SIGNALLED if self._signalled else _LATE if time.monotonic() > deadline else 0
+        stop = torch.tensor([float(reason)])
+        if self.world > 1:
+            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
+        self._stop_reason = int(stop[0])
+        return self._stop_reason > 0
 
     def _end_epoch(self, loss: float) -> bool:
         """Dev WER, schedule, best and resume files; True when training should stop early."""
@@ -319,6 +339,40 @@ class Trainer:
         if self.rank == 0:
             write_json_atomic(self.out / "train.json", {"train_config": dataclasses.asdict(self.tc), "history": self.history,
                                                  "best_dev_wer": self.saved if math.isfinite(self.saved) else None})
+
+
+_LATE, _SIGNALLED = 1, 2  # why training stops inside an epoch (the larger wins across ranks)
+
+
+class TrainingInterrupted(Seq2EdgeError):
+    """SIGINT or SIGTERM stopped training at a batch boundary; the resume point is saved there."""
+
+    def __init__(self, signum: int, out: Path, epoch: int, step: int):
+        super().__init__(f"interrupted in epoch {epoch + 1} after batch {step}; the resume point is saved in {out}, "
+                         f"--resume continues from there")
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def _signals_noted() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM are noted (in the list yielded), not raised, for the duration of the block,
+    so that training stops between batches: weights, optimizer and position then agree."""
+    noted: list[int] = []
+
+    def note(signum, frame):
+        if noted:  # a second Ctrl-C does not wait for the batch to end
+            raise KeyboardInterrupt
+        noted.append(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+    saved = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield noted
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _distributed_setup() -> tuple[int, int]:
