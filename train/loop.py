@@ -115,7 +115,6 @@ class Trainer:
         self.minutes_before = 0.0  # training minutes spent by earlier runs of this checkpoint
         self.run_start = time.monotonic()
         self._signalled: list[int] = []  # SIGINT/SIGTERM received while run() trains
-        self._stop_reason = 0
         if resume:
             self._restore()
         elif self.rank == 0:
@@ -203,15 +202,15 @@ class Trainer:
         stopped = "epochs"
         while self.epoch < tc.epochs:
             order = D.rank_share(D.batch_order(lengths, tc.batch_size, tc.seed, self.epoch), self.rank, self.world)
-            finished, loss = self._train_epoch(order, deadline)
-            if not finished and self._stop_reason == _SIGNALLED:
+            stop_reason, loss = self._train_epoch(order, deadline)
+            if stop_reason == _SIGNALLED:
                 self._save_resume_point()
                 self._write_train_json()
                 if self.world > 1:
                     self._leave_process_group()
                 signum = self._signalled[0] if self._signalled else signal.SIGTERM  # another rank's signal
                 raise TrainingInterrupted(signum, self.out, self.epoch, self.step_in_epoch)
-            if not finished:
+            if stop_reason == _LATE:
                 stopped = "time budget"
                 self._end_partial_epoch()
                 break
@@ -224,7 +223,8 @@ class Trainer:
             self._leave_process_group()
         return {"best_dev_wer": self.saved, "epochs": len(self.history), "stopped": stopped}
 
-    def _train_epoch(self, order: list[list[int]], deadline: float) -> tuple[bool, float]:
+    def _train_epoch(self, order: list[list[int]], deadline: float) -> tuple[int, float]:
+        """(0 when the epoch is done, else why it stopped: _LATE or _SIGNALLED; the running loss)."""
         from tqdm import tqdm
 
         tc, c, data = self.tc, self.prepared.model_config, self.prepared.train
@@ -235,9 +235,10 @@ class Trainer:
         first = self.step_in_epoch
         progress_lines = self.rank == 0 and tc.log_every > 0 and not sys.stderr.isatty()
         for idx in order[self.step_in_epoch :]:
-            if self._must_stop(deadline):
+            stop_reason = self._stop_reason(deadline)
+            if stop_reason:
                 bar.close()
-                return False, self.loss_total / max(self.loss_batches, 1)
+                return stop_reason, self.loss_total / max(self.loss_batches, 1)
             batch = D.make_batch([data.src[i] for i in idx], [data.tgt[i] for i in idx], c.pad_id, c.bos_id, c.eos_id)
             log_probs = self.net(batch.src_ids, batch.src_lengths, batch.tgt_in)
             loss = loss_fn(log_probs, batch.tgt_out, c.pad_id, tc.label_smoothing)
@@ -262,17 +263,17 @@ class Trainer:
                 self._save_resume_point()
                 last_save = time.monotonic()
         bar.close()
-        return True, self.loss_total / max(self.loss_batches, 1)
+        return 0, self.loss_total / max(self.loss_batches, 1)
 
-    def _must_stop(self, deadline: float) -> bool:
+    def _stop_reason(self, deadline: float) -> int:
         """Signalled or past the time budget, on any rank: all ranks stop at the same step (one that
         stopped alone would leave the others waiting in the next gradient sum), for the same reason."""
         reason = _SIGNALLED if self._signalled else _LATE if time.monotonic() > deadline else 0
-        stop = torch.tensor([float(reason)])
         if self.world > 1:
-            dist.all_reduce(stop, op=dist.ReduceOp.MAX)
-        self._stop_reason = int(stop[0])
-        return self._stop_reason > 0
+            agreed = torch.tensor([float(reason)])
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            reason = int(agreed[0])
+        return reason
 
     def _end_epoch(self, loss: float) -> bool:
         """Dev WER, schedule, best and resume files; True when training should stop early."""
