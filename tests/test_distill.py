@@ -23,15 +23,17 @@ def test_a_student_learns_the_teachers_beam_outputs_and_a_resume_needs_no_teache
     entries = C.load_cmudict().entries
     train_words = [e.source for e in C.split(entries, "train") if e.source.isalpha()][1000:1010]
     test_words = [e.source for e in C.split(entries, "test")][:5]
+    # a dev word in capitals: the hash puts it in the training part, but a lowercasing model would see the dev word
+    dev_word = next(e.source.upper() for e in C.split(entries, "dev") if C.split_of(e.source.upper()) == "train")
     extra = tmp_path / "extra.txt"
-    extra.write_text("\ufeff" + "\n".join(train_words + test_words) + "\n")
+    extra.write_text("\ufeff" + "\n".join(train_words + test_words + [dev_word]) + "\n")
     out = tmp_path / "student"
     proc = subprocess.run([*SEQ2EDGE, "train", "--out", str(out), "--teacher", str(teacher), "--kd", "seq", "--kd-beam", "3",
                            "--extra-inputs", str(extra), *ARGS], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (cache,) = (out / "teacher").glob("seq-*-beam3.jsonl")
     labels = {r["source"]: r["output"] for r in map(json.loads, cache.read_text().splitlines())}
-    assert set(train_words) <= set(labels) and not set(test_words) & set(labels)  # extra inputs of the test part stay out
+    assert set(train_words) <= set(labels) and not set(test_words + [dev_word]) & set(labels)  # dev and test inputs stay out
     model = Seq2Seq.load(teacher, providers="cpu", unknown="unk", too_long="truncate")
     assert [labels[w] for w in train_words] == [r.text for r in model.decode(train_words, beam_size=3)]
     tc = TrainConfig(**json.loads((out / "train.json").read_text())["train_config"])

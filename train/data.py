@@ -21,7 +21,7 @@ from seq2edge.runtime.tokenize import SPECIALS, TextCodec, Vocabulary
 from seq2edge.runtime.util import pad_batch, write_bytes_atomic
 
 from .config import TrainConfig
-from .corpus import Corpus, Entry, load_corpus, split
+from .corpus import Corpus, Entry, load_corpus, split, split_of
 
 
 def train_spm(texts: Sequence[str], out: Path, vocab_size: int, lowercase: bool = False) -> Path:
@@ -135,7 +135,8 @@ def split_corpus(tc: TrainConfig, out: Path | None = None, log: Callable[[str], 
     if tc.kd is not None:
         from .distill import distilled_entries
 
-        train_entries = distilled_entries(tc, train_entries, out, log)
+        held_out = {e.source.casefold() for e in corpus.entries if split_of(e.source) != "train"}
+        train_entries = distilled_entries(tc, train_entries, out, log, held_out)
     return corpus, train_entries, dev
 
 

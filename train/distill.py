@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,15 +45,20 @@ def matches_distributions(kd: str | None) -> bool:
     return kd in ("token", "seq+token")
 
 
-def distilled_entries(tc: TrainConfig, entries: list[Entry], out: Path, log: Callable[[str], None]) -> list[Entry]:
+def distilled_entries(tc: TrainConfig, entries: list[Entry], out: Path, log: Callable[[str], None],
+                      held_out: Collection[str] = ()) -> list[Entry]:
     """--kd seq and seq+token: the training entries with the teacher's outputs as targets (before the
     references with kd_mix_references); --kd token: the entries as they are. All: plus the
-    --extra-inputs sources of the training part, labelled by the teacher's beam search."""
+    --extra-inputs sources of the training part, labelled by the teacher's beam search.
+
+    held_out: the dev and test sources, casefolded. An extra input that equals one of them but for
+    case is left out as well: a model that lowercases its input would see a dev or test word."""
     if not relabels(tc.kd) and not tc.extra_inputs:
         return entries
     sources = [e.source for e in entries] if relabels(tc.kd) else []
     known = {e.source for e in entries}
-    extra = [s for s in _extra_inputs(tc.extra_inputs) if s not in known and split_of(s) == "train"]
+    extra = [s for s in _extra_inputs(tc.extra_inputs)
+             if s not in known and split_of(s) == "train" and s.casefold() not in held_out]
     labels = teacher_labels(tc, list(dict.fromkeys(sources + extra)), out, log)
     distilled = []
     for entry in entries:
