@@ -1,0 +1,54 @@
+"""Write unlabelled English words for the small model's distillation (`--extra-inputs`).
+
+    python tools/english_words.py build/english-words.txt [--count 150000]
+
+The `count` most frequent words of wordfreq's large English list (web, subtitles, books, Wikipedia)
+that are not CMUdict headwords and are spelt only with the letters, apostrophes and hyphens that
+CMUdict's headwords use, lowercased, one per line, most frequent first. The teacher labels them; the
+student learns from its outputs on words no dictionary entry covers (README "The small model").
+`seq2edge train` itself keeps only those of the training part, so no dev or test word gets in.
+wordfreq's data is msgpack inside the package: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from seq2edge.runtime.util import write_text_atomic
+from seq2edge.train.corpus import load_cmudict
+
+WORD = re.compile(r"[a-z]+(?:['-][a-z]+)*")
+
+
+def english_words(count: int) -> list[str]:
+    try:
+        import wordfreq
+    except ImportError:
+        sys.exit("tools/english_words.py needs wordfreq: pip install wordfreq")
+    headwords = {e.source for e in load_cmudict().entries}
+    letters = set("".join(headwords))
+    words = []
+    for word in wordfreq.top_n_list("en", 10**7, wordlist="large"):
+        if word not in headwords and WORD.fullmatch(word) and set(word) <= letters:
+            words.append(word)
+            if len(words) == count:
+                break
+    return words
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--count", type=int, default=150_000)
+    args = parser.parse_args()
+    words = english_words(args.count)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out, "\n".join(words) + "\n")
+    print(f"{args.out}: {len(words)} words")
+
+
+if __name__ == "__main__":
+    main()
