@@ -80,7 +80,12 @@ install-gpu: $(FULL)
 demo: $(BASE)
 	@$(BIN)/seq2edge decode $(BUNDLE) attention onnx edge device phoneme pronunciation tokenizer Knightley
 
+# Training writes the shipped checkpoint anew and `seq2edge train` refuses a directory that holds a
+# model: say so before hours of training rather than after (train-small's last cycle writes it).
+fresh = @test ! -e $(1)/model.safetensors || { echo "$(1) holds the shipped model: remove it (rm -r $(1)) to train it anew"; exit 2; }
+
 train: $(FULL)
+	$(call fresh,$(CHECKPOINT))
 	$(BIN)/seq2edge train $(TRAIN_ARGS) --out $(CHECKPOINT)
 
 export: $(FULL)
@@ -91,6 +96,7 @@ eval: $(FULL)
 	$(BIN)/seq2edge eval $(BUNDLE) --split test --beam 5
 
 train-small: $(FULL) $(EXTRA_WORDS)
+	$(call fresh,$(SMALL_CHECKPOINT))
 	$(BIN)/seq2edge train $(SMALL_CYCLE1_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --out $(SMALL_CYCLE1)
 	$(BIN)/seq2edge train $(SMALL_CYCLE2_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --init-from $(SMALL_CYCLE1) --out $(SMALL_CYCLE2)
 	$(BIN)/seq2edge train $(SMALL_CYCLE3_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --init-from $(SMALL_CYCLE2) --out $(SMALL_CYCLE3)
