@@ -141,6 +141,42 @@ def test_node_beam_5_nbest_equals_python_on_200_words(bundle, words, tmp_path):
 
 
 @needs_node
+def test_node_ensemble_decodes_like_the_python_ensemble_greedy_and_beam(bundle, words, tmp_path):
+    """Two bundles of different architectures (the LSTM exported here, the shipped GRU small model): at every step
+    the log of their mean probability, in greedy and beam search, as runtime/ensemble.py computes it."""
+    small = REPO / "models" / "g2p-en-small"
+    python = Seq2Seq.load(bundle, providers="cpu", ensemble=[small])
+    alone = Seq2Seq.load(bundle, providers="cpu").decode(words[:300])
+    greedy = python.decode(words[:300])
+    assert [r.text for r in greedy] != [r.text for r in alone]  # the second member changes some outputs
+    for backend in ("node", "wasm"):
+        records = node_decode(bundle, words[:300], tmp_path, "--ensemble", str(small), "--backend", backend)
+        assert [r["output"] for r in records] == [r.text for r in greedy], backend
+        np.testing.assert_allclose([r["score"] for r in records], [r.score for r in greedy], atol=1e-4)
+    beam = python.decode(words[:60], beam_size=5, nbest=3)
+    records = node_decode(bundle, words[:60], tmp_path, "--ensemble", str(small), "--beam", "5", "--nbest", "3")
+    for record, result in zip(records, beam, strict=True):
+        assert [h["output"] for h in record["nbest"]] == [h.text for h in result.nbest], record["input"]
+        np.testing.assert_allclose([h["score"] for h in record["nbest"]], [h.score for h in result.nbest], atol=1e-4)
+
+
+@needs_node
+def test_node_refuses_an_ensemble_whose_members_tokenise_differently_or_a_greedy_graph_for_it(bundle, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(REPO / "models" / "g2p-en-small", other)
+    meta = json.loads((other / "bundle.json").read_text())
+    vocab = meta["target"]["vocab"]
+    vocab[10], vocab[11] = vocab[11], vocab[10]  # the same tokens, other ids
+    (other / "bundle.json").write_text(json.dumps(meta))
+    for member, flags, message in ((other, (), f"{other}: its target vocabulary or tokeniser differs"),
+                                   (REPO / "models" / "g2p-en-small", ("--greedy-graph",), "--greedy-graph decodes one model")):
+        proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), "edge", "--ensemble", str(member), *flags],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stdout == "", proc.stderr
+        assert "    at " not in proc.stderr  # one line, no stack trace
+
+
+@needs_node
 def test_node_wasm_and_ort_format_and_int8_equal_python(bundle, words, tmp_path):
     python = [r.text for r in Seq2Seq.load(bundle, providers="cpu").decode(words[:200])]
     for flags in (("--backend", "wasm"), ("--format", "ort"), ("--backend", "wasm", "--format", "ort", "--greedy-graph")):

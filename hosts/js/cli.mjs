@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // node hosts/js/cli.mjs BUNDLE [--beam N] [--nbest K] [--max-len N] [--batch-size N] [--input FILE] [--jsonl]
 //                       [--backend node|wasm] [--precision fp32|int8] [--format onnx|ort] [--greedy-graph|--no-greedy-graph]
-//                       [--unknown error|unk|skip] [--too-long error|truncate] [--threads N] [TEXT ...]
+//                       [--unknown error|unk|skip] [--too-long error|truncate] [--threads N] [--ensemble BUNDLE ...] [TEXT ...]
 // Prints `input -> output` per input, in order, like `seq2edge decode` (--jsonl: its jsonl records). Exit codes
 // as there: 0, 1 (some inputs failed, the others still written), 2 (usage or bundle error).
 import { readFileSync } from "node:fs";
@@ -9,7 +9,8 @@ import { parseArgs } from "node:util";
 
 import { loadBundle, Seq2EdgeError } from "./node.mjs";
 
-const HELP = readFileSync(new URL(import.meta.url)).toString().split("\n").slice(1, 7).map((l) => l.slice(3)).join("\n");
+const SOURCE_LINES = readFileSync(new URL(import.meta.url)).toString().split("\n");
+const HELP = SOURCE_LINES.slice(1, SOURCE_LINES.findIndex((l) => !l.startsWith("//") && !l.startsWith("#!"))).map((l) => l.slice(3)).join("\n");
 
 async function main() {
   let parsed;
@@ -21,7 +22,7 @@ async function main() {
         "batch-size": { type: "string", default: "64" }, input: { type: "string" }, backend: { type: "string", default: "node" },
         precision: { type: "string", default: "fp32" }, format: { type: "string" }, "greedy-graph": { type: "boolean" },
         "no-greedy-graph": { type: "boolean" }, unknown: { type: "string", default: "error" },
-        "too-long": { type: "string", default: "error" }, "length-penalty": { type: "string", default: "0" }, threads: { type: "string", default: "1" }, help: { type: "boolean" }, jsonl: { type: "boolean" },
+        "too-long": { type: "string", default: "error" }, ensemble: { type: "string", multiple: true, default: [] }, "length-penalty": { type: "string", default: "0" }, threads: { type: "string", default: "1" }, help: { type: "boolean" }, jsonl: { type: "boolean" },
       },
     });
   } catch (err) {
@@ -45,10 +46,14 @@ async function main() {
     if (raw.endsWith("\n") === false && inputs.length === 0) inputs = [];
   }
   const greedyGraph = o["greedy-graph"] ? true : o["no-greedy-graph"] ? false : null;
+  if (greedyGraph === true && o.ensemble.length) {
+    process.stderr.write("seq2edge-js: --greedy-graph decodes one model; an ensemble decodes step by step\n");
+    return 2;
+  }
   let model;
   try {
     model = await loadBundle(bundle, { backend: o.backend, threads: Number(o.threads), precision: o.precision, format: o.format,
-      unknown: o.unknown, tooLong: o["too-long"] });
+      unknown: o.unknown, tooLong: o["too-long"], ensemble: o.ensemble });
   } catch (err) {
     if (!(err instanceof Seq2EdgeError)) throw err;
     process.stderr.write(`seq2edge-js: error: ${err.message}\n`);

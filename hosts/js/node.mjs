@@ -10,8 +10,17 @@ import { BundleError, Seq2Seq, sessionConfig } from "./seq2edge.mjs";
 export * from "./seq2edge.mjs";
 
 /** Load the bundle directory `dir`. options: backend ("node" | "wasm"), threads, precision, format ("onnx" | "ort"),
- * unknown, tooLong, useGreedyGraph ("auto" | true | false). */
-export async function loadBundle(dir, { backend = "node", threads = 1, format, ...options } = {}) {
+ * unknown, tooLong, useGreedyGraph ("auto" | true | false), ensemble (more bundle directories that decode with
+ * this one as one model: Seq2Seq.ensemble). */
+export async function loadBundle(dir, { ensemble = [], ...options } = {}) {
+  const lead = await loadOne(dir, options);
+  if (!ensemble.length) return lead;
+  const others = [];
+  for (const member of ensemble) others.push(await loadOne(member, options));
+  return Seq2Seq.ensemble(lead, others, ensemble);
+}
+
+async function loadOne(dir, { backend = "node", threads = 1, format, ...options }) {
   const ort = backend === "wasm" ? await import("onnxruntime-web") : await import("onnxruntime-node");
   if (backend === "wasm") ort.env.wasm.numThreads = threads;
   const read = async (name) => {

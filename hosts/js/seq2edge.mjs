@@ -33,6 +33,7 @@ const PORTS = {  // the ONNX contract (runtime/interface.py in the Python packag
 // The batched speed-up export must have measured for "auto" to use greedy.onnx on batches (runtime/model.py).
 const GREEDY_GRAPH_BATCHED_SPEEDUP = 1.15;
 const DYNAMIC = new Set(["batch", "src_len", "steps"]);
+const SPECIAL_IDS = ["pad_id", "bos_id", "eos_id", "unk_id"];
 
 export class Seq2EdgeError extends Error {}
 export class BundleError extends Seq2EdgeError {}
@@ -128,8 +129,39 @@ export class Seq2Seq {
     return new Seq2Seq(ort, meta, sessions, { unknown, tooLong, useGreedyGraph, precision });
   }
 
+  /**
+   * Several loaded bundles of one task decoding as one model, as the Python runtime's ensemble: at every step each
+   * member runs its own decoder and the search sees the log of the members' mean probability. Members must share
+   * both tokenisers and the special ids; the length limits are the smallest; greedy graphs (one model each) are not used.
+   */
+  static ensemble(lead, others, names = others.map((_, i) => `ensemble member ${i + 2}`)) {
+    for (const [i, member] of others.entries()) {
+      for (const side of ["source", "target"]) {
+        const [a, b] = [lead.meta[side], member.meta[side]];
+        if (a.tokenizer !== b.tokenizer || a.lowercase !== b.lowercase || a.spm_sha256 !== b.spm_sha256
+            || a.vocab.length !== b.vocab.length || a.vocab.some((t, j) => t !== b.vocab[j])) {
+          throw new BundleError(`${names[i]}: its ${side} vocabulary or tokeniser differs from the first bundle's; `
+            + "an ensemble's members must share both");
+        }
+      }
+      if (SPECIAL_IDS.some((id) => member.config[id] !== lead.config[id])) {
+        throw new BundleError(`${names[i]}: its special token ids differ from the first bundle's`);
+      }
+    }
+    const all = [lead, ...others];
+    const config = { ...lead.config };
+    for (const limit of ["max_src_len", "max_tgt_len"]) config[limit] = Math.min(...all.map((m) => m.config[limit]));
+    const model = new Seq2Seq(lead.ort, lead.meta, lead.sessions, { unknown: lead.unknown, tooLong: lead.tooLong,
+      useGreedyGraph: false, precision: lead.precision });
+    model.config = config;
+    model.members = all;
+    return model;
+  }
+
   constructor(ort, meta, sessions, { unknown, tooLong, useGreedyGraph, precision = "fp32" }) {
     this.ort = ort;
+    this.precision = precision;
+    this.members = null;  // Seq2Seq.ensemble(): every member, this bundle first
     this.meta = meta;
     this.config = meta.model;
     this.sessions = sessions;
@@ -145,7 +177,7 @@ export class Seq2Seq {
   }
 
   get hasGreedyGraph() {
-    return Boolean(this.sessions.greedy);
+    return Boolean(this.sessions.greedy) && !this.members;
   }
 
   /**
@@ -223,18 +255,35 @@ export class Seq2Seq {
       mask: new T("bool", mask, [chunk.length, width]) };
   }
 
+  // An ensemble's memory and state are arrays, one entry per member; the mask is shared.
   async #encode(chunk) {
     const { width, src, lengths, mask } = this.#sourceTensors(chunk);
-    const out = await this.sessions.encoder.run({ src_ids: src, src_lengths: lengths });
-    return { width, memory: out.memory, state: out.state, mask };
+    const inputs = { src_ids: src, src_lengths: lengths };
+    if (!this.members) {
+      const out = await this.sessions.encoder.run(inputs);
+      return { width, memory: out.memory, state: out.state, mask };
+    }
+    const outs = [];
+    for (const member of this.members) outs.push(await member.sessions.encoder.run(inputs));
+    return { width, memory: outs.map((o) => o.memory), state: outs.map((o) => o.state), mask };
   }
 
   async #step(prev, state, memory, mask) {
     const T = this.ort.Tensor;
-    const out = await this.sessions.decoder.run({
-      prev_ids: new T("int64", BigInt64Array.from(prev, (x) => BigInt(x)), [prev.length]), state, memory, src_mask: mask,
-    });
-    return { logProbs: out.log_probs.data, state: out.new_state };
+    const prevIds = new T("int64", BigInt64Array.from(prev, (x) => BigInt(x)), [prev.length]);
+    if (!this.members) {
+      const out = await this.sessions.decoder.run({ prev_ids: prevIds, state, memory, src_mask: mask });
+      return { logProbs: out.log_probs.data, state: out.new_state };
+    }
+    const outs = [];
+    for (const [i, member] of this.members.entries()) {
+      outs.push(await member.sessions.decoder.run({ prev_ids: prevIds, state: state[i], memory: memory[i], src_mask: mask }));
+    }
+    return { logProbs: logMeanExp(outs.map((o) => o.log_probs.data)), state: outs.map((o) => o.new_state) };
+  }
+
+  #take(value, index) {
+    return Array.isArray(value) ? value.map((t) => takeRows(this.ort, t, index)) : takeRows(this.ort, value, index);
   }
 
   #bias(t, maxLen) {
@@ -280,9 +329,9 @@ export class Seq2Seq {
         }
       });
       if (keep.length < rows.length && keep.length > 0) {
-        state = takeRows(this.ort, step.state, keep);
-        memory = takeRows(this.ort, memory, keep);
-        mask = takeRows(this.ort, mask, keep);
+        state = this.#take(step.state, keep);
+        memory = this.#take(memory, keep);
+        mask = this.#take(mask, keep);
       } else {
         state = step.state;
       }
@@ -320,9 +369,9 @@ export class Seq2Seq {
     const V = c.tgt_vocab_size;
     const enc = await this.#encode([source]);
     const rows = new Array(k).fill(0);
-    let state = takeRows(this.ort, enc.state, rows);
-    const memory = takeRows(this.ort, enc.memory, rows);
-    const mask = takeRows(this.ort, enc.mask, rows);
+    let state = this.#take(enc.state, rows);
+    const memory = this.#take(enc.memory, rows);
+    const mask = this.#take(enc.mask, rows);
     let scores = Array.from({ length: k }, (_, i) => (i === 0 ? 0 : -Infinity));
     let history = Array.from({ length: k }, () => []);
     let prev = new Array(k).fill(c.bos_id);
@@ -352,7 +401,7 @@ export class Seq2Seq {
       const live = top.filter(([, , , token]) => token !== c.eos_id).slice(0, k);
       scores = live.map(([score]) => score);
       history = live.map(([, , b, token]) => [...history[b], token]);
-      state = takeRows(this.ort, step.state, live.map(([, , b]) => b));
+      state = this.#take(step.state, live.map(([, , b]) => b));
       prev = live.map(([, , , token]) => token);
       const bestLive = Math.max(...scores);
       if (t + 1 > maxLen || !Number.isFinite(bestLive) || bestLive / (t + 2) ** lengthPenalty <= bestFinished[k - 1]) break;
@@ -360,6 +409,21 @@ export class Seq2Seq {
     finished.sort((x, y) => y[0] - x[0]);  // stable: equal ranks keep their order, as in Python
     return finished.slice(0, nbest).map(([, h]) => h);
   }
+}
+
+/** log(mean(exp(x))) over the members' log-probabilities, entry by entry, without overflow; float32 like the Python runtime. */
+function logMeanExp(arrays) {
+  const out = new Float32Array(arrays[0].length);
+  const n = arrays.length;
+  for (let j = 0; j < out.length; j++) {
+    let top = -Infinity;
+    for (const a of arrays) if (a[j] > top) top = a[j];
+    if (!Number.isFinite(top)) top = 0;
+    let sum = 0;
+    for (const a of arrays) sum += Math.exp(a[j] - top);
+    out[j] = top + Math.log(sum / n);
+  }
+  return out;
 }
 
 /** Rows `index` (axis 0) of a tensor, copied into a new tensor. */
