@@ -135,7 +135,7 @@ def split_corpus(tc: TrainConfig, out: Path | None = None, log: Callable[[str], 
     if tc.kd is not None:
         from .distill import distilled_entries
 
-        held_out = {e.source.casefold() for e in corpus.entries if split_of(e.source) != "train"}
+        held_out = {e.source.casefold() for e in corpus.entries if split_of(e.source) != "train"} if tc.extra_inputs else ()
         train_entries = distilled_entries(tc, train_entries, out, log, held_out)
     return corpus, train_entries, dev
 
