@@ -229,9 +229,16 @@ def time_paired(name: str, variant: str, model, g2p, texts: Sequence[str], round
 
 def startup(model: str, variant: str, command: list[str], runs: int) -> Startup:
     """Median time from process start to its first line on stdout, and its peak RSS, measured by
-    bench/launch.py in a small process of its own (see there why)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    bench/launch.py in a small process of its own (see there why).
+
+    One untimed start comes first, with bytecode writing allowed (PYTHONDONTWRITEBYTECODE removed
+    from the environment): it compiles the package's modules, as `pip install` does, so that the
+    timed starts measure starting the program rather than compiling its source (about 25 ms of
+    the runtime's start on a machine that sets PYTHONDONTWRITEBYTECODE)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    env["OMP_NUM_THREADS"] = "1"
     launcher = [sys.executable, "-S", str(Path(__file__).with_name("launch.py"))]
+    subprocess.run([*launcher, *command], capture_output=True, text=True, env=env, check=True)
     times, peaks = [], []
     for _ in range(runs):
         out = subprocess.run([*launcher, *command], capture_output=True, text=True, env=env, check=True)

@@ -124,3 +124,16 @@ def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
 
     points = [(100.0, 30.0), (50.0, 25.0), (80.0, 31.0), (200.0, 40.0), (50.0, 26.0)]
     assert pareto_front(points) == [1, 0, 3]  # (80, 31) is beaten by (100, 30); (50, 26) by (50, 25)
+
+
+def test_bench_cold_start_times_compiled_bytecode_even_where_the_environment_forbids_writing_it(tmp_path, monkeypatch):
+    """pip install compiles a package's modules; the benchmark's untimed first start does the same, so
+    its timed starts do not pay for compiling source on machines that set PYTHONDONTWRITEBYTECODE."""
+    from seq2edge.bench.measure import startup
+
+    (tmp_path / "startup_probe.py").write_text("VALUE = 1\n")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    row = startup("probe", "python", [sys.executable, "-c", "import startup_probe; print(startup_probe.VALUE)"], runs=1)
+    assert row.seconds > 0
+    assert list((tmp_path / "__pycache__").glob("startup_probe.*.pyc"))
