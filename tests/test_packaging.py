@@ -137,3 +137,38 @@ def test_bench_cold_start_times_compiled_bytecode_even_where_the_environment_for
     row = startup("probe", "python", [sys.executable, "-c", "import startup_probe; print(startup_probe.VALUE)"], runs=1)
     assert row.seconds > 0
     assert list((tmp_path / "__pycache__").glob("startup_probe.*.pyc"))
+
+
+def test_bench_timings_do_not_scan_the_benchmarks_own_heap_in_their_collections(tiny_bundle):
+    """The benchmark holds torch, CMUdict and its results; a full collection of that heap inside a
+    timing cost one paired round in five 40% of its speed. Every timed call (after the warm-up) must
+    run with that heap frozen out of the collector, which still collects the call's own objects."""
+    code = """
+import gc
+from seq2edge.bench.measure import median_time
+held = [[i] for i in range(400_000)]
+frozen = []
+def timed():
+    frozen.append(gc.get_freeze_count())
+    results = [[i] for i in range(20_000)]
+median_time(timed, 5)
+print(min(frozen[1:]), gc.get_stats()[0]["collections"])
+# the paired rounds: the bundle and g2p-en in turn, here with g2p-en's calls watched
+from seq2edge.bench.measure import time_paired
+from seq2edge.bench.peers import load_g2p_en
+from seq2edge.runtime import Seq2Seq
+gc.unfreeze()
+peer, frozen = load_g2p_en(), []
+class Watched:
+    def predict(self, word):
+        frozen.append(gc.get_freeze_count())
+        return peer.predict(word)
+model = Seq2Seq.load(BUNDLE, threads=1, unknown="unk")
+time_paired("tiny", "fp32", model, Watched(), ["edge", "device"] * 8, rounds=2, chunk=8)
+print(min(frozen[8:]), len(frozen))
+"""
+    out = subprocess.run([sys.executable, "-c", code.replace("BUNDLE", repr(str(tiny_bundle)))], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert int(out[0]) >= 400_000
+    assert int(out[1]) > 100  # young collections still ran: the collector was not switched off
+    assert int(out[2]) >= 400_000 and int(out[3]) == 8 + 2 * 16  # warm-up, then two rounds of 16 words
