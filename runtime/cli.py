@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except Seq2EdgeError as exc:
-        click.echo(f"seq2edge: error: {exc}", err=True)
+        if exc.shown:
+            click.echo(f"seq2edge: error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("seq2edge: interrupted", err=True)

@@ -11,6 +11,7 @@ class Seq2EdgeError(Exception):
     """Base class: a problem the user can act on. Exit code 2 in the CLI."""
 
     exit_code = 2
+    shown = True  # False: the CLI exits with exit_code but prints nothing (another process says it)
 
 
 class BundleError(Seq2EdgeError):

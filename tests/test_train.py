@@ -157,6 +157,27 @@ def test_two_process_gloo_distillation_stops_on_its_time_budget_together_and_res
     assert [h["epoch"] for h in json.loads((tmp_path / "ddp" / "train.json").read_text())["history"]] == [1, 2]
 
 
+def test_sigterm_under_torchrun_stops_every_rank_with_one_message(tmp_path):
+    """torchrun passes SIGTERM to both ranks; both stop at the same batch and save, and the line that
+    names --resume is printed once (rank 0's), not once per rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "seq2edge.runtime.cli", "train", "--out", str(tmp_path / "ddp"), *ARGS, "--epochs", "3",
+                             "--log-every", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("epoch 1: batch 3/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stderr.readlines()
+    assert proc.wait(timeout=120) != 0
+    said = [line for line in lines if "--resume continues" in line]
+    assert len(said) == 1, "".join(lines[-30:])
+    state = json.loads((tmp_path / "ddp" / "last" / "state.json").read_text())
+    assert state["epoch"] == 0 and state["step_in_epoch"] >= 3
+
+
 def test_label_smoothing_mixes_in_the_mean_negative_log_prob_over_the_vocabulary():
     from seq2edge.train.loop import loss_fn
 

@@ -209,7 +209,7 @@ class Trainer:
                 if self.world > 1:
                     self._leave_process_group()
                 signum = self._signalled[0] if self._signalled else signal.SIGTERM  # another rank's signal
-                raise TrainingInterrupted(signum, self.out, self.epoch, self.step_in_epoch)
+                raise TrainingInterrupted(signum, self.out, self.epoch, self.step_in_epoch, shown=self.rank == 0)
             if stop_reason == _LATE:
                 stopped = "time budget"
                 self._end_partial_epoch()
@@ -346,12 +346,14 @@ _LATE, _SIGNALLED = 1, 2  # why training stops inside an epoch (the larger wins 
 
 
 class TrainingInterrupted(Seq2EdgeError):
-    """SIGINT or SIGTERM stopped training at a batch boundary; the resume point is saved there."""
+    """SIGINT or SIGTERM stopped training at a batch boundary; the resume point is saved there.
+    Under torchrun every rank stops with it; only rank 0's says so (`shown`)."""
 
-    def __init__(self, signum: int, out: Path, epoch: int, step: int):
+    def __init__(self, signum: int, out: Path, epoch: int, step: int, shown: bool = True):
         super().__init__(f"interrupted in epoch {epoch + 1} after batch {step}; the resume point is saved in {out}, "
                          f"--resume continues from there")
         self.exit_code = 128 + signum
+        self.shown = shown
 
 
 @contextmanager
