@@ -71,7 +71,7 @@ def settle_heap() -> None:
     """Collect the benchmark's garbage and freeze what is left (gc.freeze) before a timing.
 
     The benchmark's process holds torch, CMUdict and every result scored so far, and a full
-    collection of that heap (0.1-0.3 s) landing inside one timing made one round in five of the
+    collection of that heap (0.1-0.2 s) landing inside one timing made one round in five of the
     paired batch-64 measurement 40% slower. Frozen objects are not scanned again; the young
     collections that the timed code's own allocations cause still count."""
     gc.collect()
