@@ -161,7 +161,7 @@ export class Seq2Seq {
   constructor(ort, meta, sessions, { unknown, tooLong, useGreedyGraph, precision = "fp32" }) {
     this.ort = ort;
     this.precision = precision;
-    this.members = null;  // Seq2Seq.ensemble(): every member, this bundle first
+    this.members = [this];  // the models that decode together: this one, and after Seq2Seq.ensemble() the others
     this.meta = meta;
     this.config = meta.model;
     this.sessions = sessions;
@@ -177,7 +177,7 @@ export class Seq2Seq {
   }
 
   get hasGreedyGraph() {
-    return Boolean(this.sessions.greedy) && !this.members;
+    return Boolean(this.sessions.greedy) && this.members.length === 1;
   }
 
   /**
@@ -255,26 +255,17 @@ export class Seq2Seq {
       mask: new T("bool", mask, [chunk.length, width]) };
   }
 
-  // An ensemble's memory and state are arrays, one entry per member; the mask is shared.
+  // Memory and state are arrays, one entry per member (one for a single bundle); the mask is shared.
   async #encode(chunk) {
     const { width, src, lengths, mask } = this.#sourceTensors(chunk);
-    const inputs = { src_ids: src, src_lengths: lengths };
-    if (!this.members) {
-      const out = await this.sessions.encoder.run(inputs);
-      return { width, memory: out.memory, state: out.state, mask };
-    }
     const outs = [];
-    for (const member of this.members) outs.push(await member.sessions.encoder.run(inputs));
+    for (const member of this.members) outs.push(await member.sessions.encoder.run({ src_ids: src, src_lengths: lengths }));
     return { width, memory: outs.map((o) => o.memory), state: outs.map((o) => o.state), mask };
   }
 
   async #step(prev, state, memory, mask) {
     const T = this.ort.Tensor;
     const prevIds = new T("int64", BigInt64Array.from(prev, (x) => BigInt(x)), [prev.length]);
-    if (!this.members) {
-      const out = await this.sessions.decoder.run({ prev_ids: prevIds, state, memory, src_mask: mask });
-      return { logProbs: out.log_probs.data, state: out.new_state };
-    }
     const outs = [];
     for (const [i, member] of this.members.entries()) {
       outs.push(await member.sessions.decoder.run({ prev_ids: prevIds, state: state[i], memory: memory[i], src_mask: mask }));
@@ -282,8 +273,9 @@ export class Seq2Seq {
     return { logProbs: logMeanExp(outs.map((o) => o.log_probs.data)), state: outs.map((o) => o.new_state) };
   }
 
-  #take(value, index) {
-    return Array.isArray(value) ? value.map((t) => takeRows(this.ort, t, index)) : takeRows(this.ort, value, index);
+  /** Rows `index` of every member's memory or state. */
+  #take(values, index) {
+    return values.map((t) => takeRows(this.ort, t, index));
   }
 
   #bias(t, maxLen) {
@@ -331,7 +323,7 @@ export class Seq2Seq {
       if (keep.length < rows.length && keep.length > 0) {
         state = this.#take(step.state, keep);
         memory = this.#take(memory, keep);
-        mask = this.#take(mask, keep);
+        mask = takeRows(this.ort, mask, keep);
       } else {
         state = step.state;
       }
@@ -371,7 +363,7 @@ export class Seq2Seq {
     const rows = new Array(k).fill(0);
     let state = this.#take(enc.state, rows);
     const memory = this.#take(enc.memory, rows);
-    const mask = this.#take(enc.mask, rows);
+    const mask = takeRows(this.ort, enc.mask, rows);
     let scores = Array.from({ length: k }, (_, i) => (i === 0 ? 0 : -Infinity));
     let history = Array.from({ length: k }, () => []);
     let prev = new Array(k).fill(c.bos_id);
@@ -413,6 +405,7 @@ export class Seq2Seq {
 
 /** log(mean(exp(x))) over the members' log-probabilities, entry by entry, without overflow; float32 like the Python runtime. */
 function logMeanExp(arrays) {
+  if (arrays.length === 1) return arrays[0];
   const out = new Float32Array(arrays[0].length);
   const n = arrays.length;
   for (let j = 0; j < out.length; j++) {
