@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -18,16 +18,27 @@ from seq2edge.runtime.interface import GRAPHS, graph_file, graph_metadata
 from seq2edge.runtime.schema import GraphEntry
 
 from .onnx import save_single_file, set_metadata
+from .recurrent_loop import loop_recurrences_int8
+
+# An int8 encoder runs its GRU and RNN layers as Loops of integer matmuls for calls of at least this
+# many inputs, and as the fused float32 node below it (export/recurrent_loop.py): the two took the
+# same time at batch 8 to 12 on the small model's layer (README "Decode anywhere").
+LOOP_MIN_BATCH = 12
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
+def quantize_int8(src: Path, dst: Path, kind: str) -> None:
     """Dynamic int8 quantisation: int8 weights, activations quantised per call (MatMulInteger,
     DynamicQuantizeLSTM); GRU and RNN weights, which onnxruntime has no integer kernel for, stored
-    as int8 and widened back to float32 as the graph runs (quantize_recurrent_weights)."""
+    as int8 and widened back to float32 at load (quantize_recurrent_weights); the encoder's GRU and
+    RNN layers also get a Loop of integer matmuls that batches run (loop_recurrences_int8). The
+    greedy graph is built from these encoder and decoder graphs."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False)
+    graph = onnx.load(str(src))
+    if kind == "encoder":
+        loop_recurrences_int8(graph, LOOP_MIN_BATCH)
+    quantize_dynamic(graph, str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False)
     graph = onnx.load(str(dst))
     if quantize_recurrent_weights(graph):
         onnx.save_model(graph, str(dst))
@@ -48,9 +59,9 @@ def quantize_recurrent_weights(graph: onnx.ModelProto) -> int:
     done: dict[str, str] = {}
     nodes = []
     for node in graph.graph.node:
-        if node.op_type in WEIGHT_ONLY_OPS:
+        for node_inside in _recurrent_nodes(node):  # the widened weights are main-graph values either way
             for slot in (1, 2):
-                name = node.input[slot] if len(node.input) > slot else ""
+                name = node_inside.input[slot] if len(node_inside.input) > slot else ""
                 tensor = initializers.get(name)
                 if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
                     continue
@@ -71,11 +82,11 @@ def quantize_recurrent_weights(graph: onnx.ModelProto) -> int:
                         helper.make_node("Reshape", [f"{name}_rows", f"{name}_shape"], [f"{name}_float"], name=f"{name}_reshape"),
                     ]
                     done[name] = f"{name}_float"
-                node.input[slot] = done[name]
+                node_inside.input[slot] = done[name]
         nodes.append(node)
     if not done:
         return 0
-    still_used = {i for n in nodes for i in n.input}
+    still_used = {i for n in nodes for i in _inputs(n)}
     kept = [t for t in graph.graph.initializer if t.name in still_used]
     del graph.graph.initializer[:]
     graph.graph.initializer.extend(kept)
@@ -84,7 +95,27 @@ def quantize_recurrent_weights(graph: onnx.ModelProto) -> int:
     return len(done)
 
 
-def convert_fp16(src: Path, dst: Path) -> None:
+def _recurrent_nodes(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
+    """`node` if it is a GRU or RNN, and those in its subgraphs (the fused node inside the If of
+    loop_recurrences)."""
+    if node.op_type in WEIGHT_ONLY_OPS:
+        yield node
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            for inner in attribute.g.node:
+                yield from _recurrent_nodes(inner)
+
+
+def _inputs(node: onnx.NodeProto) -> Iterator[str]:
+    """Every value `node` reads, in its subgraphs too."""
+    yield from node.input
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            for inner in attribute.g.node:
+                yield from _inputs(inner)
+
+
+def convert_fp16(src: Path, dst: Path, kind: str) -> None:
     """fp16 weights and arithmetic inside, float32 at the inputs and outputs."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -94,7 +125,7 @@ def convert_fp16(src: Path, dst: Path) -> None:
     onnx.save_model(graph, str(dst))
 
 
-CONVERTERS: dict[str, Callable[[Path, Path], None]] = {"int8": quantize_int8, "fp16": convert_fp16}
+CONVERTERS: dict[str, Callable[[Path, Path, str], None]] = {"int8": quantize_int8, "fp16": convert_fp16}
 
 
 def write_precision(bundle_dir: Path, bundle_id: str, model: dict, precision: str) -> dict[str, GraphEntry]:
@@ -102,7 +133,7 @@ def write_precision(bundle_dir: Path, bundle_id: str, model: dict, precision: st
     entries = {}
     for kind in GRAPHS:
         src, dst = bundle_dir / graph_file(kind, "fp32"), bundle_dir / graph_file(kind, precision)
-        CONVERTERS[precision](src, dst)
+        CONVERTERS[precision](src, dst, kind)
         graph = onnx.load(str(dst))
         set_metadata(graph, graph_metadata(bundle_id, model, precision, kind))
         save_single_file(graph, dst)

@@ -1,11 +1,14 @@
-"""int8 for recurrent cells onnxruntime has no integer kernel for: GRU and RNN weights stored as int8."""
+"""int8 for recurrent cells onnxruntime has no integer kernel for: GRU and RNN weights stored as int8,
+and in an encoder a Loop of integer matmuls beside the fused node, which batches run."""
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from seq2edge.export.quantize import quantize_recurrent_weights
+from seq2edge.export.recurrent_loop import loop_recurrences_int8
 
 
 def _gru_graph(weights: np.ndarray, recurrence: np.ndarray, hidden: int) -> onnx.ModelProto:
@@ -62,23 +65,100 @@ def test_a_gru_bundle_ships_its_encoder_in_int8_at_under_half_the_float_size(tmp
     sizes = {p: (bundle / f).stat().st_size for p, f in (("fp32", "encoder.onnx"), ("int8", "encoder.int8.onnx"))}
     assert sizes["int8"] < 0.5 * sizes["fp32"]
     encoder = onnx.load(str(bundle / "encoder.int8.onnx"))
-    assert all(i.endswith("_float") for n in encoder.graph.node if n.op_type == "GRU" for i in n.input[1:3])
+    (branches,) = [n for n in encoder.graph.node if n.op_type == "If"]
+    inside = {a.name: [n.op_type for n in a.g.node] for a in branches.attribute}
+    assert inside["else_branch"] == ["GRU"] and "Loop" in inside["then_branch"]
     assert json.loads((bundle / "bundle.json").read_text())["parity"]["int8"]["token_agreement_with_fp32"] > 0.5
 
 
 def test_the_runtime_widens_int8_recurrent_weights_once_at_load_not_on_every_call(tmp_path):
     """The runtime's session options let constant folding replace each weight's DequantizeLinear by
     float weights; left in the graph, it would run on every encoder call."""
-    from conftest import REPO
-
     from seq2edge.runtime.providers import session_options
 
-    graph = REPO / "models" / "g2p-en-small" / "encoder.int8.onnx"
-    weights = {t.name for t in onnx.load(str(graph)).graph.initializer}
+    rng = np.random.default_rng(1)
+    model = _gru_graph(rng.normal(0, 0.5, (2, 48, 8)).astype(np.float32), rng.normal(0, 0.5, (2, 48, 16)).astype(np.float32), 16)
+    quantize_recurrent_weights(model)
+    weights = {t.name for t in model.graph.initializer}
     widened_per_call = []
     for options in (ort.SessionOptions(), session_options(1)):
         options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-        ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
         widened_per_call.append(sum(n.op_type == "DequantizeLinear" and n.input[0] in weights for n in nodes))
     assert widened_per_call[0] > 0 and widened_per_call[1] == 0
+
+
+# -- the encoder's Loop of integer matmuls (export/recurrent_loop.py) --------------------------------
+
+def _encoder_layer(op: str, direction: str, weights, recurrence, bias) -> onnx.ModelProto:
+    """One recurrent node as encoder_graph.py writes it: X [S, B, I], sequence_lens -> Y, Y_h."""
+    directions, rows, inputs = weights.shape
+    hidden = recurrence.shape[-1]
+    attributes = {"hidden_size": hidden, "direction": direction}
+    if op == "GRU":
+        attributes["linear_before_reset"] = 1
+    node = helper.make_node(op, ["x", "W", "R", "B", "lengths"], ["y", "y_h"], **attributes)
+    graph = helper.make_graph(
+        [node], "layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, inputs]),
+         helper.make_tensor_value_info("lengths", TensorProto.INT32, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None), helper.make_tensor_value_info("y_h", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(recurrence, "R"), numpy_helper.from_array(bias, "B")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run_layer(model: onnx.ModelProto, x: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    from seq2edge.runtime.providers import session_options
+
+    session = ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x, "lengths": lengths})
+
+
+def _rows_to_int8(weights: np.ndarray) -> np.ndarray:
+    """The weights as int8 with one scale per row (output unit), widened back: what both branches compute with."""
+    scale = np.maximum(np.abs(weights).max(axis=-1, keepdims=True), np.finfo(np.float32).tiny) / 127.0
+    return (np.clip(np.rint(weights / scale), -127, 127) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("op, direction", [("GRU", "bidirectional"), ("GRU", "forward"), ("RNN", "bidirectional")])
+def test_an_int8_encoder_layer_runs_the_fused_node_for_small_batches_and_a_loop_for_large_ones(op, direction):
+    """Below the threshold the node computes with the int8 weights exactly (any transposition or gate
+    mix-up of the stored weights shows); at or above it the Loop does, within what quantising the
+    activations to 8 bits moves (measured: at most 0.034; a swapped gate or an unreversed backward
+    direction moves it by 0.45 and more),
+    with zeros past every length and each direction's state at its own end."""
+    rng = np.random.default_rng(0)
+    gates, hidden, inputs, steps, directions = {"GRU": 3, "RNN": 1}[op], 24, 12, 7, 2 if direction == "bidirectional" else 1
+    weights = rng.normal(0, 0.4, (directions, gates * hidden, inputs)).astype(np.float32)
+    recurrence = rng.normal(0, 0.2, (directions, gates * hidden, hidden)).astype(np.float32)
+    bias = rng.normal(0, 0.2, (directions, 2 * gates * hidden)).astype(np.float32)
+    rounded = _encoder_layer(op, direction, _rows_to_int8(weights), _rows_to_int8(recurrence), bias)
+    model = _encoder_layer(op, direction, weights, recurrence, bias)
+    assert loop_recurrences_int8(model, min_batch=4) == 1
+    assert [n.op_type for n in model.graph.node][-1] == "If"
+    stored = [numpy_helper.to_array(t) for t in model.graph.initializer]
+    assert not any(a.dtype == np.float32 and a.size >= recurrence.size for a in stored), "a float copy of the weights"
+
+    for batch in (3, 9):
+        x = rng.normal(0, 1, (steps, batch, inputs)).astype(np.float32)
+        lengths = rng.integers(1, steps + 1, batch).astype(np.int32)
+        lengths[:2] = steps, 1
+        got, expected = _run_layer(model, x, lengths), _run_layer(rounded, x, lengths)
+        padding = np.arange(steps)[:, None] >= lengths[None, :]  # [S, B]
+        assert np.all(got[0].transpose(0, 2, 1, 3)[padding] == 0)
+        if batch < 4:
+            np.testing.assert_allclose(got[0], expected[0], atol=1e-5)
+            np.testing.assert_allclose(got[1], expected[1], atol=1e-5)
+        else:
+            for g, e in zip(got, expected):
+                assert np.abs(g - e).max() < 0.1 and np.abs(g - e).mean() < 0.01
+
+
+def test_recurrent_nodes_with_an_initial_state_keep_their_node():
+    rng = np.random.default_rng(0)
+    model = _encoder_layer("GRU", "forward", rng.normal(0, 0.4, (1, 12, 4)).astype(np.float32),
+                           rng.normal(0, 0.4, (1, 12, 4)).astype(np.float32), np.zeros((1, 24), np.float32))
+    model.graph.node[0].input.append("h0")
+    model.graph.input.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, None, 4]))
+    assert loop_recurrences_int8(model, min_batch=4) == 0 and model.graph.node[0].op_type == "GRU"
