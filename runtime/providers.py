@@ -94,8 +94,9 @@ def session_options(threads: int | None, optimization: str = "all") -> ort.Sessi
             raise ProviderError("threads must be at least 1")
         options.intra_op_num_threads = threads
     options.log_severity_level = 3  # errors only; our own checks report what matters
-    # The int8 GRU/RNN weights are int8 initializers behind a DequantizeLinear (export/quantize.py).
-    # onnxruntime keeps such a node to fuse it into a quantized kernel (there is none for GRU), so it
+    # int8 GRU/RNN weights the encoder's Loop rewrite does not cover are int8 initializers behind a
+    # DequantizeLinear (export/quantize.py; the rewritten ones are widened by Cast and Mul, folded
+    # anyway). onnxruntime keeps such a node to fuse it into a quantized kernel (there is none for GRU), so it
     # would widen the weights on every call; without the QDQ rewrites, constant folding widens them
     # once, at load. The dynamic-int8 kernels (DynamicQuantizeMatMul, DynamicQuantizeLSTM) are not
     # QDQ rewrites and stay.

@@ -95,7 +95,7 @@ export class TextCodec {
 }
 
 // Session config both entry points pass (as runtime/providers.py): no QDQ rewrites, so constant folding
-// widens the int8 GRU/RNN weights once at load instead of a DequantizeLinear on every call. A new object
+// widens int8 GRU/RNN weights stored behind a DequantizeLinear once at load instead of on every call. A new object
 // each time: onnxruntime-web adds its own entries to the one it is given.
 export const sessionConfig = () => ({ session: { disable_quant_qdq: "1" } });
 
