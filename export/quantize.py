@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -18,7 +18,7 @@ from seq2edge.runtime.interface import GRAPHS, graph_file, graph_metadata
 from seq2edge.runtime.schema import GraphEntry
 
 from .onnx import save_single_file, set_metadata
-from .recurrent_loop import loop_recurrences_int8
+from .recurrent_loop import loop_recurrences_int8, values_read
 
 # An int8 encoder runs its GRU and RNN layers as Loops of integer matmuls for calls of at least this
 # many inputs, and as the fused float32 node below it (export/recurrent_loop.py): on the small model's
@@ -28,10 +28,11 @@ LOOP_MIN_BATCH = 12
 
 def quantize_int8(src: Path, dst: Path, kind: str) -> None:
     """Dynamic int8 quantisation: int8 weights, activations quantised per call (MatMulInteger,
-    DynamicQuantizeLSTM); GRU and RNN weights, which onnxruntime has no integer kernel for, stored
-    as int8 and widened back to float32 at load (quantize_recurrent_weights); the encoder's GRU and
-    RNN layers also get a Loop of integer matmuls that batches run (loop_recurrences_int8). The
-    greedy graph is built from these encoder and decoder graphs."""
+    DynamicQuantizeLSTM). GRU and RNN nodes, which onnxruntime has no integer kernel for: in the
+    encoder each becomes If(batch >= LOOP_MIN_BATCH, a Loop of integer matmuls, the node) over one
+    int8 copy of its weights (loop_recurrences_int8); one the rewrite does not cover keeps float32
+    arithmetic with its weights stored as int8 (quantize_recurrent_weights). The greedy graph is
+    built from the encoder and decoder graphs this writes."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
@@ -59,9 +60,9 @@ def quantize_recurrent_weights(graph: onnx.ModelProto) -> int:
     done: dict[str, str] = {}
     nodes = []
     for node in graph.graph.node:
-        for node_inside in _recurrent_nodes(node):  # the widened weights are main-graph values either way
+        if node.op_type in WEIGHT_ONLY_OPS:
             for slot in (1, 2):
-                name = node_inside.input[slot] if len(node_inside.input) > slot else ""
+                name = node.input[slot] if len(node.input) > slot else ""
                 tensor = initializers.get(name)
                 if tensor is None or tensor.data_type != onnx.TensorProto.FLOAT:
                     continue
@@ -82,37 +83,17 @@ def quantize_recurrent_weights(graph: onnx.ModelProto) -> int:
                         helper.make_node("Reshape", [f"{name}_rows", f"{name}_shape"], [f"{name}_float"], name=f"{name}_reshape"),
                     ]
                     done[name] = f"{name}_float"
-                node_inside.input[slot] = done[name]
+                node.input[slot] = done[name]
         nodes.append(node)
     if not done:
         return 0
-    still_used = {i for n in nodes for i in _inputs(n)}
+    still_used = {i for n in nodes for i in values_read(n)}  # the If of loop_recurrences_int8 reads inside
     kept = [t for t in graph.graph.initializer if t.name in still_used]
     del graph.graph.initializer[:]
     graph.graph.initializer.extend(kept)
     del graph.graph.node[:]
     graph.graph.node.extend(nodes)
     return len(done)
-
-
-def _recurrent_nodes(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
-    """`node` if it is a GRU or RNN, and those in its subgraphs (the fused node inside the If of
-    loop_recurrences)."""
-    if node.op_type in WEIGHT_ONLY_OPS:
-        yield node
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.GRAPH:
-            for inner in attribute.g.node:
-                yield from _recurrent_nodes(inner)
-
-
-def _inputs(node: onnx.NodeProto) -> Iterator[str]:
-    """Every value `node` reads, in its subgraphs too."""
-    yield from node.input
-    for attribute in node.attribute:
-        if attribute.type == onnx.AttributeProto.GRAPH:
-            for inner in attribute.g.node:
-                yield from _inputs(inner)
 
 
 def convert_fp16(src: Path, dst: Path, kind: str) -> None:

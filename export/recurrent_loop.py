@@ -1,11 +1,11 @@
 """int8 encoders: GRU and RNN nodes that also run as Loops of integer matmuls, for batches.
 
 onnxruntime has an integer kernel for LSTM (DynamicQuantizeLSTM) but none for GRU or RNN, so an
-int8 graph runs those in float32 (their weights stored as int8: export/quantize.py): at batch 64
-the small model's bidirectional GRU was 38% of its decoding time. Written out as a Loop over time
-steps whose body multiplies the state by the recurrence weights with a MatMul, which quantize_dynamic
-then makes an integer one, the same layer runs about 1.5x faster at batch 64. At batch 1 the Loop's
-per-step overhead makes it about three times slower than the fused node. So each node becomes
+int8 graph ran those in float32 (their weights stored as int8, widened at load): at batch 64 the
+small model's bidirectional GRU was 38% of its decoding time. Written out as a Loop over time steps
+whose body multiplies the state by int8 weights with onnxruntime's DynamicQuantizeMatMul (the state
+quantised to 8 bits on the fly), the same layer runs about 1.4x faster at batch 64. At batch 1 the
+Loop's per-step overhead makes it about twice as slow as the fused node. So each node becomes
 
     If(batch >= min_batch, then: the Loop, else: the node itself)
 
@@ -20,13 +20,15 @@ sequence's own end, as the node's `sequence_lens` makes it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-# Rewritten: the node as torch exports it (default activations, no initial state, no clip, torch's
-# GRU variant). Anything else keeps its node.
-GATES = {"GRU": 3, "RNN": 1}
+GATES = {"GRU": 3, "RNN": 1}  # the ops rewritten, and their gate blocks
+# Rewritten only as export/encoder_graph.py writes them: default activations, no initial state, no
+# clip, sequence_lens given, torch's GRU variant. Any other node keeps its node.
 _PLAIN_ATTRIBUTES = {"hidden_size", "direction", "linear_before_reset"}
 INT64_MIN = np.iinfo(np.int64).min
 
@@ -53,7 +55,7 @@ def loop_recurrences_int8(model: onnx.ModelProto, min_batch: int) -> int:
         return 0
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for node in nodes for name in _inputs(node)}
+    used = {name for node in nodes for name in values_read(node)}
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -62,13 +64,13 @@ def loop_recurrences_int8(model: onnx.ModelProto, min_batch: int) -> int:
     return replaced
 
 
-def _inputs(node: onnx.NodeProto):
+def values_read(node: onnx.NodeProto) -> Iterator[str]:
     """Every value `node` reads, in its subgraphs too."""
     yield from node.input
     for attribute in node.attribute:
         if attribute.type == onnx.AttributeProto.GRAPH:
             for inner in attribute.g.node:
-                yield from _inputs(inner)
+                yield from values_read(inner)
 
 
 class _Layer:
@@ -99,7 +101,7 @@ def _layer(node: onnx.NodeProto, initializers: dict) -> _Layer | None:
     if node.op_type not in GATES or len(node.input) < 5 or not node.input[4]:
         return None
     if any(name for name in node.input[5:]) or len(node.output) < 2:
-        return None  # an initial state, or a peephole: not what torch exports
+        return None  # an initial state: not what encoder_graph.py writes
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if set(attributes) - _PLAIN_ATTRIBUTES:
         return None
