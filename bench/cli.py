@@ -56,7 +56,7 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
     from .peers import load_g2p_en
 
     g2p = load_g2p_en()
-    speed, accuracy, startup, models, paired = [], [], [], [], []
+    speed, accuracy, startup, models, paired, paired_torch = [], [], [], [], [], []
     for i, (name, bundle) in enumerate(zip(names, bundles)):
         checkpoint = checkpoints[i] if i < len(checkpoints) else None
         variants = M.load_variants(bundle, wanted, provider, threads, log)
@@ -76,6 +76,9 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
             for batch in sizes:
                 log(f"{name} {variant} batch {batch}")
                 speed.append(M.time_runtime(name, variant, model, timed, batch, repeats))
+        if not i and torch_model is not None:  # the runtime's batch-64 targets against PyTorch
+            log(f"{name} fp32, int8 and pytorch in alternation, batch 64")
+            paired_torch.append(M.time_paired_torch(name, variants, torch_model, timed, 1 if quick else 5))
         if i and g2p is not None and edge_precision in variants:  # the small-model speed targets' ratios
             log(f"{name} {edge_precision} and g2p-en in alternation")
             paired.append(M.time_paired(name, edge_precision, variants[edge_precision], g2p, timed, 1 if quick else 5))
@@ -100,7 +103,7 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
         "machine": {"python": platform.python_version(), "processor": platform.processor(), "machine": platform.machine(),
                     "cpus": _cpus()},
         "speed": M.as_dicts(speed), "accuracy": M.as_dicts(accuracy), "startup": M.as_dicts(startup),
-        "paired": M.as_dicts(paired),
+        "paired": M.as_dicts(paired), "paired_torch": M.as_dicts(paired_torch),
     }
     result["targets"] = [{"model": t.model, "name": t.name, "value": t.value, "goal": t.goal, "at_least": t.at_least,
                           "met": t.met} for t in targets(result)]

@@ -48,6 +48,22 @@ class Paired:
 
 
 @dataclass
+class PairedTorch:
+    """The first bundle's speed against its own PyTorch checkpoint at batch 64, PyTorch and each
+    precision timed in alternation on the same chunks of words, as Paired does with g2p-en:
+    PyTorch's batch-64 speed moved by 80% between runs, more than the ratios' margins."""
+
+    model: str
+    rounds: int
+    chunk: int
+    batch: int
+    fp32: list[float]  # per round: fp32 words/s over PyTorch's
+    int8: list[float]  # empty when the bundle has no int8 graphs
+    fp32_vs_pytorch: float  # medians over the rounds
+    int8_vs_pytorch: float | None
+
+
+@dataclass
 class Accuracy:
     model: str
     variant: str
@@ -217,28 +233,58 @@ def time_g2p_en(g2p, texts: Sequence[str], repeats: int) -> Speed:
     return speed_row(PEER, "g2p-en", 1, len(texts), seconds, repeats)
 
 
-def time_paired(name: str, variant: str, model, g2p, texts: Sequence[str], rounds: int, chunk: int = 512) -> Paired:
-    """The model's words/s at batch 1 and 64 over g2p-en's, each round timing the three in turn on
-    every chunk of `texts` (after a warm-up), so that neither side gets a faster stretch of the run."""
+def alternate(calls: dict[str, Callable[[list[str]], object]], texts: Sequence[str], rounds: int,
+              chunk: int) -> dict[str, list[float]]:
+    """Seconds per round of each call, the calls timed in turn on every chunk of `texts` (after a
+    warm-up on the first chunk), so that none of them gets a faster stretch of the run."""
     texts = list(texts)
     chunks = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
-    model.decode(chunks[0], batch_size=1)
-    [g2p.predict(w) for w in chunks[0][:64]]
+    for call in calls.values():
+        call(chunks[0][:64])
     settle_heap()
-    batch_1, batch_64 = [], []
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
-        peer = one = many = 0.0
+        spent = dict.fromkeys(calls, 0.0)
         for part in chunks:
-            start = time.perf_counter()
-            [g2p.predict(w) for w in part]
-            middle = time.perf_counter()
-            model.decode(part, batch_size=1)
-            end = time.perf_counter()
-            model.decode(part, batch_size=64)
-            peer, one, many = peer + middle - start, one + end - middle, many + time.perf_counter() - end
-        batch_1.append(round(peer / one, 3))
-        batch_64.append(round(peer / many, 3))
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call(part)
+                spent[name] += time.perf_counter() - start
+        for name in calls:
+            seconds[name].append(spent[name])
+    return seconds
+
+
+def _speedups(seconds: dict[str, list[float]], fast: str, slow: str) -> list[float]:
+    """Per round: the words/s of `fast` over those of `slow` (the same words)."""
+    return [round(s / f, 3) for f, s in zip(seconds[fast], seconds[slow])]
+
+
+def time_paired(name: str, variant: str, model, g2p, texts: Sequence[str], rounds: int, chunk: int = 512) -> Paired:
+    """The model's words/s at batch 1 and 64 over g2p-en's, g2p-en and the model at both batch sizes
+    timed in alternation on each chunk of `texts` (`alternate`)."""
+    seconds = alternate({"g2p-en": lambda part: [g2p.predict(w) for w in part],
+                         "batch 1": lambda part: model.decode(part, batch_size=1),
+                         "batch 64": lambda part: model.decode(part, batch_size=64)}, texts, rounds, chunk)
+    batch_1, batch_64 = _speedups(seconds, "batch 1", "g2p-en"), _speedups(seconds, "batch 64", "g2p-en")
     return Paired(name, variant, rounds, chunk, batch_1, batch_64, statistics.median(batch_1), statistics.median(batch_64))
+
+
+def time_paired_torch(name: str, variants: dict, torch_model, texts: Sequence[str], rounds: int, chunk: int = 512,
+                      batch: int = 64) -> PairedTorch:
+    """fp32 and int8 (where loaded) words/s over PyTorch's at `batch`, the three timed in alternation."""
+    from seq2edge.train.infer import decode_entries
+
+    model, source, target = torch_model
+    calls = {"pytorch": lambda part: decode_entries(model, part, source, target, batch)}
+    for precision in ("fp32", "int8"):
+        if precision in variants:
+            calls[precision] = lambda part, m=variants[precision]: m.decode(part, batch_size=batch)
+    seconds = alternate(calls, texts, rounds, chunk)
+    fp32 = _speedups(seconds, "fp32", "pytorch")
+    int8 = _speedups(seconds, "int8", "pytorch") if "int8" in seconds else []
+    return PairedTorch(name, rounds, chunk, batch, fp32, int8, statistics.median(fp32),
+                       statistics.median(int8) if int8 else None)
 
 
 def startup(model: str, variant: str, command: list[str], runs: int) -> Startup:

@@ -108,9 +108,27 @@ def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_
     (paired,) = result["paired"]  # the small-model targets' speed ratios: g2p-en timed in turn with the bundle
     assert (paired["model"], paired["variant"], paired["rounds"]) == ("small", "fp32", 1) and paired["batch_1"][0] > 0
     assert result["targets"][13]["value"] == paired["vs_g2p_en_batch_1"] and result["targets"][14]["value"] == paired["vs_g2p_en_batch_64"]
+    (against_torch,) = result["paired_torch"]  # the first bundle's batch-64 targets: PyTorch timed in turn with it
+    assert (against_torch["model"], against_torch["rounds"], against_torch["batch"]) == ("big", 1, 64)
+    assert against_torch["fp32"][0] > 0 and against_torch["int8"][0] > 0
+    assert [(t["name"], t["value"]) for t in result["targets"][1:3]] == [
+        ("fp32 / PyTorch words/s, batch 64, in alternation", against_torch["fp32_vs_pytorch"]),
+        ("int8 / PyTorch words/s, batch 64, in alternation", against_torch["int8_vs_pytorch"])]
     assert ("small", "int8") not in {(r["model"], r["variant"]) for r in result["speed"]}  # no int8 graphs: nothing invented
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "targets:" in proc.stdout and "stressless WER" in proc.stdout
+
+
+def test_alternate_times_every_call_on_each_chunk_in_turn_round_after_round():
+    """The paired ratios hold only if a slow stretch of the machine falls on every side alike."""
+    from seq2edge.bench.measure import alternate
+
+    calls = []
+    seconds = alternate({name: (lambda part, name=name: calls.append((name, part[0]))) for name in ("a", "b")},
+                        ["w1", "w2", "w3", "w4"], rounds=2, chunk=2)
+    assert calls[:2] == [("a", "w1"), ("b", "w1")]  # the warm-up
+    assert calls[2:] == [("a", "w1"), ("b", "w1"), ("a", "w3"), ("b", "w3")] * 2
+    assert set(seconds) == {"a", "b"} and all(len(v) == 2 and min(v) >= 0 for v in seconds.values())
 
 
 def test_bench_refuses_more_checkpoints_than_bundles(tiny_bundle, tiny_checkpoint):
