@@ -20,17 +20,12 @@ from seq2edge.runtime.schema import GraphEntry
 from .onnx import save_single_file, set_metadata
 from .recurrent_loop import loop_recurrences_int8, values_read
 
-# An int8 encoder runs its GRU and RNN layers as Loops of integer matmuls for calls of at least this
-# many inputs, and as the fused float32 node below it (export/recurrent_loop.py): on the small model's
-# layer, one thread, the Loop was 0.93x the node's speed at batch 8 and 1.06x at 12 (README "Export").
-LOOP_MIN_BATCH = 12
-
 
 def quantize_int8(src: Path, dst: Path, kind: str) -> None:
     """Dynamic int8 quantisation: int8 weights, activations quantised per call (MatMulInteger,
     DynamicQuantizeLSTM). GRU and RNN nodes, which onnxruntime has no integer kernel for: in the
-    encoder each becomes If(batch >= LOOP_MIN_BATCH, a Loop of integer matmuls, the node) over one
-    int8 copy of its weights (loop_recurrences_int8); one the rewrite does not cover keeps float32
+    encoder each large enough to gain becomes If(batch >= loop_min_batch, a Loop of integer matmuls,
+    the node) over one int8 copy of its weights (loop_recurrences_int8); any other keeps float32
     arithmetic with its weights stored as int8 (quantize_recurrent_weights). The greedy graph is
     built from the encoder and decoder graphs this writes."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -38,7 +33,7 @@ def quantize_int8(src: Path, dst: Path, kind: str) -> None:
     logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
     graph = onnx.load(str(src))
     if kind == "encoder":
-        loop_recurrences_int8(graph, LOOP_MIN_BATCH)
+        loop_recurrences_int8(graph)
     quantize_dynamic(graph, str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False)
     graph = onnx.load(str(dst))
     if quantize_recurrent_weights(graph):

@@ -10,6 +10,9 @@ Loop's per-step overhead makes it about twice as slow as the fused node. So each
     If(batch >= min_batch, then: the Loop, else: the node itself)
 
 and the graph has the fused node's speed for single inputs and the integer matmuls' for batches.
+The Loop costs a fixed amount per time step and saves in proportion to the work per step, so
+where it starts to win depends on the hidden size (`loop_min_batch`); a layer too small to gain
+at the runtime's default batch of 64 keeps its node alone.
 Both branches compute the layer's ONNX outputs: Y [S, directions, B, H] (zeros at padding) and
 Y_h [directions, B, H] (forward: the state at each sequence's end; backward: at its start).
 
@@ -20,6 +23,7 @@ sequence's own end, as the node's `sequence_lens` makes it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -32,22 +36,40 @@ GATES = {"GRU": 3, "RNN": 1}  # the ops rewritten, and their gate blocks
 _PLAIN_ATTRIBUTES = {"hidden_size", "direction", "linear_before_reset"}
 INT64_MIN = np.iinfo(np.int64).min
 
+# Measured by tools/loop_crossover.py (one thread, this project's 2-core AMD EPYC with AVX-512 VNNI):
+# the Loop beat a bidirectional GRU node from batch 12 at 128 units per direction, 32-48 at 64 units,
+# 24 at 96, 8 at 192 and 256, and only from 128 at 32 units (unidirectional: about the same batches);
+# an RNN node (one gate, and onnxruntime's RNN kernel is slow) from batch 12 at 64 units and 8 at 128.
+# The node's work per step grows with hidden^2 and the Loop's overhead per step does not, hence:
+_WINS_FROM_12_AT = {"GRU": 128, "RNN": 64}  # units per direction where the Loop wins from batch 12
+_SMALLEST_MIN_BATCH = 12  # at 8, a 256-unit GRU on 8-token sources still lost (0.96x)
+_LARGEST_MIN_BATCH = 64  # the runtime's default batch: a Loop that only wins above it is not kept
 
-def loop_recurrences_int8(model: onnx.ModelProto, min_batch: int) -> int:
-    """Replace every GRU and RNN node of a float32 graph's main graph by If(batch >= min_batch,
-    Loop, node). The weights are stored once, as int8 with one scale per output unit: the Loop's
-    integer matmuls (DynamicQuantizeMatMul) read them as they are, and the node reads them widened
-    back to float32 by Cast and Mul, which onnxruntime folds into constants at load. Returns how
-    many were replaced."""
+
+def loop_min_batch(op: str, hidden: int) -> int | None:
+    """The batch size from which the Loop runs a layer of `hidden` units per direction, or None
+    where it would not win at the runtime's default batch (the node stays alone)."""
+    batch = max(_SMALLEST_MIN_BATCH, math.ceil(12 * (_WINS_FROM_12_AT[op] / hidden) ** 2))
+    return batch if batch <= _LARGEST_MIN_BATCH else None
+
+
+def loop_recurrences_int8(model: onnx.ModelProto, min_batch: int | None = None) -> int:
+    """Replace GRU and RNN nodes of a float32 graph's main graph by If(batch >= min_batch, Loop,
+    node); min_batch None: each node's loop_min_batch, and a node it gives None keeps its node.
+    The weights are stored once, as int8 with one scale per output unit: the Loop's integer
+    matmuls (DynamicQuantizeMatMul) read them as they are, and the node reads them widened back to
+    float32 by Cast and Mul, which onnxruntime folds into constants at load. Returns how many
+    were replaced."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     nodes, replaced = [], 0
     for node in graph.node:
         layer = _layer(node, initializers)
-        if layer is None:
+        threshold = None if layer is None else min_batch or loop_min_batch(layer.op, layer.hidden)
+        if threshold is None:
             nodes.append(node)
             continue
-        added, constants = _if_node(node, layer, f"{node.name or node.output[0]}_loop", min_batch)
+        added, constants = _if_node(node, layer, f"{node.name or node.output[0]}_loop", threshold)
         nodes += added
         graph.initializer.extend(constants)
         replaced += 1

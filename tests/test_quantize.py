@@ -68,6 +68,7 @@ def test_a_gru_bundle_ships_its_encoder_in_int8_at_under_half_the_float_size(tmp
     (branches,) = [n for n in encoder.graph.node if n.op_type == "If"]
     inside = {a.name: [n.op_type for n in a.g.node] for a in branches.attribute}
     assert inside["else_branch"] == ["GRU"] and "Loop" in inside["then_branch"]
+    assert _threshold(encoder) == 48  # 64 units per direction
     assert json.loads((bundle / "bundle.json").read_text())["parity"]["int8"]["token_agreement_with_fp32"] > 0.5
 
 
@@ -153,6 +154,31 @@ def test_an_int8_encoder_layer_runs_the_fused_node_for_small_batches_and_a_loop_
         else:
             for g, e in zip(got, expected):
                 assert np.abs(g - e).max() < 0.1 and np.abs(g - e).mean() < 0.01
+
+
+def _threshold(model: onnx.ModelProto) -> int:
+    (if_node,) = [n for n in model.graph.node if n.op_type == "If"]
+    (compare,) = [n for n in model.graph.node if n.output[0] == if_node.input[0]]
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return int(stored[compare.input[1]])
+
+
+def test_the_loop_takes_over_from_the_batch_where_it_wins_and_small_layers_keep_their_node():
+    """tools/loop_crossover.py: a 128-unit GRU's Loop wins from batch 12, a 64-unit one's from 32-48,
+    a 32-unit one's not below 128; an RNN's sooner. A fixed threshold would slow small layers down."""
+    from seq2edge.export.recurrent_loop import loop_min_batch
+
+    assert [loop_min_batch("GRU", h) for h in (32, 64, 128, 256)] == [None, 48, 12, 12]
+    assert [loop_min_batch("RNN", h) for h in (32, 64)] == [48, 12]
+    rng = np.random.default_rng(0)
+    for hidden, expected in ((128, 12), (64, 48)):
+        model = _encoder_layer("GRU", "bidirectional", rng.normal(0, 0.4, (2, 3 * hidden, 8)).astype(np.float32),
+                               rng.normal(0, 0.1, (2, 3 * hidden, hidden)).astype(np.float32),
+                               np.zeros((2, 6 * hidden), np.float32))
+        assert loop_recurrences_int8(model) == 1 and _threshold(model) == expected
+    small = _encoder_layer("GRU", "bidirectional", rng.normal(0, 0.4, (2, 96, 8)).astype(np.float32),
+                           rng.normal(0, 0.1, (2, 96, 32)).astype(np.float32), np.zeros((2, 192), np.float32))
+    assert loop_recurrences_int8(small) == 0 and [n.op_type for n in small.graph.node] == ["GRU"]
 
 
 def test_recurrent_nodes_with_an_initial_state_keep_their_node():
