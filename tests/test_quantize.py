@@ -55,13 +55,13 @@ def test_graphs_without_gru_or_rnn_are_left_as_they_are():
     assert quantize_recurrent_weights(model) == 0 and model.SerializeToString() == before
 
 
-def test_a_gru_bundle_ships_its_encoder_in_int8_at_under_half_the_float_size(tmp_path):
+def test_a_gru_bundles_int8_encoder_is_under_half_the_float_size_with_its_loop_and_decodes_alike_as_ort(tmp_path):
     import json
 
     from conftest import export_tiny, train_tiny
 
     ckpt = train_tiny(tmp_path / "ckpt", epochs=1, limit=96, dev_limit=16, cell="gru", bidirectional=True, hidden=128)
-    bundle = export_tiny(ckpt, tmp_path / "bundle", int8=True, parity_words=64)
+    bundle = export_tiny(ckpt, tmp_path / "bundle", int8=True, parity_words=64, ort=True)
     sizes = {p: (bundle / f).stat().st_size for p, f in (("fp32", "encoder.onnx"), ("int8", "encoder.int8.onnx"))}
     assert sizes["int8"] < 0.5 * sizes["fp32"]
     encoder = onnx.load(str(bundle / "encoder.int8.onnx"))
@@ -69,6 +69,14 @@ def test_a_gru_bundle_ships_its_encoder_in_int8_at_under_half_the_float_size(tmp
     inside = {a.name: [n.op_type for n in a.g.node] for a in branches.attribute}
     assert inside["else_branch"] == ["GRU"] and "Loop" in inside["then_branch"]
     assert _threshold(encoder) == 48  # 64 units per direction
+    # the ORT-format copy (mobile builds) runs the Loop's contrib kernel inside If and Loop alike
+    from seq2edge.runtime import Seq2Seq
+    from seq2edge.train import corpus as C
+
+    words = [e.source for e in C.split(C.load_cmudict().entries, "test")][:128]
+    decoded = [[r.tokens for r in Seq2Seq.load(bundle, precision="int8", graph_format=f, unknown="unk").decode(words, batch_size=64)]
+               for f in ("onnx", "ort")]
+    assert decoded[0] == decoded[1]
     assert json.loads((bundle / "bundle.json").read_text())["parity"]["int8"]["token_agreement_with_fp32"] > 0.5
 
 
