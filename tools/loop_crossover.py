@@ -10,19 +10,15 @@ Loop's speed-up over the node at each batch size.
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import click
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from seq2edge.export.recurrent_loop import loop_recurrences_int8  # noqa: E402
-from seq2edge.runtime.providers import session_options  # noqa: E402
+from seq2edge.export.recurrent_loop import loop_recurrences_int8
+from seq2edge.runtime.providers import session_options
 
 BATCHES = (1, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 
