@@ -155,7 +155,7 @@ def _if_node(node: onnx.NodeProto, layer: _Layer, p: str, min_batch: int) -> tup
     fused.input[1], fused.input[2] = n("w_node"), n("r_node")
     fused.output[:] = [n("node_y"), n("node_y_h")]
     else_branch = helper.make_graph([fused], n("node"), [], [_out(n("node_y")), _out(n("node_y_h"))])
-    then_branch = _loop_branch(x, lengths, layer, p)
+    then_branch = _loop_branch(x, n("input_shape"), lengths, layer, p)
     nodes = [
         # the node's W [D, gates, I] and R [D, gates, H], widened from the Loop's int8 (folded at load)
         helper.make_node("Cast", [n("w_in")], [n("w_in_float")], to=TensorProto.FLOAT),
@@ -183,15 +183,15 @@ def _out(name: str) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
 
 
-def _loop_branch(x: str, lengths: str, layer: _Layer, p: str) -> onnx.GraphProto:
-    """The then-branch: input projections of every step, masks, the Loop, then Y and Y_h."""
+def _loop_branch(x: str, shape: str, lengths: str, layer: _Layer, p: str) -> onnx.GraphProto:
+    """The then-branch: input projections of every step, masks, the Loop, then Y and Y_h.
+    `shape` is x's shape, computed in the main graph for the If's condition."""
     d, h = layer.directions, layer.hidden
     width = GATES[layer.op] * h
     n = lambda s: f"{p}_{s}"  # noqa: E731
     nodes = [
-        helper.make_node("Shape", [x], [n("shape")]),
-        helper.make_node("Gather", [n("shape"), n("zero")], [n("steps")], axis=0),
-        helper.make_node("Slice", [n("shape"), n("one_1d"), n("two_1d")], [n("batch_1d")]),
+        helper.make_node("Gather", [shape, n("zero")], [n("steps")], axis=0),
+        helper.make_node("Slice", [shape, n("one_1d"), n("two_1d")], [n("batch_1d")]),
         # inputs projected for every step and direction: [S, B, D x gates] -> [S, D, B, gates]
         _int8_matmul(x, n("w_in"), n("w_in_scale"), n("xb"), bias=n("b_in")),
         helper.make_node("Reshape", [n("xb"), n("split_shape")], [n("x4")]),
@@ -204,32 +204,31 @@ def _loop_branch(x: str, lengths: str, layer: _Layer, p: str) -> onnx.GraphProto
         helper.make_node("Less", [n("times_2d"), n("lengths_2d")], [n("real")]),
         helper.make_node("Unsqueeze", [n("real"), n("axes_1_3")], [n("real4")]),  # [S, 1, B, 1]
     ]
+    xs, masks = n("xd"), n("real4")  # what the body reads at step i: [S, D, B, gates] and [S, D, B, 1]
     if d == 2:  # the backward direction's step i is time S-1-i
+        xs, masks = n("xs"), n("masks")
         nodes += [
-            *_direction(n("xd"), 0, n("x_fwd"), n), *_direction(n("xd"), 1, n("x_bwd"), n),
-            *_reverse(n("x_bwd"), n("x_bwd_rev"), n),
-            helper.make_node("Concat", [n("x_fwd"), n("x_bwd_rev")], [n("xs")], axis=1),
-            *_reverse(n("real4"), n("real4_rev"), n),
-            helper.make_node("Concat", [n("real4"), n("real4_rev")], [n("masks")], axis=1),
+            _direction(n("xd"), 0, n("x_fwd"), n), _direction(n("xd"), 1, n("x_bwd"), n),
+            _reverse(n("x_bwd"), n("x_bwd_rev"), n),
+            helper.make_node("Concat", [n("x_fwd"), n("x_bwd_rev")], [xs], axis=1),
+            _reverse(n("real4"), n("real4_rev"), n),
+            helper.make_node("Concat", [n("real4"), n("real4_rev")], [masks], axis=1),
         ]
-    else:
-        nodes += [helper.make_node("Identity", [n("xd")], [n("xs")]), helper.make_node("Identity", [n("real4")], [n("masks")])]
     nodes += [
         helper.make_node("Concat", [n("directions_1d"), n("batch_1d"), n("hidden_1d")], [n("state_shape")], axis=0),
         helper.make_node("ConstantOfShape", [n("state_shape")], [n("h0")], value=numpy_helper.from_array(np.zeros(1, np.float32))),
-        helper.make_node("Loop", [n("steps"), "", n("h0")], [n("h_last"), n("states")], body=_body(layer, n)),
+        helper.make_node("Loop", [n("steps"), "", n("h0")], [n("h_last"), n("states")], body=_body(layer, xs, masks, n)),
         # states [S, D, B, H] in step order: zeros at padding, the backward direction put back in time order
-        helper.make_node("Where", [n("masks"), n("states"), n("zero_f")], [n("ys")]),
+        helper.make_node("Where", [masks, n("states"), n("zero_f")], [n("ys")]),
     ]
+    y = n("ys")
     if d == 2:
+        y = n("y")
         nodes += [
-            *_direction(n("ys"), 0, n("y_fwd"), n), *_direction(n("ys"), 1, n("y_bwd"), n),
-            *_reverse(n("y_bwd"), n("y_bwd_rev"), n),
-            helper.make_node("Concat", [n("y_fwd"), n("y_bwd_rev")], [n("y")], axis=1),
+            _direction(n("ys"), 0, n("y_fwd"), n), _direction(n("ys"), 1, n("y_bwd"), n),
+            _reverse(n("y_bwd"), n("y_bwd_rev"), n),
+            helper.make_node("Concat", [n("y_fwd"), n("y_bwd_rev")], [y], axis=1),
         ]
-    else:
-        nodes.append(helper.make_node("Identity", [n("ys")], [n("y")]))
-    nodes.append(helper.make_node("Identity", [n("h_last")], [n("y_h")]))
     initializers = [
         _const(n("b_in"), layer.b_in),
         _const(n("zero"), np.int64(0)), _const(n("one"), np.int64(1)), _const(n("zero_f"), np.float32(0)),
@@ -240,7 +239,7 @@ def _loop_branch(x: str, lengths: str, layer: _Layer, p: str) -> onnx.GraphProto
         _const(n("minus_one"), np.array([-1])), _const(n("int64_min"), np.array([INT64_MIN])),
         _const(n("starts_0"), np.array([0])), _const(n("ends_1"), np.array([1])), _const(n("ends_2"), np.array([2])),
     ]
-    return helper.make_graph(nodes, f"{p}_loop", [], [_out(n("y")), _out(n("y_h"))], initializers)
+    return helper.make_graph(nodes, f"{p}_loop", [], [_out(y), _out(n("h_last"))], initializers)
 
 
 def _int8_matmul(a: str, b: str, scale: str, out: str, bias: str = "") -> onnx.NodeProto:
@@ -248,23 +247,23 @@ def _int8_matmul(a: str, b: str, scale: str, out: str, bias: str = "") -> onnx.N
     return helper.make_node("DynamicQuantizeMatMul", [a, b, scale, "", bias], [out], domain="com.microsoft")
 
 
-def _direction(value: str, index: int, out: str, n) -> list[onnx.NodeProto]:
+def _direction(value: str, index: int, out: str, n) -> onnx.NodeProto:
     """value[:, index : index + 1] (axis 1 is the direction)."""
     starts, ends = (n("starts_0"), n("ends_1")) if index == 0 else (n("ends_1"), n("ends_2"))
-    return [helper.make_node("Slice", [value, starts, ends, n("axis_1")], [out])]
+    return helper.make_node("Slice", [value, starts, ends, n("axis_1")], [out])
 
 
-def _reverse(value: str, out: str, n) -> list[onnx.NodeProto]:
+def _reverse(value: str, out: str, n) -> onnx.NodeProto:
     """value[::-1] along axis 0 (time)."""
-    return [helper.make_node("Slice", [value, n("minus_one"), n("int64_min"), n("axis_0"), n("minus_one")], [out])]
+    return helper.make_node("Slice", [value, n("minus_one"), n("int64_min"), n("axis_0"), n("minus_one")], [out])
 
 
-def _body(layer: _Layer, n) -> onnx.GraphProto:
+def _body(layer: _Layer, xs: str, masks: str, n) -> onnx.GraphProto:
     """One step of both directions: (i, cond, h [D, B, H]) -> (cond, h', h')."""
     h = layer.hidden
     nodes = [
-        helper.make_node("Gather", [n("xs"), n("i")], [n("x_t")], axis=0),  # [D, B, gates]
-        helper.make_node("Gather", [n("masks"), n("i")], [n("real_t")], axis=0),  # [D, B, 1]
+        helper.make_node("Gather", [xs, n("i")], [n("x_t")], axis=0),  # [D, B, gates]
+        helper.make_node("Gather", [masks, n("i")], [n("real_t")], axis=0),  # [D, B, 1]
         _int8_matmul(n("h"), n("w_rec"), n("w_rec_scale"), n("hw")),
         helper.make_node("Add", [n("hw"), n("b_rec")], [n("hr")]),  # per direction: not the matmul's 1-D bias
     ]
