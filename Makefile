@@ -24,8 +24,9 @@ TRAIN_ARGS ?= $(BIG_ARGS) --max-minutes 270 --seed 0
 # cycle's weights with a fresh learning rate; those outputs and its per-step distributions (--kd
 # seq+token); the same with 120,000 more English words that CMUdict lacks, labelled by the teacher
 # (--extra-inputs, from wordfreq's word list). Cycle 5 learns the same way from an ensemble of three
-# models: the shipped one and two more trained with its settings from other seeds ($(SMALL_MEMBER2), $(SMALL_MEMBER3),
-# about 3.5 hours of training). Teachers' outputs are cached for all cycles in $(SMALL_TEACHER_CACHE).
+# models: the shipped one and two more trained with its settings from other seeds ($(SMALL_MEMBER2)
+# and $(SMALL_MEMBER3), about 3.5 hours of training). Teachers' outputs are cached for all cycles in
+# $(SMALL_TEACHER_CACHE).
 SMALL            := models/g2p-en-small
 SMALL_CHECKPOINT := models/g2p-en-small-checkpoint
 SMALL_CYCLE1     := build/g2p-en-small-cycle1
