@@ -19,20 +19,22 @@ BIG_ARGS   := --corpus cmudict --cell lstm --attention dot --input-feed --bidire
               --epochs 40 --patience 5 --threads 2
 TRAIN_ARGS ?= $(BIG_ARGS) --max-minutes 270 --seed 0
 
-# The small model: a GRU student distilled in five cycles (README "The small model"). Cycles 1-4 learn
+# The small model: a GRU student distilled in six cycles (README "The small model"). Cycles 1-4 learn
 # from the shipped model: its beam-5 outputs and the references; those outputs alone from the first
 # cycle's weights with a fresh learning rate; those outputs and its per-step distributions (--kd
 # seq+token); the same with 120,000 more English words that CMUdict lacks, labelled by the teacher
 # (--extra-inputs, from wordfreq's word list). Cycle 5 learns the same way from an ensemble of three
 # models: the shipped one and two more trained with its settings from other seeds ($(SMALL_MEMBER2)
-# and $(SMALL_MEMBER3), about 3.5 hours of training). Teachers' outputs are cached for all cycles in
-# $(SMALL_TEACHER_CACHE).
+# and $(SMALL_MEMBER3), about 3.5 hours of training); cycle 6 as cycle 5 with more weight on the
+# ensemble's distributions (--kd-alpha 0.8) and a lower learning rate. Teachers' outputs are cached for
+# all cycles in $(SMALL_TEACHER_CACHE).
 SMALL            := models/g2p-en-small
 SMALL_CHECKPOINT := models/g2p-en-small-checkpoint
 SMALL_CYCLE1     := build/g2p-en-small-cycle1
 SMALL_CYCLE2     := build/g2p-en-small-cycle2
 SMALL_CYCLE3     := build/g2p-en-small-cycle3
 SMALL_CYCLE4     := build/g2p-en-small-cycle4
+SMALL_CYCLE5     := build/g2p-en-small-cycle5
 SMALL_MEMBER2    := build/g2p-en-member2
 SMALL_MEMBER3    := build/g2p-en-member3
 EXTRA_WORDS      := build/english-words.txt
@@ -54,6 +56,10 @@ SMALL_CYCLE5_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --teacher $(SMALL_MEMB
               --teacher $(SMALL_MEMBER3)-bundle --kd seq+token --kd-beam 1 --kd-teacher-only --kd-alpha 0.5 \
               --kd-top-k 8 --extra-inputs $(EXTRA_WORDS) --label-smoothing 0.1 --batch-size 64 --lr 0.0005 \
               --lr-patience 2 --epochs 40 --patience 6 --dev-limit 4000 --seed 5 --threads 2
+SMALL_CYCLE6_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --teacher $(SMALL_MEMBER2)-bundle \
+              --teacher $(SMALL_MEMBER3)-bundle --kd seq+token --kd-beam 1 --kd-teacher-only --kd-alpha 0.8 \
+              --kd-top-k 8 --extra-inputs $(EXTRA_WORDS) --label-smoothing 0.1 --batch-size 64 --lr 0.00025 \
+              --lr-patience 2 --epochs 40 --patience 6 --dev-limit 4000 --seed 6 --threads 2
 
 JS_DEPS := hosts/js/node_modules/.installed
 
@@ -116,7 +122,8 @@ train-small: $(FULL) $(EXTRA_WORDS)
 	$(BIN)/seq2edge export $(SMALL_MEMBER2) $(SMALL_MEMBER2)-bundle --force
 	$(BIN)/seq2edge train $(BIG_ARGS) --seed 2 --out $(SMALL_MEMBER3)
 	$(BIN)/seq2edge export $(SMALL_MEMBER3) $(SMALL_MEMBER3)-bundle --force
-	$(BIN)/seq2edge train $(SMALL_CYCLE5_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --init-from $(SMALL_CYCLE4) --out $(SMALL_CHECKPOINT)
+	$(BIN)/seq2edge train $(SMALL_CYCLE5_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --init-from $(SMALL_CYCLE4) --out $(SMALL_CYCLE5)
+	$(BIN)/seq2edge train $(SMALL_CYCLE6_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --init-from $(SMALL_CYCLE5) --out $(SMALL_CHECKPOINT)
 
 # Unlabelled words for the fourth cycle: wordfreq's list is data inside the package (msgpack), nothing is downloaded.
 $(EXTRA_WORDS): | $(FULL)
