@@ -52,14 +52,14 @@ SMALL_CYCLE3_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --kd seq+token --kd-be
 SMALL_CYCLE4_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --kd seq+token --kd-beam 5 --kd-teacher-only \
               --kd-alpha 0.5 --kd-top-k 8 --extra-inputs $(EXTRA_WORDS) --label-smoothing 0.1 --batch-size 64 \
               --lr 0.001 --lr-patience 2 --epochs 40 --patience 8 --dev-limit 4000 --seed 3 --threads 2
-SMALL_CYCLE5_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --teacher $(SMALL_MEMBER2)-bundle \
-              --teacher $(SMALL_MEMBER3)-bundle --kd seq+token --kd-beam 1 --kd-teacher-only --kd-alpha 0.5 \
-              --kd-top-k 8 --extra-inputs $(EXTRA_WORDS) --label-smoothing 0.1 --batch-size 64 --lr 0.0005 \
-              --lr-patience 2 --epochs 40 --patience 6 --dev-limit 4000 --seed 5 --threads 2
-SMALL_CYCLE6_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --teacher $(SMALL_MEMBER2)-bundle \
-              --teacher $(SMALL_MEMBER3)-bundle --kd seq+token --kd-beam 1 --kd-teacher-only --kd-alpha 0.8 \
-              --kd-top-k 8 --extra-inputs $(EXTRA_WORDS) --label-smoothing 0.1 --batch-size 64 --lr 0.00025 \
-              --lr-patience 2 --epochs 40 --patience 6 --dev-limit 4000 --seed 6 --threads 2
+# Cycles 5 and 6: the three-model ensemble's greedy outputs and distributions (the same cached labels),
+# told apart by the weight of the distributions, the learning rate and the seed.
+SMALL_ENSEMBLE_KD := --corpus cmudict --teacher $(BUNDLE) --teacher $(SMALL_MEMBER2)-bundle \
+              --teacher $(SMALL_MEMBER3)-bundle --kd seq+token --kd-beam 1 --kd-teacher-only --kd-top-k 8 \
+              --extra-inputs $(EXTRA_WORDS) --label-smoothing 0.1 --batch-size 64 --lr-patience 2 --epochs 40 \
+              --patience 6 --dev-limit 4000 --threads 2
+SMALL_CYCLE5_ARGS ?= $(SMALL_ENSEMBLE_KD) --kd-alpha 0.5 --lr 0.0005 --seed 5
+SMALL_CYCLE6_ARGS ?= $(SMALL_ENSEMBLE_KD) --kd-alpha 0.8 --lr 0.00025 --seed 6
 
 JS_DEPS := hosts/js/node_modules/.installed
 

@@ -6,8 +6,8 @@
 For the first `words` entries of the training and dev parts of CMUdict: the student's WER (greedy,
 with stress), the teacher's (beam 5 by default, as `--kd seq` labels with `--kd-beam 5`; with
 `--ensemble`, the teacher is that ensemble, as `train --teacher` given several times), and the share
-of words on which the student gives exactly the teacher's output. A student that copies its teacher on the training
-words but not on dev is short of data, not of size (README "The small model").
+of words on which the student gives exactly the teacher's output. A student that copies its teacher
+on the training words but not on dev is short of data, not of size (README "The small model").
 """
 
 from __future__ import annotations
