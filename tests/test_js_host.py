@@ -190,12 +190,15 @@ def test_node_wasm_and_ort_format_and_int8_equal_python(bundle, words, tmp_path)
 def test_node_and_wasm_decode_an_int8_gru_encoder_batched_as_python_does(words, tmp_path):
     """The shipped small model's int8 encoder runs its GRU as a Loop of DynamicQuantizeMatMul for
     batches of 12 and more (export/recurrent_loop.py): onnxruntime-node and -web run that path too,
-    with Python's tokens."""
+    with Python's tokens. Without VNNI (AVX2 only) the native u8s8 kernels saturate int16 sums and
+    round otherwise than wasm's (7% of these words differed on such a CPU): there only node is compared."""
     small = REPO / "models" / "g2p-en-small"
     encoder = onnx.load(str(small / "encoder.int8.onnx"))
     assert "If" in [n.op_type for n in encoder.graph.node]  # so batch 64 takes the Loop
     python = [r.text for r in Seq2Seq.load(small, providers="cpu", precision="int8").decode(words[:400], batch_size=64)]
-    for backend in ("node", "wasm"):
+    cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    backends = ("node", "wasm") if "vnni" in cpu_flags else ("node",)
+    for backend in backends:
         records = node_decode(small, words[:400], tmp_path, "--precision", "int8", "--batch-size", "64", "--backend", backend)
         assert [r["output"] for r in records] == python, backend
 
