@@ -27,14 +27,17 @@ def quantize_int8(src: Path, dst: Path, kind: str) -> None:
     encoder each large enough to gain becomes If(batch >= loop_min_batch, a Loop of integer matmuls,
     the node) over one int8 copy of its weights (loop_recurrences_int8); any other keeps float32
     arithmetic with its weights stored as int8 (quantize_recurrent_weights). The greedy graph is
-    built from the encoder and decoder graphs this writes."""
+    built from the encoder and decoder graphs this writes.
+
+    Integer-matmul weights are limited to +-64 (reduce_range; see recurrent_loop.INT8_WEIGHT_LIMIT)
+    so that CPUs without VNNI compute the same sums as those with it, instead of saturating."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
     graph = onnx.load(str(src))
     if kind == "encoder":
         loop_recurrences_int8(graph)
-    quantize_dynamic(graph, str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=False)
+    quantize_dynamic(graph, str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=True)
     graph = onnx.load(str(dst))
     if quantize_recurrent_weights(graph):
         onnx.save_model(graph, str(dst))

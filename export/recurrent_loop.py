@@ -45,6 +45,13 @@ _WINS_FROM_12_AT = {"GRU": 128, "RNN": 64}  # units per direction where the Loop
 _SMALLEST_MIN_BATCH = 12  # at 8, a 256-unit GRU on 8-token sources still lost (0.96x)
 _LARGEST_MIN_BATCH = 64  # the runtime's default batch: a Loop that only wins above it is not kept
 
+# Integer matmuls multiply 8-bit activations (0..255) by int8 weights. x86 CPUs without VNNI (AVX2,
+# and AVX-512 without VNNI) add pairs of those products in 16 bits with saturation (vpmaddubsw), so
+# weights up to 127 can overflow: 255 x 127 x 2 > 32767. Weights limited to 64 cannot
+# (255 x 64 x 2 = 32640), and give the same sums on every CPU and in wasm: onnxruntime's
+# reduce_range, which export.quantize asks quantize_dynamic for too.
+INT8_WEIGHT_LIMIT = 64
+
 
 def loop_min_batch(op: str, hidden: int) -> int | None:
     """The batch size from which the Loop runs a layer of `hidden` units per direction, or None
@@ -112,10 +119,11 @@ class _Layer:
 
 
 def _int8_columns(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 with one scale per column (the max over the reduced axis, -2), as
-    quantize_recurrent_weights stores the fused node's weights: the same int8 values."""
-    scale = np.maximum(np.abs(weights).max(axis=-2, keepdims=True), np.finfo(np.float32).tiny) / 127.0
-    q = np.clip(np.rint(weights / scale), -127, 127).astype(np.int8)
+    """Symmetric int8 within +-INT8_WEIGHT_LIMIT with one scale per column (the max over the
+    reduced axis, -2): the Loop's integer matmuls read them, the fused node reads them widened."""
+    limit = INT8_WEIGHT_LIMIT
+    scale = np.maximum(np.abs(weights).max(axis=-2, keepdims=True), np.finfo(np.float32).tiny) / limit
+    q = np.clip(np.rint(weights / scale), -limit, limit).astype(np.int8)
     return q, scale.astype(np.float32)
 
 
