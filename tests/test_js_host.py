@@ -189,18 +189,21 @@ def test_node_wasm_and_ort_format_and_int8_equal_python(bundle, words, tmp_path)
 @needs_node
 def test_node_and_wasm_decode_an_int8_gru_encoder_batched_as_python_does(words, tmp_path):
     """The shipped small model's int8 encoder runs its GRU as a Loop of DynamicQuantizeMatMul for
-    batches of 12 and more (export/recurrent_loop.py): onnxruntime-node and -web run that path too,
-    with Python's tokens. Without VNNI (AVX2 only) the native u8s8 kernels saturate int16 sums and
-    round otherwise than wasm's (7% of these words differed on such a CPU): there only node is compared."""
+    batches of 12 and more (export/recurrent_loop.py): onnxruntime-node and -web run that path too.
+    Node runs Python's native kernels and gives its tokens exactly. wasm's float kernels round in
+    their own way, and the per-batch 8-bit scale of dynamic int8 can turn a last-bit difference
+    into another rounding step, so a near tie may flip: 1 of these 400 words (a first phoneme)
+    differed on a CPU with AVX-512 VNNI. At most 1% may: integer weights beyond +-64, which
+    saturate on CPUs without VNNI, made 28 of 400 differ there, and a Loop that mixes up gates or
+    directions changes most words."""
     small = REPO / "models" / "g2p-en-small"
     encoder = onnx.load(str(small / "encoder.int8.onnx"))
     assert "If" in [n.op_type for n in encoder.graph.node]  # so batch 64 takes the Loop
     python = [r.text for r in Seq2Seq.load(small, providers="cpu", precision="int8").decode(words[:400], batch_size=64)]
-    cpu_flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    backends = ("node", "wasm") if "vnni" in cpu_flags else ("node",)
-    for backend in backends:
-        records = node_decode(small, words[:400], tmp_path, "--precision", "int8", "--batch-size", "64", "--backend", backend)
-        assert [r["output"] for r in records] == python, backend
+    node, wasm = (node_decode(small, words[:400], tmp_path, "--precision", "int8", "--batch-size", "64", "--backend", backend)
+                  for backend in ("node", "wasm"))
+    assert [r["output"] for r in node] == python
+    assert sum(r["output"] != p for r, p in zip(wasm, python, strict=True)) <= 4
 
 
 @needs_node
