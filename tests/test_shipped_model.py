@@ -30,6 +30,17 @@ def test_shipped_model_pronounces_dictionary_words(shipped):
     assert got["edge"] == "EH1 JH"
 
 
+# README's figures were measured on one CPU; another one's float32 kernels (AVX2 against AVX-512) sum
+# in another order, which can flip a near tie: each figure may move by about two words of the 12,640
+# (0.016 points of WER), plus README's rounding to two decimals, no more. A figure left stale by a
+# changed model or search moves by far more.
+ANOTHER_CPU = 0.025
+
+
+def _figures_match(measured: list[float], row: list[float]) -> bool:
+    return len(measured) == len(row) and all(abs(m - r) <= ANOTHER_CPU for m, r in zip(measured, row))
+
+
 def _readme_row(label: str) -> list[float]:
     """The four figures (WER, PER with stress; WER, PER stressless) of a row of README's results table."""
     text = (REPO / "README.md").read_text()
@@ -44,7 +55,7 @@ def test_readme_figures_are_what_eval_reproduces(label, beam):
     measured = [result.scores["stress"].wer, result.scores["stress"].per,
                 result.scores["stressless"].wer, result.scores["stressless"].per]
     assert result.scores["stress"].words == 12_640
-    assert [round(x, 2) for x in measured] == _readme_row(label)
+    assert _figures_match(measured, _readme_row(label)), (measured, _readme_row(label))
 
 
 @pytest.mark.parametrize("name", ["g2p-en", "g2p-en-small"])
@@ -73,7 +84,7 @@ def test_readme_figures_of_the_small_model_are_what_eval_reproduces(label, preci
     result = evaluate(SMALL, split="test", precision=precision)
     measured = [result.scores["stress"].wer, result.scores["stress"].per,
                 result.scores["stressless"].wer, result.scores["stressless"].per]
-    assert [round(x, 2) for x in measured] == _readme_row(label)
+    assert _figures_match(measured, _readme_row(label)), (measured, _readme_row(label))
 
 
 def test_small_bundle_ships_fp32_int8_and_greedy_graphs_that_passed_their_checks():
