@@ -220,8 +220,8 @@ def test_node_checks_the_bundle_like_the_python_runtime(bundle, tmp_path):
     assert "not in the source vocabulary: 'é'" in proc.stderr and "control character U+0001" in proc.stderr
 
 
-def test_browser_demo_decodes_like_python_in_headless_chromium(bundle, words, tmp_path):
-    """The exported --greedy-graph --ort bundle, its .ort graphs, in the browser page, against Python."""
+def browser_decode(bundle: Path, words: list[str], tmp_path: Path, query: str = "") -> dict:
+    """What the browser demo page, serving `bundle`, decodes of `words` in headless Chromium."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if NODE is None or chromium is None or not (JS / "node_modules" / "playwright-core").exists():
         pytest.skip("LOUD SKIP: the browser test needs Debian's chromium (.ci/run installs it) and `make js`")
@@ -233,8 +233,8 @@ def test_browser_demo_decodes_like_python_in_headless_chromium(bundle, words, tm
     server = serve(port=0, bundle=bundle)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        (tmp_path / "words.json").write_text(json.dumps(words[:250]))
-        url = f"http://127.0.0.1:{server.server_address[1]}/?bundle=/bundle/&format=ort"
+        (tmp_path / "words.json").write_text(json.dumps(words))
+        url = f"http://127.0.0.1:{server.server_address[1]}/?bundle=/bundle/{query}"
         proc = subprocess.run([NODE, str(JS / "browser-check.mjs"), url,
                                str(tmp_path / "words.json")], capture_output=True, text=True, timeout=300,
                               env={"CHROMIUM": chromium, "PATH": "/usr/bin:/bin"})
@@ -243,8 +243,23 @@ def test_browser_demo_decodes_like_python_in_headless_chromium(bundle, words, tm
     assert proc.returncode == 0, proc.stderr[-2000:]
     page = json.loads(proc.stdout)
     assert page["status"].startswith("model ready: /bundle/")
+    return page
+
+
+def test_browser_demo_decodes_like_python_in_headless_chromium(bundle, words, tmp_path):
+    """The exported --greedy-graph --ort bundle, its .ort graphs, in the browser page, against Python."""
+    page = browser_decode(bundle, words[:250], tmp_path, "&format=ort")
     python = Seq2Seq.load(bundle, providers="cpu").decode(words[:250], errors="return")
     assert [r["text"] for r in page["results"]] == [r.text if r.ok else None for r in python]
+
+
+def test_browser_demo_decodes_a_sentencepiece_bundle_like_python(spm_corpus, tmp_path):
+    """The page fetches the bundle's .spm.model files and tokenises with hosts/js/sentencepiece.mjs."""
+    bundle, inputs = spm_corpus
+    page = browser_decode(bundle, inputs, tmp_path)
+    python = Seq2Seq.load(bundle, providers="cpu").decode(inputs, errors="return")
+    assert [r["text"] for r in page["results"]] == [r.text if r.ok else None for r in python]
+    assert sum(r.ok for r in python) == len(inputs) - 2  # the unknown characters fail their inputs in both
 
 
 @needs_node
@@ -272,3 +287,125 @@ def test_node_codec_treats_control_tokens_typed_as_text_as_python_does():
     assert json.loads(proc.stdout) == expected
     # the control ids never come from text; a typed <unk> is <unk>
     assert expected[:5] == ["error", "error", "error", [4, 3], "error"] and expected[5] == [4, 3, 5]
+
+
+SPM_PROBES = ["\ufb01ne \ufb02ow", "\uff21\uff22\uff23 \uff46\uff55\uff4c\uff4c", "\u2460\u2461", "a\u00a0b", "a\u3000b",
+              "  lead  and   trail  ", "x\u200by", "e\u0301", "\u338f", "\u2026", "\u00bd", "\uff76\uff80\uff76\uff85",
+              "\u00df", "\u0130stanbul", "\u00ad", "\U0001f600 emoji", "\U00020000", "zzz qqq", "\u2581", "\u2581\u2581a",
+              "<unk>", "a<unk>b", "\u2126 \u03a9", "\u1100\u1161", "\uac00", ""]
+
+
+def _spm_texts(seed: int, count: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    alphabet = list("abcdefghijklmnopqrstuvwxyz\u00e4\u00f6\u00fc\u00e9\u00e7\u00f1") + list("\u0391\u0392\u03b1\u03b2\u03b3") \
+        + [chr(c) for c in range(0x4E00, 0x4E30)] + list("0123456789.,'-")
+    words = ["".join(rng.choice(alphabet, rng.integers(1, 8))) for _ in range(600)]
+    return [" ".join(rng.choice(words, rng.integers(1, 7))) for _ in range(count)]
+
+
+@needs_node
+@pytest.mark.parametrize("options", [{}, {"normalization_rule_name": "identity", "add_dummy_prefix": False},
+                                     {"normalization_rule_name": "nmt_nfkc_cf", "remove_extra_whitespaces": False}],
+                         ids=["as-seq2edge-trains", "identity-no-prefix", "casefold-keep-spaces"])
+def test_node_sentencepiece_splits_and_joins_exactly_like_sentencepiece(options, tmp_path):
+    """hosts/js/sentencepiece.mjs against the sentencepiece library: the pieces of typed text (NFKC rules,
+    whitespace runs, unknown characters, astral characters) and the text of arbitrary piece sequences.
+    First with the model `seq2edge train` writes (train/data.py's train_spm), then with the normaliser
+    switches a model can carry."""
+    import io
+
+    import sentencepiece
+
+    train = _spm_texts(0, 3000)
+    if options:
+        blob = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(train), model_writer=blob, vocab_size=300,
+                                                 model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
+                                                 bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, minloglevel=2, **options)
+        (tmp_path / "m.model").write_bytes(blob.getvalue())
+    else:
+        from seq2edge.train.data import train_spm
+
+        train_spm(train, tmp_path / "m.model", vocab_size=300)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "m.model"))
+    rng = np.random.default_rng(1)
+    texts = SPM_PROBES + _spm_texts(2, 1500) + ["".join(chr(c) for c in rng.integers(0x20, 0x3000, rng.integers(1, 12)))
+                                                for _ in range(1500)]
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())] + ["\u2581", "xyz"]
+    sequences = [list(rng.choice(pieces, rng.integers(0, 7))) for _ in range(1500)] + [["\u2581", "\u2581a"], ["<unk>", "a"]]
+    (tmp_path / "cases.json").write_text(json.dumps({"texts": texts, "sequences": sequences}))
+    script = (f"import {{ readFileSync }} from 'node:fs'; import {{ SentencePiece }} from {json.dumps(str(JS / 'sentencepiece.mjs'))};"
+              f"const sp = new SentencePiece(new Uint8Array(readFileSync({json.dumps(str(tmp_path / 'm.model'))})));"
+              f"const c = JSON.parse(readFileSync({json.dumps(str(tmp_path / 'cases.json'))}, 'utf8'));"
+              "console.log(JSON.stringify([c.texts.map((t) => sp.encode(t)), c.sequences.map((s) => sp.decode(s))]));")
+    proc = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    split, joined = json.loads(proc.stdout)
+    assert sp.encode("\ufb01ne", out_type=str) != ["\u2581\ufb01ne"]  # the rules apply: the probes test them
+    assert [t for t, s in zip(texts, split, strict=True) if s != sp.encode(t, out_type=str)] == []
+    assert [q for q, j in zip(sequences, joined, strict=True) if j != sp.decode_pieces(q)] == []
+
+
+@needs_node
+def test_node_sentencepiece_sums_piece_scores_in_float32_as_sentencepiece(tmp_path):
+    """sentencepiece adds piece scores in float32: "ab" (the float just below -1) and "a" + "b" (-1 - 1e-7)
+    are equal there, and the first path found stays; float64 sums would split the word."""
+    import sentencepiece
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    for piece, score, kind in (("<unk>", 0.0, 2), ("ab", float(np.nextafter(np.float32(-1), np.float32(-2))), 1),
+                               ("a", -1.0, 1), ("b", float(np.float32(-1e-7)), 1)):
+        model.pieces.add(piece=piece, score=score, type=kind)
+    model.normalizer_spec.name, model.normalizer_spec.add_dummy_prefix = "identity", False
+    (tmp_path / "tie.model").write_bytes(model.SerializeToString())
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "tie.model"))
+    texts = ["ab", "abab", "aab", "abba"]
+    script = (f"import {{ readFileSync }} from 'node:fs'; import {{ SentencePiece }} from {json.dumps(str(JS / 'sentencepiece.mjs'))};"
+              f"const sp = new SentencePiece(new Uint8Array(readFileSync({json.dumps(str(tmp_path / 'tie.model'))})));"
+              f"console.log(JSON.stringify({json.dumps(texts)}.map((t) => sp.encode(t))));")
+    proc = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [sp.encode(t, out_type=str) for t in texts]
+    assert sp.encode("ab", out_type=str) == ["ab"]
+
+
+@pytest.fixture(scope="module")
+def spm_corpus(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A bundle with spm on both sides, trained and exported through the CLI, and inputs for it."""
+    from conftest import SEQ2EDGE
+
+    tmp = tmp_path_factory.mktemp("spm")
+    rng = np.random.default_rng(3)
+    syllables = ["ka", "to", "mi", "ra", "ne", "su", "lo", "vi", "\u00e7a", "\u00fcn", "\u011f\u0131"]
+    lines, inputs = [], []
+    for _ in range(1200):
+        words = ["".join(rng.choice(syllables, rng.integers(1, 4))) for _ in range(rng.integers(1, 4))]
+        inputs.append(" ".join(words))
+        lines.append(inputs[-1] + "\t" + " ".join(w.upper()[::-1] for w in words))
+    (tmp / "pairs.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ckpt, bundle = tmp / "ckpt", tmp / "bundle"
+    subprocess.run([*SEQ2EDGE, "train", "--corpus", str(tmp / "pairs.tsv"), "--out", str(ckpt), "--src-tokens", "spm",
+                    "--tgt-tokens", "spm", "--src-vocab-size", "60", "--tgt-vocab-size", "60", "--embed", "32", "--hidden", "64",
+                    "--epochs", "10", "--batch-size", "32", "--threads", "1"], check=True, capture_output=True)
+    subprocess.run([*SEQ2EDGE, "export", str(ckpt), str(bundle), "--parity-words", "60"], check=True, capture_output=True)
+    return bundle, inputs[:150] + ["ka  to\u00a0mi", "\uff4b\uff41 to", "ka xq to", "\u00e7a \U0001f600"]
+
+
+@needs_node
+def test_node_decodes_a_sentencepiece_bundle_like_python(spm_corpus, tmp_path):
+    """Node (native and wasm) decodes an spm bundle as Python does: greedy and beam n-best, unknown
+    characters mapped to <unk> or failing their line."""
+    bundle, inputs = spm_corpus
+    python = Seq2Seq.load(bundle, providers="cpu", unknown="unk")
+    greedy = [r.text for r in python.decode(inputs)]
+    assert len(set(greedy)) > 50  # the outputs follow the inputs: a wrong split changes them
+    for backend in ("node", "wasm"):
+        records = node_decode(bundle, inputs, tmp_path, "--unknown", "unk", "--backend", backend)
+        assert [r["output"] for r in records] == greedy, backend
+    beam = python.decode(inputs[:60] + inputs[-4:], beam_size=4, nbest=3)
+    records = node_decode(bundle, inputs[:60] + inputs[-4:], tmp_path, "--unknown", "unk", "--beam", "4", "--nbest", "3")
+    assert [[h["output"] for h in r["nbest"]] for r in records] == [[h.text for h in r.nbest] for r in beam]
+    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), "ka to", "ka xq"], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout.startswith(f"ka to -> {python.decode(['ka to'])[0].text}\n")
+    assert "ka xq" in proc.stderr and "not in the source vocabulary" in proc.stderr

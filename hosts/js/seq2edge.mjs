@@ -8,6 +8,8 @@
 // This file knows no file system and no particular onnxruntime package: a host passes `ort`,
 // a `read(name)` returning a file's bytes, and a `sha256(bytes)` returning its hex digest.
 
+import { SentencePiece } from "./sentencepiece.mjs";
+
 export const FORMAT_VERSION = 1;
 export const SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"];
 const PORTS = {  // the ONNX contract (runtime/interface.py in the Python package)
@@ -47,11 +49,12 @@ const FORBIDDEN = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[\ud800-\udbff](?![\udc00-\u
 
 /** Text <-> ids for one side, as runtime/tokenize.py's TextCodec. */
 export class TextCodec {
-  constructor(kind, vocab, lowercase) {
-    if (kind !== "char" && kind !== "word") {
-      throw new BundleError(`a ${kind} tokeniser is not supported by the JavaScript host (char and word are)`);
-    }
+  /** spm: the side's SentencePiece (sentencepiece.mjs), for kind "spm". */
+  constructor(kind, vocab, lowercase, spm = null) {
+    if (kind !== "char" && kind !== "word" && kind !== "spm") throw new BundleError(`unknown tokeniser ${kind}`);
+    if (kind === "spm" && !spm) throw new BundleError("an spm tokeniser needs its model file");
     this.kind = kind;
+    this.spm = spm;
     this.tokens = vocab;
     this.index = new Map(vocab.map((t, i) => [t, i]));
     // As runtime/tokenize.py: <pad>, <s> and </s> (ids 0-2) are never text; typed, they are unknown tokens.
@@ -67,10 +70,12 @@ export class TextCodec {
   split(text) {
     text = this.normalize(text);
     if (this.kind === "char") return Array.from(text);  // code points, as Python's list(str)
+    if (this.kind === "spm") return this.spm.encode(text);
     return text === "" ? [] : text.split(SPLIT);
   }
 
   join(tokens) {
+    if (this.kind === "spm") return this.spm.decode(tokens);
     return tokens.join(this.kind === "char" ? "" : " ");
   }
 
@@ -126,7 +131,11 @@ export class Seq2Seq {
       sessions[kind] = session;
     }
     if (!sessions.encoder || !sessions.decoder) throw new BundleError("bundle.json: the encoder and decoder are required");
-    return new Seq2Seq(ort, meta, sessions, { unknown, tooLong, useGreedyGraph, precision });
+    const spm = {};
+    for (const side of ["source", "target"]) {
+      if (meta[side].tokenizer === "spm") spm[side] = await loadSentencePiece(meta[side], side, read, sha256);
+    }
+    return new Seq2Seq(ort, meta, sessions, { unknown, tooLong, useGreedyGraph, precision, spm });
   }
 
   /**
@@ -152,21 +161,21 @@ export class Seq2Seq {
     const config = { ...lead.config };
     for (const limit of ["max_src_len", "max_tgt_len"]) config[limit] = Math.min(...all.map((m) => m.config[limit]));
     const model = new Seq2Seq(lead.ort, lead.meta, lead.sessions, { unknown: lead.unknown, tooLong: lead.tooLong,
-      useGreedyGraph: false, precision: lead.precision });
+      useGreedyGraph: false, precision: lead.precision, spm: { source: lead.source.spm, target: lead.target.spm } });
     model.config = config;
     model.members = all;
     return model;
   }
 
-  constructor(ort, meta, sessions, { unknown, tooLong, useGreedyGraph, precision = "fp32" }) {
+  constructor(ort, meta, sessions, { unknown, tooLong, useGreedyGraph, precision = "fp32", spm = {} }) {
     this.ort = ort;
     this.precision = precision;
     this.members = [this];  // the models that decode together: this one, and after Seq2Seq.ensemble() the others
     this.meta = meta;
     this.config = meta.model;
     this.sessions = sessions;
-    this.source = new TextCodec(meta.source.tokenizer, meta.source.vocab, meta.source.lowercase);
-    this.target = new TextCodec(meta.target.tokenizer, meta.target.vocab, false);
+    this.source = new TextCodec(meta.source.tokenizer, meta.source.vocab, meta.source.lowercase, spm.source);
+    this.target = new TextCodec(meta.target.tokenizer, meta.target.vocab, false, spm.target);
     this.unknown = unknown;
     this.tooLong = tooLong;
     this.useGreedyGraph = useGreedyGraph;
@@ -443,6 +452,23 @@ function checkMeta(meta) {
   }
   if (meta.source.tokenizer !== m.src_tokens || meta.target.tokenizer !== m.tgt_tokens) {
     throw new BundleError("bundle.json: tokenizers disagree with the model config");
+  }
+}
+
+/** A side's SentencePiece model from the bundle, checked against bundle.json's sha256 (runtime/bundle.py). */
+async function loadSentencePiece(info, side, read, sha256) {
+  const file = info.spm_model ?? `${side}.spm.model`;
+  if (typeof file !== "string" || !file || /[/\\]/.test(file) || file.startsWith(".")) {  // as runtime/schema.py
+    throw new BundleError(`bundle.json: ${side}.spm_model must be a plain file name in the bundle`);
+  }
+  const bytes = await read(file);
+  if (info.spm_sha256 && (await sha256(bytes)) !== info.spm_sha256) {
+    throw new BundleError(`${file}: sha256 does not match bundle.json; re-export the bundle`);
+  }
+  try {
+    return new SentencePiece(bytes);
+  } catch (err) {
+    throw new BundleError(`${file}: not a SentencePiece model this host reads (${err.message})`);
   }
 }
 
