@@ -7,8 +7,11 @@ operator list a reduced build (`build.sh --include_ops_by_config`) must include.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -29,7 +32,13 @@ def write_ort_copies(bundle_dir: Path, meta: BundleMeta) -> Path:
         for graphs in meta.graphs.values():
             for entry in graphs.values():
                 shutil.copyfile(bundle_dir / entry.file, work / entry.file)
-        convert_onnx_models_to_ort(work, output_dir=work, optimization_styles=[OptimizationStyle.Fixed])
+        printed = io.StringIO()  # the converter prints a line per file, naming this temporary folder
+        try:
+            with contextlib.redirect_stdout(printed):
+                convert_onnx_models_to_ort(work, output_dir=work, optimization_styles=[OptimizationStyle.Fixed])
+        except BaseException:
+            sys.stderr.write(printed.getvalue())
+            raise
         for graphs in meta.graphs.values():
             for kind, entry in graphs.items():
                 name = Path(entry.file).with_suffix(".ort").name
