@@ -41,7 +41,8 @@ export class SentencePiece {
     this.scores = model.pieces.map((p) => p.score);
     this.unkPiece = model.pieces[this.unkId].piece;
     this.unkScore = Math.fround(minScore - UNK_PENALTY);
-    this.maxPieceLength = Math.max(0, ...[...this.pieces.keys()].map((p) => Array.from(p).length));
+    this.maxPieceLength = 0;  // in characters (a loop: a spread of a large vocabulary would overflow the stack)
+    for (const piece of this.pieces.keys()) this.maxPieceLength = Math.max(this.maxPieceLength, Array.from(piece).length);
     this.unkSurface = trainer.unkSurface ?? " \u2047 ";
     this.normalizer = new Normalizer(model.normalizer ?? {});
   }
