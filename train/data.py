@@ -39,12 +39,27 @@ def train_spm(texts: Sequence[str], out: Path, vocab_size: int, lowercase: bool 
     return out
 
 
+def spm_pieces(path: Path) -> list[str]:
+    """The pieces a SentencePiece model can split text into: its normal pieces (its <unk> is ours)."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    return [processor.id_to_piece(i) for i in range(processor.get_piece_size())
+            if not (processor.is_unknown(i) or processor.is_control(i) or processor.is_unused(i) or processor.is_byte(i))]
+
+
 def build_codec(kind: str, texts: Sequence[str], lowercase: bool, min_freq: int, max_size: int | None,
                 spm_path: Path | None = None) -> TextCodec:
-    """A codec whose vocabulary holds the tokens of `texts` (for spm, after `spm_path` is trained)."""
-    probe = TextCodec(kind, Vocabulary(SPECIALS), lowercase, spm_path)
+    """A codec whose vocabulary holds the tokens of `texts` seen at least `min_freq` times (at most
+    `max_size` of them). For spm it holds every piece of the model at `spm_path`, which already chose
+    them: pieces the training texts never needed (single characters, a lone word boundary) are what
+    new words of known characters split into, and must not make those words unknown."""
+    if kind == "spm":
+        pieces = sorted(set(spm_pieces(spm_path)) - set(SPECIALS))
+        return TextCodec(kind, Vocabulary([*SPECIALS, *pieces]), lowercase, spm_path)
+    probe = TextCodec(kind, Vocabulary(SPECIALS), lowercase)
     counts = Counter(tok for text in texts for tok in probe.split(text))
-    return TextCodec(kind, Vocabulary.build(counts, min_freq, max_size), lowercase, spm_path)
+    return TextCodec(kind, Vocabulary.build(counts, min_freq, max_size), lowercase)
 
 
 @dataclass
