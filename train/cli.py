@@ -32,7 +32,8 @@ from .evaluate import EVAL_SPLITS
 @click.option("--src-vocab-size", type=click.IntRange(min=5), default=None,
               help="Source vocabulary cap (word) or size (spm, default 1000).")
 @click.option("--tgt-vocab-size", type=click.IntRange(min=5), default=None)
-@click.option("--min-freq", type=click.IntRange(min=1), default=1, show_default=True, help="Rarer tokens become <unk>.")
+@click.option("--min-freq", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rarer tokens become <unk> (char and word sides; an spm side keeps all its pieces).")
 @click.option("--max-src-len", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--max-tgt-len", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
