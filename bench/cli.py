@@ -1,4 +1,8 @@
-"""`seq2edge bench`: one or more bundles against PyTorch eager and g2p-en, in one run, as ratios."""
+"""`seq2edge bench`: one or more bundles against PyTorch eager and g2p-en, in one run, as ratios.
+
+On CMUdict the peer is g2p-en and accuracy is WER and PER with and without stress; on any other
+corpus (a TSV file) the bundles are timed against PyTorch alone and scored by exact match and
+token error rate, as `seq2edge eval` scores them."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from seq2edge.runtime.errors import Seq2EdgeError
 from seq2edge.runtime.util import write_json_atomic
 
 from . import measure as M
@@ -16,6 +21,8 @@ from .report import plot, table, targets
 
 @click.command()
 @click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--corpus", default=None,
+              help="cmudict or a TSV file: its test split is timed and scored (default: the corpus the first bundle was trained on).")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(path_type=Path),
               help="A bundle's checkpoint, to time PyTorch eager on it; repeat it to pair checkpoints with the bundles in order.")
 @click.option("--quick", is_flag=True, help="Few words, one repetition: a smoke run in about a minute.")
@@ -32,30 +39,37 @@ from .report import plot, table, targets
 @click.option("--precisions", default="fp32,int8", show_default=True, help="Which of each bundle's graphs to time.")
 @click.option("--edge-precision", default="int8", show_default=True,
               help="The precision the small-model targets (every bundle after the first) are checked in.")
-def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accuracy_words, repeats, batch_sizes, provider,
+def bench(bundles, corpus, checkpoints, quick, json_out, plot_out, threads, words, accuracy_words, repeats, batch_sizes, provider,
           precisions, edge_precision) -> None:
-    """Measure each of BUNDLES (fp32, int8, greedy graph) against PyTorch and g2p-en on CMUdict test words.
+    """Measure each of BUNDLES (fp32, int8, greedy graph) against PyTorch (and, on CMUdict, g2p-en) on test words.
 
-    Speed is timed on the first --words test words; accuracy (WER and PER, with and without stress)
-    is scored on the whole test split. The first bundle is checked against the runtime's targets,
-    every further one against the small-model targets (in --edge-precision)."""
+    Speed is timed on the first --words inputs of the corpus's test split; accuracy is scored on the
+    whole split (CMUdict: WER and PER, with and without stress; other corpora: exact match and token
+    error rate). The first bundle is checked against the runtime's targets; on CMUdict every further
+    one against the small-model targets (in --edge-precision)."""
     from seq2edge.train import corpus as C
+    from seq2edge.train.evaluate import corpus_of
 
     if len(checkpoints) > len(bundles):
         raise click.UsageError(f"{len(checkpoints)} --checkpoint for {len(bundles)} bundle(s): they pair with the bundles in order")
     sizes = [int(b) for b in batch_sizes.split(",")]
     words = words or (96 if quick else 2048)
     repeats = repeats or (1 if quick else 3)
-    test = C.split(C.load_cmudict().entries, "test")
+    corpus = corpus or corpus_of(Path(bundles[0]))
+    cmudict = corpus == "cmudict"
+    test = C.split(C.load_corpus(corpus).entries, "test")
+    if not test:
+        raise Seq2EdgeError(f"{corpus}: the test split is empty; bench times and scores test inputs")
     timed = [e.source for e in test[:words]]
     scored = test[:accuracy_words or (words if quick else len(test))]
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     names = M.model_names(bundles)
     wanted = ["fp32"] + [p for p in precisions.split(",") if p != "fp32"]
+    probe = "attention" if cmudict else M.startup_input(timed)  # what each cold start decodes
 
     from .peers import load_g2p_en
 
-    g2p = load_g2p_en()
+    g2p = load_g2p_en() if cmudict else None
     speed, accuracy, startup, models, paired, paired_torch = [], [], [], [], [], []
     for i, (name, bundle) in enumerate(zip(names, bundles)):
         checkpoint = checkpoints[i] if i < len(checkpoints) else None
@@ -64,7 +78,7 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
         if torch_model is not None:
             model, source, target = torch_model
             log(f"{name} pytorch: accuracy on {len(scored)} words")
-            accuracy.append(M.torch_accuracy(name, model, source, target, scored))
+            accuracy.append(M.torch_accuracy(name, model, source, target, scored, cmudict))
             for batch in sizes:
                 log(f"{name} pytorch batch {batch}")
                 speed.append(M.time_torch(name, model, source, target, timed, batch, repeats))
@@ -72,7 +86,7 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
         for variant, model in variants.items():
             if variant in precisions_loaded:  # a greedy graph decodes what its precision decodes (export checks it)
                 log(f"{name} {variant}: accuracy on {len(scored)} words")
-                accuracy.append(M.runtime_accuracy(name, variant, model, scored))
+                accuracy.append(M.runtime_accuracy(name, variant, model, scored, cmudict))
             for batch in sizes:
                 log(f"{name} {variant} batch {batch}")
                 speed.append(M.time_runtime(name, variant, model, timed, batch, repeats))
@@ -85,8 +99,8 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
         fp32 = variants["fp32"]
         models.append({"name": name, "bundle": str(bundle), "checkpoint": str(checkpoint) if torch_model else None,
                        "provider": fp32.providers[0], "sizes": M.bundle_sizes(fp32.bundle)})
-        for variant, command in M.startup_commands(bundle, precisions_loaded,
-                                                   checkpoint if torch_model else None).items():
+        for variant, command in M.startup_commands(bundle, precisions_loaded, checkpoint if torch_model else None,
+                                                   probe).items():
             log(f"{name} cold start {variant}")
             startup.append(M.startup(name, variant, command, 1 if quick else 5))
         del variants, torch_model
@@ -95,10 +109,10 @@ def bench(bundles, checkpoints, quick, json_out, plot_out, threads, words, accur
         accuracy.append(M.g2p_en_accuracy(g2p, scored))
         speed.append(M.time_g2p_en(g2p, timed, repeats))
         startup.append(M.startup(M.PEER, "g2p-en", M.g2p_en_command(), 1 if quick else 5))
-    else:
+    elif cmudict:
         log("g2p-en: not installed, skipped (pip install 'seq2edge[bench]')")
     result = {
-        "models": models, "words": len(timed), "accuracy_words": len(scored), "threads": threads, "repeats": repeats,
+        "corpus": corpus, "models": models, "words": len(timed), "accuracy_words": len(scored), "threads": threads, "repeats": repeats,
         "quick": quick, "edge_precision": edge_precision,
         "machine": {"python": platform.python_version(), "processor": platform.processor(), "machine": platform.machine(),
                     "cpus": _cpus()},

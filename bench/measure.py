@@ -66,13 +66,16 @@ class PairedTorch:
 
 @dataclass
 class Accuracy:
+    """CMUdict: WER and PER as given and without stress digits. Any other corpus: wer is the share of
+    inputs matching no reference (100 - exact match) and per the token error rate; no stressless pair."""
+
     model: str
     variant: str
     words: int
     wer: float  # percent, stress digits as given
     per: float
-    wer_stressless: float
-    per_stressless: float
+    wer_stressless: float | None
+    per_stressless: float | None
 
 
 @dataclass
@@ -177,26 +180,29 @@ def load_variants(bundle: Path, precisions: Sequence[str], provider: str, thread
     return variants
 
 
-def accuracy_row(model: str, variant: str, hyps: Sequence[Sequence[str]], entries, split) -> Accuracy:
-    from seq2edge.train.metrics import score_both
+def accuracy_row(model: str, variant: str, hyps: Sequence[Sequence[str]], entries, split, cmudict: bool = True) -> Accuracy:
+    from seq2edge.train.metrics import score, score_both
 
     refs = [[split(r) for r in e.references] for e in entries]
+    if not cmudict:
+        s = score(hyps, refs)
+        return Accuracy(model, variant, len(hyps), round(s.wer, 3), round(s.per, 3), None, None)
     scores = score_both(hyps, refs)
     stress, stressless = scores["stress"], scores["stressless"]
     return Accuracy(model, variant, len(hyps), round(stress.wer, 3), round(stress.per, 3), round(stressless.wer, 3),
                     round(stressless.per, 3))
 
 
-def runtime_accuracy(name: str, variant: str, model, entries) -> Accuracy:
+def runtime_accuracy(name: str, variant: str, model, entries, cmudict: bool = True) -> Accuracy:
     hyps = [r.tokens for r in model.decode([e.source for e in entries])]
-    return accuracy_row(name, variant, hyps, entries, model.bundle.target.split)
+    return accuracy_row(name, variant, hyps, entries, model.bundle.target.split, cmudict)
 
 
-def torch_accuracy(name: str, model, source, target, entries) -> Accuracy:
+def torch_accuracy(name: str, model, source, target, entries, cmudict: bool = True) -> Accuracy:
     from seq2edge.train.infer import decode_entries
 
     return accuracy_row(name, "pytorch", decode_entries(model, [e.source for e in entries], source, target), entries,
-                        target.split)
+                        target.split, cmudict)
 
 
 def g2p_en_accuracy(g2p, entries) -> Accuracy:
@@ -321,6 +327,11 @@ def node_host() -> list[str] | None:
     if node is None or not (JS_CLI.parent / "node_modules" / "onnxruntime-node").is_dir():
         return None
     return [node, str(JS_CLI)]
+
+
+def startup_input(texts: Sequence[str]) -> str:
+    """The input a cold start decodes: the first timed input that no command line takes for an option."""
+    return next((t for t in texts if not t.startswith("-")), texts[0])
 
 
 def startup_commands(bundle: Path, precisions: Sequence[str], checkpoint: Path | None,

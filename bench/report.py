@@ -55,9 +55,19 @@ def difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 3)
 
 
+def is_cmudict(result: dict) -> bool:
+    """Whether the run measured CMUdict (results written before bench took --corpus did)."""
+    return result.get("corpus", "cmudict") == "cmudict"
+
+
 def targets(result: dict) -> list[Target]:
+    """On CMUdict: the runtime's targets for the first bundle and the small-model ones for the others.
+    On another corpus only the runtime's targets against PyTorch and its own start-up and size apply:
+    there is no peer, and the small-model accuracy goals are CMUdict's."""
     names = [m["name"] for m in result["models"]]
     found = runtime_targets(result, names[0]) if names else []
+    if not is_cmudict(result):
+        return [t for t in found if "g2p-en" not in t.name]
     for name in names[1:]:
         found += edge_targets(result, name, result["edge_precision"])
     return found
@@ -70,6 +80,7 @@ def runtime_targets(result: dict, m: str) -> list[Target]:
     share = next((r["run_share"] for r in s if r["model"] == m and r["variant"] == "fp32" and r["batch_size"] == 64), None)
     start = row_of(result["startup"], m, "fp32")
     g2p_en = speed_of(s, PEER, "g2p-en", 1)
+    error = "WER" if is_cmudict(result) else "errors"
     paired = next((r for r in result.get("paired_torch", []) if r["model"] == m), None)  # the steadier ratios
     if paired:
         batch_64 = {"fp32": paired["fp32_vs_pytorch"], "int8": paired["int8_vs_pytorch"]}
@@ -81,8 +92,8 @@ def runtime_targets(result: dict, m: str) -> list[Target]:
         Target(m, "fp32 / PyTorch words/s, batch 1", ratio(speed_of(s, m, "fp32", 1), speed_of(s, m, "pytorch", 1)), 8, True),
         Target(m, f"fp32 / PyTorch words/s, batch 64{how}", batch_64["fp32"], 1.5, True),
         Target(m, f"int8 / PyTorch words/s, batch 64{how}", batch_64["int8"], 3.5, True),
-        Target(m, "int8 WER - fp32 WER (points)", difference(row_of(acc, m, "int8").get("wer"), row_of(acc, m, "fp32").get("wer")),
-               0.5, False),
+        Target(m, f"int8 {error} - fp32 {error} (points)",
+               difference(row_of(acc, m, "int8").get("wer"), row_of(acc, m, "fp32").get("wer")), 0.5, False),
         Target(m, "int8 graphs / fp32 graphs (size)", ratio(sizes.get("int8"), sizes.get("fp32")), 0.30, False),
         Target(m, "Python-side share of fp32 decode, batch 64", None if share is None else round(1 - share, 4), 0.10, False),
         Target(m, "fp32 / g2p-en words/s, batch 1", ratio(speed_of(s, m, "fp32", 1), g2p_en), 1, True),
@@ -115,11 +126,14 @@ def edge_targets(result: dict, m: str, p: str) -> list[Target]:
 
 def table(result: dict) -> str:
     width = max([len(m["name"]) for m in result["models"]] + [len(PEER), 5])
-    lines = [f"seq2edge bench: {' '.join(m['bundle'] for m in result['models'])}  ({result['words']} CMUdict test words timed, "
+    cmudict = is_cmudict(result)
+    what = "CMUdict test words" if cmudict else f"test inputs of {result['corpus']}"
+    lines = [f"seq2edge bench: {' '.join(m['bundle'] for m in result['models'])}  ({result['words']} {what} timed, "
              f"threads {result['threads']}, median of {result['repeats']} runs after a warm-up; accuracy on "
-             f"{result['accuracy_words']} test words)", ""]
-    lines.append(f"{'model':{width}s} {'variant':10s} {'batch':>5s} {'words/s':>9s} {'ms/word':>8s} {'in session.run':>14s} "
-                 f"{'vs pytorch':>10s} {'vs g2p-en':>9s}")
+             f"{result['accuracy_words']} test {'words' if cmudict else 'inputs'})", ""]
+    lines.append(f"{'model':{width}s} {'variant':10s} {'batch':>5s} {'words/s' if cmudict else 'inputs/s':>9s} "
+                 f"{'ms/word' if cmudict else 'ms/input':>8s} {'in session.run':>14s} {'vs pytorch':>10s} "
+                 f"{'vs g2p-en' if cmudict else '':>9s}")
     g2p_en = speed_of(result["speed"], PEER, "g2p-en", 1)
     for row in result["speed"]:
         share = "" if row["run_share"] is None else f"{100 * row['run_share']:.1f}%"
@@ -141,15 +155,17 @@ def table(result: dict) -> str:
         lines.append(f"{row['model']:{width}s} {row['variant']:10s} batch 1 {_times(row['vs_g2p_en_batch_1']):>7s} "
                      f"({', '.join(f'{x:.2f}' for x in row['batch_1'])})   batch 64 {_times(row['vs_g2p_en_batch_64']):>7s} "
                      f"({', '.join(f'{x:.2f}' for x in row['batch_64'])})")
-    lines += ["", f"{'model':{width}s} {'variant':10s} {'WER':>7s} {'PER':>6s}  {'stressless WER':>14s} {'PER':>6s}  "
-                  f"{'graphs MB':>9s} {'+ greedy':>8s}"]
+    headers = (f"{'WER':>7s} {'PER':>6s}  {'stressless WER':>14s} {'PER':>6s}" if cmudict else
+               f"{'errors':>7s} {'token error rate':>16s}")  # errors: inputs matching no reference (100 - exact match)
+    lines += ["", f"{'model':{width}s} {'variant':10s} {headers}  {'graphs MB':>9s} {'+ greedy':>8s}"]
     sizes = {m["name"]: m["sizes"] for m in result["models"]}
     for row in result["accuracy"]:
         size = sizes.get(row["model"], {}).get(row["variant"])
         steps = "" if size is None else f"{size['steps'] / 1e6:.2f}"
         total = "" if size is None or size["all"] == size["steps"] else f"{size['all'] / 1e6:.2f}"
-        lines.append(f"{row['model']:{width}s} {row['variant']:10s} {row['wer']:6.2f}% {row['per']:5.2f}%  "
-                     f"{row['wer_stressless']:13.2f}% {row['per_stressless']:5.2f}%  {steps:>9s} {total:>8s}")
+        scores = (f"{row['wer']:6.2f}% {row['per']:5.2f}%  {row['wer_stressless']:13.2f}% {row['per_stressless']:5.2f}%"
+                  if cmudict else f"{row['wer']:6.2f}% {row['per']:15.2f}%")
+        lines.append(f"{row['model']:{width}s} {row['variant']:10s} {scores}  {steps:>9s} {total:>8s}")
     lines.append("")
     for row in result["startup"]:
         lines.append(f"cold start {row['model'] + ' ' + row['variant']:{width + 11}s} {row['seconds']:.3f} s to first result, "
@@ -171,20 +187,22 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def plot(result: dict, path: Path) -> None:
-    """Left: stressless test WER against batch-1 words/s, one point per model and precision (and
-    PyTorch, g2p-en), the Pareto front joined. Right: words/s against batch size."""
+    """Left: stressless test WER (another corpus: the share of inputs matching no reference) against
+    batch-1 words/s, one point per model and precision (and PyTorch, g2p-en), the Pareto front joined.
+    Right: words/s against batch size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cmudict = is_cmudict(result)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
     labels, points = [], []
     for row in result["accuracy"]:
         speed = speed_of(result["speed"], row["model"], row["variant"], 1)
         if speed is not None:
             labels.append(row["variant"] if row["model"] == PEER else f"{row['model']} {row['variant']}")
-            points.append((speed, row["wer_stressless"]))
+            points.append((speed, row["wer_stressless"] if cmudict else row["wer"]))
     front = pareto_front(points)
     above: list[tuple[float, float]] = []  # points labelled above; a near neighbour gets its label below
     for i, ((speed, wer), label) in enumerate(zip(points, labels)):
@@ -198,8 +216,10 @@ def plot(result: dict, path: Path) -> None:
                   label="Pareto front")
         left.legend(fontsize=8)
     left.set_xscale("log")
-    left.set_xlabel("words / s at batch 1 (one thread)")
-    left.set_ylabel(f"stressless WER, % ({result['accuracy_words']} test words)")
+    unit = "words" if cmudict else "inputs"
+    left.set_xlabel(f"{unit} / s at batch 1 (one thread)")
+    left.set_ylabel(f"stressless WER, % ({result['accuracy_words']} test words)" if cmudict else
+                    f"inputs matching no reference, % ({result['accuracy_words']} test inputs)")
     left.set_title("accuracy against batch-1 speed")
     left.grid(True, which="both", alpha=0.3)
     for series in dict.fromkeys((r["model"], r["variant"]) for r in result["speed"]):
@@ -210,7 +230,7 @@ def plot(result: dict, path: Path) -> None:
     right.set_xscale("log", base=2)
     right.set_yscale("log")
     right.set_xlabel("batch size")
-    right.set_ylabel("words / s")
+    right.set_ylabel(f"{unit} / s")
     right.set_title(f"greedy decoding, {result['threads']} thread(s)")
     right.grid(True, which="both", alpha=0.3)
     right.legend(fontsize=7)

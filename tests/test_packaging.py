@@ -119,6 +119,37 @@ def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_
     assert "targets:" in proc.stdout and "stressless WER" in proc.stdout
 
 
+def test_bench_measures_a_bundle_of_another_corpus_against_pytorch_alone(tmp_path):
+    """A bundle trained on a TSV file (Cyrillic in, Latin out): bench reads the corpus from the bundle,
+    times and scores its test inputs (exact match and token error rate, no stress), starts each
+    command on one of them (not on an English word it cannot tokenise), and leaves g2p-en and the
+    CMUdict targets out."""
+    from conftest import train_tiny
+
+    from seq2edge.train import corpus as C
+
+    cyrillic = dict(zip("abcdefghijklmnopqrstuvwxyz", "абцдефгхийклмнопярстужвхыз"))
+    words = [e.source for e in C.load_cmudict().entries if e.source.isalpha()][:900]
+    corpus = tmp_path / "translit.tsv"
+    corpus.write_text("".join(f"{''.join(cyrillic[c] for c in w)}\t{w}\n" for w in words), encoding="utf-8")
+    checkpoint = train_tiny(tmp_path / "ckpt", corpus=str(corpus), epochs=2, limit=700)
+    bundle = export_tiny(checkpoint, tmp_path / "bundle", parity_words=40)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([*SEQ2EDGE, "bench", str(bundle), "--checkpoint", str(checkpoint), "--quick", "--words", "30",
+                           "--batch-sizes", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["corpus"] == str(corpus) and result["words"] == 30
+    assert {r["model"] for r in result["speed"] + result["accuracy"] + result["startup"]} == {"bundle"}  # no g2p-en
+    assert {("bundle", "fp32"), ("bundle", "pytorch")} <= {(r["model"], r["variant"]) for r in result["startup"]}
+    scored = {r["variant"]: r for r in result["accuracy"]}
+    assert set(scored) == {"pytorch", "fp32"} and scored["fp32"]["wer"] == scored["pytorch"]["wer"]
+    assert all(r["wer_stressless"] is None and 0 <= r["per"] <= 100 for r in scored.values())
+    names = [t["name"] for t in result["targets"]]
+    assert names and not [n for n in names if "g2p-en" in n or "stress" in n]
+    assert f"30 test inputs of {corpus} timed" in proc.stdout and "token error rate" in proc.stdout
+
+
 def test_alternate_times_every_call_on_each_chunk_in_turn_round_after_round():
     """The paired ratios hold only if a slow stretch of the machine falls on every side alike."""
     from seq2edge.bench.measure import alternate
