@@ -20,18 +20,40 @@ def plot_attention(result, path: str | Path) -> Path:
     except ImportError:
         raise Seq2EdgeError("plotting needs matplotlib: pip install 'seq2edge[plot]'") from None
     path = Path(path)
-    rows = [*result.tokens, "</s>"]
-    cols = result.source_tokens
+    drawable = _glyph_check(matplotlib)
+    rows = [drawable(t) for t in [*result.tokens, "</s>"]]
+    cols = [drawable(t) for t in result.source_tokens]
     fig, ax = plt.subplots(figsize=(max(3, 0.45 * len(cols) + 1.5), max(2.5, 0.35 * len(rows) + 1.2)))
     image = ax.imshow(result.attention, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(cols)), labels=cols)
+    ax.set_xticks(range(len(cols)), labels=cols, rotation=90 if max(map(len, cols), default=0) > 3 else 0)
     ax.set_yticks(range(len(rows)), labels=rows)
     ax.set_xlabel("source")
     ax.set_ylabel("output")
-    ax.set_title(result.input if len(result.input) <= 40 else result.input[:37] + "...", fontsize=10)
+    ax.set_title(drawable(result.input if len(result.input) <= 40 else result.input[:37] + "..."), fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.05)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
+
+
+def _glyph_check(matplotlib):
+    """A function that writes the characters no font of matplotlib's font.family can draw as U+XXXX,
+    so that a token of a script without an installed font is named instead of drawn as an empty box."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    charmaps = []
+    for family in matplotlib.rcParams["font.family"]:
+        try:
+            charmaps.append(FT2Font(font_manager.findfont(font_manager.FontProperties(family=[family]))).get_charmap())
+        except Exception:  # a font that cannot be read draws nothing
+            continue
+
+    def drawable(text: str) -> str:
+        if all(c.isspace() or any(ord(c) in m for m in charmaps) for c in text):
+            return text
+        return " ".join("".join(c if any(ord(c) in m for m in charmaps) else f" U+{ord(c):04X} " for c in text).split())
+
+    return drawable

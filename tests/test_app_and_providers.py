@@ -132,6 +132,26 @@ def test_plot_attention_draws_a_png_per_input(tiny_bundle, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("two*")) == ["two-1.png", "two-3.png"]
 
 
+def test_plot_attention_names_characters_the_font_cannot_draw(tmp_path):
+    """Tokens of a script matplotlib's font lacks (CJK in DejaVu Sans) are labelled U+XXXX, not drawn as
+    empty boxes with a warning per glyph."""
+    import types
+    import warnings
+
+    import matplotlib
+    import numpy as np
+
+    from seq2edge.runtime.plot import _glyph_check, plot_attention
+
+    drawable = _glyph_check(matplotlib)
+    assert [drawable(t) for t in ("\u4e00", "zu3", "a\u4e00\u4e8cb", "</s>")] == ["U+4E00", "zu3", "a U+4E00 U+4E8C b", "</s>"]
+    result = types.SimpleNamespace(input="\u4e00\u4e8c", tokens=["yi1", "er4"], source_tokens=["\u4e00", "\u4e8c"],
+                                   attention=np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]], dtype=np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plot_attention(result, tmp_path / "cjk.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_cli_options_map_onto_the_api(tiny_bundle, tiny_model):
     words = ["edge", "attention", "onnx"]
     cases = [
