@@ -253,6 +253,27 @@ def test_browser_demo_decodes_like_python_in_headless_chromium(bundle, words, tm
     assert [r["text"] for r in page["results"]] == [r.text if r.ok else None for r in python]
 
 
+@needs_node
+def test_node_refuses_a_changed_or_unreadable_sentencepiece_model_in_one_line(spm_corpus, tmp_path):
+    import hashlib
+
+    bundle, _ = spm_corpus
+    for name, edit, message in (
+            ("changed", lambda m: m, "source.spm.model: sha256 does not match bundle.json"),
+            ("truncated", lambda m: m.update(spm_sha256=None), "source.spm.model: not a SentencePiece model this host reads")):
+        broken = tmp_path / name
+        shutil.copytree(bundle, broken)
+        model = broken / "source.spm.model"
+        model.write_bytes(model.read_bytes()[:-7])
+        meta = json.loads((broken / "bundle.json").read_text())
+        edit(meta["source"])
+        if meta["source"]["spm_sha256"] is None:
+            meta["source"]["spm_sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
+        (broken / "bundle.json").write_text(json.dumps(meta))
+        proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(broken), "ka"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr and "    at " not in proc.stderr, proc.stderr
+
+
 def test_browser_demo_decodes_a_sentencepiece_bundle_like_python(spm_corpus, tmp_path):
     """The page fetches the bundle's .spm.model files and tokenises with hosts/js/sentencepiece.mjs."""
     bundle, inputs = spm_corpus
