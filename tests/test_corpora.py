@@ -35,11 +35,21 @@ TINY = ["--embed", "16", "--hidden", "32", "--epochs", "2", "--batch-size", "32"
 
 
 def test_subword_model_trains_exports_and_decodes_from_the_cli(corpus, tmp_path):
+    """spm on both sides through the CLI. The vocabulary holds every piece of the SentencePiece model:
+    new words also split into pieces the training texts never needed (single characters, a lone word
+    boundary), so only characters the model never saw are unknown."""
+    import random
+
+    from seq2edge.train.data import spm_pieces
+
     ckpt, bundle = tmp_path / "ckpt", tmp_path / "bundle"
     subprocess.run([*SEQ2EDGE, "train", "--corpus", str(corpus), "--out", str(ckpt), "--src-tokens", "spm",
-                    "--tgt-tokens", "spm", "--src-vocab-size", "120", "--tgt-vocab-size", "120", *TINY],
+                    "--tgt-tokens", "spm", "--src-vocab-size", "150", "--tgt-vocab-size", "150", *TINY],
                    check=True, capture_output=True)
     assert (ckpt / "source.spm.model").exists() and (ckpt / "target.spm.model").exists()
+    vocab = json.loads((ckpt / "vocab.json").read_text())
+    for side in ("source", "target"):
+        assert set(spm_pieces(ckpt / f"{side}.spm.model")) <= set(vocab[side]["tokens"])
     subprocess.run([*SEQ2EDGE, "export", str(ckpt), str(bundle), "--parity-words", "80"], check=True, capture_output=True)
     meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["source"]["tokenizer"] == "spm" and meta["source"]["spm_model"] == "source.spm.model"
@@ -51,28 +61,10 @@ def test_subword_model_trains_exports_and_decodes_from_the_cli(corpus, tmp_path)
     assert record["input"] == source
     target_chars = set("".join(CYRILLIC.values()) + " ")
     assert set(record["output"]) <= target_chars  # text out, not pieces: "▁" never reaches the user
-
-
-def test_spm_vocabulary_holds_every_piece_so_new_words_of_known_characters_decode(corpus, tmp_path):
-    """New words split into pieces the training texts may never have needed (single characters, a lone
-    word boundary); those are in the vocabulary, so only characters the model never saw are unknown."""
-    import random
-
-    from seq2edge.train.data import spm_pieces
-
-    ckpt, bundle = tmp_path / "ckpt", tmp_path / "bundle"
-    subprocess.run([*SEQ2EDGE, "train", "--corpus", str(corpus), "--out", str(ckpt), "--src-tokens", "spm",
-                    "--tgt-tokens", "spm", "--src-vocab-size", "150", "--tgt-vocab-size", "150", *TINY],
-                   check=True, capture_output=True)
-    vocab = json.loads((ckpt / "vocab.json").read_text())
-    for side in ("source", "target"):
-        assert set(spm_pieces(ckpt / f"{side}.spm.model")) <= set(vocab[side]["tokens"])
-    subprocess.run([*SEQ2EDGE, "export", str(ckpt), str(bundle), "--parity-words", "40"], check=True, capture_output=True)
     letters = sorted({c for s, _ in _pairs(700) for c in s if c != " "})
     rng = random.Random(0)
     new_words = ["".join(rng.choices(letters, k=rng.randint(1, 6))) for _ in range(200)]
-    model = Seq2Seq.load(bundle, providers="cpu")  # --unknown error
-    results = model.decode([*new_words, "qz \u0416"], errors="return")
+    results = Seq2Seq.load(bundle, providers="cpu").decode([*new_words, "qz \u0416"], errors="return")  # --unknown error
     assert all(r.ok for r in results[:-1]), [r.error for r in results if not r.ok][:3]
     assert not results[-1].ok and "'\u0416'" in results[-1].error  # a character it never saw is still unknown
 
