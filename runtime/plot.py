@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from .errors import Seq2EdgeError
@@ -41,19 +42,30 @@ def plot_attention(result, path: str | Path) -> Path:
 def _glyph_check(matplotlib):
     """A function that writes the characters no font of matplotlib's font.family can draw as U+XXXX,
     so that a token of a script without an installed font is named instead of drawn as an empty box."""
+    charmaps = _charmaps(tuple(matplotlib.rcParams["font.family"]))
+
+    def has(c: str) -> bool:
+        return any(ord(c) in m for m in charmaps)
+
+    def drawable(text: str) -> str:
+        if all(c.isspace() or has(c) for c in text):
+            return text
+        return " ".join("".join(c if has(c) else f" U+{ord(c):04X} " for c in text).split())
+
+    return drawable
+
+
+@functools.lru_cache(maxsize=4)
+def _charmaps(families: tuple[str, ...]) -> list[dict]:
+    """The character maps of the fonts those families resolve to, read once per process (one PNG per
+    input line would otherwise read the font files again for each)."""
     from matplotlib import font_manager
     from matplotlib.ft2font import FT2Font
 
     charmaps = []
-    for family in matplotlib.rcParams["font.family"]:
+    for family in families:
         try:
             charmaps.append(FT2Font(font_manager.findfont(font_manager.FontProperties(family=[family]))).get_charmap())
         except Exception:  # a font that cannot be read draws nothing
             continue
-
-    def drawable(text: str) -> str:
-        if all(c.isspace() or any(ord(c) in m for m in charmaps) for c in text):
-            return text
-        return " ".join("".join(c if any(ord(c) in m for m in charmaps) else f" U+{ord(c):04X} " for c in text).split())
-
-    return drawable
+    return charmaps
