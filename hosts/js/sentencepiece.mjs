@@ -23,7 +23,7 @@ export class SentencePiece {
     if (trainer.byteFallback) throw new Error("byte fallback is not supported");
     if (trainer.treatWhitespaceAsSuffix) throw new Error("treat_whitespace_as_suffix is not supported");
     if (model.denormalizer?.charsmap?.length) throw new Error("denormalisation rules are not supported");
-    this.pieces = new Map();  // NORMAL, USER_DEFINED and UNUSED pieces -> id (the unigram model's trie)
+    this.pieces = new Map();  // NORMAL and UNUSED pieces -> id (the unigram model's trie; USER_DEFINED is refused)
     this.reserved = new Map();  // UNKNOWN, CONTROL and BYTE pieces -> id
     this.types = model.pieces.map((p) => p.type);
     this.unkId = -1;
