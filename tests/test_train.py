@@ -130,31 +130,25 @@ def _train_two_processes(out, *args):
                           capture_output=True, text=True, env=env, timeout=240)
 
 
-def test_two_process_gloo_training_takes_an_odd_number_of_batches(tmp_path):
-    """Batch size 17 cuts the 446 training pairs into 27 batches: a rank left with one batch more
-    than its partner would wait forever in that batch's gradient sum."""
-    proc = _train_two_processes(tmp_path / "ddp", "--epochs", "2", "--batch-size", "17")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "446 training pairs" in proc.stderr
-    model, _, _ = load_checkpoint(tmp_path / "ddp")
-    assert [h["epoch"] for h in json.loads((tmp_path / "ddp" / "train.json").read_text())["history"]] == [1, 2]
-    assert model.config.hidden == 32
-
-
-def test_two_process_gloo_distillation_stops_on_its_time_budget_together_and_resumes(tmp_path, tiny_bundle):
+def test_two_process_gloo_distillation_stops_on_its_time_budget_together_and_resumes_through_an_odd_batch_count(
+        tmp_path, tiny_bundle):
     """Each rank starts its clock separately; the ranks agree on the step to stop at, or one would
     wait in a gradient sum the other never joins. Rank 0 labels with the teacher first, the other
-    rank then reads the caches."""
-    proc = _train_two_processes(tmp_path / "ddp", "--epochs", "2", "--max-minutes", "0.002", "--teacher", str(tiny_bundle),
+    rank then reads the caches. Batch size 18 cuts the 400 training pairs into 23 batches: a rank
+    left with one batch more than its partner would wait forever in that batch's gradient sum."""
+    args = ("--epochs", "2", "--batch-size", "18")
+    proc = _train_two_processes(tmp_path / "ddp", *args, "--max-minutes", "0.002", "--teacher", str(tiny_bundle),
                                 "--kd", "seq+token", "--kd-beam", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "stopped (time budget)" in proc.stderr
+    assert "stopped (time budget)" in proc.stderr and "400 training pairs" in proc.stderr
     assert len(list((tmp_path / "ddp" / "teacher").iterdir())) == 2  # the labels and the distributions, nothing half-written
     state = json.loads((tmp_path / "ddp" / "last" / "state.json").read_text())
     assert state["epoch"] < 2
-    proc = _train_two_processes(tmp_path / "ddp", "--epochs", "2", "--resume")
+    proc = _train_two_processes(tmp_path / "ddp", *args, "--resume")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [h["epoch"] for h in json.loads((tmp_path / "ddp" / "train.json").read_text())["history"]] == [1, 2]
+    model, _, _ = load_checkpoint(tmp_path / "ddp")
+    assert model.config.hidden == 32
 
 
 def test_sigterm_under_torchrun_stops_every_rank_with_one_message(tmp_path):
@@ -203,22 +197,23 @@ def test_learning_rate_halves_after_an_epoch_without_a_better_dev_wer(tmp_path):
     assert train["train_config"]["label_smoothing"] == 0.1
 
 
-def test_resume_takes_a_new_epoch_count_and_keeps_the_loss_and_minutes_of_the_interrupted_epoch(tmp_path):
-    """A run stopped by its time budget inside epoch 1, resumed with --epochs 2: the history equals an
-    uninterrupted 2-epoch run's (loss included), and the resumed epoch's minutes count the first run's time."""
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    base = ["train", *ARGS, "--limit", "300"]
-    subprocess.run([*SEQ2EDGE, *base, "--out", str(straight), "--epochs", "2"], check=True, capture_output=True)
-    subprocess.run([*SEQ2EDGE, *base, "--out", str(stopped), "--epochs", "1", "--max-minutes", "0.002"], check=True,
+def test_resume_takes_a_new_epoch_count_and_keeps_the_loss_and_minutes_of_the_interrupted_epoch(tmp_path, straight_run):
+    """A run stopped by its time budget inside epoch 1, resumed with --epochs 3: it ends as an
+    uninterrupted 3-epoch run (history, loss included, and weights), and the resumed epoch's minutes
+    count the first run's time."""
+    stopped = tmp_path / "stopped"
+    subprocess.run([*SEQ2EDGE, "train", "--out", str(stopped), *ARGS, "--epochs", "1", "--max-minutes", "0.002"], check=True,
                    capture_output=True)
     state = json.loads((stopped / "last" / "state.json").read_text())
     assert state["epoch"] == 0 and state["step_in_epoch"] > 0 and state["minutes"] > 0
-    subprocess.run([*SEQ2EDGE, *base, "--out", str(stopped), "--resume", "--epochs", "2"], check=True, capture_output=True)
-    one = json.loads((straight / "train.json").read_text())["history"]
+    subprocess.run([*SEQ2EDGE, "train", "--out", str(stopped), *ARGS, "--resume", "--epochs", "3"], check=True, capture_output=True)
+    one = json.loads((straight_run / "train.json").read_text())["history"]
     two = json.loads((stopped / "train.json").read_text())["history"]
-    assert [h["epoch"] for h in two] == [1, 2]
+    assert [h["epoch"] for h in two] == [1, 2, 3]
     assert [round(h["loss"], 6) for h in two] == [round(h["loss"], 6) for h in one]
     assert two[0]["minutes"] > state["minutes"] and two[1]["minutes"] > two[0]["minutes"]
+    (w1, _), (w2, _) = _final_state(straight_run), _final_state(stopped)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
 def test_resume_refuses_settings_that_differ_from_the_saved_run(tiny_checkpoint):
