@@ -81,10 +81,13 @@ def test_bundle_and_checkpoint_greedy_agree_on_eval(tiny_bundle, tiny_checkpoint
     assert [r[1] for r in a.rows] == [r[1] for r in b.rows]
 
 
-def test_train_command_rejects_an_impossible_config(tmp_path):
-    proc = subprocess.run([*SEQ2EDGE, "train", "--out", str(tmp_path / "c"), "--bidirectional", "--hidden", "33",
-                           "--limit", "10"], capture_output=True, text=True)
+def test_train_command_rejects_an_impossible_config_before_reading_the_corpus(tmp_path):
+    """The corpus named does not exist: the model options are checked first (a large corpus would
+    otherwise be read, and its tokenisers trained, before the refusal)."""
+    proc = subprocess.run([*SEQ2EDGE, "train", "--corpus", str(tmp_path / "absent.tsv"), "--out", str(tmp_path / "c"),
+                           "--bidirectional", "--hidden", "33", "--limit", "10"], capture_output=True, text=True)
     assert proc.returncode == 2 and "hidden must be even" in proc.stderr and "Traceback" not in proc.stderr
+    assert "absent.tsv" not in proc.stderr and not (tmp_path / "c").exists()
 
 
 def test_help_lists_every_command():

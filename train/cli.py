@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from seq2edge.runtime.config import ATTENTIONS, CELLS, TOKENIZERS
+from seq2edge.runtime.config import ATTENTIONS, CELLS, TOKENIZERS, ModelConfig
 from seq2edge.runtime.interface import PRECISIONS
 
 from .distill import KD_MODES
@@ -86,7 +86,7 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
     --log-every and --max-minutes may be given anew, any other option must match the saved run."""
     from seq2edge.runtime.errors import Seq2EdgeError
 
-    from .loop import TrainConfig, Trainer
+    from .config import TrainConfig
 
     if corpus != "cmudict":  # recorded absolute, so eval and export find it from any directory
         corpus = str(Path(corpus).resolve())
@@ -103,6 +103,14 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
         raise Seq2EdgeError(f"{out}: already holds a trained model; use --resume to continue it or choose another --out")
     if init_from is not None and not resume:
         _check_init_from(init_from, given)
+    arch = dict(cell=cell, attention=attention, input_feed=input_feed, layers=layers, decoder_layers=decoder_layers,
+                bidirectional=bidirectional, embed=embed, hidden=hidden, dropout=dropout, src_tokens=src_tokens,
+                tgt_tokens=tgt_tokens, lowercase_source=lowercase_source, max_src_len=max_src_len, max_tgt_len=max_tgt_len)
+    if not resume and init_from is None:  # an impossible model is refused before the corpus is read and tokenisers trained
+        try:
+            ModelConfig(src_vocab_size=1, tgt_vocab_size=1, **{k: v for k, v in arch.items() if v is not None})
+        except ValueError as exc:
+            raise Seq2EdgeError(str(exc)) from None
     tc = TrainConfig(corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, label_smoothing=label_smoothing,
                      patience=patience, lr_patience=lr_patience,
                      init_from=str(init_from.resolve()) if init_from else None, keep_epochs=keep_epochs, seed=seed, max_minutes=max_minutes,
@@ -113,9 +121,8 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
                      kd_top_k=kd_top_k,
                      kd_mix_references=kd_mix_references, kd_cache=str(kd_cache.resolve()) if kd_cache else None,
                      extra_inputs=str(extra_inputs.resolve()) if extra_inputs else None)
-    arch = dict(cell=cell, attention=attention, input_feed=input_feed, layers=layers, decoder_layers=decoder_layers,
-                bidirectional=bidirectional, embed=embed, hidden=hidden, dropout=dropout, src_tokens=src_tokens,
-                tgt_tokens=tgt_tokens, lowercase_source=lowercase_source, max_src_len=max_src_len, max_tgt_len=max_tgt_len)
+    from .loop import Trainer  # imports torch
+
     overrides = {}
     if resume:
         overrides = {name: getattr(tc, name) for name in Trainer.RESUME_OVERRIDES if name in given}
