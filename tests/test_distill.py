@@ -144,3 +144,12 @@ def test_kd_cache_without_a_teacher_is_a_usage_error(tmp_path):
     proc = subprocess.run([*SEQ2EDGE, "train", "--out", str(tmp_path / "s"), "--kd-cache", str(tmp_path / "c"), *ARGS],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--kd-cache needs a teacher" in proc.stderr
+
+
+def test_the_teacher_runs_on_the_training_runs_threads(tiny_bundle):
+    """--threads bounds the teacher's onnxruntime sessions too, every ensemble member's included:
+    left at onnxruntime's default they would take every core beside torch's threads."""
+    from seq2edge.train.distill import _load_teacher
+
+    teacher = _load_teacher(TrainConfig(teacher=str(tiny_bundle), teacher_ensemble=[str(tiny_bundle)], threads=1))
+    assert [m.engine.options.intra_op_num_threads for m in [teacher, *teacher.members]] == [1, 1]

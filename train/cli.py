@@ -55,7 +55,8 @@ from .evaluate import EVAL_SPLITS
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last resume point.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training entries.")
 @click.option("--dev-limit", type=click.IntRange(min=1), default=None, help="Per-epoch dev WER on the first N dev entries only.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads, and the teacher's onnxruntime threads when distilling.")
 @click.option("--log-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Batches between progress lines (loss, batches/s, ETA) when stderr is not a terminal; 0: none.")
 @click.option("--teacher", type=click.Path(path_type=Path), multiple=True,

@@ -134,7 +134,10 @@ def _load_teacher(tc: TrainConfig):
         if not (teacher / BUNDLE_FILE).exists():
             hint = "; export it first: seq2edge export CHECKPOINT BUNDLE" if (teacher / "config.json").exists() else ""
             raise Seq2EdgeError(f"{teacher}: distillation needs a teacher bundle (it runs in the runtime){hint}")
-    return Seq2Seq.load(tc.teacher, providers="cpu", unknown="unk", too_long="truncate", ensemble=tc.teacher_ensemble)
+    # --threads bounds the teacher too: onnxruntime's default (a thread per core) next to torch's
+    # threads oversubscribes the cores and slows both.
+    return Seq2Seq.load(tc.teacher, providers="cpu", threads=tc.threads, unknown="unk", too_long="truncate",
+                        ensemble=tc.teacher_ensemble)
 
 
 def _extra_inputs(path: str | None) -> list[str]:
