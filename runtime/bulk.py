@@ -55,7 +55,10 @@ def decode_chunk(model: Seq2Seq, job: Job, chunk: list[tuple[int, str, str | Non
     for _, line, problem in chunk:
         texts.append(None if problem is not None else _column(line, job.column))
     good = [t for t in texts if isinstance(t, str)]
-    results = iter(model.decode(good, job.options)) if good else iter(())
+    # Sampling draws follow the line number, not the place in this chunk, so that they do not depend
+    # on where a chunk was cut (chunk size, a pause in a live stream) or on a bad line before.
+    lines_of_good = [number - 1 for (number, _, _), t in zip(chunk, texts) if isinstance(t, str)]
+    results = iter(model.decode(good, job.options, positions=lines_of_good)) if good else iter(())
     lines = []
     for (number, line, problem), text in zip(chunk, texts):
         result = None

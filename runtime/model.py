@@ -133,7 +133,8 @@ class Seq2Seq:
         """The execution providers onnxruntime really uses for the decoder."""
         return self.engine.providers
 
-    def decode(self, texts: Sequence[str], options: SearchOptions | None = None, **keywords: Any) -> list[Result]:
+    def decode(self, texts: Sequence[str], options: SearchOptions | None = None, *,
+               positions: Sequence[int] | None = None, **keywords: Any) -> list[Result]:
         """Decode every text; results come back in input order.
 
         Settings come as a SearchOptions value, as keywords (its field names: beam_size,
@@ -141,12 +142,18 @@ class Seq2Seq:
         temperature, top_k, top_p, seed, errors), or both (keywords win).
         Inputs are sorted by length and decoded `batch_size` at a time; results do
         not depend on the batching. beam_size 1 is greedy search; `sample=True`
-        draws tokens (temperature, top_k, top_p) with draws fixed by `seed` and the
-        input's position. errors="raise" raises InputError at the first bad input;
+        draws tokens (temperature, top_k, top_p) with draws fixed by `seed`, the
+        input's position and the step. Positions are the texts' indices unless
+        `positions` gives them (non-negative integers, one per text): a job decoded
+        over several calls passes each input's place in the job (the CLI: its line
+        number - 1), so its draws do not depend on how the job was cut.
+        errors="raise" raises InputError at the first bad input;
         errors="return" gives that input a Result with `error` set and decodes the rest.
         """
         if isinstance(texts, str):
             raise TypeError("decode() takes a list of texts; wrap a single text in a list")
+        if positions is not None and (len(positions) != len(texts) or any(int(p) < 0 for p in positions)):
+            raise Seq2EdgeError(f"positions must be {len(texts)} non-negative integers, one per text")
         options = SearchOptions.of(options, **keywords)
         limits = self._limits(options)
         results: list[Result | None] = [None] * len(texts)
@@ -166,7 +173,8 @@ class Seq2Seq:
                 found = self._greedy_graph(chunk, limits)
             else:
                 stepper, state = self._encode(chunk)
-                found = strategy(stepper, state, np.array([p.index for p in chunk]), limits, options)
+                where = [p.index for p in chunk] if positions is None else [int(positions[p.index]) for p in chunk]
+                found = strategy(stepper, state, np.array(where, dtype=np.int64), limits, options)
             for source, hyps in zip(chunk, found):
                 results[source.index] = self._result(texts[source.index], source, hyps)
         return results  # type: ignore[return-value]

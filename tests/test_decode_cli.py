@@ -62,6 +62,33 @@ def test_a_closed_output_pipe_exits_141_quietly(tiny_bundle, tmp_path, words):
     assert proc.returncode == 141 and proc.stdout.count("\n") == 1 and proc.stderr == ""
 
 
+def test_sampling_draws_follow_line_numbers_not_how_the_input_arrived(tiny_bundle, tmp_path, words):
+    """One file read whole, the same lines through a pipe one at a time (each its own chunk), and the file
+    with bad bytes in place of its first line: every line samples the same output, decode()'s for the
+    texts at those positions."""
+    chosen, flags = words[:6], ["--sample", "--temperature", "3", "--seed", "5", "--format", "jsonl"]
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(chosen) + "\n")
+    whole = [json.loads(line)["output"] for line in decode(tiny_bundle, "--input", path, *flags).stdout.splitlines()]
+    proc = subprocess.Popen([*SEQ2EDGE, "decode", str(tiny_bundle), *flags], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    piped = []
+    for word in chosen:  # the next line only once the last one's result is out: one chunk per line
+        proc.stdin.write(word + "\n")
+        proc.stdin.flush()
+        piped.append(json.loads(proc.stdout.readline())["output"])
+    proc.stdin.close()
+    assert proc.wait() == 0 and piped == whole
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\n" + path.read_bytes().split(b"\n", 1)[1])
+    proc = decode(tiny_bundle, "--input", bad, *flags)
+    assert proc.returncode == 1 and [json.loads(line).get("output") for line in proc.stdout.splitlines()] == [None, *whole[1:]]
+    from seq2edge.runtime import Seq2Seq
+
+    api = Seq2Seq.load(tiny_bundle, providers="cpu").decode(chosen, sample=True, temperature=3, seed=5)
+    assert [r.text for r in api] == whole and len(set(whole)) > 1
+
+
 def test_min_len_over_max_len_is_a_usage_error(tiny_bundle):
     proc = decode(tiny_bundle, "edge", "--min-len", "5", "--max-len", "3")
     assert proc.returncode == 2 and "--min-len 5 is greater than --max-len 3" in proc.stderr

@@ -126,6 +126,17 @@ def test_sampling_is_reproducible_and_independent_of_batching(tiny_model, dev_wo
     assert [r.tokens for r in a] != [r.tokens for r in c]
 
 
+def test_positions_let_a_job_cut_into_calls_sample_as_one_call(tiny_model, dev_words):
+    words = dev_words[:20]
+    whole = [r.tokens for r in tiny_model.decode(words, sample=True, seed=4)]
+    parts = [r.tokens for start, end in ((0, 7), (7, 14), (14, 20))
+             for r in tiny_model.decode(words[start:end], sample=True, seed=4, positions=range(start, end))]
+    assert parts == whole
+    assert [r.tokens for r in tiny_model.decode(words[7:14], sample=True, seed=4)] != whole[7:14]
+    with pytest.raises(Seq2EdgeError, match="positions must be 2 non-negative integers"):
+        tiny_model.decode(words[:2], positions=[0])
+
+
 def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy(tiny_model, dev_words):
     greedy = [r.tokens for r in tiny_model.decode(dev_words[:40])]
     assert [r.tokens for r in tiny_model.decode(dev_words[:40], sample=True, top_k=1, seed=3)] == greedy
