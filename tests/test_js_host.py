@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO
+from conftest import REPO, SEQ2EDGE
 
 from seq2edge.runtime import Seq2Seq
 from seq2edge.train import corpus as C
@@ -138,6 +138,46 @@ def test_node_beam_5_nbest_equals_python_on_200_words(bundle, words, tmp_path):
     for record, result in zip(records, python, strict=True):
         assert [h["output"] for h in record["nbest"]] == [h.text for h in result.nbest], record["input"]
         np.testing.assert_allclose([h["score"] for h in record["nbest"]], [h.score for h in result.nbest], atol=1e-4)
+
+
+@needs_node
+def test_node_samples_python_s_tokens_with_the_same_seed_and_holds_back_the_end_for_min_len(bundle, words, tmp_path):
+    """Both hosts draw from (seed, line, step) alone, so Node samples the tokens Python samples (temperature,
+    top-k, top-p); --min-len keeps </s> back in greedy and beam search as Python does."""
+    model = Seq2Seq.load(bundle, providers="cpu")
+    greedy = [r.text for r in model.decode(words[:300])]
+    for settings, flags, count in (
+            (dict(sample=True, temperature=1.5, seed=3), ("--sample", "--temperature", "1.5", "--seed", "3"), 300),
+            (dict(sample=True, temperature=2.0, top_k=5, seed=4), ("--sample", "--temperature", "2", "--top-k", "5",
+                                                                    "--seed", "4"), 300),
+            (dict(sample=True, temperature=1.5, top_p=0.8, seed=5), ("--sample", "--temperature", "1.5", "--top-p", "0.8",
+                                                                      "--seed", "5"), 300),
+            (dict(min_len=9), ("--min-len", "9"), 300),
+            (dict(beam_size=4, min_len=9), ("--beam", "4", "--min-len", "9"), 100)):
+        python = [r.text for r in model.decode(words[:count], **settings)]
+        node = [r["output"] for r in node_decode(bundle, words[:count], tmp_path, *flags)]
+        assert node == python, settings
+        assert sum(a != b for a, b in zip(python, greedy)) > count // 10, settings  # the setting changed the outputs
+
+
+@needs_node
+def test_node_cli_reads_and_numbers_lines_as_seq2edge_decode_does(bundle, tmp_path):
+    """Blank lines (Python's whitespace, \\x1c included) skipped but counted, a BOM dropped only at the start,
+    carriage returns cut, a line of bad bytes an error of its own: the same records and exit code."""
+    path = tmp_path / "lines.txt"
+    path.write_bytes(b"\xef\xbb\xbfedge\n\n \t\nonnx\r\r\n\x1c\n\xef\xbb\xbf\nph\xffoneme\nmodel")
+    python = subprocess.run([*SEQ2EDGE, "decode", str(bundle), "--input", str(path), "--format", "jsonl"],
+                            capture_output=True, text=True)
+    node = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), "--input", str(path), "--jsonl"], capture_output=True,
+                          text=True)
+
+    def records(proc):
+        return [(r["line"], r["input"], r.get("output"), "error" in r) for r in map(json.loads, proc.stdout.splitlines())]
+
+    assert node.returncode == python.returncode == 1
+    assert records(node) == records(python)
+    assert [line for line, *_ in records(node)] == [1, 4, 6, 7, 8]
+    assert 'line 7: "ph\ufffdoneme": not valid UTF-8 (byte 2)' in node.stderr
 
 
 @needs_node

@@ -1,13 +1,17 @@
 #!/usr/bin/env node
-// node hosts/js/cli.mjs BUNDLE [--beam N] [--nbest K] [--max-len N] [--batch-size N] [--input FILE] [--jsonl]
-//                       [--backend node|wasm] [--precision fp32|int8] [--format onnx|ort] [--greedy-graph|--no-greedy-graph]
-//                       [--unknown error|unk|skip] [--too-long error|truncate] [--threads N] [--ensemble BUNDLE ...] [TEXT ...]
-// Prints `input -> output` per input, in order, like `seq2edge decode` (--jsonl: its jsonl records). Exit codes
-// as there: 0, 1 (some inputs failed, the others still written), 2 (usage or bundle error).
+// node hosts/js/cli.mjs BUNDLE [--beam N] [--nbest K] [--length-penalty A] [--max-len N] [--min-len N]
+//                       [--sample] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--batch-size N] [--input FILE]
+//                       [--jsonl] [--backend node|wasm] [--precision fp32|int8] [--format onnx|ort]
+//                       [--greedy-graph|--no-greedy-graph] [--unknown error|unk|skip] [--too-long error|truncate]
+//                       [--threads N] [--ensemble BUNDLE ...] [TEXT ...]
+// Prints `input -> output` per input, in order, like `seq2edge decode` (--jsonl: its jsonl records, with the
+// same line numbers: blank lines are skipped but counted, and a line that is not UTF-8 is an error of its own).
+// Sampling draws depend on the seed, the line number and the step, as there. Exit codes as there: 0, 1 (some
+// inputs failed, the others still written), 2 (usage or bundle error).
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
-import { loadBundle, Seq2EdgeError } from "./node.mjs";
+import { isBlank, loadBundle, Seq2EdgeError } from "./node.mjs";
 
 const SOURCE_LINES = readFileSync(new URL(import.meta.url)).toString().split("\n");
 const HELP = SOURCE_LINES.slice(1, SOURCE_LINES.findIndex((l) => !l.startsWith("//") && !l.startsWith("#!"))).map((l) => l.slice(3)).join("\n");
@@ -23,10 +27,32 @@ async function main() {
         precision: { type: "string", default: "fp32" }, format: { type: "string" }, "greedy-graph": { type: "boolean" },
         "no-greedy-graph": { type: "boolean" }, unknown: { type: "string", default: "error" },
         "too-long": { type: "string", default: "error" }, ensemble: { type: "string", multiple: true, default: [] }, "length-penalty": { type: "string", default: "0" }, threads: { type: "string", default: "1" }, help: { type: "boolean" }, jsonl: { type: "boolean" },
+        "min-len": { type: "string", default: "0" }, sample: { type: "boolean" }, temperature: { type: "string", default: "1" },
+        "top-k": { type: "string", default: "0" }, "top-p": { type: "string", default: "1" }, seed: { type: "string", default: "0" },
       },
     });
   } catch (err) {
     process.stderr.write(`seq2edge-js: ${err.message}\n${HELP}\n`);
+    return 2;
+  }
+  const numbers = {};
+  for (const [name, integer] of [["beam", true], ["nbest", true], ["max-len", true], ["min-len", true], ["batch-size", true],
+    ["threads", true], ["top-k", true], ["temperature", false], ["top-p", false], ["length-penalty", false]]) {
+    const text = parsed.values[name];
+    if (text === undefined) continue;
+    const value = Number(text);
+    if (text.trim() === "" || !Number.isFinite(value) || (integer && !Number.isInteger(value))) {
+      process.stderr.write(`seq2edge-js: --${name} ${JSON.stringify(text)} is not ${integer ? "an integer" : "a number"}\n`);
+      return 2;
+    }
+    numbers[name] = value;
+  }
+  if (!/^-?[0-9]+$/.test(parsed.values.seed)) {  // any integer, as Python's: the draws take it modulo 2 ** 64
+    process.stderr.write(`seq2edge-js: --seed ${JSON.stringify(parsed.values.seed)} is not an integer\n`);
+    return 2;
+  }
+  if (numbers["max-len"] !== undefined && numbers["min-len"] > numbers["max-len"]) {
+    process.stderr.write(`seq2edge-js: --min-len ${numbers["min-len"]} is greater than --max-len ${numbers["max-len"]}\n`);
     return 2;
   }
   const { values: o, positionals } = parsed;
@@ -39,12 +65,8 @@ async function main() {
     process.stderr.write("seq2edge-js: give TEXT arguments or --input, not both\n");
     return 2;
   }
-  let inputs = texts;
-  if (!texts.length) {
-    const raw = readFileSync(o.input ?? 0, "utf8").replace(/^\ufeff/, "");
-    inputs = raw.split("\n").map((l) => l.replace(/\r$/, "")).filter((l) => l.trim() !== "");
-    if (raw.endsWith("\n") === false && inputs.length === 0) inputs = [];
-  }
+  // [line number, text, problem or undefined] for every input, as seq2edge decode reads them.
+  const inputs = texts.length ? texts.map((t, i) => [i + 1, t]) : inputLines(readFileSync(o.input ?? 0));
   const greedyGraph = o["greedy-graph"] ? true : o["no-greedy-graph"] ? false : null;
   if (greedyGraph === true && o.ensemble.length) {
     process.stderr.write("seq2edge-js: --greedy-graph decodes one model; an ensemble decodes step by step\n");
@@ -52,29 +74,43 @@ async function main() {
   }
   let model;
   try {
-    model = await loadBundle(bundle, { backend: o.backend, threads: Number(o.threads), precision: o.precision, format: o.format,
+    model = await loadBundle(bundle, { backend: o.backend, threads: numbers.threads, precision: o.precision, format: o.format,
       unknown: o.unknown, tooLong: o["too-long"], ensemble: o.ensemble });
   } catch (err) {
     if (!(err instanceof Seq2EdgeError)) throw err;
     process.stderr.write(`seq2edge-js: error: ${err.message}\n`);
     return 2;
   }
-  const nbest = Number(o.nbest);
-  const results = await model.decode(inputs, { beamSize: Number(o.beam), nbest, batchSize: Number(o["batch-size"]),
-    maxLen: o["max-len"] === undefined ? null : Number(o["max-len"]), greedyGraph, lengthPenalty: Number(o["length-penalty"]) });
+  const nbest = numbers.nbest;
+  const good = inputs.filter(([, , problem]) => problem === undefined);
+  let decoded;
+  try {
+    decoded = await model.decode(good.map(([, text]) => text), { beamSize: numbers.beam, nbest, batchSize: numbers["batch-size"],
+      maxLen: numbers["max-len"] ?? null, minLen: numbers["min-len"], greedyGraph, lengthPenalty: numbers["length-penalty"],
+      sample: Boolean(o.sample), temperature: numbers.temperature, topK: numbers["top-k"], topP: numbers["top-p"],
+      seed: BigInt(o.seed), positions: good.map(([number]) => number - 1) });
+  } catch (err) {
+    if (!(err instanceof Seq2EdgeError)) throw err;
+    process.stderr.write(`seq2edge-js: error: ${err.message}\n`);
+    return 2;
+  }
+  decoded.reverse();
+  const results = inputs.map(([number, text, problem]) => ({ line: number,
+    ...(problem === undefined ? decoded.pop() : { input: text, error: problem }) }));
   let failed = 0;
   const lines = [];
-  results.forEach((r, i) => {
+  results.forEach((r) => {
+    if (r.error) {
+      failed += 1;
+      process.stderr.write(`seq2edge-js: line ${r.line}: ${JSON.stringify(r.input)}: ${r.error}\n`);
+    }
     if (o.jsonl) {
-      const record = { line: i + 1, input: r.input };
+      const record = { line: r.line, input: r.input };
       if (r.error) record.error = r.error;
       else Object.assign(record, { output: r.text, tokens: r.tokens, score: r.score },
         nbest > 1 ? { nbest: (r.nbest ?? [r]).map((h) => ({ output: h.text, tokens: h.tokens, score: h.score })) } : {});
-      if (r.error) failed += 1;
       lines.push(JSON.stringify(record));
     } else if (r.error) {
-      failed += 1;
-      process.stderr.write(`seq2edge-js: ${JSON.stringify(r.input)}: ${r.error}\n`);
       lines.push(`${r.input} -> (error: ${r.error})`);
     } else if (nbest > 1) {
       for (const h of r.nbest ?? [r]) lines.push(`${r.input} -> ${h.text}  (${h.score.toFixed(3)})`);
@@ -84,6 +120,47 @@ async function main() {
   });
   process.stdout.write(lines.length ? `${lines.join("\n")}\n` : "");
   return failed ? 1 : 0;
+}
+
+/** A file's or stdin's lines as [line number, text, problem]: a UTF-8 BOM dropped, trailing carriage returns cut, blank
+ * lines skipped (but counted), and a line that is not UTF-8 kept as an error, as seq2edge decode reads its input. */
+function inputLines(bytes) {
+  const lines = [];
+  const decoder = new TextDecoder("utf-8", { ignoreBOM: true });  // a BOM is text but at the very start, as in Python
+  let start = 0;
+  for (let number = 1; start < bytes.length; number++) {
+    let end = bytes.indexOf(0x0a, start);
+    const next = end < 0 ? bytes.length : end + 1;
+    end = end < 0 ? bytes.length : end;
+    while (end > start && bytes[end - 1] === 0x0d) end -= 1;
+    const raw = bytes.subarray(start, end);
+    start = next;
+    const bad = firstInvalidUtf8(raw);
+    let text = decoder.decode(raw);
+    if (number === 1) text = text.replace(/^\ufeff/, "");
+    if (bad >= 0) lines.push([number, text, `not valid UTF-8 (byte ${bad})`]);
+    else if (!isBlank(text)) lines.push([number, text]);
+  }
+  return lines;
+}
+
+/** Where the first byte sequence that is not well-formed UTF-8 starts (Python's UnicodeDecodeError.start), or -1. */
+function firstInvalidUtf8(bytes) {
+  for (let i = 0; i < bytes.length;) {
+    const b = bytes[i];
+    if (b < 0x80) { i += 1; continue; }
+    let more; let lo = 0x80; let hi = 0xbf;  // the continuation bytes that follow, and the second byte's range
+    if (b >= 0xc2 && b <= 0xdf) more = 1;
+    else if (b >= 0xe0 && b <= 0xef) [more, lo, hi] = [2, b === 0xe0 ? 0xa0 : 0x80, b === 0xed ? 0x9f : 0xbf];
+    else if (b >= 0xf0 && b <= 0xf4) [more, lo, hi] = [3, b === 0xf0 ? 0x90 : 0x80, b === 0xf4 ? 0x8f : 0xbf];
+    else return i;
+    for (let j = 1; j <= more; j++) {
+      const c = bytes[i + j];
+      if (c === undefined || c < (j === 1 ? lo : 0x80) || c > (j === 1 ? hi : 0xbf)) return i;
+    }
+    i += more + 1;
+  }
+  return -1;
 }
 
 process.exitCode = await main();

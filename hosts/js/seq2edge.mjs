@@ -47,6 +47,11 @@ const STRIP = new RegExp(`^[${WS}]+|[${WS}]+$`, "g");
 const SPLIT = new RegExp(`[${WS}]+`);
 const FORBIDDEN = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/u;
 
+/** Whether a line holds only whitespace (Python's str.isspace() characters): the CLIs skip it. */
+export function isBlank(text) {
+  return text.replace(STRIP, "") === "";
+}
+
 /** Text <-> ids for one side, as runtime/tokenize.py's TextCodec. */
 export class TextCodec {
   /** spm: the side's SentencePiece (sentencepiece.mjs), for kind "spm". */
@@ -191,31 +196,45 @@ export class Seq2Seq {
 
   /**
    * Decode texts; results in input order, each {input, text, tokens, score, nbest?, error?}.
-   * options: beamSize (1: greedy), nbest, maxLen, batchSize, lengthPenalty (beam: rank by score / (len + 1) ** it),
-   * greedyGraph (true/false; default: as the Python runtime, for batches of one input when the bundle has greedy.onnx,
-   * and for every batch where export measured the graph faster batched).
+   * options: beamSize (1: greedy), nbest, maxLen, minLen (no </s> before it), batchSize, lengthPenalty (beam: rank by
+   * score / (len + 1) ** it), greedyGraph (true/false; default: as the Python runtime, for batches of one input when
+   * the bundle has greedy.onnx, and for every batch where export measured the graph faster batched);
+   * sample with temperature, topK, topP and seed: the Python runtime's draws, which depend on the seed, the input's
+   * position (its index in `texts`, or `positions[index]`) and the step only, so both hosts sample the same tokens.
    */
-  async decode(texts, { beamSize = 1, nbest = 1, maxLen = null, batchSize = 64, greedyGraph = null, lengthPenalty = 0 } = {}) {
-    if (nbest < 1 || nbest > beamSize) throw new Seq2EdgeError(`nbest must be between 1 and beamSize (${beamSize})`);
-    const limit = maxLen ?? this.config.max_tgt_len;
+  async decode(texts, { beamSize = 1, nbest = 1, maxLen = null, minLen = 0, batchSize = 64, greedyGraph = null,
+                        lengthPenalty = 0, sample = false, temperature = 1, topK = 0, topP = 1, seed = 0,
+                        positions = null } = {}) {
+    const problems = [];
+    if (!(nbest >= 1 && nbest <= beamSize)) problems.push(`nbest must be between 1 and beamSize (${beamSize})`);
+    if (sample && beamSize > 1) problems.push("sampling and beam search cannot be combined; use beamSize 1 with sample");
+    if (!(temperature > 0 && topK >= 0 && topP > 0 && topP <= 1)) problems.push("temperature must be > 0, topK >= 0 and 0 < topP <= 1");
+    if ((maxLen !== null && !(maxLen >= 0)) || !(minLen >= 0)) problems.push("maxLen and minLen must not be negative");
+    if (positions !== null && (positions.length !== texts.length || positions.some((p) => !(Number.isInteger(p) && p >= 0)))) {
+      problems.push(`positions must be ${texts.length} non-negative integers, one per text`);
+    }
+    if (problems.length) throw new Seq2EdgeError(problems.join("; "));
+    const limits = { maxLen: maxLen ?? this.config.max_tgt_len, minLen };
+    const draws = sample ? { temperature, topK, topP, seed: BigInt(seed) } : null;
     const results = new Array(texts.length);
     const ready = [];
     texts.forEach((text, index) => {
       try {
-        ready.push({ index, ...this.prepare(text) });
+        ready.push({ index, position: positions?.[index] ?? index, ...this.prepare(text) });
       } catch (err) {
         if (!(err instanceof InputError)) throw err;
         results[index] = { input: text, error: err.message };
       }
     });
     ready.sort((a, b) => a.ids.length - b.ids.length);  // stable, as Python's sort
-    const graph = this.hasGreedyGraph ? (greedyGraph ?? this.useGreedyGraph) : false;
+    // The graph searches plainly: argmax at every step, </s> allowed from the first one.
+    const graph = this.hasGreedyGraph && !draws && minLen === 0 ? (greedyGraph ?? this.useGreedyGraph) : false;
     for (let start = 0; start < ready.length; start += batchSize) {
       const chunk = ready.slice(start, start + batchSize);
       let hyps;
-      if (beamSize > 1) hyps = await this.#beam(chunk, beamSize, nbest, limit, lengthPenalty);
-      else if (graph === true || (graph === "auto" && (chunk.length === 1 || this.greedyGraphBatches))) hyps = await this.#greedyGraph(chunk, limit);
-      else hyps = await this.#greedy(chunk, limit);
+      if (beamSize > 1) hyps = await this.#beam(chunk, beamSize, nbest, limits, lengthPenalty);
+      else if (graph === true || (graph === "auto" && (chunk.length === 1 || this.greedyGraphBatches))) hyps = await this.#greedyGraph(chunk, limits.maxLen);
+      else hyps = await this.#greedy(chunk, limits, draws);
       chunk.forEach((source, row) => { results[source.index] = this.#result(texts[source.index], hyps[row]); });
     }
     return results;
@@ -287,7 +306,8 @@ export class Seq2Seq {
     return values.map((t) => takeRows(this.ort, t, index));
   }
 
-  #bias(t, maxLen) {
+  /** Which ids may be chosen at step t, as runtime/search.py's Limits: never pad or <s>; </s> not before minLen; only </s> at maxLen. */
+  #bias(t, { maxLen, minLen }) {
     const c = this.config;
     const bias = new Float32Array(c.tgt_vocab_size);
     if (t >= maxLen) {
@@ -296,12 +316,13 @@ export class Seq2Seq {
     } else {
       bias[c.pad_id] = -Infinity;
       bias[c.bos_id] = -Infinity;
+      if (t < minLen) bias[c.eos_id] = -Infinity;
     }
     return bias;
   }
 
-  // -- greedy, one decoder step per call -------------------------------------------------
-  async #greedy(chunk, maxLen) {
+  // -- greedy (or sampling, with `draws`), one decoder step per call -----------------------
+  async #greedy(chunk, limits, draws = null) {
     const c = this.config;
     const V = c.tgt_vocab_size;
     let { width, memory, state, mask } = await this.#encode(chunk);
@@ -310,19 +331,25 @@ export class Seq2Seq {
     const out = chunk.map(() => ({ ids: [], score: 0, truncated: false }));
     for (let t = 0; rows.length > 0; t++) {
       const step = await this.#step(prev, state, memory, mask);
-      const bias = this.#bias(t, maxLen);
+      const bias = this.#bias(t, limits);
       const keep = [];
       const next = [];
       rows.forEach((input, r) => {
         let best = -1;
         let value = -Infinity;
-        for (let v = 0; v < V; v++) {
-          const x = step.logProbs[r * V + v] + bias[v];
-          if (x > value) { value = x; best = v; }  // strict: ties keep the lowest id, as argmax
+        if (draws) {
+          const row = step.logProbs.subarray(r * V, (r + 1) * V).map((x, v) => x + bias[v]);
+          best = sampleId(row, draws, uniform(draws.seed, chunk[input].position, t));
+          value = row[best];
+        } else {
+          for (let v = 0; v < V; v++) {
+            const x = step.logProbs[r * V + v] + bias[v];
+            if (x > value) { value = x; best = v; }  // strict: ties keep the lowest id, as argmax
+          }
         }
         out[input].score += Math.fround(value);
         if (best === c.eos_id) {
-          out[input].truncated = t >= maxLen;
+          out[input].truncated = t >= limits.maxLen;
         } else {
           out[input].ids.push(best);
           keep.push(r);
@@ -359,13 +386,14 @@ export class Seq2Seq {
   }
 
   // -- beam search, as runtime/search.py's beam() -----------------------------------------
-  async #beam(chunk, k, nbest, maxLen, lengthPenalty) {
+  async #beam(chunk, k, nbest, limits, lengthPenalty) {
     const results = [];
-    for (const source of chunk) results.push(await this.#beamOne(source, k, nbest, maxLen, lengthPenalty));
+    for (const source of chunk) results.push(await this.#beamOne(source, k, nbest, limits, lengthPenalty));
     return results;
   }
 
-  async #beamOne(source, k, nbest, maxLen, lengthPenalty) {
+  async #beamOne(source, k, nbest, limits, lengthPenalty) {
+    const { maxLen } = limits;
     const c = this.config;
     const V = c.tgt_vocab_size;
     const enc = await this.#encode([source]);
@@ -380,7 +408,7 @@ export class Seq2Seq {
     let bestFinished = new Array(k).fill(-Infinity);
     for (let t = 0; ; t++) {
       const step = await this.#step(prev, state, memory, mask);
-      const bias = this.#bias(t, maxLen);
+      const bias = this.#bias(t, limits);
       const width = Math.min(2 * k, V);
       const cand = [];
       for (let b = 0; b < k; b++) {
@@ -410,6 +438,61 @@ export class Seq2Seq {
     finished.sort((x, y) => y[0] - x[0]);  // stable: equal ranks keep their order, as in Python
     return finished.slice(0, nbest).map(([, h]) => h);
   }
+}
+
+/**
+ * One id drawn from softmax(row / temperature) within topK and topP, as runtime/search.py's _sample: in float32 like
+ * numpy, ties kept in id order, `u` from uniform(). numpy's float32 exp is not correctly rounded, so a draw that falls
+ * within float32 rounding of the boundary between two ids may pick the other one (tools/sampling_parity.py measures it).
+ */
+function sampleId(row, { temperature, topK, topP }, u) {
+  const V = row.length;
+  const divisor = Math.fround(Math.max(temperature, 1e-6));  // numpy divides a float32 array by float32(temperature)
+  const logits = row.map((x) => x / divisor);  // a Float32Array: every value rounds to float32
+  if (topK > 0 && topK < V) {
+    const kth = Float32Array.from(logits).sort()[V - topK];
+    logits.forEach((x, v) => { if (x < kth) logits[v] = -Infinity; });
+  }
+  const top = logits.reduce((a, b) => (b > a ? b : a), -Infinity);
+  let probs = logits.map((x) => Math.exp(Math.fround(x - top)));
+  probs = normalised(probs);
+  if (topP < 1) {
+    const order = [...probs.keys()].sort((a, b) => probs[b] - probs[a] || a - b);  // stable argsort of -probs
+    const kept = new Float32Array(V);
+    let cum = 0;
+    for (const v of order) {
+      cum = Math.fround(cum + probs[v]);  // numpy: cumsum(sorted) - sorted, the mass of strictly better ids
+      if (Math.fround(cum - probs[v]) < Math.fround(topP)) kept[v] = probs[v];
+    }
+    probs = normalised(kept);
+  }
+  const cdf = new Float32Array(V);
+  let acc = 0;
+  probs.forEach((p, v) => { acc = Math.fround(acc + p); cdf[v] = acc; });
+  const threshold = u * cdf[V - 1];
+  let id = 0;
+  for (const x of cdf) if (x < threshold) id += 1;
+  let last = -1;  // never an id of zero probability through rounding at the top of the CDF
+  probs.forEach((p, v) => { if (p > 0) last = v; });
+  return Math.min(id, last);
+}
+
+/** A float32 array divided by its float32 sum. */
+function normalised(probs) {
+  let total = 0;
+  for (const p of probs) total = Math.fround(total + p);
+  return probs.map((p) => p / total);
+}
+
+const MASK64 = (1n << 64n) - 1n;
+/** A uniform number in [0, 1) from (seed, input position, step) via splitmix64, as runtime/search.py's _uniform. */
+export function uniform(seed, position, t) {
+  let x = (BigInt.asUintN(64, BigInt(seed)) * 0x9E3779B97F4A7C15n + BigInt(position) * 0xBF58476D1CE4E5B9n
+    + BigInt(t + 1) * 0x94D049BB133111EBn) & MASK64;
+  x = ((x ^ (x >> 30n)) * 0xBF58476D1CE4E5B9n) & MASK64;
+  x = ((x ^ (x >> 27n)) * 0x94D049BB133111EBn) & MASK64;
+  x ^= x >> 31n;
+  return Number(x >> 11n) / 2 ** 53;
 }
 
 /** log(mean(exp(x))) over the members' log-probabilities, entry by entry, without overflow; float32 like the Python runtime. */
