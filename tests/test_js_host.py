@@ -260,6 +260,40 @@ def test_node_checks_the_bundle_like_the_python_runtime(bundle, tmp_path):
     assert "not in the source vocabulary: 'é'" in proc.stderr and "control character U+0001" in proc.stderr
 
 
+@needs_node
+@pytest.mark.parametrize("flags, message", [
+    (["--backend", "gpu"], '--backend must be one of node, wasm, not "gpu"'),
+    (["--unknown", "drop"], '--unknown must be one of error, unk, skip, not "drop"'),
+    (["--batch-size", "0"], "--batch-size must be at least 1, not 0"),
+    (["--threads", "two"], '--threads "two" is not an integer'),
+    (["--seed", "1.5"], '--seed "1.5" is not an integer'),
+    (["--min-len", "5", "--max-len", "3"], "--min-len 5 is greater than --max-len 3"),
+    (["--sample", "--top-p", "0"], "0 < topP <= 1")])
+def test_node_cli_refuses_a_bad_option_in_one_line_with_exit_2(bundle, flags, message):
+    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), *flags, "edge"], capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stdout == ""
+
+
+@needs_node
+def test_node_library_refuses_bad_options_by_name(bundle):
+    """The library checks what its callers pass (an app, not only the CLI): each a Seq2EdgeError naming the option."""
+    script = f"""
+import {{ loadBundle }} from {json.dumps(str(JS / "node.mjs"))};
+for (const [load, decode] of [[{{ tooLong: "cut" }}, {{}}], [{{ backend: "cuda" }}, {{}}], [{{ threads: 0 }}, {{}}],
+                              [{{}}, {{ batchSize: 0 }}], [{{}}, {{ positions: [0, -1] }}]]) {{
+  try {{ await (await loadBundle({json.dumps(str(bundle))}, load)).decode(["edge", "onnx"], decode); console.log("decoded"); }}
+  catch (err) {{ console.log(err.constructor.name + ": " + err.message); }}
+}}"""
+    proc = subprocess.run([NODE, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == [
+        'Seq2EdgeError: tooLong must be one of "error", "truncate", not "cut"',
+        'Seq2EdgeError: backend must be one of "node", "wasm", not "cuda"',
+        "Seq2EdgeError: threads must be an integer of at least 1, not 0",
+        "Seq2EdgeError: batchSize must be an integer of at least 1",
+        "Seq2EdgeError: positions must be 2 non-negative integers, one per text"], proc.stderr
+
+
 def browser_decode(bundle: Path, words: list[str], tmp_path: Path, query: str = "") -> dict:
     """What the browser demo page, serving `bundle`, decodes of `words` in headless Chromium."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

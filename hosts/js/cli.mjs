@@ -35,25 +35,30 @@ async function main() {
     process.stderr.write(`seq2edge-js: ${err.message}\n${HELP}\n`);
     return 2;
   }
+  const usage = (message) => { process.stderr.write(`seq2edge-js: ${message}\n`); return 2; };
   const numbers = {};
-  for (const [name, integer] of [["beam", true], ["nbest", true], ["max-len", true], ["min-len", true], ["batch-size", true],
-    ["threads", true], ["top-k", true], ["temperature", false], ["top-p", false], ["length-penalty", false]]) {
+  for (const [name, integer, least] of [["beam", true, 1], ["nbest", true, 1], ["max-len", true, 0], ["min-len", true, 0],
+    ["batch-size", true, 1], ["threads", true, 1], ["top-k", true, 0], ["temperature", false], ["top-p", false],
+    ["length-penalty", false]]) {
     const text = parsed.values[name];
     if (text === undefined) continue;
     const value = Number(text);
     if (text.trim() === "" || !Number.isFinite(value) || (integer && !Number.isInteger(value))) {
-      process.stderr.write(`seq2edge-js: --${name} ${JSON.stringify(text)} is not ${integer ? "an integer" : "a number"}\n`);
-      return 2;
+      return usage(`--${name} ${JSON.stringify(text)} is not ${integer ? "an integer" : "a number"}`);
     }
+    if (least !== undefined && value < least) return usage(`--${name} must be at least ${least}, not ${value}`);
     numbers[name] = value;
   }
+  for (const [name, allowed] of [["backend", ["node", "wasm"]], ["unknown", ["error", "unk", "skip"]],
+    ["too-long", ["error", "truncate"]], ["format", [undefined, "onnx", "ort"]]]) {
+    const value = parsed.values[name];
+    if (!allowed.includes(value)) return usage(`--${name} must be one of ${allowed.filter(Boolean).join(", ")}, not ${JSON.stringify(value)}`);
+  }
   if (!/^-?[0-9]+$/.test(parsed.values.seed)) {  // any integer, as Python's: the draws take it modulo 2 ** 64
-    process.stderr.write(`seq2edge-js: --seed ${JSON.stringify(parsed.values.seed)} is not an integer\n`);
-    return 2;
+    return usage(`--seed ${JSON.stringify(parsed.values.seed)} is not an integer`);
   }
   if (numbers["max-len"] !== undefined && numbers["min-len"] > numbers["max-len"]) {
-    process.stderr.write(`seq2edge-js: --min-len ${numbers["min-len"]} is greater than --max-len ${numbers["max-len"]}\n`);
-    return 2;
+    return usage(`--min-len ${numbers["min-len"]} is greater than --max-len ${numbers["max-len"]}`);
   }
   const { values: o, positionals } = parsed;
   if (o.help || positionals.length === 0) {

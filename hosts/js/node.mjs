@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 
-import { BundleError, Seq2Seq, sessionConfig } from "./seq2edge.mjs";
+import { BundleError, oneOf, Seq2EdgeError, Seq2Seq, sessionConfig } from "./seq2edge.mjs";
 
 export * from "./seq2edge.mjs";
 
@@ -21,6 +21,8 @@ export async function loadBundle(dir, { ensemble = [], ...options } = {}) {
 }
 
 async function loadOne(dir, { backend = "node", threads = 1, format, ...options }) {
+  oneOf("backend", backend, ["node", "wasm"]);
+  if (!(Number.isInteger(threads) && threads >= 1)) throw new Seq2EdgeError(`threads must be an integer of at least 1, not ${threads}`);
   const ort = backend === "wasm" ? await import("onnxruntime-web") : await import("onnxruntime-node");
   if (backend === "wasm") ort.env.wasm.numThreads = threads;
   const read = async (name) => {

@@ -113,6 +113,10 @@ export const sessionConfig = () => ({ session: { disable_quant_qdq: "1" } });
 export class Seq2Seq {
   static async load({ ort, read, sha256, sessionOptions = {}, precision = "fp32", unknown = "error", tooLong = "error",
                       useGreedyGraph = "auto" }) {
+    oneOf("unknown", unknown, ["error", "unk", "skip"]);
+    oneOf("tooLong", tooLong, ["error", "truncate"]);
+    oneOf("useGreedyGraph", useGreedyGraph, ["auto", true, false]);
+    oneOf("format", sessionOptions.format, [undefined, "onnx", "ort"]);
     let meta;
     try {
       meta = JSON.parse(new TextDecoder().decode(await read("bundle.json")));
@@ -206,7 +210,9 @@ export class Seq2Seq {
                         lengthPenalty = 0, sample = false, temperature = 1, topK = 0, topP = 1, seed = 0,
                         positions = null } = {}) {
     const problems = [];
+    if (!(Number.isInteger(beamSize) && beamSize >= 1)) problems.push("beamSize must be an integer of at least 1");
     if (!(nbest >= 1 && nbest <= beamSize)) problems.push(`nbest must be between 1 and beamSize (${beamSize})`);
+    if (!(Number.isInteger(batchSize) && batchSize >= 1)) problems.push("batchSize must be an integer of at least 1");
     if (sample && beamSize > 1) problems.push("sampling and beam search cannot be combined; use beamSize 1 with sample");
     if (!(temperature > 0 && topK >= 0 && topP > 0 && topP <= 1)) problems.push("temperature must be > 0, topK >= 0 and 0 < topP <= 1");
     if ((maxLen !== null && !(maxLen >= 0)) || !(minLen >= 0)) problems.push("maxLen and minLen must not be negative");
@@ -517,6 +523,14 @@ export function takeRows(ort, tensor, index) {
   const data = new tensor.data.constructor(index.length * per);
   index.forEach((r, i) => data.set(tensor.data.subarray(r * per, (r + 1) * per), i * per));
   return new ort.Tensor(tensor.type, data, [index.length, ...tensor.dims.slice(1)]);
+}
+
+/** A Seq2EdgeError unless `value` is one of `allowed`: the option, what is allowed and what was given, in one line. */
+export function oneOf(name, value, allowed) {
+  if (!allowed.includes(value)) {
+    const shown = allowed.filter((a) => a !== undefined).map((a) => JSON.stringify(a)).join(", ");
+    throw new Seq2EdgeError(`${name} must be one of ${shown}, not ${JSON.stringify(value)}`);
+  }
 }
 
 function checkMeta(meta) {
