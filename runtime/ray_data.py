@@ -50,7 +50,7 @@ class Decoder:
     """A Ray Data map_batches callable: unpacks the bundle once per actor and decodes a column."""
 
     def __init__(self, files, column: str = "text", options: dict[str, Any] | None = None,
-                 load: dict[str, Any] | None = None):
+                 load: dict[str, Any] | None = None, position_column: str | None = None):
         if not isinstance(files, dict):  # the object-store reference decode_dataset passes
             import ray
 
@@ -61,9 +61,11 @@ class Decoder:
         self.model = Seq2Seq.load(self.directory, **{"providers": "cpu", "threads": 1, **(load or {})})
         self.options = SearchOptions(**{**(options or {}), "errors": "return"})
         self.column = column
+        self.position_column = position_column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.model.decode([str(text) for text in batch[self.column]], self.options)
+        positions = None if self.position_column is None else [int(p) for p in batch[self.position_column]]
+        results = self.model.decode([str(text) for text in batch[self.column]], self.options, positions=positions)
         batch["output"] = np.array([r.text if r.ok else None for r in results], dtype=object)
         batch["score"] = np.array([round(r.score, 6) if r.ok else np.nan for r in results], dtype=np.float64)
         batch["error"] = np.array([r.error for r in results], dtype=object)
@@ -74,19 +76,23 @@ class Decoder:
 
 
 def decode_dataset(dataset, bundle: str | Path, column: str = "text", concurrency: int = 2, batch_size: int = 4096,
-                   options: dict[str, Any] | None = None, load: dict[str, Any] | None = None, num_cpus: float = 1.0):
+                   options: dict[str, Any] | None = None, load: dict[str, Any] | None = None, num_cpus: float = 1.0,
+                   position_column: str | None = None):
     """`dataset` with `output`, `score` and `error` columns added by `concurrency` decoding actors.
 
     batch_size is the rows per call (sorted by length inside, like `seq2edge decode`'s 4,096-line
     chunks); options are SearchOptions fields, load Seq2Seq.load keywords (precision, unknown, ...).
+    Sampling draws follow a row's place in its batch, so they change where Ray cuts the batches
+    otherwise; position_column names a column of non-negative integers (a row id, a line number)
+    for them to follow instead.
     num_cpus is what each actor reserves: leave the reading tasks a CPU (on one 2-core machine, 2
     actors of 0.5), or Ray waits for a CPU that the actors hold."""
     import ray
 
     files = ray.put(pack_bundle(bundle))
-    return dataset.map_batches(Decoder, fn_constructor_args=(files,), fn_constructor_kwargs={"column": column,
-                               "options": options, "load": load}, batch_size=batch_size, concurrency=concurrency,
-                               batch_format="numpy", num_cpus=num_cpus)
+    kwargs = {"column": column, "options": options, "load": load, "position_column": position_column}
+    return dataset.map_batches(Decoder, fn_constructor_args=(files,), fn_constructor_kwargs=kwargs, batch_size=batch_size,
+                               concurrency=concurrency, batch_format="numpy", num_cpus=num_cpus)
 
 
 def main(argv: list[str] | None = None) -> None:

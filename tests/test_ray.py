@@ -36,3 +36,25 @@ def test_ray_data_output_equals_seq2edge_decode_on_10000_lines(local_ray, tiny_b
     assert [(r["text"], r["output"]) for r in rows] == [(e["input"], e["output"]) for e in expected]
     # Ray cuts its own batches: a score may differ in the last float32 digit, never a token
     assert max(abs(r["score"] - e["score"]) for r, e in zip(rows, expected)) < 1e-4
+
+
+def test_sampling_follows_a_position_column_whatever_the_batches(tiny_bundle):
+    """The actor class on batches cut two ways: with a position column, each row samples what one
+    decode() call over all rows samples; without one, draws follow the place in the batch."""
+    import numpy as np
+
+    from seq2edge.runtime import Seq2Seq
+    from seq2edge.runtime.ray_data import Decoder, pack_bundle
+
+    words = [e.source for e in C.load_cmudict().entries if e.source.isalpha()][:24]
+    whole = [r.text for r in Seq2Seq.load(tiny_bundle, providers="cpu").decode(words, sample=True, seed=9, temperature=2)]
+    options = {"sample": True, "seed": 9, "temperature": 2.0}
+    with_ids = Decoder(pack_bundle(tiny_bundle), options=options, position_column="id")
+    without = Decoder(pack_bundle(tiny_bundle), options=options)
+
+    def batched(decoder, size):
+        return [out for start in range(0, len(words), size) for out in decoder(
+            {"text": np.array(words[start:start + size], dtype=object), "id": np.arange(start, min(start + size, 24))})["output"]]
+
+    assert batched(with_ids, 5) == batched(with_ids, 24) == whole
+    assert batched(without, 5) != whole
