@@ -281,7 +281,7 @@ def test_node_library_refuses_bad_options_by_name(bundle):
     script = f"""
 import {{ loadBundle }} from {json.dumps(str(JS / "node.mjs"))};
 for (const [load, decode] of [[{{ tooLong: "cut" }}, {{}}], [{{ backend: "cuda" }}, {{}}], [{{ threads: 0 }}, {{}}],
-                              [{{}}, {{ batchSize: 0 }}], [{{}}, {{ positions: [0, -1] }}]]) {{
+                              [{{}}, {{ batchSize: 0 }}], [{{}}, {{ positions: [0, -1] }}], [{{}}, {{ sample: true, seed: 1.5 }}]]) {{
   try {{ await (await loadBundle({json.dumps(str(bundle))}, load)).decode(["edge", "onnx"], decode); console.log("decoded"); }}
   catch (err) {{ console.log(err.constructor.name + ": " + err.message); }}
 }}"""
@@ -291,7 +291,8 @@ for (const [load, decode] of [[{{ tooLong: "cut" }}, {{}}], [{{ backend: "cuda" 
         'Seq2EdgeError: backend must be one of "node", "wasm", not "cuda"',
         "Seq2EdgeError: threads must be an integer of at least 1, not 0",
         "Seq2EdgeError: batchSize must be an integer of at least 1",
-        "Seq2EdgeError: positions must be 2 non-negative integers, one per text"], proc.stderr
+        "Seq2EdgeError: positions must be 2 non-negative integers, one per text",
+        "Seq2EdgeError: seed must be an integer"], proc.stderr
 
 
 def browser_decode(bundle: Path, words: list[str], tmp_path: Path, query: str = "") -> dict:

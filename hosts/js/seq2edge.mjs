@@ -216,6 +216,7 @@ export class Seq2Seq {
     if (sample && beamSize > 1) problems.push("sampling and beam search cannot be combined; use beamSize 1 with sample");
     if (!(temperature > 0 && topK >= 0 && topP > 0 && topP <= 1)) problems.push("temperature must be > 0, topK >= 0 and 0 < topP <= 1");
     if ((maxLen !== null && !(maxLen >= 0)) || !(minLen >= 0)) problems.push("maxLen and minLen must not be negative");
+    if (!(Number.isInteger(seed) || typeof seed === "bigint")) problems.push("seed must be an integer");
     if (positions !== null && (positions.length !== texts.length || positions.some((p) => !(Number.isInteger(p) && p >= 0)))) {
       problems.push(`positions must be ${texts.length} non-negative integers, one per text`);
     }
@@ -492,7 +493,7 @@ function normalised(probs) {
 
 const MASK64 = (1n << 64n) - 1n;
 /** A uniform number in [0, 1) from (seed, input position, step) via splitmix64, as runtime/search.py's _uniform. */
-export function uniform(seed, position, t) {
+function uniform(seed, position, t) {
   let x = (BigInt.asUintN(64, BigInt(seed)) * 0x9E3779B97F4A7C15n + BigInt(position) * 0xBF58476D1CE4E5B9n
     + BigInt(t + 1) * 0x94D049BB133111EBn) & MASK64;
   x = ((x ^ (x >> 30n)) * 0xBF58476D1CE4E5B9n) & MASK64;
