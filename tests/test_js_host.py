@@ -174,8 +174,10 @@ def test_node_cli_reads_and_numbers_lines_as_seq2edge_decode_does(bundle, tmp_pa
     def records(proc):
         return [(r["line"], r["input"], r.get("output"), "error" in r) for r in map(json.loads, proc.stdout.splitlines())]
 
-    assert node.returncode == python.returncode == 1
-    assert records(node) == records(python)
+    piped = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), "--input", "-", "--jsonl"], input=path.read_bytes(),
+                           capture_output=True)
+    assert node.returncode == python.returncode == piped.returncode == 1
+    assert records(node) == records(python) and piped.stdout.decode() == node.stdout
     assert [line for line, *_ in records(node)] == [1, 4, 6, 7, 8]
     assert 'line 7: "ph\ufffdoneme": not valid UTF-8 (byte 2)' in node.stderr
 
@@ -268,9 +270,11 @@ def test_node_checks_the_bundle_like_the_python_runtime(bundle, tmp_path):
     (["--threads", "two"], '--threads "two" is not an integer'),
     (["--seed", "1.5"], '--seed "1.5" is not an integer'),
     (["--min-len", "5", "--max-len", "3"], "--min-len 5 is greater than --max-len 3"),
-    (["--sample", "--top-p", "0"], "0 < topP <= 1")])
+    (["--sample", "--top-p", "0"], "0 < topP <= 1"),
+    (["--input", "/nonexistent/words.txt"], "/nonexistent/words.txt: cannot read: No such file or directory")])
 def test_node_cli_refuses_a_bad_option_in_one_line_with_exit_2(bundle, flags, message):
-    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), *flags, "edge"], capture_output=True, text=True)
+    texts = [] if "--input" in flags else ["edge"]
+    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), *flags, *texts], capture_output=True, text=True)
     assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert proc.stdout == ""
 

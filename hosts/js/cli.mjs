@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // node hosts/js/cli.mjs BUNDLE [--beam N] [--nbest K] [--length-penalty A] [--max-len N] [--min-len N]
-//                       [--sample] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--batch-size N] [--input FILE]
+//                       [--sample] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--batch-size N] [--input FILE|-]
 //                       [--jsonl] [--backend node|wasm] [--precision fp32|int8] [--format onnx|ort]
 //                       [--greedy-graph|--no-greedy-graph] [--unknown error|unk|skip] [--too-long error|truncate]
 //                       [--threads N] [--ensemble BUNDLE ...] [TEXT ...]
@@ -71,7 +71,13 @@ async function main() {
     return 2;
   }
   // [line number, text, problem or undefined] for every input, as seq2edge decode reads them.
-  const inputs = texts.length ? texts.map((t, i) => [i + 1, t]) : inputLines(readFileSync(o.input ?? 0));
+  let inputs;
+  try {
+    inputs = texts.length ? texts.map((t, i) => [i + 1, t]) : inputLines(readFileSync(o.input === undefined || o.input === "-" ? 0 : o.input));
+  } catch (err) {
+    if (!err.code) throw err;
+    return usage(`error: ${o.input ?? "stdin"}: cannot read: ${READ_ERRORS[err.code] ?? err.message}`);
+  }
   const greedyGraph = o["greedy-graph"] ? true : o["no-greedy-graph"] ? false : null;
   if (greedyGraph === true && o.ensemble.length) {
     process.stderr.write("seq2edge-js: --greedy-graph decodes one model; an ensemble decodes step by step\n");
@@ -126,6 +132,8 @@ async function main() {
   process.stdout.write(lines.length ? `${lines.join("\n")}\n` : "");
   return failed ? 1 : 0;
 }
+
+const READ_ERRORS = { ENOENT: "No such file or directory", EISDIR: "Is a directory", EACCES: "Permission denied" };
 
 /** A file's or stdin's lines as [line number, text, problem]: a UTF-8 BOM dropped, trailing carriage returns cut, blank
  * lines skipped (but counted), and a line that is not UTF-8 kept as an error, as seq2edge decode reads its input. */
