@@ -280,6 +280,15 @@ def test_node_cli_refuses_a_bad_option_in_one_line_with_exit_2(bundle, flags, me
 
 
 @needs_node
+def test_node_cli_exits_141_quietly_when_its_reader_goes_away(bundle, words, tmp_path):
+    path = tmp_path / "many.txt"
+    path.write_text("\n".join(words * 4) + "\n")  # over a pipe's 64 KiB of output
+    proc = subprocess.run(f"{NODE} {JS / 'cli.mjs'} {bundle} --input {path} | head -1; exit ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 141 and proc.stdout.count("\n") == 1 and proc.stderr == ""
+
+
+@needs_node
 def test_node_library_refuses_bad_options_by_name(bundle):
     """The library checks what its callers pass (an app, not only the CLI): each a Seq2EdgeError naming the option."""
     script = f"""

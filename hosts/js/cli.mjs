@@ -176,4 +176,9 @@ function firstInvalidUtf8(bytes) {
   return -1;
 }
 
+// The reader of stdout went away (`| head`): stop quietly with 141, as seq2edge decode and other pipeline writers do.
+process.stdout.on("error", (err) => {
+  if (err.code !== "EPIPE") throw err;
+  process.exit(141);
+});
 process.exitCode = await main();
