@@ -152,8 +152,10 @@ class Seq2Seq:
         """
         if isinstance(texts, str):
             raise TypeError("decode() takes a list of texts; wrap a single text in a list")
-        if positions is not None and (len(positions) != len(texts) or any(int(p) < 0 for p in positions)):
-            raise Seq2EdgeError(f"positions must be {len(texts)} non-negative integers, one per text")
+        if positions is not None:
+            positions = list(positions)
+            if len(positions) != len(texts) or not all(isinstance(p, (int, np.integer)) and 0 <= p < 2**63 for p in positions):
+                raise Seq2EdgeError(f"positions must be {len(texts)} non-negative integers, one per text")
         options = SearchOptions.of(options, **keywords)
         limits = self._limits(options)
         results: list[Result | None] = [None] * len(texts)

@@ -133,8 +133,9 @@ def test_positions_let_a_job_cut_into_calls_sample_as_one_call(tiny_model, dev_w
              for r in tiny_model.decode(words[start:end], sample=True, seed=4, positions=range(start, end))]
     assert parts == whole
     assert [r.tokens for r in tiny_model.decode(words[7:14], sample=True, seed=4)] != whole[7:14]
-    with pytest.raises(Seq2EdgeError, match="positions must be 2 non-negative integers"):
-        tiny_model.decode(words[:2], positions=[0])
+    for bad in ([0], [0, -1], [0, 1.5], [0, "1"]):
+        with pytest.raises(Seq2EdgeError, match="positions must be 2 non-negative integers"):
+            tiny_model.decode(words[:2], positions=bad)
 
 
 def test_sampling_with_top_k_1_or_tiny_top_p_is_greedy(tiny_model, dev_words):
