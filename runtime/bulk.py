@@ -51,14 +51,18 @@ class Line:
 
 def decode_chunk(model: Seq2Seq, job: Job, chunk: list[tuple[int, str, str | None]]) -> list[Line]:
     """Decode a chunk of (line number, line, problem) and format every line of it."""
-    texts: list[str | None] = []
-    for _, line, problem in chunk:
-        texts.append(None if problem is not None else _column(line, job.column))
-    good = [t for t in texts if isinstance(t, str)]
+    texts: list[str | _MissingColumn | None] = []
+    good: list[str] = []
     # Sampling draws follow the line number, not the place in this chunk, so that they do not depend
     # on where a chunk was cut (chunk size, a pause in a live stream) or on a bad line before.
-    lines_of_good = [number - 1 for (number, _, _), t in zip(chunk, texts) if isinstance(t, str)]
-    results = iter(model.decode(good, job.options, positions=lines_of_good)) if good else iter(())
+    positions: list[int] = []
+    for number, line, problem in chunk:
+        text = None if problem is not None else _column(line, job.column)
+        texts.append(text)
+        if isinstance(text, str):
+            good.append(text)
+            positions.append(number - 1)
+    results = iter(model.decode(good, job.options, positions=positions)) if good else iter(())
     lines = []
     for (number, line, problem), text in zip(chunk, texts):
         result = None

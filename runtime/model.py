@@ -169,14 +169,15 @@ class Seq2Seq:
                 results[i] = Result(input=text if isinstance(text, str) else repr(text), error=str(exc))
         ready.sort(key=lambda p: len(p.ids))
         strategy = search.STRATEGIES[options.strategy]
+        position_of = range(len(texts)) if positions is None else positions  # sampling draws follow these
         for start in range(0, len(ready), options.batch_size):
             chunk = ready[start : start + options.batch_size]
             if self._greedy_graph_decodes(options, len(chunk)):
                 found = self._greedy_graph(chunk, limits)
             else:
                 stepper, state = self._encode(chunk)
-                where = [p.index for p in chunk] if positions is None else [int(positions[p.index]) for p in chunk]
-                found = strategy(stepper, state, np.array(where, dtype=np.int64), limits, options)
+                found = strategy(stepper, state, np.array([position_of[p.index] for p in chunk], dtype=np.int64), limits,
+                                 options)
             for source, hyps in zip(chunk, found):
                 results[source.index] = self._result(texts[source.index], source, hyps)
         return results  # type: ignore[return-value]

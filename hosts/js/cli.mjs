@@ -11,7 +11,7 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
-import { isBlank, loadBundle, Seq2EdgeError } from "./node.mjs";
+import { BACKENDS, GRAPH_FORMATS, isBlank, loadBundle, Seq2EdgeError, TOO_LONG_POLICIES, UNKNOWN_POLICIES } from "./node.mjs";
 
 const SOURCE_LINES = readFileSync(new URL(import.meta.url)).toString().split("\n");
 const HELP = SOURCE_LINES.slice(1, SOURCE_LINES.findIndex((l) => !l.startsWith("//") && !l.startsWith("#!"))).map((l) => l.slice(3)).join("\n");
@@ -49,8 +49,8 @@ async function main() {
     if (least !== undefined && value < least) return usage(`--${name} must be at least ${least}, not ${value}`);
     numbers[name] = value;
   }
-  for (const [name, allowed] of [["backend", ["node", "wasm"]], ["unknown", ["error", "unk", "skip"]],
-    ["too-long", ["error", "truncate"]], ["format", [undefined, "onnx", "ort"]]]) {
+  for (const [name, allowed] of [["backend", BACKENDS], ["unknown", UNKNOWN_POLICIES], ["too-long", TOO_LONG_POLICIES],
+    ["format", [undefined, ...GRAPH_FORMATS]]]) {
     const value = parsed.values[name];
     if (!allowed.includes(value)) return usage(`--${name} must be one of ${allowed.filter(Boolean).join(", ")}, not ${JSON.stringify(value)}`);
   }
@@ -89,8 +89,7 @@ async function main() {
       unknown: o.unknown, tooLong: o["too-long"], ensemble: o.ensemble });
   } catch (err) {
     if (!(err instanceof Seq2EdgeError)) throw err;
-    process.stderr.write(`seq2edge-js: error: ${err.message}\n`);
-    return 2;
+    return usage(`error: ${err.message}`);
   }
   const nbest = numbers.nbest;
   const good = inputs.filter(([, , problem]) => problem === undefined);
@@ -102,12 +101,11 @@ async function main() {
       seed: BigInt(o.seed), positions: good.map(([number]) => number - 1) });
   } catch (err) {
     if (!(err instanceof Seq2EdgeError)) throw err;
-    process.stderr.write(`seq2edge-js: error: ${err.message}\n`);
-    return 2;
+    return usage(`error: ${err.message}`);
   }
-  decoded.reverse();
+  let next = 0;  // decoded[k] is good[k]'s result
   const results = inputs.map(([number, text, problem]) => ({ line: number,
-    ...(problem === undefined ? decoded.pop() : { input: text, error: problem }) }));
+    ...(problem === undefined ? decoded[next++] : { input: text, error: problem }) }));
   let failed = 0;
   const lines = [];
   results.forEach((r) => {
@@ -142,12 +140,12 @@ function inputLines(bytes) {
   const decoder = new TextDecoder("utf-8", { ignoreBOM: true });  // a BOM is text but at the very start, as in Python
   let start = 0;
   for (let number = 1; start < bytes.length; number++) {
-    let end = bytes.indexOf(0x0a, start);
-    const next = end < 0 ? bytes.length : end + 1;
-    end = end < 0 ? bytes.length : end;
+    const newline = bytes.indexOf(0x0a, start);
+    let end = newline < 0 ? bytes.length : newline;
+    const after = end + 1;
     while (end > start && bytes[end - 1] === 0x0d) end -= 1;
     const raw = bytes.subarray(start, end);
-    start = next;
+    start = after;
     const bad = firstInvalidUtf8(raw);
     let text = decoder.decode(raw);
     if (number === 1) text = text.replace(/^\ufeff/, "");

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { BundleError, oneOf, Seq2EdgeError, Seq2Seq, sessionConfig } from "./seq2edge.mjs";
 
 export * from "./seq2edge.mjs";
+export const BACKENDS = ["node", "wasm"];  // onnxruntime-node, or onnxruntime-web's WebAssembly
 
 /** Load the bundle directory `dir`. options: backend ("node" | "wasm"), threads, precision, format ("onnx" | "ort"),
  * unknown, tooLong, useGreedyGraph ("auto" | true | false), ensemble (more bundle directories that decode with
@@ -21,7 +22,7 @@ export async function loadBundle(dir, { ensemble = [], ...options } = {}) {
 }
 
 async function loadOne(dir, { backend = "node", threads = 1, format, ...options }) {
-  oneOf("backend", backend, ["node", "wasm"]);
+  oneOf("backend", backend, BACKENDS);
   if (!(Number.isInteger(threads) && threads >= 1)) throw new Seq2EdgeError(`threads must be an integer of at least 1, not ${threads}`);
   const ort = backend === "wasm" ? await import("onnxruntime-web") : await import("onnxruntime-node");
   if (backend === "wasm") ort.env.wasm.numThreads = threads;

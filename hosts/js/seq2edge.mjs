@@ -11,6 +11,9 @@
 import { SentencePiece } from "./sentencepiece.mjs";
 
 export const FORMAT_VERSION = 1;
+export const UNKNOWN_POLICIES = ["error", "unk", "skip"];
+export const TOO_LONG_POLICIES = ["error", "truncate"];
+export const GRAPH_FORMATS = ["onnx", "ort"];
 export const SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"];
 const PORTS = {  // the ONNX contract (runtime/interface.py in the Python package)
   encoder: {
@@ -113,10 +116,10 @@ export const sessionConfig = () => ({ session: { disable_quant_qdq: "1" } });
 export class Seq2Seq {
   static async load({ ort, read, sha256, sessionOptions = {}, precision = "fp32", unknown = "error", tooLong = "error",
                       useGreedyGraph = "auto" }) {
-    oneOf("unknown", unknown, ["error", "unk", "skip"]);
-    oneOf("tooLong", tooLong, ["error", "truncate"]);
+    oneOf("unknown", unknown, UNKNOWN_POLICIES);
+    oneOf("tooLong", tooLong, TOO_LONG_POLICIES);
     oneOf("useGreedyGraph", useGreedyGraph, ["auto", true, false]);
-    oneOf("format", sessionOptions.format, [undefined, "onnx", "ort"]);
+    oneOf("format", sessionOptions.format, [undefined, ...GRAPH_FORMATS]);
     let meta;
     try {
       meta = JSON.parse(new TextDecoder().decode(await read("bundle.json")));
