@@ -13,53 +13,17 @@ PIP        := PYTHONWARNINGS=ignore $(BIN)/python -m pip --disable-pip-version-c
 
 BUNDLE     := models/g2p-en
 CHECKPOINT := models/g2p-en-checkpoint
-# The shipped G2P model (README "The shipped model" gives its figures).
-BIG_ARGS   := --corpus cmudict --cell lstm --attention dot --input-feed --bidirectional --layers 2 \
-              --embed 64 --hidden 384 --dropout 0.25 --label-smoothing 0.1 --batch-size 64 --lr 0.002 \
-              --epochs 40 --patience 5 --threads 2
-TRAIN_ARGS ?= $(BIG_ARGS) --max-minutes 270 --seed 0
+# The shipped models' training recipes are files (recipes/*.yaml, `seq2edge train --config`); their
+# cards (models/NAME/README.md) give the figures. TRAIN_ARGS adds or overrides options, e.g. TRAIN_ARGS="--seed 3".
+TRAIN_ARGS ?=
 
-# The small model: a GRU student distilled in six cycles (README "The small model"). Cycles 1-4 learn
-# from the shipped model: its beam-5 outputs and the references; those outputs alone from the first
-# cycle's weights with a fresh learning rate; those outputs and its per-step distributions (--kd
-# seq+token); the same with 120,000 more English words that CMUdict lacks, labelled by the teacher
-# (--extra-inputs, from wordfreq's word list). Cycle 5 learns the same way from an ensemble of three
-# models: the shipped one and two more trained with its settings from other seeds ($(SMALL_MEMBER2)
-# and $(SMALL_MEMBER3), about 3.5 hours of training); cycle 6 as cycle 5 with more weight on the
-# ensemble's distributions (--kd-alpha 0.8) and a lower learning rate. Teachers' outputs are cached for
-# all cycles in $(SMALL_TEACHER_CACHE).
+# The small model: a GRU student distilled in six cycles (models/g2p-en-small/README.md), taught by the
+# shipped model (cycles 1-4) and then by an ensemble of it and two more models trained with its recipe from
+# other seeds (cycles 5-6). The teachers' outputs are cached for all cycles in build/g2p-en-small-teacher/.
 SMALL            := models/g2p-en-small
 SMALL_CHECKPOINT := models/g2p-en-small-checkpoint
-SMALL_CYCLE1     := build/g2p-en-small-cycle1
-SMALL_CYCLE2     := build/g2p-en-small-cycle2
-SMALL_CYCLE3     := build/g2p-en-small-cycle3
-SMALL_CYCLE4     := build/g2p-en-small-cycle4
-SMALL_CYCLE5     := build/g2p-en-small-cycle5
-SMALL_MEMBER2    := build/g2p-en-member2
-SMALL_MEMBER3    := build/g2p-en-member3
+SMALL_RECIPES    := recipes/g2p-en-small
 EXTRA_WORDS      := build/english-words.txt
-SMALL_TEACHER_CACHE := build/g2p-en-small-teacher
-SMALL_CYCLE1_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --kd seq --kd-beam 5 --kd-mix-references \
-              --cell gru --attention dot --input-feed --bidirectional --layers 1 --embed 64 --hidden 256 \
-              --dropout 0.1 --label-smoothing 0.1 --batch-size 64 --lr 0.002 --epochs 17 --patience 6 \
-              --dev-limit 4000 --seed 0 --threads 2
-SMALL_CYCLE2_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --kd seq --kd-beam 5 --kd-teacher-only \
-              --label-smoothing 0.1 --batch-size 64 --lr 0.001 --lr-patience 2 --epochs 22 --patience 6 \
-              --dev-limit 4000 --seed 1 --threads 2
-SMALL_CYCLE3_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --kd seq+token --kd-beam 5 --kd-teacher-only \
-              --kd-alpha 0.5 --kd-top-k 8 --label-smoothing 0.1 --batch-size 64 --lr 0.0005 --lr-patience 2 \
-              --epochs 45 --patience 8 --dev-limit 4000 --seed 2 --threads 2
-SMALL_CYCLE4_ARGS ?= --corpus cmudict --teacher $(BUNDLE) --kd seq+token --kd-beam 5 --kd-teacher-only \
-              --kd-alpha 0.5 --kd-top-k 8 --extra-inputs $(EXTRA_WORDS) --label-smoothing 0.1 --batch-size 64 \
-              --lr 0.001 --lr-patience 2 --epochs 40 --patience 8 --dev-limit 4000 --seed 3 --threads 2
-# Cycles 5 and 6: the three-model ensemble's greedy outputs and distributions (the same cached labels),
-# told apart by the weight of the distributions, the learning rate and the seed.
-SMALL_ENSEMBLE_KD := --corpus cmudict --teacher $(BUNDLE) --teacher $(SMALL_MEMBER2)-bundle \
-              --teacher $(SMALL_MEMBER3)-bundle --kd seq+token --kd-beam 1 --kd-teacher-only --kd-top-k 8 \
-              --extra-inputs $(EXTRA_WORDS) --label-smoothing 0.1 --batch-size 64 --lr-patience 2 --epochs 40 \
-              --patience 6 --dev-limit 4000 --threads 2
-SMALL_CYCLE5_ARGS ?= $(SMALL_ENSEMBLE_KD) --kd-alpha 0.5 --lr 0.0005 --seed 5
-SMALL_CYCLE6_ARGS ?= $(SMALL_ENSEMBLE_KD) --kd-alpha 0.8 --lr 0.00025 --seed 6
 
 JS_DEPS := hosts/js/node_modules/.installed
 
@@ -103,7 +67,7 @@ fresh = @test ! -e $(1)/model.safetensors || { echo "$(1) holds the shipped mode
 
 train: $(FULL)
 	$(call fresh,$(CHECKPOINT))
-	$(BIN)/seq2edge train $(TRAIN_ARGS) --out $(CHECKPOINT)
+	$(BIN)/seq2edge train --config recipes/g2p-en.yaml $(TRAIN_ARGS) --out $(CHECKPOINT)
 
 export: $(FULL)
 	$(BIN)/seq2edge export $(CHECKPOINT) $(BUNDLE) --int8 --force
@@ -114,21 +78,16 @@ eval: $(FULL)
 
 train-small: $(FULL) $(EXTRA_WORDS)
 	$(call fresh,$(SMALL_CHECKPOINT))
-	$(BIN)/seq2edge train $(SMALL_CYCLE1_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --out $(SMALL_CYCLE1)
-	$(BIN)/seq2edge train $(SMALL_CYCLE2_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --init-from $(SMALL_CYCLE1) --out $(SMALL_CYCLE2)
-	$(BIN)/seq2edge train $(SMALL_CYCLE3_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --init-from $(SMALL_CYCLE2) --out $(SMALL_CYCLE3)
-	$(BIN)/seq2edge train $(SMALL_CYCLE4_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --init-from $(SMALL_CYCLE3) --out $(SMALL_CYCLE4)
-	$(BIN)/seq2edge train $(BIG_ARGS) --seed 1 --max-minutes 115 --out $(SMALL_MEMBER2)
-	$(BIN)/seq2edge export $(SMALL_MEMBER2) $(SMALL_MEMBER2)-bundle --force
-	$(BIN)/seq2edge train $(BIG_ARGS) --seed 2 --out $(SMALL_MEMBER3)
-	$(BIN)/seq2edge export $(SMALL_MEMBER3) $(SMALL_MEMBER3)-bundle --force
-	$(BIN)/seq2edge train $(SMALL_CYCLE5_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --init-from $(SMALL_CYCLE4) --out $(SMALL_CYCLE5)
-	$(BIN)/seq2edge train $(SMALL_CYCLE6_ARGS) --kd-cache $(SMALL_TEACHER_CACHE) --init-from $(SMALL_CYCLE5) --out $(SMALL_CHECKPOINT)
+	for n in 1 2 3 4; do $(BIN)/seq2edge train --config $(SMALL_RECIPES)/cycle$$n.yaml $(TRAIN_ARGS) --out build/g2p-en-small-cycle$$n || exit; done
+	for m in member2 member3; do $(BIN)/seq2edge train --config $(SMALL_RECIPES)/$$m.yaml --out build/g2p-en-$$m && \
+	    $(BIN)/seq2edge export build/g2p-en-$$m build/g2p-en-$$m-bundle --force || exit; done
+	$(BIN)/seq2edge train --config $(SMALL_RECIPES)/cycle5.yaml $(TRAIN_ARGS) --out build/g2p-en-small-cycle5
+	$(BIN)/seq2edge train --config $(SMALL_RECIPES)/cycle6.yaml $(TRAIN_ARGS) --out $(SMALL_CHECKPOINT)
 
 # Unlabelled words for the fourth cycle: wordfreq's list is data inside the package (msgpack), nothing is downloaded.
 $(EXTRA_WORDS): | $(FULL)
 	$(BIN)/python -c "import wordfreq" 2>/dev/null || $(PIP) install 'wordfreq>=3.1'
-	$(BIN)/python tools/english_words.py $@ --count 120000
+	$(BIN)/python -m seq2edge.train.english_words $@ --count 120000
 
 export-small: $(FULL)
 	$(BIN)/seq2edge export $(SMALL_CHECKPOINT) $(SMALL) --int8 --greedy-graph --force
@@ -142,7 +101,7 @@ soak: $(FULL)
 	$(BIN)/python -m pytest -q -s -m slow tests/test_load.py
 
 lint: $(FULL)
-	$(BIN)/ruff check runtime train export bench tests examples tools
+	$(BIN)/ruff check runtime train export bench tests examples
 
 bench: $(FULL) $(JS_DEPS)
 	$(BIN)/seq2edge bench $(BUNDLE) $(SMALL) --checkpoint $(CHECKPOINT) --checkpoint $(SMALL_CHECKPOINT) \

@@ -36,7 +36,7 @@ GATES = {"GRU": 3, "RNN": 1}  # the ops rewritten, and their gate blocks
 _PLAIN_ATTRIBUTES = {"hidden_size", "direction", "linear_before_reset"}
 INT64_MIN = np.iinfo(np.int64).min
 
-# Measured by tools/loop_crossover.py (one thread, this project's 2-core AMD EPYC with AVX-512 VNNI):
+# Measured by python -m seq2edge.bench.loop_crossover (one thread, this project's 2-core AMD EPYC with AVX-512 VNNI):
 # the Loop beat a bidirectional GRU node from batch 12 at 128 units per direction, 32-48 at 64 units,
 # 24 at 96, 8 at 192 and 256, and only from 128 at 32 units (unidirectional: about the same batches);
 # an RNN node (one gate, and onnxruntime's RNN kernel is slow) from batch 12 at 64 units and 8 at 128.

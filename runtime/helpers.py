@@ -4,7 +4,7 @@ They keep work on the device that would otherwise need a copy to the host:
 the k best ids of each row (TopK), the whole distribution when sampling (Add),
 reordering and dropping rows (Gather), copying attention out (Identity). The
 runtime cannot import onnx, so the serialised graphs are stored here;
-tools/helper_graphs.py builds them and tests check that the bytes match.
+seq2edge.export.helper_graphs builds them and tests check that the bytes match.
 """
 
 # fmt: off

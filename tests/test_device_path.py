@@ -4,19 +4,14 @@ On a GPU it keeps state on the device; here it runs on the CPU provider through
 the very same code, which is what `make test` can check without a GPU.
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from seq2edge.export import helper_graphs
 from seq2edge.runtime import Seq2Seq, helpers
 from seq2edge.runtime.backend import DeviceBackend, HostBackend, Stepper
 from seq2edge.runtime.options import SearchOptions
 from seq2edge.runtime.util import pad_batch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import helper_graphs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +21,7 @@ def bound(tiny_bundle):
 
 def test_the_embedded_helper_graphs_are_what_onnx_builds():
     for name, data in helper_graphs.build().items():
-        assert getattr(helpers, name) == data, f"runtime/helpers.py {name} is stale: run tools/helper_graphs.py"
+        assert getattr(helpers, name) == data, f"runtime/helpers.py {name} is stale: run python -m seq2edge.export.helper_graphs"
 
 
 def test_io_binding_is_off_on_the_cpu_by_default(tiny_model, bound):

@@ -212,7 +212,7 @@ def _threshold(model: onnx.ModelProto) -> int:
 
 
 def test_the_loop_takes_over_from_the_batch_where_it_wins_and_small_layers_keep_their_node():
-    """tools/loop_crossover.py: a 128-unit GRU's Loop wins from batch 12, a 64-unit one's from 32-48,
+    """seq2edge.bench.loop_crossover: a 128-unit GRU's Loop wins from batch 12, a 64-unit one's from 32-48,
     a 32-unit one's not below 128; an RNN's sooner. A fixed threshold would slow small layers down."""
     from seq2edge.export.recurrent_loop import loop_min_batch
 

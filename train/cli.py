@@ -11,9 +11,11 @@ from seq2edge.runtime.interface import PRECISIONS
 
 from .distill import KD_MODES
 from .evaluate import EVAL_SPLITS
+from .recipe import config_option
 
 
 @click.command()
+@config_option("train")
 @click.option("--corpus", default="cmudict", show_default=True, help="cmudict, or a UTF-8 TSV file of source<TAB>target lines.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint directory to write.")
 @click.option("--cell", type=click.Choice(CELLS), default="lstm", show_default=True)
@@ -91,7 +93,7 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
 
     if corpus != "cmudict":  # recorded absolute, so eval and export find it from any directory
         corpus = str(Path(corpus).resolve())
-    given = _given_on_command_line()
+    given = _given()
     if (not teacher) != (kd is None):
         raise click.UsageError("--teacher and --kd go together")
     if kd_cache is not None and kd is None:
@@ -139,9 +141,11 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
 _SAVED_NAME = {"limit": "train_limit"}
 
 
-def _given_on_command_line() -> set[str]:
+def _given() -> set[str]:
+    """Options set on the command line or by a --config recipe (not click's defaults)."""
     ctx = click.get_current_context()
-    return {name for name in ctx.params if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    given = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.DEFAULT_MAP)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) in given}
 
 
 # Options that the --init-from checkpoint fixes (its config.json and vocabularies).

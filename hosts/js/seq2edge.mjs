@@ -453,7 +453,7 @@ export class Seq2Seq {
 /**
  * One id drawn from softmax(row / temperature) within topK and topP, as runtime/search.py's _sample: in float32 like
  * numpy, ties kept in id order, `u` from uniform(). numpy's float32 exp is not correctly rounded, so a draw that falls
- * within float32 rounding of the boundary between two ids may pick the other one (tools/sampling_parity.py measures it).
+ * within float32 rounding of the boundary between two ids may pick the other one (python -m seq2edge.bench.sampling_parity measures it).
  */
 function sampleId(row, { temperature, topK, topP }, u) {
   const V = row.length;

@@ -1,6 +1,6 @@
 """Where an int8 encoder's GRU Loop (export/recurrent_loop.py) overtakes the fused GRU node.
 
-    python tools/loop_crossover.py [--op GRU|RNN] [--directions 2|1] [--hidden 32,64,96,128,192,256] [--steps 8,30]
+    python -m seq2edge.bench.loop_crossover [--op GRU|RNN] [--directions 2|1] [--hidden 32,64,96,128,192,256] [--steps 8,30]
 
 For each hidden size per direction and source length: a GRU or RNN layer (64 inputs, random
 weights) written as export writes it, rewritten with the Loop for every batch and for none, timed
@@ -59,21 +59,25 @@ def seconds(s: ort.InferenceSession, feeds: dict, calls: int = 40) -> float:
 @click.option("--directions", type=click.Choice(["1", "2"]), default="2", show_default=True)
 @click.option("--hidden", default="32,64,96,128,192,256", show_default=True)
 @click.option("--steps", default="8,30", show_default=True)
-def main(op: str, directions: str, hidden: str, steps: str) -> None:
+@click.option("--batches", default=",".join(map(str, BATCHES)), show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True, help="Timed runs per setting (the best counts).")
+@click.option("--calls", type=click.IntRange(min=1), default=40, show_default=True, help="Calls per timed run.")
+def main(op: str, directions: str, hidden: str, steps: str, batches: str, rounds: int, calls: int) -> None:
     rng = np.random.default_rng(1)
-    print("hidden  steps  " + "  ".join(f"{b:>5d}" for b in BATCHES) + "   (Loop speed-up over the node, by batch size)")
+    sizes = [int(b) for b in batches.split(",")]
+    print("hidden  steps  " + "  ".join(f"{b:>5d}" for b in sizes) + "   (Loop speed-up over the node, by batch size)")
     for h in (int(x) for x in hidden.split(",")):
         node, loop = session(op, int(directions), h, 10**9), session(op, int(directions), h, 1)
         for s in (int(x) for x in steps.split(",")):
             row = []
-            for batch in BATCHES:
+            for batch in sizes:
                 feeds = {"x": rng.normal(0, 1, (s, batch, 64)).astype(np.float32),
                          "lengths": rng.integers(max(1, s - 3), s + 1, batch).astype(np.int32)}
                 seconds(node, feeds, 3), seconds(loop, feeds, 3)
                 best = {"node": 1e9, "loop": 1e9}
-                for _ in range(5):
-                    best["node"] = min(best["node"], seconds(node, feeds))
-                    best["loop"] = min(best["loop"], seconds(loop, feeds))
+                for _ in range(rounds):
+                    best["node"] = min(best["node"], seconds(node, feeds, calls))
+                    best["loop"] = min(best["loop"], seconds(loop, feeds, calls))
                 row.append(best["node"] / best["loop"])
             print(f"{h:6d}  {s:5d}  " + "  ".join(f"{x:5.2f}" for x in row))
 

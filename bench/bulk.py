@@ -1,9 +1,9 @@
 """Lines/s of bulk decoding: `seq2edge decode --workers 1|2` (fp32, int8) and the Ray Data recipe, one run.
 
-    python tools/bulk_bench.py [--lines 40000]
+    python -m seq2edge.bench.bulk [--lines 40000] [--bundle models/g2p-en] [--no-ray]
 
 Inputs are CMUdict headwords (single words, as in a lexicon or a TTS corpus), repeated to --lines.
-Times whole commands (start-up included) and prints README's "Bulk decoding" table, with the time a
+Times whole commands (start-up included) and prints docs/bulk.md's table, with the time a
 200 MB file of such words (13.9 M lines, the size users reported) would take at each rate.
 """
 
@@ -19,7 +19,6 @@ from pathlib import Path
 from seq2edge.train import corpus as C
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "models" / "g2p-en"
 LINES_IN_200_MB = 13_900_000
 
 
@@ -29,15 +28,17 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=40_000)
-    args = parser.parse_args()
+    parser.add_argument("--bundle", type=Path, default=REPO / "models" / "g2p-en")
+    parser.add_argument("--no-ray", action="store_true", help="Leave out the Ray Data rows.")
+    args = parser.parse_args(argv)
     words = [e.source for e in C.load_cmudict().entries]
     work = Path(tempfile.mkdtemp(prefix="bulk-bench."))
     path = work / "words.txt"
     path.write_text("\n".join((words * (args.lines // len(words) + 1))[: args.lines]) + "\n")
-    decode = [sys.executable, "-m", "seq2edge.runtime.cli", "decode", str(BUNDLE), "--input", str(path), "--unknown", "unk",
+    decode = [sys.executable, "-m", "seq2edge.runtime.cli", "decode", str(args.bundle), "--input", str(path), "--unknown", "unk",
               "--output", str(work / "out.txt")]
     print("| run | precision | lines/s | vs 1 worker | 200 MB of words |\n|---|---|---|---|---|")
     for precision in ("fp32", "int8"):
@@ -45,9 +46,9 @@ def main() -> None:
         two = args.lines / timed([*decode, "--precision", precision, "--workers", "2"])
         for name, rate in (("--workers 1", one), ("--workers 2", two)):
             print(f"| {name} | {precision} | {rate:.0f} | {rate / one:.2f}x | {LINES_IN_200_MB / rate / 60:.0f} min |", flush=True)
-    ray = [sys.executable, "-m", "seq2edge.runtime.ray_data", str(BUNDLE), str(path), str(work / "ray"), "--concurrency", "2",
+    ray = [sys.executable, "-m", "seq2edge.runtime.ray_data", str(args.bundle), str(path), str(work / "ray"), "--concurrency", "2",
            "--cpus-per-actor", "0.5", "--unknown", "unk"]
-    for precision in ("fp32", "int8"):
+    for precision in (() if args.no_ray else ("fp32", "int8")):
         rate = args.lines / timed([*ray, "--precision", precision, "--address", "local"])
         print(f"| Ray Data, 2 actors, local | {precision} | {rate:.0f} | | {LINES_IN_200_MB / rate / 60:.0f} min |", flush=True)
         subprocess.run(["rm", "-rf", str(work / "ray")], check=True)

@@ -1,9 +1,9 @@
 """Words/s of the Python runtime and the JavaScript host on the same words, one thread, in one run.
 
-    python tools/decode_anywhere_bench.py BUNDLE [--words 1000]
+    python -m seq2edge.bench.hosts BUNDLE [--words 1000]
 
-BUNDLE must have greedy graphs (`seq2edge export CKPT BUNDLE --greedy-graph`). Prints README's
-"Decode anywhere" table: per-step and greedy-graph decoding at batch 1 and 64, in Python
+BUNDLE must have greedy graphs (`seq2edge export CKPT BUNDLE --greedy-graph`). Prints docs/hosts.md's
+table: per-step and greedy-graph decoding at batch 1 and 64, in Python
 (onnxruntime), Node (onnxruntime-node) and Node with onnxruntime-web's wasm.
 """
 
@@ -39,11 +39,11 @@ def node_rate(bundle: Path, words_file: Path, batch: int, backend: str, graph: b
     return float(out.stdout)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--words", type=int, default=1000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     words = [e.source for e in C.split(C.load_cmudict().entries, "test")][: args.words]
     words_file = Path(tempfile.mkdtemp()) / "words.txt"
     words_file.write_text("\n".join(words) + "\n")

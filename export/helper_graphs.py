@@ -2,7 +2,7 @@
 
 The runtime cannot import onnx, so these small graphs are stored there as bytes;
 tests/test_device_path.py rebuilds them with this module and checks the bytes match.
-Run `python tools/helper_graphs.py` after changing a definition here, and paste its output.
+Run `python -m seq2edge.export.helper_graphs` after changing a definition here, and paste its output.
 """
 
 from __future__ import annotations

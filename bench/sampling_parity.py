@@ -1,6 +1,6 @@
 """How often the JavaScript host samples other tokens than the Python runtime with the same seed.
 
-    python tools/sampling_parity.py models/g2p-en [--words 12640]
+    python -m seq2edge.bench.sampling_parity models/g2p-en [--words 12640]
 
 Both hosts draw from (seed, input position, step) alone and compute the distribution in float32,
 so they can differ only where a draw lands within float32 rounding of the line between two tokens
@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 SETTINGS = (dict(temperature=1.5, seed=3), dict(temperature=2.0, top_k=5, seed=4), dict(temperature=1.5, top_p=0.8, seed=5))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--words", type=int, default=12640)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     words = [e.source for e in C.split(C.load_cmudict().entries, "test")][: args.words]
     model = Seq2Seq.load(args.bundle, providers="cpu", threads=1, unknown="unk")
     draws = differing = 0

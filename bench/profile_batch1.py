@@ -1,6 +1,6 @@
-"""Where a batch-1 decode spends its time: one word per call, as a device app calls (README "Performance").
+"""Where a batch-1 decode spends its time: one word per call, as a device app calls (docs/performance.md).
 
-    python tools/profile_batch1.py BUNDLE [--words 2000]
+    python -m seq2edge.bench.profile_batch1 BUNDLE [--words 2000]
 
 For each precision of BUNDLE, step by step and (where the bundle has one) through the greedy graph,
 one thread: words/s and the share of the time inside onnxruntime's session.run, measured without a
@@ -21,12 +21,12 @@ from seq2edge.runtime import Seq2Seq
 from seq2edge.train import corpus as C
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--words", type=int, default=2000)
     parser.add_argument("--top", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     words = [e.source for e in C.split(C.load_cmudict().entries, "test")][: args.words]
     for precision in ("fp32", "int8"):
         for greedy_graph in (False, True):

@@ -1,6 +1,6 @@
-"""Where a long batch-64 run of single words spends its time, per precision (README "Bulk decoding").
+"""Where a long batch-64 run of single words spends its time, per precision (docs/bulk.md).
 
-    python tools/profile_bulk.py [--words 12000]
+    python -m seq2edge.bench.profile_bulk [--words 12000] [--bundle models/g2p-en]
 
 Decodes CMUdict headwords in 4,096-line chunks exactly as `seq2edge decode --format jsonl` does
 (runtime.bulk.decode_chunk), one thread, under cProfile, and prints the share of time inside
@@ -25,14 +25,15 @@ from seq2edge.train import corpus as C
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--words", type=int, default=12000)
-    args = parser.parse_args()
+    parser.add_argument("--bundle", type=Path, default=REPO / "models" / "g2p-en")
+    args = parser.parse_args(argv)
     words = [e.source for e in C.load_cmudict().entries][: args.words]
     lines = [(i + 1, w, None) for i, w in enumerate(words)]
     for precision in ("fp32", "int8"):
-        model = Seq2Seq.load(REPO / "models" / "g2p-en", providers="cpu", threads=1, precision=precision, unknown="unk")
+        model = Seq2Seq.load(args.bundle, providers="cpu", threads=1, precision=precision, unknown="unk")
         job = Job("", {}, SearchOptions(errors="return"), "jsonl")
         profile = cProfile.Profile()
         with SessionTimer(model) as timer:

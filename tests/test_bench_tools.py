@@ -1,0 +1,74 @@
+"""The measurement scripts the docs quote (`python -m seq2edge.bench.NAME`) run and print what the docs show.
+
+Each runs here on the small shipped bundle and a few words: a script that broke (a moved path, a renamed
+API) fails here rather than on the day someone repeats a measurement."""
+
+import re
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from conftest import REPO
+
+from seq2edge.bench import bulk, hosts, loop_crossover, parity_tolerance, profile_batch1, profile_bulk, sampling_parity
+from seq2edge.train.english_words import new_words
+
+SMALL = REPO / "models" / "g2p-en-small"
+needs_node = pytest.mark.skipif(shutil.which("node") is None or not (REPO / "hosts/js/node_modules/onnxruntime-node").exists(),
+                                reason="LOUD SKIP: Node.js or hosts/js/node_modules is missing; run `make js` (needs npm)")
+
+
+def test_english_words_keeps_new_words_spelt_like_headwords_in_frequency_order():
+    headwords = {"the", "cats", "o'brien", "x-ray", "dog"}
+    candidates = ["the", "dog", "hats", "Zebra", "it's", "-ing", "naïve", "shy", "zoo", "o'"]
+    assert new_words(candidates, headwords, count=10) == ["hats", "it's", "shy"]
+    assert new_words(candidates, headwords, count=2) == ["hats", "it's"]
+
+
+def test_profile_batch1_reports_every_path_of_the_bundle(capsys):
+    profile_batch1.main([str(SMALL), "--words", "20", "--top", "3"])
+    out = capsys.readouterr().out
+    for path in ("fp32 step by step", "fp32 greedy graph", "int8 step by step", "int8 greedy graph"):
+        assert re.search(rf"^{path}: \d+ words/s, \d+ us/word, [\d.]+% inside session.run", out, re.MULTILINE), path
+
+
+def test_profile_bulk_reports_both_precisions(capsys):
+    profile_bulk.main(["--bundle", str(SMALL), "--words", "100"])
+    out = capsys.readouterr().out
+    assert re.search(r"^fp32: \d+ lines/s under the profiler, [\d.]+% inside session.run", out, re.MULTILINE)
+    assert re.search(r"^int8: \d+ lines/s", out, re.MULTILINE)
+
+
+def test_bulk_bench_times_one_and_two_workers(capsys):
+    bulk.main(["--bundle", str(SMALL), "--lines", "300", "--no-ray"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| --workers")]
+    assert len(rows) == 4 and all(re.match(r"\| --workers [12] \| (fp32|int8) \| \d+ \| [\d.]+x \| \d+ min \|", r) for r in rows)
+
+
+def test_parity_tolerance_measures_noise_and_difference_of_a_model(capsys):
+    parity_tolerance.main(["--shipped", "--checkpoint", str(REPO / "models/g2p-en-small-checkpoint"), "--bundle", str(SMALL),
+                           "--dev-words", "20", "--long", "8"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| g2p-en-small")]
+    assert len(rows) == 2 and "20 dev words" in rows[0] and "8 inputs of 30-60 characters" in rows[1]
+    diff, noise, ratio, agreement = rows[0].split("|")[3:7]  # on dev words, as export's gate measures
+    assert float(diff) < 1e-4 and float(noise) > 0 and float(ratio) < 10 and agreement.strip() == "100%"
+
+
+def test_loop_crossover_prints_a_speedup_per_batch_size():
+    result = CliRunner().invoke(loop_crossover.main, ["--hidden", "32", "--steps", "8", "--batches", "1,16", "--rounds", "1",
+                                                      "--calls", "2"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^\s+32\s+8\s+[\d.]+\s+[\d.]+$", result.output, re.MULTILINE)
+
+
+@needs_node
+def test_hosts_bench_times_python_and_node_on_the_same_words(capsys):
+    hosts.main([str(SMALL), "--words", "10"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| Python") or line.startswith("| Node")]
+    assert len(rows) == 6 and rows[0].endswith("| 1.00x / 1.00x |")
+
+
+@needs_node
+def test_sampling_parity_compares_both_hosts(capsys):
+    sampling_parity.main([str(SMALL), "--words", "10"])
+    assert re.search(r"^30 words sampled \(\d+ draws\), [0-3] differing$", capsys.readouterr().out, re.MULTILINE)
