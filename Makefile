@@ -27,7 +27,7 @@ EXTRA_WORDS      := build/english-words.txt
 
 JS_DEPS := hosts/js/node_modules/.installed
 
-.PHONY: install install-gpu js demo train export eval train-small export-small test soak lint bench bench-quick clean
+.PHONY: install install-gpu js demo train export eval train-small export-small test soak lint docs bench bench-quick clean
 
 $(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -94,14 +94,18 @@ export-small: $(FULL)
 	$(BIN)/seq2edge eval $(SMALL) --split test --precision int8
 
 test: $(FULL) $(JS_DEPS)
-	$(BIN)/python -m pytest -q -x --durations=15
+	$(BIN)/python -m pytest -q -x -rs --durations=15
 
-# 20,000 decodes from 8 threads against serial results, with memory growth measured (README "Reliability")
+# 20,000 decodes from 8 threads against serial results, with memory growth measured (docs/reliability.md)
 soak: $(FULL)
 	$(BIN)/python -m pytest -q -s -m slow tests/test_load.py
 
+# The option references in docs/*.md, rewritten from each command's --help (a test fails when they differ).
+docs: $(FULL)
+	$(BIN)/python tools/cli_reference.py
+
 lint: $(FULL)
-	$(BIN)/ruff check runtime train export bench tests examples
+	$(BIN)/ruff check runtime train export bench tests examples tools
 
 bench: $(FULL) $(JS_DEPS)
 	$(BIN)/seq2edge bench $(BUNDLE) $(SMALL) --checkpoint $(CHECKPOINT) --checkpoint $(SMALL_CHECKPOINT) \

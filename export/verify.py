@@ -35,7 +35,7 @@ from seq2edge.train.model import Seq2SeqModule, greedy_decode, source_mask
 # the same steps are also run by a float64 copy of the PyTorch model, and PyTorch's own float32
 # rounding (its largest |float32 - float64| log-prob difference, `float32_noise`) sets the scale.
 # onnxruntime's float32 kernels sum in other orders, so their rounding is of the same size but
-# independent: honest exports stay within a few times the noise (see README "Export"), a defect
+# independent: honest exports stay within a few times the noise (see docs/export.md, "The parity gate"), a defect
 # (a wrong weight, a mistranslated gate) is orders of magnitude above it.
 NOISE_FACTOR = 10.0
 TOLERANCE_FLOOR = 1e-4  # never gate tighter than this, whatever the measured noise
@@ -209,7 +209,8 @@ def batched_speedup(steps: Seq2Seq, graph: Seq2Seq, texts: list[str], batch_size
 # in float64. 1e-3 is far above that rounding (measured at most ~1e-5 on the shipped model) and far
 # below any difference in what was chosen.
 SCORE_TOLERANCE = 1e-3
-INT8_BATCHING_BOUND = 0.015  # share of inputs int8 may decode differently batched (README "Batch independence", "Greedy graph")
+# share of inputs int8 may decode differently batched (docs/export.md "Batch independence", docs/hosts.md "The greedy graph")
+INT8_BATCHING_BOUND = 0.015
 
 
 def compare_precision(bundle_dir: Path, meta: BundleMeta, precision: str, entries: Sequence[Entry],

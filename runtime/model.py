@@ -28,7 +28,7 @@ from .util import pad_batch
 TOO_LONG_POLICIES = ("error", "truncate")
 # With greedy_graph=None ("auto"), the one-call greedy graph decodes chunks of at most this many
 # inputs; larger batches go step by step, where finished rows leave the batch, unless export measured
-# the graph faster batched too on the CPU (small models: README "Decode anywhere").
+# the graph faster batched too on the CPU (small models: docs/hosts.md, "The greedy graph").
 GREEDY_GRAPH_MAX_BATCH = 1
 # The speed-up export must have measured for auto to use the graph on batches: a margin over the
 # noise of a 500-word timing, so that a bundle does not switch paths on a coin toss.

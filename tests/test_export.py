@@ -127,7 +127,7 @@ def test_force_replaces_a_bundle_with_a_new_complete_one(tiny_checkpoint, tmp_pa
 def test_dynamo_graphs_with_a_fixed_sequence_axis_are_refused(tiny_checkpoint, tmp_path):
     """torch 2.13's dynamo exporter fixes the LSTM's sequence axis to the traced length: export must
     refuse such graphs with a clear message and write nothing. (If a newer torch fixes the exporter,
-    this test fails: then make dynamo a verified option in README.)"""
+    this test fails: then make dynamo a verified option in docs/export.md.)"""
     with pytest.raises(ExportError) as refused:
         export_tiny(tiny_checkpoint, tmp_path / "dyn", exporter="dynamo", parity_words=60)
     assert "axis fixed to" in str(refused.value) and "--exporter torchscript" in str(refused.value)

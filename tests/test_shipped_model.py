@@ -1,8 +1,7 @@
-"""The shipped G2P model: its bundle verifies, it knows common words, and README's figures are what eval gives."""
-
-import re
+"""The shipped G2P models: their bundles verify, they know common words, and their cards' figures are what eval gives."""
 
 import pytest
+import yaml
 from conftest import REPO
 
 from seq2edge.runtime import Seq2Seq
@@ -30,37 +29,42 @@ def test_shipped_model_pronounces_dictionary_words(shipped):
     assert got["edge"] == "EH1 JH"
 
 
-# README's figures were measured on one CPU; another one's float32 kernels (AVX2 against AVX-512) sum
+# The cards' figures were measured on one CPU; another one's float32 kernels (AVX2 against AVX-512) sum
 # in another order, which can flip a near tie: each figure may move by about two words of the 12,640
-# (0.016 points of WER), plus README's rounding to two decimals, no more. A figure left stale by a
+# (0.016 points of WER), plus the card's rounding to two decimals, no more. A figure left stale by a
 # changed model or search moves by far more.
 ANOTHER_CPU = 0.025
+METRICS = ("WER with stress", "PER with stress", "WER stressless", "PER stressless")
 
 
 def _figures_match(measured: list[float], row: list[float]) -> bool:
     return len(measured) == len(row) and all(abs(m - r) <= ANOTHER_CPU for m, r in zip(measured, row))
 
 
-def _readme_row(label: str) -> list[float]:
-    """The four figures (WER, PER with stress; WER, PER stressless) of a row of README's results table."""
-    text = (REPO / "README.md").read_text()
-    match = re.search(rf"^\| {re.escape(label)} \|([^\n]*)$", text, flags=re.MULTILINE)
-    assert match, f"README has no results row {label!r}"
-    return [float(x) for x in re.findall(r"([\d.]+)%", match.group(1))][:4]
+def card_figures(name: str, config: str) -> list[float]:
+    """The four test figures of `config` (e.g. greedy-int8) in the model card's YAML model-index."""
+    text = (REPO / "models" / name / "README.md").read_text()
+    assert text.startswith("---\n"), f"models/{name}/README.md has no YAML front matter"
+    front = yaml.safe_load(text.split("---\n")[1])
+    metrics = {m["name"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"] if m["config"] == config}
+    assert set(metrics) == set(METRICS), f"models/{name}/README.md: {config} has {sorted(metrics)}"
+    return [float(metrics[name]) for name in METRICS]
 
 
-@pytest.mark.parametrize("label,beam", [("greedy", 1), ("beam 5", 5)])
-def test_readme_figures_are_what_eval_reproduces(label, beam):
-    result = evaluate(BUNDLE, split="test", beam=beam)
-    measured = [result.scores["stress"].wer, result.scores["stress"].per,
-                result.scores["stressless"].wer, result.scores["stressless"].per]
+def _measured(result) -> list[float]:
+    return [result.scores["stress"].wer, result.scores["stress"].per, result.scores["stressless"].wer, result.scores["stressless"].per]
+
+
+@pytest.mark.parametrize("config,beam,precision", [("greedy-fp32", 1, "fp32"), ("beam5-fp32", 5, "fp32"), ("greedy-int8", 1, "int8")])
+def test_the_big_models_card_figures_are_what_eval_reproduces(config, beam, precision):
+    result = evaluate(BUNDLE, split="test", beam=beam, precision=precision)
     assert result.scores["stress"].words == 12_640
-    assert _figures_match(measured, _readme_row(label)), (measured, _readme_row(label))
+    assert _figures_match(_measured(result), card_figures("g2p-en", config)), (_measured(result), config)
 
 
 @pytest.mark.parametrize("name", ["g2p-en", "g2p-en-small"])
 def test_batching_changes_no_fp32_result_and_few_int8_results(name):
-    """README "Batch independence": fp32 exactly; int8 within its stated bound of 1.5% of inputs (the
+    """docs/export.md "Batch independence": fp32 exactly; int8 within its stated bound of 1.5% of inputs (the
     small model's int8 encoder also quantises its recurrence at batch 64: export/recurrent_loop.py)."""
     from seq2edge.train import corpus as C
 
@@ -79,12 +83,10 @@ def test_batching_changes_no_fp32_result_and_few_int8_results(name):
 SMALL = REPO / "models" / "g2p-en-small"
 
 
-@pytest.mark.parametrize("label,precision", [("small fp32", "fp32"), ("small int8", "int8")])
-def test_readme_figures_of_the_small_model_are_what_eval_reproduces(label, precision):
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_small_models_card_figures_are_what_eval_reproduces(precision):
     result = evaluate(SMALL, split="test", precision=precision)
-    measured = [result.scores["stress"].wer, result.scores["stress"].per,
-                result.scores["stressless"].wer, result.scores["stressless"].per]
-    assert _figures_match(measured, _readme_row(label)), (measured, _readme_row(label))
+    assert _figures_match(_measured(result), card_figures("g2p-en-small", f"greedy-{precision}")), _measured(result)
 
 
 def test_small_bundle_ships_fp32_int8_and_greedy_graphs_that_passed_their_checks():
