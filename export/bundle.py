@@ -22,7 +22,7 @@ from seq2edge.runtime.errors import BundleError, Seq2EdgeError
 from seq2edge.runtime.interface import BUNDLE_FILE, graph_metadata
 from seq2edge.runtime.model import GREEDY_GRAPH_BATCHED_SPEEDUP, Seq2Seq
 from seq2edge.runtime.schema import BundleMeta, GraphEntry, SideMeta
-from seq2edge.runtime.util import atomic_directory, sha256_file, write_json_atomic
+from seq2edge.runtime.util import atomic_directory, refuse_overlap, sha256_file, write_json_atomic
 from seq2edge.train import corpus as C
 from seq2edge.train.checkpoint import load_checkpoint, read_json
 
@@ -46,6 +46,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     atol: the largest |log-prob difference| from PyTorch that parity accepts; default: 10 x the
     float32 rounding PyTorch itself shows against float64 on the same steps, at least 1e-4."""
     checkpoint, out = Path(checkpoint), Path(out)
+    refuse_overlap(out, [("checkpoint", checkpoint), ("corpus", corpus if corpus not in (None, "cmudict") else None)])
     if out.exists() and not force:
         raise Seq2EdgeError(f"{out}: already exists; pass --force to replace it")
     model, source, target = load_checkpoint(checkpoint)

@@ -4,6 +4,10 @@ One function, `decode_chunk`, turns a chunk of input lines into the exact bytes 
 lines to say on stderr), so one process and N worker processes write the same output by
 construction. Workers each load the bundle once, with one onnxruntime thread; at most two chunks
 per worker are in flight, so memory stays bounded and a slow writer holds the reader back.
+
+A worker that dies (killed, out of memory) is reported as `WorkerDied` once the chunks before its
+own are written, so every finished line is kept and `--resume` continues; workers exit when their
+parent dies, so a killed parent leaves none behind.
 """
 
 from __future__ import annotations
@@ -11,17 +15,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections import deque
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import Seq2EdgeError
 from .model import Result, Seq2Seq
 from .options import SearchOptions
-
-if TYPE_CHECKING:  # imported where workers start: a one-process decode need not pay for them at start-up
-    from concurrent.futures import Future, ProcessPoolExecutor
 
 INPUT_FORMATS = ("lines", "tsv")
 
@@ -126,57 +127,142 @@ def format_line(job: Job, number: int, line: str, text: str | None, result: Resu
     return "".join(f"{line} -> {r.text}" + (f"  ({r.score:.3f})" if job.with_nbest else "") + "\n" for r in hyps)
 
 
-def decoded_chunks(job: Job, chunks: Iterable[list], workers: int, model: Seq2Seq | None = None) -> Iterator[list[Line]]:
+class WorkerDied(Seq2EdgeError):
+    """A worker process ended without finishing its chunk; the lines before that chunk were written."""
+
+    exit_code = 1
+
+
+def decoded_chunks(job: Job, chunks: Iterable[list], workers: int, model: Seq2Seq | None = None,
+                   flush: Any = None) -> Iterator[list[Line]]:
     """Each chunk's Lines, in input order: in this process (workers == 1, with `model`) or in
-    `workers` processes. Stopping the iteration (or an exception in the caller) stops the workers."""
+    `workers` processes. Stopping the iteration (or an exception in the caller) stops the workers.
+    With workers, a chunk for which `flush(chunk)` is true (one cut where a live stream paused) is
+    decoded and yielded before the next chunk is read, as one process would."""
     if workers <= 1:
         model = model or Seq2Seq.load(job.bundle, **job.load)
         for chunk in chunks:
             yield decode_chunk(model, job, chunk)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(job,))
-    pending: deque[Future] = deque()
-    try:
+    with _WorkerPool(job, workers) as pool:
         for chunk in chunks:
-            pending.append(pool.submit(_decode_in_worker, chunk))
-            while len(pending) >= 2 * workers:  # back-pressure: read no further ahead than this
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        for future in pending:
-            future.cancel()
-        _stop(pool)
+            pool.submit(chunk)
+            while pool.pending >= 2 * workers or (pool.pending and flush is not None and flush(chunk)):
+                yield pool.next_result()  # back-pressure: read no further ahead than two chunks a worker
+        while pool.pending:
+            yield pool.next_result()
 
 
-def _stop(pool: ProcessPoolExecutor) -> None:
-    processes = list((pool._processes or {}).values())  # noqa: SLF001 - no public way to stop workers mid-chunk
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    for process in processes:
-        process.join(timeout=5)
+class _WorkerPool:
+    """`size` spawned processes, each with its own pipe; chunk k goes to worker k mod size, so results
+    come back in input order by reading the workers in turn. A worker's death is seen by its
+    process sentinel, never by waiting on a pipe it may have left half-written."""
+
+    def __init__(self, job: Job, size: int):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.links, self.processes = [], []
+        for _ in range(size):
+            parent, child = context.Pipe()
+            process = context.Process(target=_worker_main, args=(job, child), daemon=True)
+            process.start()
+            child.close()
+            self.links.append(parent)
+            self.processes.append(process)
+        self.sent = self.received = 0
+        self.chunks: dict[int, list] = {}
+
+    def __enter__(self) -> _WorkerPool:
+        return self
+
+    @property
+    def pending(self) -> int:
+        return self.sent - self.received
+
+    def submit(self, chunk: list) -> None:
+        worker = self.sent % len(self.links)
+        try:
+            self.links[worker].send(chunk)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            raise self._died(worker, chunk) from None
+        self.chunks[self.sent] = chunk
+        self.sent += 1
+
+    def next_result(self) -> list[Line]:
+        from multiprocessing.connection import wait
+
+        worker = self.received % len(self.links)
+        link, process = self.links[worker], self.processes[worker]
+        chunk = self.chunks.pop(self.received)
+        while True:
+            ready = wait([link, process.sentinel])
+            if process.sentinel in ready and not link.poll():
+                raise self._died(worker, chunk)
+            if link in ready or link.poll():
+                break
+        try:
+            reply = link.recv()
+        except (EOFError, OSError):
+            raise self._died(worker, chunk) from None
+        self.received += 1
+        if isinstance(reply, Seq2EdgeError):  # the worker could not load the bundle: as exit 2 in this process
+            raise reply
+        return reply
+
+    def _died(self, worker: int, chunk: list) -> WorkerDied:
+        process = self.processes[worker]
+        process.join(timeout=1)
+        code = process.exitcode
+        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        first, last = chunk[0][0], chunk[-1][0]
+        return WorkerDied(f"worker process {process.pid} {how} while decoding lines {first}-{last}; the lines "
+                          "before them were written")
+
+    def __exit__(self, *exc: Any) -> None:
+        for link in self.links:
+            link.close()  # a worker waiting for a chunk sees the end and exits
+        for process in self.processes:
+            process.join(timeout=0.5)
+            if process.is_alive():  # still decoding a chunk nobody will read
+                process.terminate()
+                process.join(timeout=5)
 
 
-_WORKER: dict[str, Any] = {}
+def _worker_main(job: Job, link: Any) -> None:
+    """A worker: load the bundle once, then decode the chunks that come down `link` until it closes."""
+    import multiprocessing
 
-
-def _start_worker(job: Job) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    _WORKER["job"] = job
-    _WORKER["model"] = Seq2Seq.load(job.bundle, **job.load)
+    _exit_with(multiprocessing.parent_process())
+    try:
+        model = Seq2Seq.load(job.bundle, **job.load)
+    except Seq2EdgeError as exc:
+        link.send(Seq2EdgeError(str(exc)))  # a plain one: every subclass pickles so
+        return
+    while True:
+        try:
+            chunk = link.recv()
+        except (EOFError, OSError):
+            return
+        lines = decode_chunk(model, job, chunk)
+        for line in lines:
+            line.result = None  # not sent back: only the bytes and notes are needed
+        try:
+            link.send(lines)
+        except OSError:  # the parent stopped reading (it finished, or failed): nothing left to do
+            return
 
 
-def _decode_in_worker(chunk: list) -> list[Line]:
-    lines = decode_chunk(_WORKER["model"], _WORKER["job"], chunk)
-    for line in lines:
-        line.result = None  # not sent back: only the bytes and notes are needed
-    return lines
+def _exit_with(parent: Any) -> None:
+    """End this process as soon as `parent` ends (SIGKILL of the parent leaves no worker asleep for good)."""
+    from multiprocessing.connection import wait
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def worker_count(value: str) -> int:

@@ -10,18 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ModelConfig
 from .errors import BundleError
-from .interface import BUNDLE_FILE, GRAPH_FORMATS, PRECISIONS
-from .onnx_scan import MalformedModel, uses_external_data
+from .interface import BUNDLE_FILE, GRAPH_FORMATS, META_BUNDLE_ID, META_GRAPH, META_PRECISION, PRECISIONS
+from .onnx_scan import MalformedModel, metadata, uses_external_data
 from .schema import BundleMeta, GraphEntry
 from .tokenize import TextCodec, codec_pair
 
 # A checkpoint directory holds this instead of bundle.json (told apart to give a better error).
 CHECKPOINT_CONFIG = "config.json"
+# bundle.json and tokeniser models are read whole: a bound, so that a device fed a huge file fails at once.
+MAX_METADATA_BYTES = 64 << 20
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Bundle:
     meta: BundleMeta
     source: TextCodec
     target: TextCodec
+    verified: set[tuple[str, str, str]] = field(default_factory=set)  # (kind, precision, format) checked already
 
     @property
     def config(self) -> ModelConfig:
@@ -76,28 +80,73 @@ class Bundle:
             if entry.ort is None:
                 raise BundleError(f"{self.path / entry.file}: the bundle has no ORT-format copy; export it with --ort")
             entry = entry.ort
-        path = self.path / entry.file
+        path = bundle_file(self.path, entry.file)
+        if (kind, precision, fmt) in self.verified:
+            return path
+        owner: dict[str, str] = {}
         try:
             with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 if hashlib.sha256(data).hexdigest() != entry.sha256:
                     raise BundleError(f"{path}: sha256 does not match {BUNDLE_FILE}; the file is damaged or was replaced, "
                                       "re-export the bundle")
-                with memoryview(data) as view:  # an .ort file is a flatbuffer: it has no external data
-                    external = uses_external_data(view) if fmt == "onnx" else False
+                if fmt == "onnx":  # an .ort file is a flatbuffer: no external data, no metadata_props
+                    external, owner = uses_external_data(data), metadata(data)
+                else:
+                    external = False
         except MalformedModel as exc:
             raise BundleError(f"{path}: not a valid ONNX model ({exc})") from None
         except (OSError, ValueError) as exc:  # ValueError: mmap of an empty file
             raise _unreadable(path, exc) from None
         if external:
             raise BundleError(f"{path}: stores weights in external files, which a bundle never does; refused")
+        if fmt == "onnx":
+            self._check_owner(path, owner, kind, precision)
+        self.verified.add((kind, precision, fmt))
         return path
 
+    def _check_owner(self, path: Path, owner: dict[str, str], kind: str, precision: str) -> None:
+        """The graph's own metadata names this bundle, this kind and this precision (a graph alone says what it is)."""
+        if owner.get(META_BUNDLE_ID) != self.bundle_id:
+            raise BundleError(f"{path.name}: exported for bundle {owner.get(META_BUNDLE_ID) or '(none)'}, but bundle.json is "
+                              f"bundle {self.bundle_id}; the graph comes from another export, re-export the bundle")
+        if owner.get(META_GRAPH) != kind:
+            raise BundleError(f"{path.name}: holds the {owner.get(META_GRAPH)!r} graph, expected the {kind}")
+        if owner.get(META_PRECISION, precision) != precision:
+            raise BundleError(f"{path.name}: is a {owner.get(META_PRECISION)} graph, bundle.json lists it as {precision}; "
+                              "re-export the bundle")
 
-def read_bytes(path: Path) -> bytes:
+
+def bundle_file(directory: Path, name: str) -> Path:
+    """directory/name, refused unless it is a regular file inside the bundle directory: never a FIFO or
+    device (which would hang or never end), never a link out of the bundle."""
+    path = directory / name
     try:
-        return path.read_bytes()
+        real, inside = path.resolve(strict=True), directory.resolve(strict=True)
+        mode = real.stat().st_mode
     except OSError as exc:
         raise _unreadable(path, exc) from None
+    except RuntimeError:  # a symlink loop
+        raise BundleError(f"{path}: cannot read: a symbolic link loop") from None
+    if real.parent != inside:
+        raise BundleError(f"{path}: points outside the bundle directory; refused")
+    if stat.S_ISDIR(mode):
+        raise BundleError(f"{path}: is a directory, expected a file")
+    if not stat.S_ISREG(mode):
+        raise BundleError(f"{path}: not a regular file; refused")
+    return path
+
+
+def read_bytes(path: Path, limit: int = MAX_METADATA_BYTES) -> bytes:
+    """A small file of the bundle, whole; refused when it is not a regular file inside it or over `limit` bytes."""
+    path = bundle_file(path.parent, path.name)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    if len(data) > limit:
+        raise BundleError(f"{path}: larger than {limit >> 20} MB, far beyond any bundle's; refused")
+    return data
 
 
 def _unreadable(path: Path, exc: Exception) -> BundleError:
@@ -106,6 +155,10 @@ def _unreadable(path: Path, exc: Exception) -> BundleError:
     if isinstance(exc, IsADirectoryError):
         return BundleError(f"{path}: is a directory, expected a file")
     return BundleError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}")
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON number; re-export the bundle")
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -120,11 +173,15 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{path}: is a training checkpoint, not a bundle; export it first: seq2edge export {path} BUNDLE_DIR")
     raw = read_bytes(meta_path)
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
     except UnicodeDecodeError:
         raise BundleError(f"{meta_path}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise BundleError(f"{meta_path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    except ValueError as exc:  # NaN or Infinity, which JSON (and so the JavaScript host) does not have
+        raise BundleError(f"{meta_path}: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"{meta_path}: nested too deeply to be a bundle's metadata; refused") from None
     meta = BundleMeta.from_dict(data, str(meta_path))
     for side in (meta.source, meta.target):
         if side.spm_model is not None and side.spm_sha256:

@@ -47,7 +47,9 @@ class ModelConfig:
     max_tgt_len: int = 64
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _type_problems(self)
+        if problems:  # a wrong type makes the range checks below meaningless (and raise TypeError)
+            raise ValueError("invalid model config: " + "; ".join(problems))
         if self.cell not in CELLS:
             problems.append(f"cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
         if self.attention not in ATTENTIONS:
@@ -62,8 +64,18 @@ class ModelConfig:
                 problems.append(f"{name} must be at least 1")
         if not 0.0 <= self.dropout < 1.0:
             problems.append("dropout must be in [0, 1)")
+        ids = {name: getattr(self, f"{name}_id") for name in ("pad", "bos", "eos", "unk")}
+        smallest = min(self.src_vocab_size, self.tgt_vocab_size)
+        if any(not 0 <= i < smallest for i in ids.values()) or len(set(ids.values())) != len(ids):
+            problems.append(f"special ids {ids} must be distinct and below both vocabulary sizes "
+                            f"({self.src_vocab_size}, {self.tgt_vocab_size})")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
+
+    @classmethod
+    def placeholder(cls, **arch: Any) -> ModelConfig:
+        """A config with the smallest vocabularies, to check architecture options before a corpus is read."""
+        return cls(src_vocab_size=4, tgt_vocab_size=4, **arch)
 
     @property
     def cell_states(self) -> tuple[str, ...]:
@@ -96,3 +108,19 @@ class ModelConfig:
             return cls(**data)
         except (TypeError, ValueError) as exc:
             raise BundleError(f"{where}: {exc}") from None
+
+
+_INTEGER_FIELDS = ("src_vocab_size", "tgt_vocab_size", "layers", "decoder_layers", "embed", "hidden", "pad_id", "bos_id",
+                   "eos_id", "unk_id", "max_src_len", "max_tgt_len")
+
+
+def _type_problems(c: ModelConfig) -> list[str]:
+    problems = [f"{name} must be a whole number, not {getattr(c, name)!r}" for name in _INTEGER_FIELDS
+                if not isinstance(getattr(c, name), int) or isinstance(getattr(c, name), bool)]
+    problems += [f"{name} must be true or false, not {getattr(c, name)!r}" for name in ("input_feed", "bidirectional", "lowercase_source")
+                 if not isinstance(getattr(c, name), bool)]
+    if not isinstance(c.dropout, (int, float)) or isinstance(c.dropout, bool):
+        problems.append(f"dropout must be a number, not {c.dropout!r}")
+    problems += [f"{name} must be a string, not {getattr(c, name)!r}" for name in ("cell", "attention", "src_tokens", "tgt_tokens")
+                 if not isinstance(getattr(c, name), str)]
+    return problems

@@ -8,7 +8,6 @@ filter. SIGINT and SIGTERM keep every finished line (the output file holds them)
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
@@ -27,9 +26,9 @@ from .errors import Seq2EdgeError
 from .interface import PRECISIONS
 from .model import TOO_LONG_POLICIES, Result, Seq2Seq
 from .options import SearchOptions
+from .output import ResumeRefused, Sink, output_settings, unwritten
 from .providers import OPTIMIZATION_LEVELS
 from .tokenize import UNKNOWN_POLICIES
-from .util import atomic_path, remove_orphans
 
 CHUNK = 4096  # most lines decoded per call: bounds memory on long inputs
 STALL_SECONDS = 0.05  # a live stream that pauses this long gets what it sent so far decoded
@@ -129,13 +128,14 @@ def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, len
     show_progress = sys.stderr.isatty() if progress is None else progress
     plots = _Plots(plot_attention, single=len(texts) == 1) if plot_attention is not None else None
     failed = 0
-    with _Sink(output_file, resume, fmt) as out, _Progress(show_progress, input_file) as bar, _signals_raise():
+    settings = output_settings(model, job, precision, unknown, too_long, greedy_graph, input_format)
+    with Sink(output_file, resume, settings) as out, _Progress(show_progress, input_file) as bar, _signals_raise():
         # A resumed run skips what the output already holds, but decodes every chunk it touches whole,
         # so that batches (and so every digit of the scores) are those of an uninterrupted run.
         already: deque[int] = deque()
-        chunks = _unwritten(_chunks(_inputs(texts, input_file), CHUNK), out.done, already)
+        chunks = unwritten(_chunks(_inputs(texts, input_file, input_format), CHUNK), out, job, already)
         try:
-            for lines in decoded_chunks(job, chunks, workers, model):
+            for lines in decoded_chunks(job, chunks, workers, model, flush=lambda chunk: len(chunk) < CHUNK):
                 for line in lines[already.popleft():]:
                     for note in line.notes:
                         click.echo(f"seq2edge: {note}", err=True)
@@ -153,6 +153,13 @@ def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, len
             where = f"; {out.path} holds them, --resume continues" if out.path is not None else ""
             click.echo(f"seq2edge: interrupted after {out.done} input(s){where}", err=True)
             return code
+        except ResumeRefused:
+            raise  # the file --resume was given is left as it was
+        except Seq2EdgeError as exc:  # mid-run (a worker died, a graph failed): keep every finished line
+            out.keep_partial()
+            where = f"; {out.path} holds the {out.done} finished input(s), --resume continues" if out.path is not None else ""
+            click.echo(f"seq2edge: error: {exc}{where}", err=True)
+            return exc.exit_code
     if plots is not None:
         plots.finish()
     if failed:
@@ -161,20 +168,10 @@ def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, len
     return 0
 
 
-def _unwritten(chunks: Iterator[list], done: int, already: deque) -> Iterator[list]:
-    """The chunks not wholly in the output yet; for each, how many of its lines are (into `already`)."""
-    for chunk in chunks:
-        if done >= len(chunk):
-            done -= len(chunk)
-            continue
-        already.append(done)
-        done = 0
-        yield chunk
-
-
-def _inputs(texts: tuple[str, ...], input_file: Path | None) -> Iterator[tuple[int, str, str | None]]:
-    """(line number, text, problem or None) for every input; blank lines of a file or stdin are skipped.
-    From a live stream, _STALLED marks where input paused."""
+def _inputs(texts: tuple[str, ...], input_file: Path | None, input_format: str = "lines") -> Iterator[tuple[int, str, str | None]]:
+    """(line number, text, problem or None) for every input; blank lines of a file or stdin are skipped
+    (in a TSV, a line of tabs is a row of empty columns, not blank). From a live stream, _STALLED marks
+    where input paused."""
     if texts:
         for number, text in enumerate(texts, start=1):
             yield number, text, None
@@ -201,7 +198,7 @@ def _inputs(texts: tuple[str, ...], input_file: Path | None) -> Iterator[tuple[i
                 continue
             if number == 1:
                 text = text.removeprefix(BOM)
-            if text.strip():
+            if text.strip() or (input_format == "tsv" and "\t" in text):
                 yield number, text, None
 
 
@@ -314,70 +311,6 @@ class _signals_raise:
         for sig, handler in self.saved.items():
             signal.signal(sig, handler)
         return False
-
-
-class _Sink:
-    """stdout, or a file written to a temporary path and renamed into place at the end (or, when
-    interrupted, with the records finished so far). `done` counts the records already there when
-    --resume continues a file."""
-
-    def __init__(self, path: Path | None, resume: bool, fmt: str):
-        self.path, self.resume, self.fmt = path, resume, fmt
-        self.done = 0
-        self._atomic = atomic_path(path) if path is not None else None
-        self._keep = False
-
-    def __enter__(self) -> _Sink:
-        if self._atomic is None:
-            self.stream = sys.stdout
-            return self
-        remove_orphans(self.path, ".tmp")
-        tmp = self._atomic.__enter__()
-        try:
-            self.stream = open(tmp, "w", encoding="utf-8")
-            if self.resume and self.path.exists():
-                self.done = _copy_complete_records(self.path, self.stream, self.fmt)
-        except OSError as exc:
-            self._atomic.__exit__(*sys.exc_info())
-            raise Seq2EdgeError(f"{self.path}: cannot write: {exc.strerror}") from None
-        return self
-
-    def write(self, text: str) -> None:
-        self.stream.write(text)
-        self.done += 1
-        if self._atomic is None:
-            self.stream.flush()
-
-    def keep_partial(self) -> None:
-        """Rename what was written into place although the run did not finish."""
-        self._keep = True
-
-    def __exit__(self, kind, value, tb):
-        if self._atomic is None:
-            return False
-        self.stream.close()
-        if self._keep:
-            self._atomic.__exit__(None, None, None)
-        else:
-            self._atomic.__exit__(kind, value, tb)
-        return False
-
-
-def _copy_complete_records(path: Path, out, fmt: str) -> int:
-    """Copy the complete records (whole lines; valid JSON for jsonl) of an earlier output; return how many."""
-    count = 0
-    with open(path, encoding="utf-8", errors="strict") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # the run was killed while writing this line
-            if fmt == "jsonl":
-                try:
-                    json.loads(line)
-                except ValueError:
-                    break
-            out.write(line)
-            count += 1
-    return count
 
 
 class _Progress:

@@ -48,3 +48,7 @@ def option_hint(keyword: str, values: tuple[str, ...], style: str) -> str:
 
 class ProviderError(Seq2EdgeError):
     """An execution provider was asked for but is not available or not active."""
+
+
+class OptionError(Seq2EdgeError, TypeError):
+    """An API setting of the wrong type or out of range (a TypeError too, as Python's own would be)."""

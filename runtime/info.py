@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from .errors import BundleError
-from .interface import BUNDLE_FILE, GRAPHS, PRECISIONS
+from .interface import BUNDLE_FILE, GRAPHS, OPTIONAL_GRAPHS, PRECISIONS
 
 ORT_PACKAGES = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino", "onnxruntime-silicon")
 
@@ -68,7 +68,7 @@ def info(bundle: Path, precision: str | None, as_json: bool) -> None:
     """Show BUNDLE's metadata, its graphs' inputs and outputs, and the providers onnxruntime offers here."""
     import onnxruntime as ort
 
-    from .bundle import load_bundle
+    from .bundle import bundle_file, load_bundle
     from .engine import Engine
     from .util import sha256_file
 
@@ -89,16 +89,24 @@ def info(bundle: Path, precision: str | None, as_json: bool) -> None:
     }
     damaged = []
     for p in [precision] if precision else b.precisions:
-        entries = {kind: b.graph_entry(kind, p) for kind in GRAPHS}
+        kinds = [kind for kind in (*GRAPHS, *OPTIONAL_GRAPHS) if b.has_graph(kind, p)]
         graphs = {}
-        for kind, entry in entries.items():
-            digest = sha256_file(b.path / entry.file)
+        for kind in kinds:
+            entry = b.graph_entry(kind, p)
+            try:
+                digest = sha256_file(bundle_file(b.path, entry.file))
+            except BundleError as exc:  # missing, a directory, not a regular file: said, and the others still shown
+                digest, problem = None, str(exc)
+            else:
+                problem = None if digest == entry.sha256 else f"{entry.file}: sha256 does not match {BUNDLE_FILE}"
             graphs[kind] = {"file": entry.file, "bytes": entry.bytes, "sha256": digest,
                             "sha256_matches_bundle_json": digest == entry.sha256}
-            if digest != entry.sha256:
-                damaged.append(entry.file)
+            if problem is not None:
+                damaged.append(problem)
         if not damaged:
-            for kind, session in Engine(b, p, providers="cpu").sessions.items():
+            engine = Engine(b, p, providers="cpu", greedy_graph=False)
+            sessions = {**engine.sessions, **({"greedy": engine.load("greedy")} if "greedy" in kinds else {})}
+            for kind, session in sessions.items():
                 graphs[kind].update(inputs=[_port(a) for a in session.get_inputs()],
                                     outputs=[_port(a) for a in session.get_outputs()])
         report["graphs"][p] = graphs
@@ -107,8 +115,7 @@ def info(bundle: Path, precision: str | None, as_json: bool) -> None:
     else:
         _print_text(report)
     if damaged:
-        raise BundleError(f"{', '.join(damaged)}: sha256 does not match {BUNDLE_FILE}; the file is damaged or was "
-                          "replaced, re-export the bundle")
+        raise BundleError(f"{'; '.join(damaged)}; the bundle is damaged, re-export it")
 
 
 def _port(arg) -> str:
@@ -132,7 +139,8 @@ def _print_text(r: dict) -> None:
         click.echo(f"{precision}")
         for g in graphs.values():
             size = f"{g['bytes'] / 1e6:.2f} MB" if g.get("bytes") else ""
-            status = "matches bundle.json" if g["sha256_matches_bundle_json"] else "DOES NOT MATCH bundle.json"
+            status = ("matches bundle.json" if g["sha256_matches_bundle_json"] else
+                      "DOES NOT MATCH bundle.json" if g["sha256"] else "MISSING OR NOT A FILE")
             click.echo(f"  {g['file']}  {size}  sha256 {g['sha256']} ({status})")
             if "inputs" in g:
                 click.echo(f"    in:  {'; '.join(g['inputs'])}")

@@ -19,7 +19,7 @@ from .backend import Backend, DeviceBackend, HostBackend, Stepper, device_of
 from .bundle import Bundle, load_bundle
 from .engine import Engine
 from .ensemble import EnsembleStepper, check_members
-from .errors import OPTION_STYLES, InputError, Seq2EdgeError
+from .errors import OPTION_STYLES, InputError, OptionError, Seq2EdgeError
 from .options import SearchOptions
 from .providers import ProviderSpec
 from .tokenize import UNKNOWN_POLICIES
@@ -151,11 +151,11 @@ class Seq2Seq:
         errors="return" gives that input a Result with `error` set and decodes the rest.
         """
         if isinstance(texts, str):
-            raise TypeError("decode() takes a list of texts; wrap a single text in a list")
+            raise OptionError("decode() takes a list of texts; wrap a single text in a list")
         if positions is not None:
             positions = list(positions)
             if len(positions) != len(texts) or not all(isinstance(p, (int, np.integer)) and 0 <= p < 2**63 for p in positions):
-                raise Seq2EdgeError(f"positions must be {len(texts)} non-negative integers, one per text")
+                raise OptionError(f"positions must be {len(texts)} non-negative integers, one per text")
         options = SearchOptions.of(options, **keywords)
         limits = self._limits(options)
         results: list[Result | None] = [None] * len(texts)

@@ -20,6 +20,7 @@ _SCHEMA: dict[str, dict[int, str]] = {
     "tensor": {},
 }
 _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1
+_MODEL_METADATA_PROPS = 14
 
 
 class MalformedModel(ValueError):
@@ -28,7 +29,49 @@ class MalformedModel(ValueError):
 
 def uses_external_data(data: bytes | memoryview) -> bool:
     """True when any tensor of the model stores its data outside the model bytes."""
-    return _walk(memoryview(data), "model")
+    with memoryview(data) as view:
+        try:
+            return _walk(view, "model")
+        except MalformedModel as exc:  # raised anew below, so that no frame of the walk keeps a slice of the
+            problem = str(exc)         # caller's buffer alive (an mmap then cannot close: BufferError)
+    raise MalformedModel(problem)
+
+
+def metadata(data: bytes | memoryview) -> dict[str, str]:
+    """The model's metadata_props (ModelProto field 14: key 1, value 2), without the onnx package."""
+    found: dict[str, str] = {}
+    with memoryview(data) as view:
+        try:
+            for field, entry in _fields(view):
+                if field == _MODEL_METADATA_PROPS:
+                    pair = {f: bytes(v).decode("utf-8", errors="replace") for f, v in _fields(entry)}
+                    found[pair.get(1, "")] = pair.get(2, "")
+                    entry.release()
+        except MalformedModel as exc:
+            problem = str(exc)
+        else:
+            return found
+    raise MalformedModel(problem)
+
+
+def _fields(buf: memoryview):
+    """(field number, bytes) of each length-delimited field of one message; other wire types skipped."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(buf, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            length, pos = _varint(buf, pos)
+            if pos + length > len(buf):
+                raise MalformedModel("field runs past the end")
+            yield field, buf[pos : pos + length]
+            pos += length
+        else:
+            raise MalformedModel(f"unknown wire type {wire}")
 
 
 def _varint(buf: memoryview, pos: int) -> tuple[int, int]:

@@ -107,7 +107,7 @@ class BundleMeta:
         if special is not None and special != expected:
             raise BundleError(f"{where}: special_ids {special} disagree with the model config {expected}; re-export the bundle")
         return cls(data["bundle_id"], config, sides["source"], sides["target"], _graphs(data["graphs"], where),
-                   created=str(data.get("created", "")), parity=_dict(data, "parity"),
+                   created=str(data.get("created", "")), parity=_parity(data.get("parity", {}), where),
                    exported_with=_dict(data, "exported_with"), checkpoint=_dict(data, "checkpoint"),
                    format_version=data["format_version"])
 
@@ -138,6 +138,12 @@ def _dict(data: dict, name: str) -> dict:
 
 def _side(info: dict, side: str, kind: str, lower: bool, size: int, where: str) -> SideMeta:
     _require(info, where, {"vocab": list}, prefix=f"{side}.")
+    if not all(isinstance(token, str) and token for token in info["vocab"]):
+        raise BundleError(f"{where}: {side}.vocab must be a list of non-empty strings")
+    if len(set(info["vocab"])) != len(info["vocab"]):
+        seen: set[str] = set()
+        twice = next(t for t in info["vocab"] if t in seen or seen.add(t))
+        raise BundleError(f"{where}: {side}.vocab holds {twice!r} twice; a token must have one id")
     if len(info["vocab"]) != size:
         raise BundleError(f"{where}: {side} vocabulary has {len(info['vocab'])} tokens, the model config says {size}")
     for name, expected in (("tokenizer", kind), ("lowercase", lower)):
@@ -148,6 +154,27 @@ def _side(info: dict, side: str, kind: str, lower: bool, size: int, where: str) 
     if spm_model is not None and not _plain_name(spm_model):
         raise BundleError(f"{where}: {side}.spm_model must be a plain file name in the bundle")
     return SideMeta(kind, lower, list(info["vocab"]), spm_model, info.get("spm_sha256"))
+
+
+# Parity figures a host reads, and their ranges: a bundle.json that breaks them is refused at load, not
+# when decoding first reads them. Any other figure is free-form (what export measured, for people).
+_PARITY_RANGES = {"token_agreement": (0.0, 1.0), "token_agreement_with_fp32": (0.0, 1.0), "batched_speedup": (0.0, float("inf")),
+                  "tolerance": (0.0, float("inf")), "max_abs_log_prob_diff": (0.0, float("inf"))}
+
+
+def _parity(parity: Any, where: str) -> dict[str, Any]:
+    if not isinstance(parity, dict):
+        raise BundleError(f"{where}: parity must be an object of figures per precision")
+    for precision, figures in parity.items():
+        if precision not in PRECISIONS or not isinstance(figures, dict):
+            raise BundleError(f"{where}: parity.{precision} must be an object of figures of a known precision")
+        for name, value in [*figures.items(), *(figures.get("greedy_graph") or {}).items()]:
+            low, high = _PARITY_RANGES.get(name, (None, None))
+            if low is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high):
+                raise BundleError(f"{where}: parity.{precision}.{name} must be a number in [{low}, {high}], not {value!r}")
+        if "greedy_graph" in figures and not isinstance(figures["greedy_graph"], dict):
+            raise BundleError(f"{where}: parity.{precision}.greedy_graph must be an object")
+    return parity
 
 
 def _plain_name(name: Any) -> bool:

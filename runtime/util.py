@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import Seq2EdgeError
+
 
 def _read_umask() -> int:
     umask = os.umask(0o022)  # reading it means setting it: once, at import, not around every write
@@ -96,6 +98,30 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def refuse_overlap(out: str | Path, inputs: list[tuple[str, str | Path | None]], option: str = "OUT") -> None:
+    """Refuse an output directory that is, contains or lies inside one of `inputs` ((name, path) pairs):
+    replacing it would destroy what the command reads (`export CK CK --force` once left only the bundle)."""
+    target = Path(out).resolve()
+    for name, path in inputs:
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        relation = ("is" if target == source else "contains" if target in source.parents
+                    else "lies inside" if source in target.parents else None)
+        if relation is not None:
+            raise Seq2EdgeError(f"{out}: the output {relation} the {name} ({path}), which writing it would destroy; "
+                                f"choose an {option} outside it")
+
+
+def check_writable(path: str | Path, option: str) -> None:
+    """Refuse, before any work, an output path whose directory is missing or that is a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise Seq2EdgeError(f"{option} {path}: is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise Seq2EdgeError(f"{option} {path}: the directory {path.parent} does not exist")
 
 
 def remove_orphans(target: Path, suffix: str) -> None:

@@ -161,8 +161,9 @@ def test_a_killed_run_keeps_its_finished_lines_and_resume_completes_it_byte_iden
 def test_resume_drops_a_half_written_last_line_and_stale_temporaries_go(tiny_bundle, tmp_path):
     path = tmp_path / "in.txt"
     path.write_text("edge\nonnx\nattention\n")
-    whole = decode(tiny_bundle, "--input", path, "--format", "jsonl").stdout
     out = tmp_path / "out.jsonl"
+    assert decode(tiny_bundle, "--input", path, "--output", out, "--format", "jsonl").returncode == 0
+    whole = out.read_text()
     out.write_text(whole.splitlines(keepends=True)[0] + whole.splitlines()[1][:10])  # killed while writing line 2
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     (tmp_path / f".out.jsonl.{dead}.tmp").write_text("left by a run killed with SIGKILL")

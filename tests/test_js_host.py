@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import REPO, SEQ2EDGE
+from test_reliability import FAULTS
 
 from seq2edge.runtime import Seq2Seq
 from seq2edge.train import corpus as C
@@ -246,6 +247,45 @@ def test_node_and_wasm_decode_an_int8_gru_encoder_batched_as_python_does(words, 
                   for backend in ("node", "wasm"))
     assert [r["output"] for r in node] == python
     assert sum(r["output"] != p for r, p in zip(wasm, python, strict=True)) <= 4
+
+
+@needs_node
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_node_refuses_every_broken_bundle_python_refuses_in_one_line(tiny_bundle, tmp_path, fault):
+    damage, message = FAULTS[fault]
+    broken = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, broken)
+    damage(broken)
+    file = message.split(":")[0] if message.split(":")[0].endswith((".json", ".onnx")) else "bundle.json"
+    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(broken), "edge"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.count("\n") == 1 and file in proc.stderr and "    at " not in proc.stderr, proc.stderr
+
+
+@needs_node
+def test_node_refuses_a_greedy_graph_from_another_export_and_one_that_is_not_there(tmp_path):
+    small = tmp_path / "small"
+    shutil.copytree(REPO / "models" / "g2p-en-small", small)
+    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(REPO / "models" / "g2p-en"), "--greedy-graph", "edge"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no fp32 greedy graph in this bundle" in proc.stderr
+    _claim_another_bundle(small, "greedy.onnx")
+    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(small), "edge"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "greedy.onnx: exported for bundle 0000" in proc.stderr
+
+
+def _claim_another_bundle(bundle: Path, name: str) -> None:
+    """Rewrite a graph's metadata to another bundle id and re-hash it in bundle.json (as a copied-in graph would be)."""
+    from seq2edge.runtime.util import sha256_file
+
+    graph = onnx.load(str(bundle / name))
+    for prop in graph.metadata_props:
+        if prop.key == "seq2edge.bundle_id":
+            prop.value = "0" * 32
+    onnx.save(graph, str(bundle / name))
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["graphs"]["fp32"]["greedy"]["sha256"] = sha256_file(bundle / name)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
 
 
 @needs_node

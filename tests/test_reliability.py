@@ -144,6 +144,33 @@ def _symlink_loop(b):
     (b / "bundle.json").symlink_to(b / "bundle.json")
 
 
+def _fifo(name):
+    def damage(b):
+        (b / name).unlink()
+        os.mkfifo(b / name)  # reading it would wait for a writer that never comes
+    return damage
+
+
+def _nested(b):
+    (b / "bundle.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+def _truncate_and_rehash(b):
+    _truncate(b)
+    _edit_meta(b, lambda m: m["graphs"]["fp32"]["decoder"].update(sha256=sha256_file(b / "decoder.onnx")))
+
+
+def _link_outside(b):
+    outside = b.parent / "elsewhere.onnx"
+    shutil.move(b / "decoder.onnx", outside)
+    (b / "decoder.onnx").symlink_to(outside)
+
+
+def _nan_parity(b):
+    text = (b / "bundle.json").read_text()
+    (b / "bundle.json").write_text(text.replace('"parity": {', '"parity": {"fp32": {"tolerance": NaN}, "x": {', 1))
+
+
 FAULTS = {
     "missing bundle.json": (lambda b: (b / "bundle.json").unlink(), "bundle.json: missing"),
     "missing encoder": (lambda b: (b / "encoder.onnx").unlink(), "encoder.onnx: missing from the bundle"),
@@ -161,6 +188,23 @@ FAULTS = {
     "bundle.json unreadable": (_symlink_loop, "bundle.json: cannot read"),
     "bundle.json is a directory": (lambda b: ((b / "bundle.json").unlink(), (b / "bundle.json").mkdir()),
                                    "bundle.json: is a directory"),
+    # the second battery (docs/reliability.md): each crashed or hung before
+    "bundle.json is a FIFO": (_fifo("bundle.json"), "bundle.json: not a regular file"),
+    "bundle.json nested deep": (_nested, "bundle.json: nested too deeply"),
+    "eos_id out of range": (lambda b: _edit_meta(b, lambda m: (m["model"].update(eos_id=999), m.pop("special_ids"))),
+                            "special ids"),
+    "special id of the wrong type": (lambda b: _edit_meta(b, lambda m: (m["model"].update(eos_id="2"), m.pop("special_ids"))),
+                                     "eos_id must be a whole number"),
+    "duplicated vocabulary token": (lambda b: _edit_meta(b, lambda m: m["target"]["vocab"].__setitem__(5, m["target"]["vocab"][4])),
+                                    "target.vocab holds"),
+    "missing model section": (lambda b: _edit_meta(b, lambda m: m.pop("model")), "missing or malformed field model"),
+    "parity of the wrong type": (lambda b: _edit_meta(b, lambda m: m["parity"].update(fp32=[1, 2])), "parity.fp32 must be an object"),
+    "parity figure out of range": (lambda b: _edit_meta(b, lambda m: m["parity"]["fp32"].update(token_agreement="all")),
+                                   "parity.fp32.token_agreement must be a number"),
+    "NaN in the parity figures": (_nan_parity, "NaN is not a JSON number"),
+    "truncated graph re-hashed": (_truncate_and_rehash, "decoder.onnx: not a valid ONNX model"),
+    "graph is a FIFO": (_fifo("decoder.onnx"), "decoder.onnx: not a regular file"),
+    "graph links out of the bundle": (_link_outside, "decoder.onnx: points outside the bundle directory"),
 }
 
 
@@ -298,3 +342,46 @@ def test_control_tokens_typed_as_text_are_unknown_tokens_not_control_ids():
         codec.encode("a <pad> </s>")
     assert codec.encode("a <pad> <s> <unk>", "unk") == [4, 3, 3, 3]
     assert codec.encode("<s> a", "skip") == [4]
+
+
+def test_a_greedy_graph_from_another_export_is_refused_at_load_not_at_the_first_single_input(tmp_path):
+    from conftest import REPO
+    from test_js_host import _claim_another_bundle
+
+    small = _copy(REPO / "models" / "g2p-en-small", tmp_path, "small")
+    _claim_another_bundle(small, "greedy.onnx")
+    with pytest.raises(BundleError, match="greedy.onnx: exported for bundle 0000"):
+        Seq2Seq.load(small, providers="cpu")
+    Seq2Seq.load(small, providers="cpu", greedy_graph=False).decode(["edge"])  # never reads it
+    proc = subprocess.run([*SEQ2EDGE, "info", str(small)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "greedy.onnx: exported for bundle 0000" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_info_names_a_missing_graph_and_shows_the_others(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path)
+    (bundle / "decoder.onnx").unlink()
+    proc = subprocess.run([*SEQ2EDGE, "info", str(bundle)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "decoder.onnx: missing from the bundle" in proc.stderr and "encoder.onnx" in proc.stdout
+    assert "decoder.onnx" in proc.stdout and "MISSING OR NOT A FILE" in proc.stdout
+
+
+@pytest.mark.parametrize("out,relation", [("{ck}", "is"), ("{ck}/sub", "lies inside"), ("{parent}", "contains")])
+def test_export_refuses_an_output_that_is_contains_or_lies_inside_its_checkpoint(tiny_checkpoint, tmp_path, out, relation):
+    checkpoint = tmp_path / "parent" / "ck"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    before = sorted(p.name for p in checkpoint.iterdir())
+    target = out.format(ck=checkpoint, parent=checkpoint.parent)
+    proc = subprocess.run([*SEQ2EDGE, "export", str(checkpoint), target, "--force"], capture_output=True, text=True)
+    assert proc.returncode == 2 and f"the output {relation} the checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in checkpoint.iterdir()) == before
+
+
+def test_average_refuses_an_output_that_is_one_of_its_sources(tiny_checkpoint, tmp_path):
+    from seq2edge.runtime.errors import Seq2EdgeError
+    from seq2edge.train.average import average_checkpoints
+
+    source = _copy(tiny_checkpoint, tmp_path, "a")
+    with pytest.raises(Seq2EdgeError, match="the output is the source"):
+        average_checkpoints([source, tiny_checkpoint], source, force=True)
+    assert (source / "model.safetensors").exists()

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from seq2edge.runtime.errors import BundleError, Seq2EdgeError
-from seq2edge.runtime.util import atomic_directory, write_json_atomic
+from seq2edge.runtime.util import atomic_directory, refuse_overlap, write_json_atomic
 
 from .checkpoint import load_tensors, read_json, save_tensors, tensors_metadata
 
@@ -38,6 +38,7 @@ def average_checkpoints(sources: list[Path], out: Path, force: bool = False) -> 
     Returns what was averaged."""
     if len(sources) < 2:
         raise Seq2EdgeError("average needs at least two checkpoints or weights files")
+    refuse_overlap(out, [("source", source) for source in sources], option="--out")
     if out.exists() and not force:
         raise Seq2EdgeError(f"{out}: exists; use --force to replace it")
     pairs = [weights_and_checkpoint(Path(s)) for s in sources]

@@ -111,7 +111,7 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
                 tgt_tokens=tgt_tokens, lowercase_source=lowercase_source, max_src_len=max_src_len, max_tgt_len=max_tgt_len)
     if not resume and init_from is None:  # an impossible model is refused before the corpus is read and tokenisers trained
         try:
-            ModelConfig(src_vocab_size=1, tgt_vocab_size=1, **{k: v for k, v in arch.items() if v is not None})
+            ModelConfig.placeholder(**{k: v for k, v in arch.items() if v is not None})
         except ValueError as exc:
             raise Seq2EdgeError(str(exc)) from None
     tc = TrainConfig(corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, label_smoothing=label_smoothing,
@@ -198,9 +198,14 @@ def _check_unchanged(out: Path, names: set[str], values: dict) -> None:
 def evaluate(path, corpus, split, beam, precision, batch_size, limit, threads, output, json_out, ensemble) -> None:
     """Score BUNDLE_OR_CHECKPOINT on a corpus: exact-match rate and token error rate (CER for character
     targets); for CMUdict WER and PER with and without stress digits."""
+    from seq2edge.runtime.util import check_writable
+
     from .evaluate import evaluate as run
     from .evaluate import write_metrics, write_rows
 
+    for option, target in (("--output", output), ("--json", json_out)):  # before scoring, not after it
+        if target is not None:
+            check_writable(target, option)
     result = run(path, corpus, split, beam, batch_size, limit, precision, threads, ensemble)
     for problem in result.problems:
         click.echo(f"seq2edge: {problem}", err=True)

@@ -2,9 +2,10 @@
 //   import { loadBundle } from "./node.mjs";
 //   const model = await loadBundle("models/g2p-en", { backend: "node" });   // or "wasm" (onnxruntime-web)
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { readFile, realpath, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
 
+import { MAX_METADATA_BYTES } from "./bundle-checks.mjs";
 import { BundleError, oneOf, Seq2EdgeError, Seq2Seq, sessionConfig } from "./seq2edge.mjs";
 
 export * from "./seq2edge.mjs";
@@ -26,14 +27,28 @@ async function loadOne(dir, { backend = "node", threads = 1, format, ...options 
   if (!(Number.isInteger(threads) && threads >= 1)) throw new Seq2EdgeError(`threads must be an integer of at least 1, not ${threads}`);
   const ort = backend === "wasm" ? await import("onnxruntime-web") : await import("onnxruntime-node");
   if (backend === "wasm") ort.env.wasm.numThreads = threads;
-  const read = async (name) => {
-    try {
-      return new Uint8Array(await readFile(join(dir, name)));
-    } catch (err) {
-      throw new BundleError(`${join(dir, name)}: ${err.code === "ENOENT" ? "missing from the bundle" : err.message}`);
-    }
-  };
+  const read = (name) => readBundleFile(dir, name);
   const sha256 = async (bytes) => createHash("sha256").update(bytes).digest("hex");
   const sessionOptions = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all", format, extra: sessionConfig() };
   return Seq2Seq.load({ ort, read, sha256, sessionOptions, ...options });
+}
+
+/** A file of the bundle, as runtime/bundle.py reads one: a regular file inside the bundle directory (never a FIFO or
+ * device, never a link out of it), and bundle.json or a tokeniser model no larger than any bundle's. */
+async function readBundleFile(dir, name) {
+  const path = join(dir, name);
+  try {
+    const real = await realpath(path);
+    if (dirname(real) !== await realpath(dir)) throw new BundleError(`${path}: points outside the bundle directory; refused`);
+    const info = await stat(real);
+    if (info.isDirectory()) throw new BundleError(`${path}: is a directory, expected a file`);
+    if (!info.isFile()) throw new BundleError(`${path}: not a regular file; refused`);
+    if (!name.endsWith(".onnx") && !name.endsWith(".ort") && info.size > MAX_METADATA_BYTES) {
+      throw new BundleError(`${path}: larger than ${MAX_METADATA_BYTES >> 20} MB, far beyond any bundle's; refused`);
+    }
+    return new Uint8Array(await readFile(real));
+  } catch (err) {
+    if (err instanceof BundleError) throw err;
+    throw new BundleError(`${path}: ${err.code === "ENOENT" ? "missing from the bundle" : `cannot read: ${err.message}`}`);
+  }
 }

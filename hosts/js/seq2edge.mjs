@@ -8,9 +8,10 @@
 // This file knows no file system and no particular onnxruntime package: a host passes `ort`,
 // a `read(name)` returning a file's bytes, and a `sha256(bytes)` returning its hex digest.
 
+import { BundleError, checkMeta, checkOwner, FORMAT_VERSION, plainName, scanOnnx, Seq2EdgeError } from "./bundle-checks.mjs";
 import { SentencePiece } from "./sentencepiece.mjs";
 
-export const FORMAT_VERSION = 1;
+export { BundleError, FORMAT_VERSION, Seq2EdgeError };
 export const UNKNOWN_POLICIES = ["error", "unk", "skip"];
 export const TOO_LONG_POLICIES = ["error", "truncate"];
 export const GRAPH_FORMATS = ["onnx", "ort"];
@@ -39,9 +40,19 @@ const PORTS = {  // the ONNX contract (runtime/interface.py in the Python packag
 const GREEDY_GRAPH_BATCHED_SPEEDUP = 1.15;
 const DYNAMIC = new Set(["batch", "src_len", "steps"]);
 const SPECIAL_IDS = ["pad_id", "bos_id", "eos_id", "unk_id"];
+const THREAD_DEPENDENT_OPS = ["DynamicQuantizeLSTM"];
 
-export class Seq2EdgeError extends Error {}
-export class BundleError extends Seq2EdgeError {}
+/** Whether `bytes` holds the ASCII string `text` (an operator name in a serialised graph). */
+function contains(bytes, text) {
+  const needle = new TextEncoder().encode(text);
+  for (let i = bytes.indexOf(needle[0]); i >= 0 && i <= bytes.length - needle.length; i = bytes.indexOf(needle[0], i + 1)) {
+    let j = 1;
+    while (j < needle.length && bytes[i + j] === needle[j]) j += 1;
+    if (j === needle.length) return true;
+  }
+  return false;
+}
+
 export class InputError extends Seq2EdgeError {}
 
 // Python's str.isspace() characters, so that strip() and split() agree with the Python runtime.
@@ -129,16 +140,26 @@ export class Seq2Seq {
     checkMeta(meta);
     const graphs = meta.graphs[precision];
     if (!graphs) throw new BundleError(`bundle.json: no ${precision} graphs in this bundle`);
+    if (useGreedyGraph === true && !graphs.greedy) {
+      throw new BundleError(`bundle.json: no ${precision} greedy graph in this bundle; export it with \`seq2edge export --greedy-graph\``);
+    }
     const sessions = {};
     for (const kind of ["encoder", "decoder", "greedy"]) {
       const entry = graphs[kind];
-      if (!entry) continue;
+      if (!entry || (kind === "greedy" && useGreedyGraph === false)) continue;
       const file = pickFile(entry, sessionOptions.format);
       const bytes = await read(file.file);
       if ((await sha256(bytes)) !== file.sha256) {
-        throw new BundleError(`${file.file}: sha256 does not match bundle.json; re-export the bundle`);
+        throw new BundleError(`${file.file}: sha256 does not match bundle.json; the file is damaged or was replaced, re-export the bundle`);
       }
-      const session = await ort.InferenceSession.create(bytes, sessionOptions);
+      if (sessionOptions.format !== "ort") {  // an .ort file is a flatbuffer: no external data, no metadata_props
+        const { external, metadata } = scanOnnx(bytes, file.file);
+        if (external) throw new BundleError(`${file.file}: stores weights in external files, which a bundle never does; refused`);
+        checkOwner(metadata, file.file, meta.bundle_id, kind, precision);
+      }
+      // As runtime/engine.py: a graph with an operator whose results depend on the thread count runs on one thread.
+      const options = THREAD_DEPENDENT_OPS.some((op) => contains(bytes, op)) ? { ...sessionOptions, intraOpNumThreads: 1 } : sessionOptions;
+      const session = await ort.InferenceSession.create(bytes, options);
       checkPorts(session, kind, file.file, meta.model);
       sessions[kind] = session;
     }
@@ -238,6 +259,10 @@ export class Seq2Seq {
     });
     ready.sort((a, b) => a.ids.length - b.ids.length);  // stable, as Python's sort
     // The graph searches plainly: argmax at every step, </s> allowed from the first one.
+    if (greedyGraph === true && !this.hasGreedyGraph) {
+      throw new BundleError(this.members.length > 1 ? "a greedy graph holds one model, and an ensemble decodes step by step"
+        : `bundle.json: no ${this.precision} greedy graph in this bundle; export it with \`seq2edge export --greedy-graph\``);
+    }
     const graph = this.hasGreedyGraph && !draws && minLen === 0 ? (greedyGraph ?? this.useGreedyGraph) : false;
     for (let start = 0; start < ready.length; start += batchSize) {
       const chunk = ready.slice(start, start + batchSize);
@@ -537,29 +562,10 @@ export function oneOf(name, value, allowed) {
   }
 }
 
-function checkMeta(meta) {
-  const v = meta?.format_version;
-  if (!Number.isInteger(v) || v < 1) throw new BundleError("bundle.json: no valid format_version; not a seq2edge bundle");
-  if (v > FORMAT_VERSION) throw new BundleError(`bundle.json: format version ${v} is newer than this host reads (${FORMAT_VERSION})`);
-  for (const side of ["source", "target"]) {
-    const vocab = meta[side]?.vocab;
-    if (!Array.isArray(vocab) || SPECIALS.some((s, i) => vocab[i] !== s)) {
-      throw new BundleError(`bundle.json: ${side} vocabulary must start with ${SPECIALS.join(" ")}`);
-    }
-  }
-  const m = meta.model;
-  if (meta.source.vocab.length !== m.src_vocab_size || meta.target.vocab.length !== m.tgt_vocab_size) {
-    throw new BundleError("bundle.json: vocabulary sizes disagree with the model config");
-  }
-  if (meta.source.tokenizer !== m.src_tokens || meta.target.tokenizer !== m.tgt_tokens) {
-    throw new BundleError("bundle.json: tokenizers disagree with the model config");
-  }
-}
-
 /** A side's SentencePiece model from the bundle, checked against bundle.json's sha256 (runtime/bundle.py). */
 async function loadSentencePiece(info, side, read, sha256) {
   const file = info.spm_model ?? `${side}.spm.model`;
-  if (typeof file !== "string" || !file || /[/\\]/.test(file) || file.startsWith(".")) {  // as runtime/schema.py
+  if (!plainName(file)) {  // as runtime/schema.py
     throw new BundleError(`bundle.json: ${side}.spm_model must be a plain file name in the bundle`);
   }
   const bytes = await read(file);
