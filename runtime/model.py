@@ -118,6 +118,7 @@ class Seq2Seq:
             share this bundle's vocabularies; limits are the smallest of theirs. Greedy graphs are
             not used (they hold one model).
         """
+        _check_load_types(threads, greedy_graph, ensemble)
         if ensemble and greedy_graph:
             raise Seq2EdgeError("a greedy graph holds one model, and an ensemble decodes step by step: ask for one or the other")
         bundle = load_bundle(path)
@@ -150,7 +151,7 @@ class Seq2Seq:
         errors="raise" raises InputError at the first bad input;
         errors="return" gives that input a Result with `error` set and decodes the rest.
         """
-        if isinstance(texts, str):
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise OptionError("decode() takes a list of texts; wrap a single text in a list")
         if positions is not None:
             positions = list(positions)
@@ -284,3 +285,13 @@ def _check_text(text: str) -> None:
         if 0xD800 <= code <= 0xDFFF:
             raise InputError(f"lone surrogate U+{code:04X} (the text is not valid Unicode)")
         raise InputError(f"control character U+{code:04X} in the input")
+
+
+def _check_load_types(threads: Any, greedy_graph: Any, ensemble: Any) -> None:
+    """Settings of Seq2Seq.load whose wrong type would otherwise surface as a TypeError deep inside onnxruntime."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise OptionError(f"threads must be None or a whole number of at least 1, not {threads!r}")
+    if greedy_graph not in (None, True, False):
+        raise OptionError(f"greedy_graph must be None, True or False, not {greedy_graph!r}")
+    if isinstance(ensemble, (str, Path)) or not isinstance(ensemble, Sequence):
+        raise OptionError("ensemble takes a list of bundle paths (the other members), not a single path")

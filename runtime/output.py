@@ -1,10 +1,11 @@
 """Where `seq2edge decode` writes, and how --resume continues a file.
 
 A regular --output file is written to a temporary path and renamed into place at the end (or, when
-interrupted, holding the records finished so far); a FIFO or device is written as it is. Beside a
-regular file, `.NAME.decode.json` holds the settings that decide its bytes. --resume continues a file
-only when those settings are the same and every record it holds is the record of the input line it
-stands for; otherwise it refuses in one line and leaves the file as it was.
+interrupted, holding the records finished so far); a FIFO or device is written as it is. While a
+regular file is unfinished, `.NAME.decode.json` beside it holds the settings that decide its bytes
+(removed when the run completes). --resume continues a file only when those settings are the same and
+every record it holds is the record of the input line it stands for; otherwise it refuses in one line
+and leaves the file as it was.
 """
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ class ResumeRefused(Seq2EdgeError):
 class Sink:
     """stdout; a regular file written to a temporary path and renamed into place at the end (or, when
     interrupted, with the records finished so far); or a FIFO or device written directly. Beside a
-    regular file, `.NAME.decode.json` records the settings that wrote it, so that --resume continues
-    only a file of the same bundle, format and search; `records` reads back its complete records."""
+    regular file, `.NAME.decode.json` records the settings that write it until the run completes, so
+    that --resume continues an unfinished file only with the same bundle, format and search;
+    `records` reads back its complete records, `recorded` says whether that record was there."""
 
     def __init__(self, path: Path | None, resume: bool, settings: dict):
         self.path, self.resume, self.settings = path, resume, settings
         self.done = 0
         self.records: OldRecords | None = None
+        self.recorded = False
         self._atomic = None
         self._keep = False
 
@@ -68,7 +71,7 @@ class Sink:
             self.stream = self._open(self.path)
             return self
         if self.resume and kind == "file":
-            self._check_settings()
+            self.recorded = self._check_settings()
         remove_orphans(self.path, ".tmp")
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
@@ -88,18 +91,19 @@ class Sink:
         except OSError as exc:
             raise Seq2EdgeError(f"{self.path}: cannot write: {exc.strerror}") from None
 
-    def _check_settings(self) -> None:
+    def _check_settings(self) -> bool:
+        """False when there is no record (a finished file, or one not written by seq2edge decode)."""
         try:
             saved = json.loads(self.settings_path.read_text(encoding="utf-8"))["settings"]
         except FileNotFoundError:
-            raise ResumeRefused(f"{self.path}: no record of the settings that wrote it ({self.settings_path.name}); --resume "
-                                "continues only a file seq2edge decode wrote; decode into a new --output") from None
+            return False
         except (OSError, ValueError, KeyError, TypeError):
             raise ResumeRefused(f"{self.settings_path}: unreadable; decode into a new --output") from None
         changed = [f"{name} {saved.get(name)!r} -> {value!r}" for name, value in self.settings.items() if saved.get(name) != value]
         if changed:
             raise ResumeRefused(f"{self.path}: was written with other settings ({'; '.join(changed)}); --resume continues "
                                 "a file with the same bundle, format and search settings")
+        return True
 
     def write(self, text: str) -> None:
         self.stream.write(text)
@@ -121,6 +125,8 @@ class Sink:
             return False
         if self._keep or kind is None:
             self._atomic.__exit__(None, None, None)
+            if not self._keep:  # finished: nothing left to resume
+                self.settings_path.unlink(missing_ok=True)
         else:
             self._atomic.__exit__(kind, value, tb)
         return False
@@ -206,6 +212,10 @@ def unwritten(chunks: Iterator[list], out: Sink, job: Job, already: deque) -> It
             kept += 1
         if kept == len(chunk):
             continue
+        if old is not None and old.count and not out.recorded:
+            raise ResumeRefused(f"{out.path}: unfinished, with no record of the settings that wrote it "
+                                f"(.{out.path.name}.decode.json); --resume continues only a file seq2edge decode left "
+                                "unfinished; decode into a new --output")
         already.append(kept)
         yield chunk
     if old is not None and old.next() is not None:

@@ -51,11 +51,15 @@ def resolve(spec: ProviderSpec) -> tuple[list[Any], bool]:
     offered = available()
     if spec is None or spec == "auto":
         return ([CUDA, CPU] if CUDA in offered else [CPU]), False
+    if not isinstance(spec, (str, list, tuple)):
+        raise ProviderError(f"providers must be \"auto\", a provider name or a list of them, not {spec!r}")
     entries = [spec] if isinstance(spec, str) else list(spec)
     if not entries:
         raise ProviderError("the providers list is empty")
     chosen: list[Any] = []
     for entry in entries:
+        if not isinstance(entry, str) and not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ProviderError(f"a providers entry is a name or a (name, options) pair, not {entry!r}")
         name, options = (entry, None) if isinstance(entry, str) else (entry[0], entry[1])
         full = ALIASES.get(name.lower(), name)
         if full not in offered:

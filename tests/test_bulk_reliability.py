@@ -5,6 +5,7 @@ the thread count, search settings that never end, and API settings of the wrong 
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -108,14 +109,17 @@ def test_int8_output_is_byte_identical_whatever_the_threads_and_workers(tmp_path
 # --------------------------------------------------------------------------- --resume and --output
 
 
-@pytest.fixture
-def written(tiny_bundle, tmp_path):
-    """A three-line input and its complete jsonl output (with the settings file beside it)."""
-    path = tmp_path / "in.txt"
-    path.write_text("edge\nonnx\nattention\n")
-    out = tmp_path / "out.jsonl"
-    assert decode(tiny_bundle, "--input", path, "--output", out, "--format", "jsonl").returncode == 0
-    return path, out
+@pytest.fixture(scope="module")
+def stopped(tiny_bundle, tmp_path_factory, words):
+    """A jsonl output of 8,000 lines stopped by SIGTERM part way (its settings record beside it), and the input."""
+    from test_decode_cli import _kill_mid_file
+
+    work = tmp_path_factory.mktemp("stopped")
+    path = work / "in.txt"
+    path.write_text("\n".join(words[:8000]) + "\n")
+    code, _ = _kill_mid_file(tiny_bundle, path, work / "out.jsonl", "jsonl", signal.SIGTERM)
+    assert code == 143 and (work / ".out.jsonl.decode.json").exists()
+    return work
 
 
 @pytest.mark.parametrize("case,message", [
@@ -124,11 +128,13 @@ def written(tiny_bundle, tmp_path):
     ("another search", "was written with other settings (search"),
     ("another input", "record 2 is not what --format jsonl writes for input line 2"),
     ("a shorter input", "holds more records than the input has lines"),
-    ("no settings record", "no record of the settings that wrote it"),
+    ("no settings record", "unfinished, with no record of the settings that wrote it"),
     ("not UTF-8", "record 2 is not UTF-8"),
 ])
-def test_resume_refuses_a_file_it_must_not_continue_and_leaves_it_as_it_was(tiny_bundle, tmp_path, written, case, message):
-    path, out = written
+def test_resume_refuses_a_file_it_must_not_continue_and_leaves_it_as_it_was(tiny_bundle, tmp_path, stopped, words, case,
+                                                                           message):
+    shutil.copytree(stopped, tmp_path, dirs_exist_ok=True)
+    path, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
     bundle, fmt, extra = tiny_bundle, "jsonl", []
     if case == "another format":
         fmt = "text"
@@ -137,30 +143,41 @@ def test_resume_refuses_a_file_it_must_not_continue_and_leaves_it_as_it_was(tiny
     elif case == "another search":
         extra = ["--beam", "2"]
     elif case == "another input":
-        path.write_text("edge\nedges\nattention\n")
+        path.write_text("\n".join([words[0], "edges", *words[2:8000]]) + "\n")
     elif case == "a shorter input":
-        path.write_text("edge\nonnx\n")
+        path.write_text("\n".join(words[:10]) + "\n")
     elif case == "no settings record":
         (tmp_path / ".out.jsonl.decode.json").unlink()
     elif case == "not UTF-8":
         lines = out.read_bytes().split(b"\n")
-        out.write_bytes(lines[0] + b"\n" + b"\xff\xfe" + lines[1] + b"\n")
+        out.write_bytes(b"\n".join([lines[0], b"\xff\xfe" + lines[1], *lines[2:]]))
     before = out.read_bytes()
     proc = decode(bundle, "--input", path, "--output", out, "--format", fmt, "--resume", *extra)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert out.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_a_lone_cr_inside_an_input_line_stays_inside_its_record_on_resume(tiny_bundle, tmp_path):
-    path = tmp_path / "in.txt"
-    path.write_bytes(b"edge\nab\rcd\nonnx\nattention\n")
-    out = tmp_path / "out.txt"
-    decode(tiny_bundle, "--input", path, "--output", out)
+def test_resume_of_a_finished_file_decodes_nothing_and_leaves_no_record(tiny_bundle, tmp_path):
+    path, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    path.write_text("edge\nonnx\n")
+    assert decode(tiny_bundle, "--input", path, "--output", out).returncode == 0
     whole = out.read_bytes()
-    assert whole.count(b"\n") == 4 and b"ab\rcd -> " in whole
-    out.write_bytes(b"\n".join(whole.split(b"\n")[:2]) + b"\n")  # interrupted after line 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.txt"]
+    assert decode(tiny_bundle, "--input", path, "--output", out, "--resume").returncode == 0 and out.read_bytes() == whole
+
+
+def test_a_lone_cr_inside_an_input_line_stays_inside_its_record_on_resume(tiny_bundle, tmp_path, words):
+    from test_decode_cli import _kill_mid_file
+
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"\n".join([b"edge", b"ab\rcd", *(w.encode() for w in words[:12000])]) + b"\n")
+    whole = tmp_path / "whole.txt"
+    decode(tiny_bundle, "--input", path, "--output", whole)
+    assert whole.read_bytes().count(b"\n") == 12002 and b"\nab\rcd -> " in whole.read_bytes()
+    out = tmp_path / "out.txt"
+    assert _kill_mid_file(tiny_bundle, path, out, "text", signal.SIGTERM)[0] == 143
     proc = decode(tiny_bundle, "--input", path, "--output", out, "--resume")
-    assert proc.returncode == 0 and out.read_bytes() == whole  # line 2 (a CR is no letter) failed in the first run
+    assert proc.returncode == 0 and out.read_bytes() == whole.read_bytes()  # line 2 (a CR is no letter) failed before
 
 
 def test_an_output_that_is_a_directory_is_refused_before_decoding(tiny_bundle, tmp_path):
@@ -212,6 +229,19 @@ def test_the_api_raises_only_seq2edge_errors_for_bad_settings(tiny_model, call, 
     with pytest.raises(Seq2EdgeError) as caught:
         call(tiny_model)
     assert message in str(caught.value) and isinstance(caught.value, OptionError)
+
+
+@pytest.mark.parametrize("keywords,message", [
+    ({"threads": "2"}, "threads must be None or a whole number"),
+    ({"providers": 123}, "providers must be"),
+    ({"greedy_graph": "yes"}, "greedy_graph must be None, True or False"),
+    ({"ensemble": "models/g2p-en"}, "ensemble takes a list of bundle paths"),
+])
+def test_load_raises_only_seq2edge_errors_for_bad_settings(tiny_bundle, keywords, message):
+    from seq2edge.runtime import Seq2Seq
+
+    with pytest.raises(Seq2EdgeError, match=message):
+        Seq2Seq.load(tiny_bundle, **keywords)
 
 
 def test_options_may_be_a_dict_of_their_fields(tiny_model):
