@@ -27,7 +27,7 @@ EXTRA_WORDS      := build/english-words.txt
 
 JS_DEPS := hosts/js/node_modules/.installed
 
-.PHONY: install install-gpu js demo train export eval train-small export-small test soak lint docs bench bench-quick clean
+.PHONY: install install-gpu js demo train export eval train-small export-small test soak lint docs bench bench-quick device-check clean
 
 $(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -113,6 +113,15 @@ bench: $(FULL) $(JS_DEPS)
 
 bench-quick: $(FULL) $(JS_DEPS)
 	$(BIN)/seq2edge bench $(BUNDLE) $(SMALL) --checkpoint $(CHECKPOINT) --checkpoint $(SMALL_CHECKPOINT) --quick
+
+# Decode under an emulated ARM64 CPU (qemu-user, a Debian arm64 sysroot, onnxruntime's aarch64 wheel, Node's arm64
+# build) and compare with x86 (docs/hosts.md, "Devices"). The environment is built once into ~/.cache/seq2edge-device.
+# N: sample size; DEVICE_ARGS=--reduced: the CI check (the big bundle at batch 64 only).
+ARCH ?= aarch64
+N    ?= 1000
+device-check: $(FULL) $(JS_DEPS)
+	@test "$(ARCH)" = aarch64 || { echo "device-check: ARCH=$(ARCH) is not supported (aarch64 is)"; exit 2; }
+	$(BIN)/python tools/device_check.py --words $(N) $(DEVICE_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache hosts/js/node_modules

@@ -158,18 +158,20 @@ def test_a_killed_run_keeps_its_finished_lines_and_resume_completes_it_byte_iden
     assert out.read_bytes() == whole.read_bytes()
 
 
-def test_resume_drops_a_half_written_last_line_and_stale_temporaries_go(tiny_bundle, tmp_path):
+def test_resume_drops_a_half_written_last_line_and_stale_temporaries_go(tiny_bundle, tmp_path, words):
     path = tmp_path / "in.txt"
-    path.write_text("edge\nonnx\nattention\n")
+    path.write_text("\n".join(words[:12000]) + "\n")
+    whole = tmp_path / "whole.jsonl"
+    assert decode(tiny_bundle, "--input", path, "--output", whole, "--format", "jsonl").returncode == 0
     out = tmp_path / "out.jsonl"
-    assert decode(tiny_bundle, "--input", path, "--output", out, "--format", "jsonl").returncode == 0
-    whole = out.read_text()
-    out.write_text(whole.splitlines(keepends=True)[0] + whole.splitlines()[1][:10])  # killed while writing line 2
+    assert _kill_mid_file(tiny_bundle, path, out, "jsonl", signal.SIGTERM)[0] == 143
+    kept = out.read_bytes()
+    out.write_bytes(kept + whole.read_bytes()[len(kept):][:10])  # as if killed outright while writing the next line
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     (tmp_path / f".out.jsonl.{dead}.tmp").write_text("left by a run killed with SIGKILL")
     proc = decode(tiny_bundle, "--input", path, "--output", out, "--format", "jsonl", "--resume")
-    assert proc.returncode == 0 and out.read_text() == whole
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert proc.returncode == 0 and out.read_bytes() == whole.read_bytes()
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob(".*.decode.json"))
 
 
 def test_two_workers_write_the_same_bytes_as_one_with_the_same_errors(tiny_bundle, tmp_path, words):
