@@ -9,6 +9,11 @@ the messages that can hold tensors, skipping weight bytes by their length.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
 # message -> {field number: message type of that field}, for every path to a TensorProto
 _SCHEMA: dict[str, dict[int, str]] = {
     "model": {7: "graph", 25: "function"},
@@ -29,49 +34,55 @@ class MalformedModel(ValueError):
 
 def uses_external_data(data: bytes | memoryview) -> bool:
     """True when any tensor of the model stores its data outside the model bytes."""
-    with memoryview(data) as view:
-        try:
-            return _walk(view, "model")
-        except MalformedModel as exc:  # raised anew below, so that no frame of the walk keeps a slice of the
-            problem = str(exc)         # caller's buffer alive (an mmap then cannot close: BufferError)
-    raise MalformedModel(problem)
+    return _scan(data, lambda view: _walk(view, "model"))
 
 
 def metadata(data: bytes | memoryview) -> dict[str, str]:
     """The model's metadata_props (ModelProto field 14: key 1, value 2), without the onnx package."""
-    found: dict[str, str] = {}
+    def read(view: memoryview) -> dict[str, str]:
+        found = {}
+        for field, wire, entry in _fields(view):
+            if field == _MODEL_METADATA_PROPS and wire == 2:
+                pair = {f: bytes(v).decode("utf-8", errors="replace") for f, w, v in _fields(entry) if w == 2}
+                found[pair.get(1, "")] = pair.get(2, "")
+        return found
+
+    return _scan(data, read)
+
+
+def _scan(data: bytes | memoryview, read: Callable[[memoryview], T]) -> T:
+    """`read` over a view of `data`. A MalformedModel is raised anew outside the view, so that no frame of
+    the walk keeps a slice of the caller's buffer alive (an mmap then cannot close: BufferError)."""
     with memoryview(data) as view:
         try:
-            for field, entry in _fields(view):
-                if field == _MODEL_METADATA_PROPS:
-                    pair = {f: bytes(v).decode("utf-8", errors="replace") for f, v in _fields(entry)}
-                    found[pair.get(1, "")] = pair.get(2, "")
-                    entry.release()
+            return read(view)
         except MalformedModel as exc:
             problem = str(exc)
-        else:
-            return found
     raise MalformedModel(problem)
 
 
-def _fields(buf: memoryview):
-    """(field number, bytes) of each length-delimited field of one message; other wire types skipped."""
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value) of each field of one message: the number of a varint, the bytes of a
+    length-delimited field; fixed-width fields are skipped (nothing here reads them)."""
     pos = 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
         field, wire = key >> 3, key & 7
         if wire == 0:
-            _, pos = _varint(buf, pos)
+            value, pos = _varint(buf, pos)
+            yield field, wire, value
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
         elif wire == 2:
             length, pos = _varint(buf, pos)
             if pos + length > len(buf):
                 raise MalformedModel("field runs past the end")
-            yield field, buf[pos : pos + length]
+            yield field, wire, buf[pos : pos + length]
             pos += length
         else:
             raise MalformedModel(f"unknown wire type {wire}")
+    if pos != len(buf):
+        raise MalformedModel("field runs past the end")
 
 
 def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
@@ -89,29 +100,10 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
 
 def _walk(buf: memoryview, kind: str) -> bool:
     children = _SCHEMA[kind]
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-            if kind == "tensor" and field == _TENSOR_DATA_LOCATION and value == _EXTERNAL:
-                return True
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > len(buf):
-                raise MalformedModel("field runs past the end")
-            if kind == "tensor" and field == _TENSOR_EXTERNAL_DATA:
-                return True
-            if field in children and _walk(buf[pos : pos + length], children[field]):
-                return True
-            pos += length
-        else:
-            raise MalformedModel(f"unknown wire type {wire}")
-    if pos != len(buf):
-        raise MalformedModel("field runs past the end")
+    for field, wire, value in _fields(buf):
+        if kind == "tensor" and ((wire == 0 and field == _TENSOR_DATA_LOCATION and value == _EXTERNAL)
+                                 or (wire == 2 and field == _TENSOR_EXTERNAL_DATA)):
+            return True
+        if wire == 2 and field in children and _walk(value, children[field]):
+            return True
     return False
