@@ -39,6 +39,7 @@ def test_profile_bulk_reports_both_precisions(capsys):
     assert re.search(r"^int8: \d+ lines/s", out, re.MULTILINE)
 
 
+@pytest.mark.slow  # whole commands, start-up included; .ci/run runs the slow tests of this file
 def test_bulk_bench_times_one_and_two_workers(capsys):
     bulk.main(["--bundle", str(SMALL), "--lines", "300", "--no-ray"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| --workers")]
@@ -61,6 +62,7 @@ def test_loop_crossover_prints_a_speedup_per_batch_size():
     assert re.search(r"^\s+32\s+8\s+[\d.]+\s+[\d.]+$", result.output, re.MULTILINE)
 
 
+@pytest.mark.slow
 @needs_node
 def test_hosts_bench_times_python_and_node_on_the_same_words(capsys):
     hosts.main([str(SMALL), "--words", "10"])
