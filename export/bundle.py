@@ -12,6 +12,7 @@ import json
 import shutil
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -22,6 +23,7 @@ from seq2edge.runtime.errors import BundleError, Seq2EdgeError
 from seq2edge.runtime.interface import BUNDLE_FILE, graph_metadata
 from seq2edge.runtime.model import GREEDY_GRAPH_BATCHED_SPEEDUP, Seq2Seq
 from seq2edge.runtime.schema import BundleMeta, GraphEntry, SideMeta
+from seq2edge.runtime.tokenize import TextCodec
 from seq2edge.runtime.util import atomic_directory, refuse_overlap, sha256_file, write_json_atomic
 from seq2edge.train import corpus as C
 from seq2edge.train.checkpoint import load_checkpoint, read_json
@@ -47,15 +49,38 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     float32 rounding PyTorch itself shows against float64 on the same steps, at least 1e-4."""
     checkpoint, out = Path(checkpoint), Path(out)
     refuse_overlap(out, [("checkpoint", checkpoint), ("corpus", corpus if corpus not in (None, "cmudict") else None)])
+    refuse_existing(out, force)
+    model, source, target = load_checkpoint(checkpoint)
+    sides = {"source": Side(source, checkpoint / "source.spm.model"), "target": Side(target, checkpoint / "target.spm.model")}
+    entries = parity_entries(checkpoint, corpus, parity_words)
+    provenance = {"path": str(checkpoint), "train": _train_summary(checkpoint)}
+    return write_bundle(model, out, sides, entries, provenance, exporter=exporter, int8=int8, fp16=fp16, atol=atol,
+                        greedy_graph=greedy_graph, ort=ort, log=log)
+
+
+def refuse_existing(out: Path, force: bool) -> None:
     if out.exists() and not force:
         raise Seq2EdgeError(f"{out}: already exists; pass --force to replace it")
-    model, source, target = load_checkpoint(checkpoint)
-    entries = parity_entries(checkpoint, corpus, parity_words)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's codec and, for spm, the SentencePiece model file to copy into the bundle."""
+
+    codec: TextCodec
+    spm_model: Path | None = None
+
+
+def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[C.Entry], provenance: dict, *,
+                 exporter: str = "torchscript", int8: bool = False, fp16: bool = False, atol: float | None = None,
+                 greedy_graph: bool = False, ort: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Graphs, bundle.json and every parity gate for `model` (seq2edge's Seq2SeqModule or a
+    protocol model wrapped in export.protocol.ProtocolModule), placed at `out` only when all passed."""
     texts = [e.source for e in entries]
     with atomic_directory(out) as tmp:
         bundle_id = uuid.uuid4().hex
         paths = export_graphs(model, tmp, bundle_id, exporter)
-        meta = _bundle_meta(bundle_id, model, checkpoint, tmp, source, target, paths, exporter)
+        meta = _bundle_meta(bundle_id, model, tmp, sides, paths, exporter, provenance)
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         runtime = _verify(tmp, exporter)
         meta.parity["fp32"] = check_parity_or_fail(model, runtime, texts, log, atol)
@@ -97,24 +122,26 @@ def _add_greedy_graphs(tmp: Path, meta: BundleMeta, texts: list[str], log: Calla
             raise ExportError(f"greedy.onnx ({precision}) does not decode like the runtime: {figures}. No bundle was written.")
 
 
-def _bundle_meta(bundle_id, model, checkpoint: Path, tmp: Path, source, target, paths: dict, exporter: str) -> BundleMeta:
+def _bundle_meta(bundle_id, model, tmp: Path, sides: dict[str, Side], paths: dict, exporter: str,
+                 provenance: dict) -> BundleMeta:
     return BundleMeta(
         bundle_id=bundle_id,
         model=model.config,
-        source=_side(checkpoint, tmp, "source", source),
-        target=_side(checkpoint, tmp, "target", target),
+        source=_side_meta(tmp, "source", sides["source"]),
+        target=_side_meta(tmp, "target", sides["target"]),
         graphs={"fp32": {kind: GraphEntry.of_file(p) for kind, p in paths.items()}},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         exported_with={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                        "exporter": exporter},
-        checkpoint={"path": str(checkpoint), "train": _train_summary(checkpoint)},
+        checkpoint=provenance,
     )
 
 
 def _log_precision(precision: str, figures: dict, log: Callable[[str], None]) -> None:
     if figures.get("measured"):
+        wer = f"WER {figures['wer']:.2f}% (fp32 {figures['fp32_wer']:.2f}%), " if "wer" in figures else ""
         log(f"parity {precision}: token agreement with fp32 {100 * figures['token_agreement_with_fp32']:.2f}%, "
-            f"WER {figures['wer']:.2f}% (fp32 {figures['fp32_wer']:.2f}%), size {100 * figures['size_ratio']:.0f}% of fp32")
+            f"{wer}size {100 * figures['size_ratio']:.0f}% of fp32")
     else:
         log(f"parity {precision}: not measured here ({figures['reason']})")
 
@@ -161,11 +188,12 @@ def parity_entries(checkpoint: Path, corpus: str | None, count: int) -> list[C.E
     return chosen
 
 
-def _side(checkpoint: Path, tmp: Path, side: str, codec) -> SideMeta:
+def _side_meta(tmp: Path, side: str, given: Side) -> SideMeta:
+    codec = given.codec
     if codec.kind != "spm":
         return SideMeta(codec.kind, codec.lowercase, codec.vocab.tokens)
     name = f"{side}.spm.model"
-    shutil.copyfile(checkpoint / name, tmp / name)
+    shutil.copyfile(given.spm_model, tmp / name)
     return SideMeta(codec.kind, codec.lowercase, codec.vocab.tokens, name, sha256_file(tmp / name))
 
 

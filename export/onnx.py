@@ -10,6 +10,7 @@ checks the result step by step against PyTorch before a bundle is written.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import warnings
 from pathlib import Path
@@ -70,11 +71,13 @@ def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter:
     model = model.eval()
     inputs = example_inputs(model)
     paths = {}
-    encoder = EncoderGraph(model) if exporter == "torchscript" else TracedEncoder(model)
+    # Each layer of seq2edge's own encoder becomes one recurrent node; a protocol model's encode() is traced as written.
+    own = isinstance(model, Seq2SeqModule)
+    encoder = EncoderGraph(model) if exporter == "torchscript" and own else TracedEncoder(model)
     for kind, module in (("encoder", encoder), ("decoder", DecoderGraph(model))):
         path = out_dir / graph_file(kind, "fp32")
         ins, outs = graph_ports(kind)
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _untraceable(kind, own):
             warnings.simplefilter("ignore")
             if exporter == "torchscript":
                 torch.onnx.export(module, inputs[kind], str(path), input_names=[p.name for p in ins],
@@ -92,6 +95,28 @@ def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter:
         save_single_file(graph, path)
         paths[kind] = path
     return paths
+
+
+@contextlib.contextmanager
+def _untraceable(kind: str, own: bool):
+    """A protocol model's code that cannot be exported: one line with the operator and the user's line.
+    torch's exporter writes its shape-inference warnings and, on failure, the whole traced graph to the
+    process's stderr; for a protocol model that text is kept from the user and read for the failing line."""
+    if own:
+        yield
+        return
+    from .protocol import ProtocolError, exporter_output, failing_line
+
+    with exporter_output() as output:
+        try:
+            yield
+        except Exception as exc:
+            failure = exc
+        else:
+            return
+    method = "encode" if kind == "encoder" else "step"
+    message = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+    raise ProtocolError(f"{method}() cannot be exported to ONNX: {message}{failing_line(output.text, failure)}") from None
 
 
 def _fix_model_sizes(graph: onnx.ModelProto, ports: tuple[Port, ...], sizes: dict[str, int]) -> None:

@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ModelConfig
+from .config import AnyModelConfig
 from .errors import BundleError
 from .interface import BUNDLE_FILE, GRAPH_FORMATS, META_BUNDLE_ID, META_GRAPH, META_PRECISION, PRECISIONS
 from .onnx_scan import MalformedModel, metadata, uses_external_data
@@ -36,7 +36,7 @@ class Bundle:
     verified: set[tuple[str, str, str]] = field(default_factory=set)  # (kind, precision, format) checked already
 
     @property
-    def config(self) -> ModelConfig:
+    def config(self) -> AnyModelConfig:
         return self.meta.model
 
     @property

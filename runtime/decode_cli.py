@@ -24,7 +24,7 @@ import click
 from .bulk import INPUT_FORMATS, Job, decoded_chunks, worker_count
 from .errors import Seq2EdgeError
 from .interface import PRECISIONS
-from .model import TOO_LONG_POLICIES, Result, Seq2Seq
+from .model import NO_ATTENTION, TOO_LONG_POLICIES, Result, Seq2Seq
 from .options import SearchOptions
 from .output import ResumeRefused, Sink, output_settings, unwritten
 from .providers import OPTIMIZATION_LEVELS
@@ -124,6 +124,8 @@ def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, len
                 unknown=unknown, too_long=too_long, io_binding=io_binding, option_style="cli", greedy_graph=greedy_graph,
                 ensemble=[str(p) for p in ensemble])
     model = Seq2Seq.load(bundle, **load)  # here too with workers: a bad bundle is exit 2 before any decoding
+    if plot_attention is not None and not model.config.gives_attention:
+        raise click.UsageError(f"--plot-attention: {NO_ATTENTION}")
     job = Job(str(bundle), load, options, fmt, nbest is not None, column)
     show_progress = sys.stderr.isatty() if progress is None else progress
     plots = _Plots(plot_attention, single=len(texts) == 1) if plot_attention is not None else None

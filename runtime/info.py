@@ -123,13 +123,19 @@ def _port(arg) -> str:
     return f"{arg.name}: {arg.type.removeprefix('tensor(').removesuffix(')')} [{dims}]"
 
 
+def _architecture(m: dict) -> str:
+    if "origin" in m:  # a model seq2edge did not train: only the contract's sizes are known
+        attention = "" if m["attention_weights"] else "; no attention weights"
+        return f"external ({m['origin']}): memory {m['memory_size']}, decoder state {m['state_size']}{attention}"
+    return (f"{m['cell']} {m['layers']}-layer {'bi' if m['bidirectional'] else 'uni'}directional encoder, "
+            f"{m['decoder_layers']}-layer decoder, {m['attention']} attention{', input feeding' if m['input_feed'] else ''}; "
+            f"embed {m['embed']}, hidden {m['hidden']}")
+
+
 def _print_text(r: dict) -> None:
     m = r["model"]
     click.echo(f"bundle      {r['bundle']}  (format {r['format_version']}, id {r['bundle_id']}, created {r['created']})")
-    arch = (f"{m['cell']} {m['layers']}-layer {'bi' if m['bidirectional'] else 'uni'}directional encoder, "
-            f"{m['decoder_layers']}-layer decoder, {m['attention']} attention{', input feeding' if m['input_feed'] else ''}; "
-            f"embed {m['embed']}, hidden {m['hidden']}")
-    click.echo(f"model       {arch}")
+    click.echo(f"model       {_architecture(m)}")
     click.echo(f"tokens      source {r['source']['tokenizer']} ({r['source']['vocab_size']}), "
                f"target {r['target']['tokenizer']} ({r['target']['vocab_size']}); max lengths {m['max_src_len']} / {m['max_tgt_len']}")
     if r["exported_with"]:

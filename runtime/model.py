@@ -158,6 +158,8 @@ class Seq2Seq:
             if len(positions) != len(texts) or not all(isinstance(p, (int, np.integer)) and 0 <= p < 2**63 for p in positions):
                 raise OptionError(f"positions must be {len(texts)} non-negative integers, one per text")
         options = SearchOptions.of(options, **keywords)
+        if options.return_attention and not self.config.gives_attention:
+            raise OptionError(NO_ATTENTION)
         limits = self._limits(options)
         results: list[Result | None] = [None] * len(texts)
         ready: list[_Source] = []
@@ -285,6 +287,10 @@ def _check_text(text: str) -> None:
         if 0xD800 <= code <= 0xDFFF:
             raise InputError(f"lone surrogate U+{code:04X} (the text is not valid Unicode)")
         raise InputError(f"control character U+{code:04X} in the input")
+
+
+NO_ATTENTION = ("this model gives no attention weights (its step() returned None for attention when it was exported), "
+                "so there is no attention to return or plot")
 
 
 def _check_load_types(threads: Any, greedy_graph: Any, ensemble: Any) -> None:

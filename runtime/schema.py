@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig
+from .config import AnyModelConfig, model_config_from_dict
 from .errors import BundleError
 from .interface import FORMAT_VERSION, GRAPHS, OPTIONAL_GRAPHS, PRECISIONS
 from .util import sha256_file
@@ -60,7 +60,7 @@ class BundleMeta:
     """Everything bundle.json holds. `graphs[precision][kind]` lists every graph file."""
 
     bundle_id: str
-    model: ModelConfig
+    model: AnyModelConfig
     source: SideMeta
     target: SideMeta
     graphs: dict[str, dict[str, GraphEntry]]
@@ -97,7 +97,7 @@ class BundleMeta:
             raise BundleError(f"{where}: expected a JSON object")
         _check_version(data.get("format_version", _MISSING), where)
         _require(data, where, {"bundle_id": str, "model": dict, "source": dict, "target": dict, "graphs": dict})
-        config = ModelConfig.from_dict(data["model"], where=f"{where} (model)")
+        config = model_config_from_dict(data["model"], where=f"{where} (model)")
         sides = {}
         for side, kind, lower, size in (("source", config.src_tokens, config.lowercase_source, config.src_vocab_size),
                                          ("target", config.tgt_tokens, False, config.tgt_vocab_size)):

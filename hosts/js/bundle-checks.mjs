@@ -17,6 +17,14 @@ const MODEL_DEFAULTS = {
   decoder_layers: 1, bidirectional: false, embed: 64, hidden: 256, dropout: 0.0, src_tokens: "char", tgt_tokens: "char",
   lowercase_source: false, pad_id: 0, bos_id: 1, eos_id: 2, unk_id: 3, max_src_len: 64, max_tgt_len: 64,
 };
+// ExternalModelConfig's (runtime/config.py): a model seq2edge did not train, marked by its origin.
+const EXTERNAL_DEFAULTS = {
+  origin: undefined, src_vocab_size: undefined, tgt_vocab_size: undefined, memory_size: undefined, state_size: undefined,
+  attention_weights: true, src_tokens: "char", tgt_tokens: "char", lowercase_source: false, pad_id: 0, bos_id: 1, eos_id: 2,
+  unk_id: 3, max_src_len: 256, max_tgt_len: 256,
+};
+const EXTERNAL_WHOLE = ["src_vocab_size", "tgt_vocab_size", "memory_size", "state_size", "pad_id", "bos_id", "eos_id", "unk_id",
+  "max_src_len", "max_tgt_len"];
 const WHOLE = ["src_vocab_size", "tgt_vocab_size", "layers", "decoder_layers", "embed", "hidden", "pad_id", "bos_id", "eos_id",
   "unk_id", "max_src_len", "max_tgt_len"];
 const FLAGS = ["input_feed", "bidirectional", "lowercase_source"];
@@ -60,22 +68,34 @@ export function checkMeta(meta) {
 }
 
 function checkModel(model) {
-  const unknown = Object.keys(model).filter((k) => !(k in MODEL_DEFAULTS)).sort();
+  const external = "origin" in model;
+  const defaults = external ? EXTERNAL_DEFAULTS : MODEL_DEFAULTS;
+  const unknown = Object.keys(model).filter((k) => !(k in defaults)).sort();
   if (unknown.length) fail(`unknown model config keys ${JSON.stringify(unknown)}; was it written by a newer seq2edge?`);
-  const m = { ...MODEL_DEFAULTS, ...model };
+  const m = { ...defaults, ...model };
   const problems = [];
-  for (const name of WHOLE) if (!isWhole(m[name])) problems.push(`${name} must be a whole number, not ${JSON.stringify(m[name])}`);
-  for (const name of FLAGS) if (typeof m[name] !== "boolean") problems.push(`${name} must be true or false`);
-  if (typeof m.dropout !== "number") problems.push("dropout must be a number");
-  if (problems.length) fail(`invalid model config: ${problems.join("; ")}`);
-  if (!CELLS.includes(m.cell)) problems.push(`cell must be one of ${CELLS.join(", ")}, not ${JSON.stringify(m.cell)}`);
-  if (!ATTENTIONS.includes(m.attention)) problems.push(`attention must be one of ${ATTENTIONS.join(", ")}`);
-  for (const side of ["src_tokens", "tgt_tokens"]) if (!TOKENIZERS.includes(m[side])) problems.push(`${side} must be one of ${TOKENIZERS.join(", ")}`);
-  if (m.bidirectional && m.hidden % 2) problems.push("hidden must be even for a bidirectional encoder (half per direction)");
-  for (const name of ["layers", "decoder_layers", "embed", "hidden", "max_src_len", "max_tgt_len"]) {
-    if (m[name] < 1) problems.push(`${name} must be at least 1`);
+  for (const name of external ? EXTERNAL_WHOLE : WHOLE) {
+    if (!isWhole(m[name])) problems.push(`${name} must be a whole number, not ${JSON.stringify(m[name])}`);
   }
-  if (!(m.dropout >= 0 && m.dropout < 1)) problems.push("dropout must be in [0, 1)");
+  for (const name of external ? ["attention_weights", "lowercase_source"] : FLAGS) {
+    if (typeof m[name] !== "boolean") problems.push(`${name} must be true or false`);
+  }
+  if (external ? typeof m.origin !== "string" : typeof m.dropout !== "number") {
+    problems.push(external ? "origin must be a string" : "dropout must be a number");
+  }
+  if (problems.length) fail(`invalid model config: ${problems.join("; ")}`);
+  if (external) {
+    for (const name of ["memory_size", "state_size"]) if (m[name] < 1) problems.push(`${name} must be at least 1`);
+    if (!m.origin) problems.push("origin must say what made the model");
+  } else {
+    if (!CELLS.includes(m.cell)) problems.push(`cell must be one of ${CELLS.join(", ")}, not ${JSON.stringify(m.cell)}`);
+    if (!ATTENTIONS.includes(m.attention)) problems.push(`attention must be one of ${ATTENTIONS.join(", ")}`);
+    if (m.bidirectional && m.hidden % 2) problems.push("hidden must be even for a bidirectional encoder (half per direction)");
+    for (const name of ["layers", "decoder_layers", "embed", "hidden"]) if (m[name] < 1) problems.push(`${name} must be at least 1`);
+    if (!(m.dropout >= 0 && m.dropout < 1)) problems.push("dropout must be in [0, 1)");
+  }
+  for (const side of ["src_tokens", "tgt_tokens"]) if (!TOKENIZERS.includes(m[side])) problems.push(`${side} must be one of ${TOKENIZERS.join(", ")}`);
+  for (const name of ["max_src_len", "max_tgt_len"]) if (m[name] < 1) problems.push(`${name} must be at least 1`);
   const ids = [m.pad_id, m.bos_id, m.eos_id, m.unk_id];
   const smallest = Math.min(m.src_vocab_size, m.tgt_vocab_size);
   if (ids.some((i) => i < 0 || i >= smallest) || new Set(ids).size !== ids.length) {
@@ -83,6 +103,14 @@ function checkModel(model) {
   }
   if (problems.length) fail(`invalid model config: ${problems.join("; ")}`);
   return m;
+}
+
+/** The size of each fixed axis of the graph contract (ModelConfig.axis_sizes / ExternalModelConfig.axis_sizes). */
+export function axisSizes(m) {
+  if ("origin" in m) return { hidden: m.memory_size, state_size: m.state_size, vocab: m.tgt_vocab_size };
+  const perLayer = m.cell === "lstm" ? 2 : 1;
+  const stateSize = m.decoder_layers * m.hidden * perLayer + (m.input_feed ? m.hidden : 0);
+  return { hidden: m.hidden, state_size: stateSize, vocab: m.tgt_vocab_size };
 }
 
 function checkSide(info, side, kind, lower, size) {

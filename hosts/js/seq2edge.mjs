@@ -8,7 +8,7 @@
 // This file knows no file system and no particular onnxruntime package: a host passes `ort`,
 // a `read(name)` returning a file's bytes, and a `sha256(bytes)` returning its hex digest.
 
-import { BundleError, checkMeta, checkOwner, FORMAT_VERSION, plainName, scanOnnx, Seq2EdgeError } from "./bundle-checks.mjs";
+import { axisSizes, BundleError, checkMeta, checkOwner, FORMAT_VERSION, plainName, scanOnnx, Seq2EdgeError } from "./bundle-checks.mjs";
 import { SentencePiece } from "./sentencepiece.mjs";
 
 export { BundleError, FORMAT_VERSION, Seq2EdgeError };
@@ -587,13 +587,8 @@ function pickFile(entry, format) {
   return entry;
 }
 
-function stateSize(m) {
-  const perLayer = m.cell === "lstm" ? 2 : 1;
-  return m.decoder_layers * m.hidden * perLayer + (m.input_feed ? m.hidden : 0);
-}
-
 function checkPorts(session, kind, file, model) {
-  const sizes = { hidden: model.hidden, state_size: stateSize(model), vocab: model.tgt_vocab_size };
+  const sizes = axisSizes(model);
   const expect = PORTS[kind];
   for (const [role, names, metadata] of [["input", session.inputNames, session.inputMetadata],
     ["output", session.outputNames, session.outputMetadata]]) {
