@@ -19,6 +19,7 @@ import onnx
 import onnxruntime
 import torch
 
+from seq2edge.runtime.conventions import Conventions
 from seq2edge.runtime.errors import BundleError, Seq2EdgeError
 from seq2edge.runtime.interface import BUNDLE_FILE, graph_metadata
 from seq2edge.runtime.model import GREEDY_GRAPH_BATCHED_SPEEDUP, Seq2Seq
@@ -73,14 +74,17 @@ class Side:
 
 def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[C.Entry], provenance: dict, *,
                  exporter: str = "torchscript", int8: bool = False, fp16: bool = False, atol: float | None = None,
-                 greedy_graph: bool = False, ort: bool = False, log: Callable[[str], None] = print) -> Path:
+                 greedy_graph: bool = False, ort: bool = False, conventions: Conventions = Conventions(),
+                 log: Callable[[str], None] = print) -> Path:
     """Graphs, bundle.json and every parity gate for `model` (seq2edge's Seq2SeqModule or a
-    protocol model wrapped in export.protocol.ProtocolModule), placed at `out` only when all passed."""
+    protocol model wrapped in export.protocol.ProtocolModule), placed at `out` only when all passed.
+    conventions: the decoding rules of the toolkit the model came from (runtime/conventions.py)."""
     texts = [e.source for e in entries]
     with atomic_directory(out) as tmp:
         bundle_id = uuid.uuid4().hex
         paths = export_graphs(model, tmp, bundle_id, exporter)
         meta = _bundle_meta(bundle_id, model, tmp, sides, paths, exporter, provenance)
+        meta.conventions = conventions
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         runtime = _verify(tmp, exporter)
         meta.parity["fp32"] = check_parity_or_fail(model, runtime, texts, log, atol)
@@ -105,7 +109,10 @@ def _add_greedy_graphs(tmp: Path, meta: BundleMeta, texts: list[str], log: Calla
     """greedy[.int8].onnx for the fp32 (and int8) graphs, each verified against the step-by-step runtime."""
     for precision in [p for p in ("fp32", "int8") if p in meta.graphs]:
         metadata = graph_metadata(meta.bundle_id, meta.model.to_dict(), precision, "greedy")
-        meta.graphs[precision]["greedy"] = GraphEntry.of_file(build_greedy_graph(tmp, meta.model, precision, metadata))
+        rules = meta.conventions
+        never = tuple(meta.target.vocab.index(t) for t in rules.never_emit)
+        path = build_greedy_graph(tmp, meta.model, precision, metadata, never, rules.min_len)
+        meta.graphs[precision]["greedy"] = GraphEntry.of_file(path)
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         figures = check_greedy_graph(tmp, precision, texts)
         meta.parity.setdefault(precision, {})["greedy_graph"] = figures

@@ -13,6 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from seq2edge.runtime.config import TOKENIZERS, ExternalModelConfig
+from seq2edge.runtime.conventions import Conventions
 from seq2edge.runtime.errors import BundleError
 from seq2edge.runtime.tokenize import TextCodec, Vocabulary
 from seq2edge.runtime.util import refuse_overlap
@@ -32,14 +33,16 @@ def export_model(model: nn.Module, out: str | Path, *, source_vocab: Sequence[st
                  parity_sources: Sequence[str], max_src_len: int | None = None, max_tgt_len: int | None = None,
                  int8: bool = False, fp16: bool = False, greedy_graph: bool = False, ort: bool = False,
                  force: bool = False, atol: float | None = None, origin: str | None = None,
-                 log: Callable[[str], None] = print) -> Path:
+                 conventions: Conventions | None = None, log: Callable[[str], None] = print) -> Path:
     """Export `model` (encode() and step(), docs/own-model.md) to the bundle directory `out` and return its path.
 
     The vocabularies are lists whose index is the id, holding the pad, bos, eos and unk tokens.
     source_tokens/target_tokens: "char", "word", or the path of a SentencePiece model.
     parity_sources: texts the exported graphs must decode exactly as the model does in PyTorch
     (greedy tokens on every one, log-probabilities within float32 rounding) or nothing is written.
-    origin: what made the model, for bundle.json (default "pytorch: module.Class")."""
+    origin: what made the model, for bundle.json (default "pytorch: module.Class").
+    conventions: decoding rules the model was trained with where they differ from seq2edge's (an appended
+    source </s>, a minimum output length, ...; runtime/conventions.py); both hosts follow them."""
     out = Path(out)
     sides = {name: _tokens(given, name) for name, given in (("source", source_tokens), ("target", target_tokens))}
     refuse_overlap(out, [(f"{name} SentencePiece model", spm) for name, (_, spm) in sides.items()])
@@ -65,7 +68,7 @@ def export_model(model: nn.Module, out: str | Path, *, source_vocab: Sequence[st
         provenance = {"origin": config.origin, "special_tokens": {"pad": pad, "bos": bos, "eos": eos, "unk": unk}}
         return write_bundle(wrapped, out, {name: Side(codecs[name], spm) for name, (_, spm) in sides.items()},
                             [Entry(t, ()) for t in texts], provenance, int8=int8, fp16=fp16, atol=atol,
-                            greedy_graph=greedy_graph, ort=ort, log=log)
+                            greedy_graph=greedy_graph, ort=ort, conventions=conventions or Conventions(), log=log)
     finally:
         model.train(training)
 

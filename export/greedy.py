@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
-from seq2edge.runtime.config import ModelConfig
+from seq2edge.runtime.config import AnyModelConfig
 from seq2edge.runtime.interface import GREEDY_INPUTS, GREEDY_OUTPUTS, graph_file
 
 from .onnx import save_single_file
@@ -26,12 +26,14 @@ from .onnx import save_single_file
 _DEC = "dec/"  # prefix of the decoder graph's names inside the loop body
 
 
-def build_greedy_graph(bundle_dir: Path, config: ModelConfig, precision: str, metadata: dict[str, str]) -> Path:
-    """Write greedy[.precision].onnx beside the bundle's encoder and decoder of that precision."""
+def build_greedy_graph(bundle_dir: Path, config: AnyModelConfig, precision: str, metadata: dict[str, str],
+                       never: tuple[int, ...] = (), min_len: int = 0) -> Path:
+    """Write greedy[.precision].onnx beside the bundle's encoder and decoder of that precision.
+    never, min_len: the bundle's conventions (ids never chosen; no </s> before min_len tokens), built in."""
     encoder = onnx.load(str(bundle_dir / graph_file("encoder", precision)))
     decoder = onnx.load(str(bundle_dir / graph_file("decoder", precision)))
     opset = max(_opset(encoder), _opset(decoder), 13)
-    body = _loop_body(decoder, config, opset)
+    body = _loop_body(decoder, config, opset, never, min_len)
     c = config
     nodes = list(encoder.graph.node)
     initializers = list(encoder.graph.initializer)
@@ -82,7 +84,7 @@ def build_greedy_graph(bundle_dir: Path, config: ModelConfig, precision: str, me
     return path
 
 
-def _loop_body(decoder: onnx.ModelProto, c: ModelConfig, opset: int) -> onnx.GraphProto:
+def _loop_body(decoder: onnx.ModelProto, c: AnyModelConfig, opset: int, never: tuple[int, ...], min_len: int) -> onnx.GraphProto:
     """The Loop body: one decoder step and the greedy choice under the length rules; each step's
     token and log-prob are scanned out and masked after the loop."""
     dec = compose.add_prefix(decoder, _DEC)
@@ -94,7 +96,7 @@ def _loop_body(decoder: onnx.ModelProto, c: ModelConfig, opset: int) -> onnx.Gra
     initializers = list(dec.graph.initializer)
     const = _Constants(initializers)
     base = np.zeros(c.tgt_vocab_size, dtype=np.float32)
-    base[[c.pad_id, c.bos_id]] = -np.inf
+    base[[c.pad_id, c.bos_id, *never]] = -np.inf
     end = np.full(c.tgt_vocab_size, -np.inf, dtype=np.float32)
     end[c.eos_id] = 0.0
     log_probs, new_state = f"{_DEC}log_probs", f"{_DEC}new_state"
@@ -103,9 +105,16 @@ def _loop_body(decoder: onnx.ModelProto, c: ModelConfig, opset: int) -> onnx.Gra
         best_value = helper.make_node("ReduceMax", ["b/biased", const.int64([1], "b/axis1")], ["b/best_lp"], keepdims=0)
     else:
         best_value = helper.make_node("ReduceMax", ["b/biased"], ["b/best_lp"], axes=[1], keepdims=0)
+    open_bias = const.array(base, "b/open_bias")
+    if min_len > 0:  # no </s> before min_len tokens (search.Limits' "early" case)
+        early = base.copy()
+        early[c.eos_id] = -np.inf
+        nodes += [helper.make_node("Less", ["b/t", const.int64(min_len, "b/min_len")], ["b/early"]),
+                  helper.make_node("Where", ["b/early", const.array(early, "b/early_bias"), "b/open_bias"], ["b/not_end_bias"])]
+        open_bias = "b/not_end_bias"
     nodes += [
         helper.make_node("GreaterOrEqual", ["b/t", "max_len"], ["b/at_end"]),
-        helper.make_node("Where", ["b/at_end", const.array(end, "b/end_bias"), const.array(base, "b/open_bias")], ["b/bias"]),
+        helper.make_node("Where", ["b/at_end", const.array(end, "b/end_bias"), open_bias], ["b/bias"]),
         helper.make_node("Add", [log_probs, "b/bias"], ["b/biased"]),
         helper.make_node("ArgMax", ["b/biased"], ["b/ids"], axis=1, keepdims=0, select_last_index=0),
         best_value,

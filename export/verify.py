@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from seq2edge.runtime.backend import HostBackend
+from seq2edge.runtime.errors import InputError
 from seq2edge.runtime.model import Seq2Seq
 from seq2edge.runtime.schema import BundleMeta
 from seq2edge.runtime.util import pad_batch
@@ -80,9 +81,7 @@ def check_parity(model: Seq2SeqModule, runtime: Seq2Seq, texts: Sequence[str], b
     """Compare PyTorch and the runtime on `texts` (unknown tokens mapped to <unk>)."""
     model = model.eval()
     c = model.config
-    codec = runtime.bundle.source
-    texts = [t for t in texts if len(codec.split(t)) <= c.max_src_len and codec.split(t)]
-    ids = [codec.encode(t, unknown="unk") for t in texts]
+    texts, ids = _sources(runtime, texts)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     reference, no_reference = _float64_copy(model, *pad_batch([ids[i] for i in order[:batch_size]], c.pad_id))
     torch_tokens: list[list[int]] = [[] for _ in ids]
@@ -90,7 +89,7 @@ def check_parity(model: Seq2SeqModule, runtime: Seq2Seq, texts: Sequence[str], b
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         src, lengths = pad_batch([ids[i] for i in idx], c.pad_id)
-        tokens, n, figures = _compare_batch(model, reference, runtime, src, lengths)
+        tokens, n, figures = _compare_batch(model, reference, runtime, src, lengths, _rules(runtime, lengths))
         for row, i in enumerate(idx):
             torch_tokens[i] = tokens[row]
         steps += n
@@ -109,6 +108,25 @@ def check_parity(model: Seq2SeqModule, runtime: Seq2Seq, texts: Sequence[str], b
         tolerance, rule = FALLBACK_TOLERANCE, f"fixed, as no float64 copy of the model runs ({no_reference})"
     return Parity(len(texts), steps, agree / max(len(texts), 1), worst["lp"], worst["all"], worst["memory"], worst["noise"],
                   tolerance, rule, disagreements)
+
+
+def _sources(runtime: Seq2Seq, texts: Sequence[str]) -> tuple[list[str], list[list[int]]]:
+    """The texts the runtime takes whole (not empty, not too long) and the ids its encoder receives for them."""
+    kept, ids = [], []
+    for text in texts:
+        try:
+            ids.append(runtime.source_ids(text))
+        except InputError:
+            continue
+        kept.append(text)
+    return kept, ids
+
+
+def _rules(runtime: Seq2Seq, lengths: np.ndarray) -> dict:
+    """greedy_decode's length and token rules for these source lengths: the runtime's defaults (the bundle's conventions)."""
+    c, rules = runtime.config, runtime.bundle.meta.conventions
+    return {"max_len": [rules.max_len(int(n), c.max_tgt_len) for n in lengths], "min_len": rules.min_len,
+            "never": [runtime.bundle.target.vocab.index[t] for t in rules.never_emit]}
 
 
 # The limit when the model cannot run in float64 (code that makes float32 tensors of its own); --atol overrides it.
@@ -142,12 +160,13 @@ def _float64_copy(model, src: np.ndarray, lengths: np.ndarray):
 
 
 @torch.no_grad()
-def _compare_batch(model: Seq2SeqModule, reference: Seq2SeqModule | None, runtime: Seq2Seq, src: np.ndarray, lengths: np.ndarray):
-    """PyTorch greedy tokens for the batch, then PyTorch (float32 and float64) and onnxruntime
-    stepped on those tokens -> (tokens, steps compared, worst differences)."""
+def _compare_batch(model: Seq2SeqModule, reference: Seq2SeqModule | None, runtime: Seq2Seq, src: np.ndarray, lengths: np.ndarray,
+                   rules: dict):
+    """PyTorch greedy tokens for the batch (under the bundle's length and token rules), then PyTorch
+    (float32 and float64) and onnxruntime stepped on those tokens -> (tokens, steps compared, worst differences)."""
     c = model.config
     src_t, len_t = torch.from_numpy(src), torch.from_numpy(lengths)
-    tokens, _ = greedy_decode(model, src_t, len_t, c.max_tgt_len)
+    tokens, _ = greedy_decode(model, src_t, len_t, **rules)
     memory_t, state_t = model.encode(src_t, len_t)
     if reference is not None:
         with _float64_defaults():

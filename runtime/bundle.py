@@ -190,7 +190,8 @@ def load_bundle(path: str | Path) -> Bundle:
                 raise BundleError(f"{spm}: sha256 does not match {BUNDLE_FILE}; re-export the bundle")
     try:
         source, target = codec_pair(meta.model, meta.source.vocab, meta.target.vocab,
-                                    spm_paths=[path / s.spm_model if s.spm_model else None for s in (meta.source, meta.target)])
+                                    spm_paths=[path / s.spm_model if s.spm_model else None for s in (meta.source, meta.target)],
+                                    space_symbol=meta.conventions.space_symbol)
     except BundleError as exc:
         raise BundleError(f"{meta_path}: {exc}") from None
     return Bundle(path, meta, source, target)

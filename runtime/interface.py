@@ -10,7 +10,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-FORMAT_VERSION = 1
+# bundle.json's format: 2 added "conventions" (runtime/conventions.py), and only a bundle that has them is
+# written as 2, so that older readers refuse what they would decode wrongly and read every other bundle.
+FORMAT_VERSION = 2  # the newest this code reads
+PLAIN_FORMAT_VERSION = 1  # a bundle without conventions, and the graph contract (every graph's metadata)
 BUNDLE_FILE = "bundle.json"
 GRAPHS = ("encoder", "decoder")  # every bundle has both, at every precision
 OPTIONAL_GRAPHS = ("greedy",)  # export --greedy-graph: the encoder and a Loop of decoder steps in one graph
@@ -98,7 +101,7 @@ def graph_ports(kind: str) -> tuple[tuple[Port, ...], tuple[Port, ...]]:
 def graph_metadata(bundle_id: str, model: dict[str, Any], precision: str, kind: str) -> dict[str, str]:
     """The metadata_props export writes into a graph and the runtime expects to find there."""
     return {
-        META_FORMAT_VERSION: str(FORMAT_VERSION),
+        META_FORMAT_VERSION: str(PLAIN_FORMAT_VERSION),
         META_BUNDLE_ID: bundle_id,
         META_PRECISION: precision,
         META_MODEL: json.dumps(model, sort_keys=True),

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -160,7 +161,6 @@ class Seq2Seq:
         options = SearchOptions.of(options, **keywords)
         if options.return_attention and not self.config.gives_attention:
             raise OptionError(NO_ATTENTION)
-        limits = self._limits(options)
         results: list[Result | None] = [None] * len(texts)
         ready: list[_Source] = []
         for i, text in enumerate(texts):
@@ -173,8 +173,7 @@ class Seq2Seq:
         ready.sort(key=lambda p: len(p.ids))
         strategy = search.STRATEGIES[options.strategy]
         position_of = range(len(texts)) if positions is None else positions  # sampling draws follow these
-        for start in range(0, len(ready), options.batch_size):
-            chunk = ready[start : start + options.batch_size]
+        for chunk, limits in self._chunks(ready, options):
             if self._greedy_graph_decodes(options, len(chunk)):
                 found = self._greedy_graph(chunk, limits)
             else:
@@ -191,15 +190,42 @@ class Seq2Seq:
         options = SearchOptions.of(options, **keywords)
         if options.beam_size > 1:
             raise Seq2EdgeError("stream() decodes greedily or by sampling; use decode() for beam search")
-        stepper, state = self._encode([self._prepare(0, text)])
-        for token_id in search.stream(stepper, state, self._limits(options), options):
+        source = self._prepare(0, text)
+        stepper, state = self._encode([source])
+        for token_id in search.stream(stepper, state, self._limits(options, len(source.ids)), options):
             yield self.bundle.target.vocab.tokens[token_id]
 
+    def source_ids(self, text: str) -> list[int]:
+        """The ids the encoder receives for `text`: tokenised, under the unknown and too-long policies and
+        the bundle's conventions (an appended </s>). InputError for an input this model cannot take."""
+        return self._prepare(0, text).ids
+
     # -- internals -------------------------------------------------------------------
-    def _limits(self, options: SearchOptions) -> search.Limits:
-        c = self.config
-        max_len = c.max_tgt_len if options.max_len is None else options.max_len
-        return search.Limits(c.bos_id, c.eos_id, c.pad_id, c.tgt_vocab_size, options.min_len, max_len)
+    def _limits(self, options: SearchOptions, source_ids: int) -> search.Limits:
+        """The length rules for an input of `source_ids` ids: the options', else the bundle's conventions'."""
+        c, rules = self.config, self.bundle.meta.conventions
+        max_len = rules.max_len(source_ids, c.max_tgt_len) if options.max_len is None else options.max_len
+        return search.Limits(c.bos_id, c.eos_id, c.pad_id, c.tgt_vocab_size, max(options.min_len, rules.min_len), max_len,
+                             self._never)
+
+    @functools.cached_property
+    def _never(self) -> tuple[int, ...]:
+        index = self.bundle.target.vocab.index
+        return tuple(index[t] for t in self.bundle.meta.conventions.never_emit)
+
+    def _chunks(self, ready: list[_Source], options: SearchOptions) -> Iterator[tuple[list[_Source], search.Limits]]:
+        """Batches of at most batch_size inputs (sorted by length) that share their length limits: one run
+        of inputs unless the bundle's conventions set each input's output limit from its length."""
+        rules, most = self.bundle.meta.conventions, self.config.max_tgt_len
+        per_input = options.max_len is None and rules.max_len_ratio > 0
+        start = 0
+        while start < len(ready):
+            limits = self._limits(options, len(ready[start].ids))
+            end = min(start + options.batch_size, len(ready))
+            if per_input:
+                end = next((i for i in range(start + 1, end) if rules.max_len(len(ready[i].ids), most) != limits.max_len), end)
+            yield ready[start:end], limits
+            start = end
 
     def _prepare(self, index: int, text: str) -> _Source:
         """Tokenise one input; an InputError names the option that would decode it in this model's option_style."""
@@ -211,12 +237,17 @@ class Seq2Seq:
         except InputError as exc:
             raise exc.restyled(self.option_style) from None
         limit = self.config.max_src_len
+        source_eos = self.bundle.meta.conventions.source_eos
+        if source_eos:  # the model was trained with </s> after every source (it counts toward max_src_len)
+            c = self.config
+            tokens, ids = [*tokens, self.bundle.source.vocab.tokens[c.eos_id]], [*ids, c.eos_id]
         if len(ids) <= limit:
             return _Source(index, ids, tokens)
         if self.too_long == "error":
             raise InputError(f"{len(ids)} source tokens, over the model's max_src_len of {limit}",
                              option=("too_long", ("truncate",)), style=self.option_style)
-        return _Source(index, ids[:limit], tokens[:limit], truncated_from=len(ids))
+        keep = limit - source_eos
+        return _Source(index, ids[:keep] + ids[-1:] * source_eos, tokens[:keep] + tokens[-1:] * source_eos, truncated_from=len(ids))
 
     def _encode(self, chunk: list[_Source]) -> tuple[Stepper, Any]:
         return self.stepper(*pad_batch([p.ids for p in chunk], self.config.pad_id))

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import AnyModelConfig, model_config_from_dict
+from .conventions import Conventions
 from .errors import BundleError
-from .interface import FORMAT_VERSION, GRAPHS, OPTIONAL_GRAPHS, PRECISIONS
+from .interface import FORMAT_VERSION, GRAPHS, OPTIONAL_GRAPHS, PLAIN_FORMAT_VERSION, PRECISIONS
 from .util import sha256_file
 
 
@@ -68,7 +69,11 @@ class BundleMeta:
     parity: dict[str, Any] = field(default_factory=dict)
     exported_with: dict[str, Any] = field(default_factory=dict)
     checkpoint: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    conventions: Conventions = field(default_factory=Conventions)
+
+    @property
+    def format_version(self) -> int:
+        return FORMAT_VERSION if self.conventions.active else PLAIN_FORMAT_VERSION
 
     @property
     def special_ids(self) -> dict[str, int]:
@@ -88,6 +93,7 @@ class BundleMeta:
             "parity": self.parity,
             "exported_with": self.exported_with,
             "checkpoint": self.checkpoint,
+            **({"conventions": self.conventions.to_dict()} if self.conventions.active else {}),
         }
 
     @classmethod
@@ -106,13 +112,26 @@ class BundleMeta:
         expected = {"pad": config.pad_id, "bos": config.bos_id, "eos": config.eos_id, "unk": config.unk_id}
         if special is not None and special != expected:
             raise BundleError(f"{where}: special_ids {special} disagree with the model config {expected}; re-export the bundle")
+        conventions = Conventions.from_dict(data.get("conventions", {}), where)
+        _check_conventions(conventions, config, sides["target"].vocab, where)
         return cls(data["bundle_id"], config, sides["source"], sides["target"], _graphs(data["graphs"], where),
                    created=str(data.get("created", "")), parity=_parity(data.get("parity", {}), where),
-                   exported_with=_dict(data, "exported_with"), checkpoint=_dict(data, "checkpoint"),
-                   format_version=data["format_version"])
+                   exported_with=_dict(data, "exported_with"), checkpoint=_dict(data, "checkpoint"), conventions=conventions)
 
 
 _MISSING = object()
+
+
+def _check_conventions(conventions: Conventions, config, target_vocab: list[str], where: str) -> None:
+    """Rules that must fit the model: tokens never emitted exist (and are not </s>), a space symbol is one token."""
+    index = {t: i for i, t in enumerate(target_vocab)}
+    for token in conventions.never_emit:
+        if token not in index:
+            raise BundleError(f"{where}: conventions.never_emit names {token!r}, which is not in the target vocabulary")
+        if index[token] == config.eos_id:
+            raise BundleError(f"{where}: conventions.never_emit names </s>: no output could end")
+    if len(conventions.space_symbol) > 1:
+        raise BundleError(f"{where}: conventions.space_symbol must be one character, not {conventions.space_symbol!r}")
 
 
 def _check_version(version: Any, where: str) -> None:

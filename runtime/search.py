@@ -86,7 +86,8 @@ class Hypothesis:
 
 @dataclass
 class Limits:
-    """Which ids may be chosen at step t: never pad or <s>; </s> not before min_len; only </s> at max_len."""
+    """Which ids may be chosen at step t: never pad, <s> or the `never` ids; </s> not before min_len;
+    only </s> at max_len."""
 
     bos_id: int
     eos_id: int
@@ -94,6 +95,7 @@ class Limits:
     vocab: int
     min_len: int = 0
     max_len: int = 64
+    never: tuple[int, ...] = ()  # the bundle's conventions.never_emit
     _biases: dict = field(default_factory=dict, repr=False)
 
     def bias(self, t: int) -> np.ndarray:
@@ -101,7 +103,7 @@ class Limits:
         case = "end" if t >= self.max_len else "early" if t < self.min_len else "open"
         if case not in self._biases:
             bias = np.zeros(self.vocab, dtype=np.float32)
-            bias[[self.pad_id, self.bos_id]] = -np.inf
+            bias[[self.pad_id, self.bos_id, *self.never]] = -np.inf
             if case == "end":
                 bias[:] = -np.inf
                 bias[self.eos_id] = 0.0

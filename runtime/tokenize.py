@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .config import ModelConfig
+from .config import AnyModelConfig
 from .errors import BundleError, InputError
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -53,10 +53,13 @@ class Vocabulary:
 class TextCodec:
     """Text <-> ids for one side of a model."""
 
-    def __init__(self, kind: str, vocab: Vocabulary, lowercase: bool = False, spm_path: Path | None = None):
+    def __init__(self, kind: str, vocab: Vocabulary, lowercase: bool = False, spm_path: Path | None = None,
+                 space_symbol: str = ""):
         self.kind = kind
         self.vocab = vocab
         self.lowercase = lowercase
+        # Character level only: the token a space is written as (JoeyNMT's "▁"; conventions.space_symbol).
+        self.space_symbol = space_symbol if kind == "char" else ""
         self._spm = _load_spm(spm_path) if kind == "spm" else None
         # What a token of text may become: <pad>, <s> and </s> are control ids, never text, so a
         # "<pad>" in the input is an unknown token like any other (<unk> typed as text stays <unk>).
@@ -70,14 +73,15 @@ class TextCodec:
     def split(self, text: str) -> list[str]:
         text = self.normalize(text)
         if self.kind == "char":
-            return list(text)
+            return list(text.replace(" ", self.space_symbol) if self.space_symbol else text)
         if self.kind == "word":
             return text.split()
         return self._spm.encode(text, out_type=str)
 
     def join(self, tokens: Sequence[str]) -> str:
         if self.kind == "char":
-            return "".join(tokens)
+            text = "".join(tokens)
+            return text.replace(self.space_symbol, " ") if self.space_symbol else text
         if self.kind == "word":
             return " ".join(tokens)
         return self._spm.decode_pieces(list(tokens))
@@ -112,10 +116,11 @@ class TextCodec:
         return [self.vocab.tokens[i] for i in ids if i not in _DROPPED_IDS]
 
 
-def codec_pair(config: ModelConfig, source_vocab: Sequence[str], target_vocab: Sequence[str],
-               spm_paths: Sequence[Path | None] = (None, None)) -> tuple[TextCodec, TextCodec]:
+def codec_pair(config: AnyModelConfig, source_vocab: Sequence[str], target_vocab: Sequence[str],
+               spm_paths: Sequence[Path | None] = (None, None), space_symbol: str = "") -> tuple[TextCodec, TextCodec]:
     """The source and target codecs the model config describes (one place for checkpoints and bundles).
-    spm_paths: each side's SentencePiece model, for a side whose tokeniser is spm."""
+    spm_paths: each side's SentencePiece model, for a side whose tokeniser is spm; space_symbol: a
+    character-level side's token for a space (a bundle's conventions)."""
     codecs = []
     for side, kind, vocab, lower, spm in (("source", config.src_tokens, source_vocab, config.lowercase_source, spm_paths[0]),
                                           ("target", config.tgt_tokens, target_vocab, False, spm_paths[1])):
@@ -123,7 +128,7 @@ def codec_pair(config: ModelConfig, source_vocab: Sequence[str], target_vocab: S
             tokens = Vocabulary(vocab)
         except BundleError as exc:
             raise BundleError(f"{side} {exc}") from None
-        codecs.append(TextCodec(kind, tokens, lower, spm if kind == "spm" else None))
+        codecs.append(TextCodec(kind, tokens, lower, spm if kind == "spm" else None, space_symbol))
     return codecs[0], codecs[1]
 
 

@@ -37,7 +37,7 @@ def test_device_loop_keeps_state_as_ortvalues(bound):
     assert all(isinstance(v, ort.OrtValue) for v in (encoded.memory, encoded.state, encoded.mask))
     out = Stepper(bound.backend, encoded)(np.array([1, 1]), encoded.state, np.arange(2))
     assert isinstance(out.state, ort.OrtValue) and out.state.device_name().lower() == "cpu"
-    values, ids = out.top(3, bound._limits(SearchOptions()).bias(0))
+    values, ids = out.top(3, bound._limits(SearchOptions(), 2).bias(0))
     assert values.shape == ids.shape == (2, 3) and (np.diff(values, axis=1) <= 0).all()
 
 

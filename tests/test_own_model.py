@@ -24,6 +24,7 @@ from seq2edge.export import export_model
 from seq2edge.export.bundle import ExportError
 from seq2edge.export.protocol import ProtocolError
 from seq2edge.runtime import Seq2Seq
+from seq2edge.runtime.conventions import Conventions
 from seq2edge.runtime.errors import OptionError
 
 sys.path.insert(0, str(REPO / "examples"))
@@ -252,15 +253,89 @@ def test_a_module_without_the_protocol_methods_is_told_what_is_missing(tmp_path)
 
 @needs_node
 @pytest.mark.parametrize("edit, message", [
-    (dict(state_size=95), "encoder.onnx: output state has state_size 96, bundle.json's model says 95"),
-    (dict(cell="gru"), "unknown model config keys"),
-    (dict(memory_size=0), "invalid model config: memory_size must be at least 1"),
+    (lambda m: m["model"].update(state_size=95), "encoder.onnx: output state has state_size 96, bundle.json's model says 95"),
+    (lambda m: m["model"].update(cell="gru"), "unknown model config keys"),
+    (lambda m: m["model"].update(memory_size=0), "invalid model config: memory_size must be at least 1"),
+    (lambda m: m.update(conventions={"beam_bonus": 1}), "unknown conventions"),
+    (lambda m: m.update(conventions={"never_emit": ["</s>"]}), "conventions.never_emit names </s>: no output could end"),
+    (lambda m: m.update(conventions={"never_emit": ["q"]}), "conventions.never_emit names 'q', which is not in the target vocabulary"),
+    (lambda m: m.update(conventions={"min_len": -1, "source_eos": 1}), "invalid conventions: min_len must be a whole number >= 0"),
 ])
-def test_both_hosts_refuse_an_external_config_that_does_not_describe_its_graphs(tmp_path, edit, message):
+def test_both_hosts_refuse_an_external_config_or_conventions_that_do_not_fit_the_model(tmp_path, edit, message):
     bundle = export_lstm(tmp_path / "lstm")
     meta = json.loads((bundle / "bundle.json").read_text())
-    meta["model"].update(edit)
+    edit(meta)
     (bundle / "bundle.json").write_text(json.dumps(meta))
     for host in ([*SEQ2EDGE, "decode"], [NODE, str(JS / "cli.mjs")]):
         proc = subprocess.run([*host, str(bundle), "abc"], capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, (host, proc.stderr)
+
+
+# ---- decoding conventions: a toolkit's rules travel in bundle.json and both hosts follow them
+
+SPACED = ["▁" if t == "j" else t for t in SOURCE]  # a character-level source that writes a space as "▁", as JoeyNMT does
+RULES = Conventions(source_eos=True, min_len=2, max_len_ratio=0.75, max_len_offset=1.0, max_len_cap=6, never_emit=("y",),
+                    space_symbol="▁")
+SPACED_TEXTS = [t.replace("j", " ").strip() or "a" for t in TEXTS] + ["a b", "abcdefghi", "b", "h g f e d c b a hg"]
+
+
+def conventional_greedy(model: nn.Module, text: str) -> list[int]:
+    """The toolkit's own decoding, written out: </s> after the source, no </s> in the first 2 steps, at most
+    int(min(6, 0.75 x (source + </s>) + 1)) tokens, "y" never chosen."""
+    ids = [SPACED.index(c) for c in text.replace(" ", "▁")] + [3]
+    memory, state = model.encode(torch.tensor([ids]), torch.tensor([len(ids)]))
+    mask = torch.ones(1, len(ids), dtype=torch.bool)
+    prev, out = 2, []
+    for t in range(int(min(6, 0.75 * len(ids) + 1))):
+        scores, state, _ = model.step(torch.tensor([prev]), state, memory, mask)
+        scores[0, [1, 2, TARGET.index("y")] + ([3] if t < 2 else [])] = float("-inf")
+        prev = int(scores[0].argmax())
+        if prev == 3:
+            break
+        out.append(prev)
+    return out
+
+
+@pytest.fixture(scope="module")
+def conventional(tmp_path_factory):
+    """A bundle with every convention, and what the toolkit's own decoding gives on SPACED_TEXTS."""
+    torch.manual_seed(2)
+    model = TwoLayerLSTM(len(SPACED), len(TARGET)).eval()
+    with torch.no_grad():
+        model.out.bias[3] -= 0.5  # </s> a little less likely: some outputs run to their limit, others end early
+    bundle = export_model(model, tmp_path_factory.mktemp("conv") / "conv", source_vocab=SPACED, target_vocab=TARGET,
+                          pad="<blank>", bos="<bos>", eos="<eos>", target_tokens="word", parity_sources=SPACED_TEXTS,
+                          greedy_graph=True, conventions=RULES, log=lambda m: None)
+    with torch.no_grad():
+        expected = [" ".join(TARGET[i] for i in conventional_greedy(model, t)) for t in SPACED_TEXTS]
+    return bundle, expected
+
+
+def test_a_toolkits_decoding_conventions_are_followed_step_by_step_and_by_the_greedy_graph(conventional):
+    bundle, expected = conventional
+    lengths = [len(e.split()) for e in expected]
+    limits = [int(min(6, 0.75 * (len(t) + 1) + 1)) for t in SPACED_TEXTS]
+    assert 6 in lengths and min(lengths) == 2 and any(n < limit for n, limit in zip(lengths, limits))  # every rule binds
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["format_version"] == 2 and meta["conventions"]["never_emit"] == ["y"]
+    for greedy_graph in (False, True):
+        got = Seq2Seq.load(bundle, greedy_graph=greedy_graph).decode(SPACED_TEXTS)
+        assert [r.text for r in got] == expected, greedy_graph
+    assert Seq2Seq.load(bundle).decode(["a b"])[0].source_tokens == ["a", "▁", "b", "</s>"]
+    assert [r.text for r in Seq2Seq.load(bundle).decode(SPACED_TEXTS, max_len=1)] == [e.split()[0] for e in expected]
+
+
+@needs_node
+def test_node_follows_a_toolkits_decoding_conventions_as_python_does(conventional, tmp_path):
+    bundle, expected = conventional
+    (tmp_path / "in.txt").write_text("\n".join(SPACED_TEXTS) + "\n")
+    for flag in ("--no-greedy-graph", "--greedy-graph"):
+        proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), "--input", str(tmp_path / "in.txt"), "--jsonl", flag],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert [json.loads(line)["output"] for line in proc.stdout.splitlines()] == expected, flag
+
+
+def test_a_bundle_without_conventions_stays_format_1_so_older_readers_still_read_it(tmp_path):
+    plain = json.loads((export_lstm(tmp_path / "plain") / "bundle.json").read_text())
+    assert plain["format_version"] == 1 and "conventions" not in plain

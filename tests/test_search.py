@@ -77,7 +77,7 @@ def test_beam_size_one_equals_greedy_exactly(tiny_model, dev_words):
     model = tiny_model
     sources = [model._prepare(i, w) for i, w in enumerate(dev_words[:40])]
     options = SearchOptions(beam_size=1)
-    limits, input_ids = model._limits(options), np.arange(len(sources))
+    limits, input_ids = model._limits(options, 0), np.arange(len(sources))
     hyps = search.beam(*model._encode(sources), input_ids, limits, options)
     alone = search.greedy(*model._encode(sources), input_ids, limits, options)
     assert [h[0].ids for h in hyps] == [h[0].ids for h in alone]

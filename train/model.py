@@ -12,6 +12,8 @@ h of every layer, then c of every layer (LSTM), then the attentional vector
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -221,28 +223,35 @@ def source_mask(lengths: Tensor, max_len: int) -> Tensor:
 
 
 @torch.inference_mode()
-def greedy_decode(model: Seq2SeqModule, src_ids: Tensor, src_lengths: Tensor, max_len: int) -> tuple[list[list[int]], list[float]]:
+def greedy_decode(model: Seq2SeqModule, src_ids: Tensor, src_lengths: Tensor, max_len: int | Sequence[int], min_len: int = 0,
+                  never: Sequence[int] = ()) -> tuple[list[list[int]], list[float]]:
     """Batched greedy decoding in PyTorch -> ids per row (without </s>) and their scores.
 
-    Same rules as the runtime: pad and <s> are never chosen, </s> is forced after
-    max_len tokens, and finished rows leave the batch.
+    Same rules as the runtime: pad, <s> and the `never` ids are never chosen, </s> not before
+    min_len tokens and forced after max_len (one for all rows, or one per row), and finished
+    rows leave the batch.
     """
     c = model.config
     memory, state = model.encode(src_ids, src_lengths)
     mask = source_mask(src_lengths, src_ids.size(1))
     n = src_ids.size(0)
+    limits = torch.as_tensor(max_len).expand(n) if isinstance(max_len, int) else torch.as_tensor(list(max_len))
+    longest = int(limits.max())
     active = torch.arange(n)
     prev = torch.full((n,), c.bos_id, dtype=torch.long)
     scores = torch.zeros(n, dtype=torch.float64)
-    table = torch.full((n, max_len + 1), c.eos_id, dtype=torch.long)
-    for t in range(max_len + 1):
+    table = torch.full((n, longest + 1), c.eos_id, dtype=torch.long)
+    forbidden = [c.pad_id, c.bos_id, *never]
+    for t in range(longest + 1):
         log_probs, state, _ = model.step(prev, state, memory, mask)
-        log_probs[:, c.pad_id] = float("-inf")
-        log_probs[:, c.bos_id] = float("-inf")
-        if t == max_len:
-            keep = log_probs[:, c.eos_id].clone()
-            log_probs.fill_(float("-inf"))
-            log_probs[:, c.eos_id] = keep
+        end_score = log_probs[:, c.eos_id].clone()
+        log_probs[:, forbidden] = float("-inf")
+        if t < min_len:
+            log_probs[:, c.eos_id] = float("-inf")
+        at_end = limits[active] <= t
+        if bool(at_end.any()):  # only </s>, whatever min_len says
+            log_probs[at_end] = float("-inf")
+            log_probs[:, c.eos_id] = torch.where(at_end, end_score, log_probs[:, c.eos_id])
         best, ids = log_probs.max(dim=1)
         scores[active] += best.double()
         table[active, t] = ids

@@ -4,7 +4,7 @@
 export class Seq2EdgeError extends Error {}
 export class BundleError extends Seq2EdgeError {}
 
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;  // 2 added "conventions" (runtime/conventions.py)
 export const PRECISIONS = ["fp32", "int8", "fp16"];
 const GRAPHS = ["encoder", "decoder"];
 const OPTIONAL_GRAPHS = ["greedy"];
@@ -65,6 +65,48 @@ export function checkMeta(meta) {
   }
   checkGraphs(meta.graphs);
   checkParity(meta.parity ?? {});
+  meta.conventions = checkConventions(meta.conventions ?? {}, meta.target.vocab, m.eos_id);
+}
+
+// Conventions' fields and defaults (runtime/conventions.py): the decoding rules of the toolkit a model came from.
+export const CONVENTION_DEFAULTS = {
+  source_eos: false, min_len: 0, max_len_ratio: 0, max_len_offset: 0, max_len_cap: 0, never_emit: [], space_symbol: "",
+};
+
+function checkConventions(given, targetVocab, eosId) {
+  if (!isObject(given)) fail("conventions must be an object");
+  const unknown = Object.keys(given).filter((k) => !(k in CONVENTION_DEFAULTS)).sort();
+  if (unknown.length) fail(`unknown conventions ${JSON.stringify(unknown)}; was it written by a newer seq2edge?`);
+  const problems = [];
+  for (const [name, value] of Object.entries(given)) {
+    const kind = typeof CONVENTION_DEFAULTS[name];
+    if (name === "never_emit") {
+      if (!Array.isArray(value) || !value.every((t) => typeof t === "string" && t !== "")) problems.push("never_emit must be a list of target tokens");
+    } else if (kind === "boolean" && typeof value !== "boolean") problems.push(`${name} must be true or false`);
+    else if (kind === "string" && typeof value !== "string") problems.push(`${name} must be a string`);
+    else if (["min_len", "max_len_cap"].includes(name) && !(isWhole(value) && value >= 0)) problems.push(`${name} must be a whole number >= 0`);
+    else if (["max_len_ratio", "max_len_offset"].includes(name)
+      && !(typeof value === "number" && Number.isFinite(value) && (name !== "max_len_ratio" || value >= 0))) {
+      problems.push(`${name} must be a finite number${name === "max_len_ratio" ? " >= 0" : ""}`);
+    }
+  }
+  if (problems.length) fail(`invalid conventions: ${problems.join("; ")}`);
+  const c = { ...CONVENTION_DEFAULTS, ...given };
+  for (const token of c.never_emit) {
+    const id = targetVocab.indexOf(token);
+    if (id < 0) fail(`conventions.never_emit names '${token}', which is not in the target vocabulary`);
+    if (id === eosId) fail("conventions.never_emit names </s>: no output could end");
+  }
+  if ([...c.space_symbol].length > 1) fail(`conventions.space_symbol must be one character, not '${c.space_symbol}'`);
+  return c;
+}
+
+/** The default output limit of an input of `sourceIds` ids (Conventions.max_len in runtime/conventions.py). */
+export function conventionMaxLen(c, sourceIds, maxTgtLen) {
+  if (c.max_len_ratio <= 0) return maxTgtLen;
+  let limit = c.max_len_ratio * sourceIds + c.max_len_offset;
+  if (c.max_len_cap > 0) limit = Math.min(limit, c.max_len_cap);
+  return Math.max(0, Math.min(maxTgtLen, Math.floor(limit)));
 }
 
 function checkModel(model) {

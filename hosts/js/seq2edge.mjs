@@ -8,7 +8,7 @@
 // This file knows no file system and no particular onnxruntime package: a host passes `ort`,
 // a `read(name)` returning a file's bytes, and a `sha256(bytes)` returning its hex digest.
 
-import { axisSizes, BundleError, checkMeta, checkOwner, FORMAT_VERSION, plainName, scanOnnx, Seq2EdgeError } from "./bundle-checks.mjs";
+import { axisSizes, BundleError, checkMeta, checkOwner, conventionMaxLen, FORMAT_VERSION, plainName, scanOnnx, Seq2EdgeError } from "./bundle-checks.mjs";
 import { SentencePiece } from "./sentencepiece.mjs";
 
 export { BundleError, FORMAT_VERSION, Seq2EdgeError };
@@ -69,10 +69,12 @@ export function isBlank(text) {
 /** Text <-> ids for one side, as runtime/tokenize.py's TextCodec. */
 export class TextCodec {
   /** spm: the side's SentencePiece (sentencepiece.mjs), for kind "spm". */
-  constructor(kind, vocab, lowercase, spm = null) {
+  constructor(kind, vocab, lowercase, spm = null, spaceSymbol = "") {
     if (kind !== "char" && kind !== "word" && kind !== "spm") throw new BundleError(`unknown tokeniser ${kind}`);
     if (kind === "spm" && !spm) throw new BundleError("an spm tokeniser needs its model file");
     this.kind = kind;
+    // Character level only: the token a space is written as (conventions.space_symbol, JoeyNMT's "▁").
+    this.spaceSymbol = kind === "char" ? spaceSymbol : "";
     this.spm = spm;
     this.tokens = vocab;
     this.index = new Map(vocab.map((t, i) => [t, i]));
@@ -88,14 +90,15 @@ export class TextCodec {
 
   split(text) {
     text = this.normalize(text);
-    if (this.kind === "char") return Array.from(text);  // code points, as Python's list(str)
+    if (this.kind === "char") return Array.from(this.spaceSymbol ? text.replaceAll(" ", this.spaceSymbol) : text);  // code points, as Python's list(str)
     if (this.kind === "spm") return this.spm.encode(text);
     return text === "" ? [] : text.split(SPLIT);
   }
 
   join(tokens) {
     if (this.kind === "spm") return this.spm.decode(tokens);
-    return tokens.join(this.kind === "char" ? "" : " ");
+    if (this.kind === "char") return this.spaceSymbol ? tokens.join("").replaceAll(this.spaceSymbol, " ") : tokens.join("");
+    return tokens.join(" ");
   }
 
   /** [tokens, ids] after the unknown-token policy ("error", "unk" or "skip"). */
@@ -207,8 +210,11 @@ export class Seq2Seq {
     this.meta = meta;
     this.config = meta.model;
     this.sessions = sessions;
-    this.source = new TextCodec(meta.source.tokenizer, meta.source.vocab, meta.source.lowercase, spm.source);
-    this.target = new TextCodec(meta.target.tokenizer, meta.target.vocab, false, spm.target);
+    this.conventions = meta.conventions;
+    const space = meta.conventions.space_symbol;
+    this.source = new TextCodec(meta.source.tokenizer, meta.source.vocab, meta.source.lowercase, spm.source, space);
+    this.target = new TextCodec(meta.target.tokenizer, meta.target.vocab, false, spm.target, space);
+    this.never = meta.conventions.never_emit.map((t) => this.target.index.get(t));
     this.unknown = unknown;
     this.tooLong = tooLong;
     this.useGreedyGraph = useGreedyGraph;
@@ -245,7 +251,9 @@ export class Seq2Seq {
       problems.push(`positions must be ${texts.length} non-negative integers, one per text`);
     }
     if (problems.length) throw new Seq2EdgeError(problems.join("; "));
-    const limits = { maxLen: maxLen ?? this.config.max_tgt_len, minLen };
+    const rules = this.conventions;
+    // The length rules of an input with n source ids: the options', else the bundle's conventions' (runtime/model.py _limits).
+    const limitsFor = (n) => ({ maxLen: maxLen ?? conventionMaxLen(rules, n, this.config.max_tgt_len), minLen: Math.max(minLen, rules.min_len) });
     const draws = sample ? { temperature, topK, topP, seed: BigInt(seed) } : null;
     const results = new Array(texts.length);
     const ready = [];
@@ -264,8 +272,14 @@ export class Seq2Seq {
         : `bundle.json: no ${this.precision} greedy graph in this bundle; export it with \`seq2edge export --greedy-graph\``);
     }
     const graph = this.hasGreedyGraph && !draws && minLen === 0 ? (greedyGraph ?? this.useGreedyGraph) : false;
-    for (let start = 0; start < ready.length; start += batchSize) {
-      const chunk = ready.slice(start, start + batchSize);
+    // Batches share their length limits: one run of inputs unless the conventions set each input's limit from its length.
+    for (let start = 0, end; start < ready.length; start = end) {
+      const limits = limitsFor(ready[start].ids.length);
+      end = Math.min(start + batchSize, ready.length);
+      for (let i = start + 1; i < end; i += 1) {
+        if (limitsFor(ready[i].ids.length).maxLen !== limits.maxLen) { end = i; break; }
+      }
+      const chunk = ready.slice(start, end);
       let hyps;
       if (beamSize > 1) hyps = await this.#beam(chunk, beamSize, nbest, limits, lengthPenalty);
       else if (graph === true || (graph === "auto" && (chunk.length === 1 || this.greedyGraphBatches))) hyps = await this.#greedyGraph(chunk, limits.maxLen);
@@ -284,10 +298,13 @@ export class Seq2Seq {
         : `control character U+${code} in the input`);
     }
     let [tokens, ids] = this.source.encode(text, this.unknown);
+    const eos = this.conventions.source_eos ? 1 : 0;  // the model was trained with </s> after every source
+    if (eos) [tokens, ids] = [[...tokens, this.source.tokens[this.config.eos_id]], [...ids, this.config.eos_id]];
     const max = this.config.max_src_len;
     if (ids.length > max) {
       if (this.tooLong === "error") throw new InputError(`${ids.length} source tokens, over the model's max_src_len of ${max}`);
-      [tokens, ids] = [tokens.slice(0, max), ids.slice(0, max)];
+      const keep = max - eos;
+      [tokens, ids] = [[...tokens.slice(0, keep), ...tokens.slice(-eos || tokens.length)], [...ids.slice(0, keep), ...ids.slice(-eos || ids.length)]];
     }
     return { tokens, ids };
   }
@@ -351,6 +368,7 @@ export class Seq2Seq {
     } else {
       bias[c.pad_id] = -Infinity;
       bias[c.bos_id] = -Infinity;
+      for (const id of this.never) bias[id] = -Infinity;
       if (t < minLen) bias[c.eos_id] = -Infinity;
     }
     return bias;
