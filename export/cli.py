@@ -10,6 +10,12 @@ import click
 @click.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
+@click.option("--from", "toolkit", type=click.Choice(["joeynmt", "opennmt"]), default=None,
+              help="CHECKPOINT is a model trained by this toolkit: a JoeyNMT model directory, or an OpenNMT-py .pt "
+                   "checkpoint (docs/own-model.md, \"Importers\").")
+@click.option("--parity-sources", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="With --from: a text file of inputs (one per line) for the parity gate (default: the dev set the "
+                   "model's config names, when it is here).")
 @click.option("--int8", is_flag=True, help="Also write dynamically quantised int8 graphs.")
 @click.option("--fp16", is_flag=True, help="Also write fp16 graphs (for GPUs).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
@@ -24,11 +30,24 @@ import click
               "loop in one graph, for hosts that want one call per batch.")
 @click.option("--ort", "ort_format", is_flag=True, help="Also write ORT-format copies of every graph and "
               "required_operators.config, for reduced (mobile) onnxruntime builds.")
-def export(checkpoint, out, int8, fp16, force, exporter, corpus, parity_words, atol, greedy_graph, ort_format) -> None:
+def export(checkpoint, out, toolkit, parity_sources, int8, fp16, force, exporter, corpus, parity_words, atol, greedy_graph,
+           ort_format) -> None:
     """Export CHECKPOINT to the bundle directory OUT and verify it against PyTorch."""
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if toolkit is not None:
+        from .importers import export_imported
+
+        if corpus is not None:
+            raise click.UsageError("--corpus goes with seq2edge's own checkpoints; with --from, give --parity-sources FILE")
+        export_imported(toolkit, checkpoint, out, parity_sources=parity_sources, parity_count=parity_words, int8=int8, fp16=fp16,
+                        greedy_graph=greedy_graph, ort=ort_format, force=force, atol=atol, log=log)
+        click.echo(f"bundle written: {out}")
+        return
+    if parity_sources is not None:
+        raise click.UsageError("--parity-sources goes with --from; seq2edge's own checkpoints take --corpus")
     from .bundle import export_bundle
 
     export_bundle(checkpoint, out, force=force, int8=int8, fp16=fp16, exporter=exporter, corpus=corpus,
                   parity_words=parity_words, atol=atol, greedy_graph=greedy_graph,
-                  ort=ort_format, log=lambda m: click.echo(m, err=True))
+                  ort=ort_format, log=log)
     click.echo(f"bundle written: {out}")

@@ -1,0 +1,205 @@
+"""OpenNMT-py 3.x RNN models: `seq2edge export --from opennmt CHECKPOINT.pt OUT`.
+
+Reads the checkpoint with torch.load(weights_only=True) and an allow-list of one class, argparse's
+Namespace, which its `opt` is; the vocabularies come from the checkpoint too. It rebuilds OpenNMT-py
+3.5's RNNEncoder, StdRNNDecoder / InputFeedRNNDecoder, GlobalAttention and generator
+(onmt/encoders/rnn_encoder.py, onmt/decoders/decoder.py, onmt/modules/global_attention.py,
+stacked_rnn.py) with the same parameter names:
+
+- encoder: word embeddings -> GRU/LSTM (bidirectional for brnn, each direction hidden/2) over the
+  packed sequence; with -bridge each final state goes through relu(Linear) on its layers;
+- the decoder's first state: the encoder's final states, a bidirectional pair of directions
+  concatenated per layer; the input feed starts at zeros;
+- a step: InputFeedRNNDecoder runs stacked cells over [embedding; input feed], StdRNNDecoder the
+  RNN over the embedding; the query is the top layer's output; GlobalAttention scores it against
+  the encoder outputs (dot, general: q W . h, mlp: v . tanh(W_q q + W_c h)), masks, softmax, and
+  gives linear_out([context; query]) (tanh for dot and general); the generator is a Linear.
+
+Decoding conventions (runtime/conventions.py): the output limit int(min(250, 1.25 x source + 5)),
+onmt_translate's default, and the vocabulary's filler tokens (averyunlikelytoken*, which pad it to
+a multiple of 8) never emitted. Copy attention, coverage, a context gate, SRU, source features and
+anything but softmax attention are refused by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seq2edge.runtime.conventions import Conventions
+
+from . import Imported, ImportRefused
+
+FILLER = "averyunlikelytoken"  # onmt/constants.py DefaultTokens.VOCAB_PAD: vocabularies padded to a multiple of 8
+SPECIALS = {"pad": "<blank>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}  # DefaultTokens
+
+
+class OnmtRNN(nn.Module):
+    """OpenNMT-py's RNN encoder-decoder in the encode()/step() protocol."""
+
+    def __init__(self, opt: argparse.Namespace, src_vocab: int, tgt_vocab: int, src_pad: int, tgt_pad: int):
+        super().__init__()
+        self.rnn_type = opt.rnn_type
+        rnn = getattr(nn, opt.rnn_type)
+        bidirectional = opt.encoder_type == "brnn"
+        directions = 2 if bidirectional else 1
+        self.hidden = opt.dec_hid_size
+        self.layers = opt.dec_layers
+        self.input_feed = bool(opt.input_feed)
+        self.attn_type = opt.global_attention
+        self.encoder = nn.Module()
+        self.encoder.embeddings = _Embeddings(src_vocab, opt.src_word_vec_size, src_pad)
+        self.encoder.rnn = rnn(opt.src_word_vec_size, opt.enc_hid_size // directions, opt.enc_layers, batch_first=True,
+                               bidirectional=bidirectional)
+        self.bridge = bool(opt.bridge)
+        if self.bridge:
+            total = opt.enc_hid_size // directions * opt.enc_layers
+            self.encoder.bridge = nn.ModuleList([nn.Linear(total, total) for _ in range(2 if opt.rnn_type == "LSTM" else 1)])
+        self.decoder = nn.Module()
+        self.decoder.embeddings = _Embeddings(tgt_vocab, opt.tgt_word_vec_size, tgt_pad)
+        if self.input_feed:
+            self.decoder.rnn = nn.Module()
+            cell = nn.LSTMCell if opt.rnn_type == "LSTM" else nn.GRUCell
+            sizes = [opt.tgt_word_vec_size + self.hidden] + [self.hidden] * (self.layers - 1)
+            self.decoder.rnn.layers = nn.ModuleList([cell(size, self.hidden) for size in sizes])
+        else:
+            self.decoder.rnn = rnn(opt.tgt_word_vec_size, self.hidden, self.layers, batch_first=True)
+        self.decoder.attn = nn.Module()
+        attn, dim = self.decoder.attn, self.hidden
+        if self.attn_type == "general":
+            attn.linear_in = nn.Linear(dim, dim, bias=False)
+        elif self.attn_type == "mlp":
+            attn.linear_context = nn.Linear(dim, dim, bias=False)
+            attn.linear_query = nn.Linear(dim, dim)
+            attn.v = nn.Linear(dim, 1, bias=False)
+        attn.linear_out = nn.Linear(2 * dim, dim, bias=self.attn_type == "mlp")
+        self.generator = nn.Linear(dim, tgt_vocab)
+
+    def encode(self, src_ids: Tensor, src_lengths: Tensor):
+        packed = pack_padded_sequence(self.encoder.embeddings(src_ids), src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        enc_out, final = self.encoder.rnn(packed)
+        enc_out, _ = pad_packed_sequence(enc_out, batch_first=True, total_length=src_ids.shape[1])
+        finals = final if isinstance(final, tuple) else (final,)
+        if self.bridge:
+            finals = tuple(self._bridge(linear, states) for linear, states in zip(self.encoder.bridge, finals))
+        if self.encoder.rnn.bidirectional:  # [layers x 2, B, h] -> [layers, B, 2h]: each layer's directions side by side
+            finals = tuple(torch.cat([s[0 : s.shape[0] : 2], s[1 : s.shape[0] : 2]], dim=2) for s in finals)
+        input_feed = torch.zeros(src_ids.shape[0], self.hidden, dtype=enc_out.dtype)
+        return enc_out, (*(s.transpose(0, 1) for s in finals), input_feed)
+
+    def _bridge(self, linear: nn.Linear, states: Tensor) -> Tensor:
+        """OpenNMT-py's bottle_hidden, reshapes and all."""
+        states = states.permute(1, 0, 2).contiguous()
+        size = states.size()
+        result = F.relu(linear(states.view(-1, linear.in_features))).view(size)
+        return result.permute(1, 0, 2).contiguous()
+
+    def step(self, prev_ids: Tensor, state, memory: Tensor, src_mask: Tensor):
+        input_feed = state[-1]
+        hidden = tuple(s.transpose(0, 1) for s in state[:-1])  # [layers, B, H]
+        embedded = self.decoder.embeddings(prev_ids)
+        if self.input_feed:
+            layer_input = torch.cat([embedded, input_feed], dim=1)
+            new = [[] for _ in hidden]
+            for i, cell in enumerate(self.decoder.rnn.layers):
+                out = cell(layer_input, tuple(h[i] for h in hidden) if self.rnn_type == "LSTM" else hidden[0][i])
+                out = out if isinstance(out, tuple) else (out,)
+                for parts, value in zip(new, out):
+                    parts.append(value)
+                layer_input = out[0]
+            rnn_out, new_hidden = layer_input, tuple(torch.stack(parts) for parts in new)
+        else:
+            output, new_hidden = self.decoder.rnn(embedded.unsqueeze(1), hidden if self.rnn_type == "LSTM" else hidden[0])
+            rnn_out, new_hidden = output.squeeze(1), new_hidden if isinstance(new_hidden, tuple) else (new_hidden,)
+        attn_h, align = self._attend(rnn_out, memory, src_mask)
+        return self.generator(attn_h), (*(s.transpose(0, 1) for s in new_hidden), attn_h), align
+
+    def _attend(self, query: Tensor, enc_out: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
+        attn, q = self.decoder.attn, query.unsqueeze(1)  # [B, 1, H]
+        if self.attn_type == "mlp":
+            scores = attn.v(torch.tanh(attn.linear_query(q).unsqueeze(2) + attn.linear_context(enc_out).unsqueeze(1))).squeeze(3)
+        else:
+            scores = torch.bmm(attn.linear_in(q) if self.attn_type == "general" else q, enc_out.transpose(1, 2))
+        scores = scores.masked_fill(~src_mask.unsqueeze(1), -math.inf)
+        align = torch.softmax(scores, dim=-1)  # [B, 1, S]
+        context = torch.bmm(align, enc_out)
+        attn_h = attn.linear_out(torch.cat([context, q], dim=2))
+        if self.attn_type in ("dot", "general"):
+            attn_h = torch.tanh(attn_h)
+        return attn_h.squeeze(1), align.squeeze(1)
+
+
+class _Embeddings(nn.Module):
+    """onmt.modules.Embeddings with words only: make_embedding.emb_luts.0 is the lookup table."""
+
+    def __init__(self, vocab: int, dim: int, pad: int):
+        super().__init__()
+        self.make_embedding = nn.Module()
+        self.make_embedding.emb_luts = nn.ModuleList([nn.Embedding(vocab, dim, padding_idx=pad)])
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.make_embedding.emb_luts[0](ids)
+
+
+def load(path: Path) -> Imported:
+    if not path.is_file():
+        raise ImportRefused(f"{path}: not a file; --from opennmt takes an OpenNMT-py checkpoint (.pt)")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):  # the checkpoint's opt, and nothing else
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ImportRefused(f"{path}: cannot be read as weights only ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                            "seq2edge never unpickles code") from None
+    if not isinstance(checkpoint, dict) or not {"model", "generator", "vocab", "opt"} <= set(checkpoint):
+        raise ImportRefused(f"{path}: not an OpenNMT-py 3 checkpoint (it needs model, generator, vocab and opt)")
+    opt, vocab = checkpoint["opt"], checkpoint["vocab"]
+    _refuse_unsupported(opt, vocab, path)
+    source, target = list(vocab["src"]), list(vocab["tgt"])
+    for side, tokens in (("src", source), ("tgt", target)):
+        missing = [t for t in SPECIALS.values() if t not in tokens]
+        if missing:
+            raise ImportRefused(f"{path}: the {side} vocabulary lacks {missing[0]!r}")
+    module = OnmtRNN(opt, len(source), len(target), source.index(SPECIALS["pad"]), target.index(SPECIALS["pad"]))
+    state = {**checkpoint["model"], **{f"generator.{k}": v for k, v in checkpoint["generator"].items()}}
+    if getattr(opt, "share_decoder_embeddings", False) and "generator.weight" not in state:
+        state["generator.weight"] = state["decoder.embeddings.make_embedding.emb_luts.0.weight"]
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ImportRefused(f"{path}: its weights do not fit the model its opt describes (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]})")
+    never = tuple(t for t in target if t.startswith(FILLER))
+    conventions = Conventions(max_len_ratio=1.25, max_len_offset=5.0, max_len_cap=250, never_emit=never)
+    return Imported(module.eval(), source, target, dict(SPECIALS), "word", "word", False, conventions,
+                    origin=f"opennmt-py {getattr(opt, 'version', '3.x')}: {path.name}", max_tgt_len=250)
+
+
+def _refuse_unsupported(opt: argparse.Namespace, vocab: dict, where: Path) -> None:
+    get = lambda name, default=None: getattr(opt, name, default)  # noqa: E731
+    checks = [
+        (get("model_task", "seq2seq") != "seq2seq", f"model_task {get('model_task')!r}"),
+        (get("encoder_type") not in ("rnn", "brnn"), f"encoder_type {get('encoder_type')!r} (only rnn and brnn import)"),
+        (get("decoder_type") != "rnn", f"decoder_type {get('decoder_type')!r} (only rnn imports)"),
+        (get("rnn_type") == "SRU", "rnn_type SRU"),
+        (get("rnn_type") not in ("LSTM", "GRU", "SRU"), f"rnn_type {get('rnn_type')!r}"),
+        (bool(get("copy_attn", False)), "copy_attn (copy attention)"),
+        (bool(get("coverage_attn", False)), "coverage_attn (coverage)"),
+        (get("context_gate") not in (None, "none"), f"context_gate {get('context_gate')!r}"),
+        (get("global_attention") not in ("dot", "general", "mlp"), f"global_attention {get('global_attention')!r} "
+                                                                   "(an RNN decoder without attention)"),
+        (get("global_attention_function", "softmax") != "softmax", f"global_attention_function {get('global_attention_function')!r}"),
+        (bool(get("position_encoding", False)), "position_encoding"),
+        (bool(vocab.get("src_feats")) or bool(get("src_feats")), "source features (src_feats)"),
+        (bool(get("lambda_align", 0.0)), "guided alignment (lambda_align)"),
+        (get("enc_hid_size") != get("dec_hid_size"), "enc_hid_size and dec_hid_size differ"),
+        (get("bridge") is not True and get("enc_layers") != get("dec_layers"), "enc_layers and dec_layers differ without a bridge"),
+        (vocab.get("decoder_start_token", "<s>") != "<s>", f"decoder_start_token {vocab.get('decoder_start_token')!r}"),
+    ]
+    for refused, what in checks:
+        if refused:
+            raise ImportRefused(f"{where}: {what} is not supported by --from opennmt")
