@@ -17,6 +17,8 @@ from pathlib import Path
 
 from seq2edge.runtime.schema import BundleMeta, GraphEntry
 
+from .logs import logger_level
+
 REQUIRED_OPERATORS = "required_operators.config"
 
 
@@ -25,8 +27,6 @@ def write_ort_copies(bundle_dir: Path, meta: BundleMeta) -> Path:
     required_operators.config for all of them; returns that file's path."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # it logs every file it writes
-
     work = Path(tempfile.mkdtemp(prefix=".ort.", dir=bundle_dir))
     try:
         for graphs in meta.graphs.values():
@@ -34,7 +34,8 @@ def write_ort_copies(bundle_dir: Path, meta: BundleMeta) -> Path:
                 shutil.copyfile(bundle_dir / entry.file, work / entry.file)
         printed = io.StringIO()  # the converter prints a line per file, naming this temporary folder
         try:
-            with contextlib.redirect_stdout(printed):
+            # it logs every file it writes
+            with contextlib.redirect_stdout(printed), logger_level("ort_format_model.utils", logging.WARNING):
                 convert_onnx_models_to_ort(work, output_dir=work, optimization_styles=[OptimizationStyle.Fixed])
         except BaseException:
             sys.stderr.write(printed.getvalue())

@@ -17,6 +17,7 @@ import onnx
 from seq2edge.runtime.interface import GRAPHS, graph_file, graph_metadata
 from seq2edge.runtime.schema import GraphEntry
 
+from .logs import logger_level
 from .onnx import save_single_file, set_metadata
 from .recurrent_loop import loop_recurrences_int8, values_read
 
@@ -33,11 +34,11 @@ def quantize_int8(src: Path, dst: Path, kind: str) -> None:
     so that CPUs without VNNI compute the same sums as those with it, instead of saturating."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic logs advice on the root logger
     graph = onnx.load(str(src))
     if kind == "encoder":
         loop_recurrences_int8(graph)
-    quantize_dynamic(graph, str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=True)
+    with logger_level(None, logging.ERROR):  # quantize_dynamic logs advice on the root logger
+        quantize_dynamic(graph, str(dst), weight_type=QuantType.QInt8, per_channel=False, reduce_range=True)
     graph = onnx.load(str(dst))
     if quantize_recurrent_weights(graph):
         onnx.save_model(graph, str(dst))

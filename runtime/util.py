@@ -18,25 +18,21 @@ import numpy as np
 from .errors import Seq2EdgeError
 
 
-def _read_umask() -> int:
-    umask = os.umask(0o022)  # reading it means setting it: once, at import, not around every write
-    os.umask(umask)
-    return umask
-
-
-_FILE_MODE = 0o666 & ~_read_umask()
-
-
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` when the block ends
-    normally, removed when it raises. The file gets the usual permissions (0644 under the
-    common umask), whatever the writer used for the temporary file."""
+    normally, removed when it raises. The file gets the permissions a newly created file gets
+    (0644 under the common umask), whatever the writer did to the temporary file: the temporary
+    file is created first, by the OS under the process's umask, and its mode kept (reading the
+    umask itself would mean setting it, for every thread of the process)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        tmp.unlink(missing_ok=True)  # a leftover of a killed run with this process id
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        mode = tmp.stat().st_mode & 0o777
         yield tmp
-        os.chmod(tmp, _FILE_MODE)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -24,8 +24,8 @@ from seq2edge.export.importers import ImportRefused, export_imported
 from seq2edge.runtime import Seq2Seq
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-MODELS = [("joeynmt", "gru-bahdanau-bridge"), ("joeynmt", "lstm2-luong-last-tied"), ("opennmt", "gru-brnn-mlp-bridge"),
-          ("opennmt", "lstm2-brnn-general-feed"), ("opennmt", "gru-rnn-dot-feed")]
+MODELS = [("joeynmt", "gru-bahdanau-bridge"), ("joeynmt", "lstm2-luong-last-tied"), ("joeynmt", "gru2-luong-zero-spm"),
+          ("opennmt", "gru-brnn-mlp-bridge"), ("opennmt", "lstm2-brnn-general-feed"), ("opennmt", "gru-rnn-dot-feed")]
 
 
 def source_of(toolkit: str, name: str) -> Path:
