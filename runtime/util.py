@@ -28,8 +28,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.unlink(missing_ok=True)  # a leftover of a killed run with this process id
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        try:
+            tmp.unlink(missing_ok=True)  # a leftover of a killed run with this process id
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except OSError as exc:
+            raise Seq2EdgeError(f"{path}: cannot write: {exc.strerror}") from None
         mode = tmp.stat().st_mode & 0o777
         yield tmp
         os.chmod(tmp, mode)
