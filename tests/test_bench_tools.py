@@ -4,7 +4,6 @@ Each runs here on the small shipped bundle and a few words: a script that broke 
 API) fails here rather than on the day someone repeats a measurement."""
 
 import re
-import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -14,8 +13,7 @@ from seq2edge.bench import bulk, hosts, loop_crossover, parity_tolerance, profil
 from seq2edge.train.english_words import new_words
 
 SMALL = REPO / "models" / "g2p-en-small"
-needs_node = pytest.mark.skipif(shutil.which("node") is None or not (REPO / "hosts/js/node_modules/onnxruntime-node").exists(),
-                                reason="LOUD SKIP: Node.js or hosts/js/node_modules is missing; run `make js` (needs npm)")
+needs_node = pytest.mark.requires("node")
 
 
 def test_english_words_keeps_new_words_spelt_like_headwords_in_frequency_order():

@@ -21,8 +21,7 @@ from seq2edge.train import corpus as C
 
 JS = REPO / "hosts" / "js"
 NODE = shutil.which("node")
-needs_node = pytest.mark.skipif(NODE is None or not (JS / "node_modules" / "onnxruntime-node").exists(),
-                                reason="LOUD SKIP: Node.js or hosts/js/node_modules is missing; run `make js` (needs npm)")
+needs_node = pytest.mark.requires("node")
 
 
 @pytest.fixture(scope="module")
@@ -351,8 +350,6 @@ for (const [load, decode] of [[{{ tooLong: "cut" }}, {{}}], [{{ backend: "cuda" 
 def browser_decode(bundle: Path, words: list[str], tmp_path: Path, query: str = "") -> dict:
     """What the browser demo page, serving `bundle`, decodes of `words` in headless Chromium."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if NODE is None or chromium is None or not (JS / "node_modules" / "playwright-core").exists():
-        pytest.skip("LOUD SKIP: the browser test needs Debian's chromium (.ci/run installs it) and `make js`")
     import sys
 
     sys.path.insert(0, str(REPO / "examples" / "web"))
@@ -374,6 +371,7 @@ def browser_decode(bundle: Path, words: list[str], tmp_path: Path, query: str = 
     return page
 
 
+@pytest.mark.requires("node", "chromium")
 def test_browser_demo_decodes_like_python_in_headless_chromium(bundle, words, tmp_path):
     """The exported --greedy-graph --ort bundle, its .ort graphs, in the browser page, against Python."""
     page = browser_decode(bundle, words[:250], tmp_path, "&format=ort")
@@ -402,6 +400,7 @@ def test_node_refuses_a_changed_or_unreadable_sentencepiece_model_in_one_line(sp
         assert proc.returncode == 2 and message in proc.stderr and "    at " not in proc.stderr, proc.stderr
 
 
+@pytest.mark.requires("node", "chromium")
 def test_browser_demo_decodes_a_sentencepiece_bundle_like_python(spm_corpus, tmp_path):
     """The page fetches the bundle's .spm.model files and tokenises with hosts/js/sentencepiece.mjs."""
     bundle, inputs = spm_corpus

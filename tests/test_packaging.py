@@ -73,6 +73,7 @@ def test_info_reports_a_cuda_provider_that_does_not_load(monkeypatch):
     assert any("CUDAExecutionProvider is listed but does not load" in p for p in problems)
 
 
+@pytest.mark.slow  # 17 s of timing; .ci/run runs it after make test
 def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_path):
     """Two bundles (the second with a greedy graph) and their checkpoints, g2p-en: speed, accuracy,
     sizes and cold start for each, the runtime targets for the first, the small-model targets for the second."""

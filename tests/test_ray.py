@@ -8,11 +8,13 @@ from conftest import SEQ2EDGE
 
 from seq2edge.train import corpus as C
 
-ray = pytest.importorskip("ray", reason="LOUD SKIP: Ray is not installed (pip install 'seq2edge[ray]'; make test installs it)")
+pytestmark = pytest.mark.requires("ray")
 
 
 @pytest.fixture(scope="module")
 def local_ray():
+    import ray
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -26,7 +28,7 @@ def test_ray_data_output_equals_seq2edge_decode_on_10000_lines(local_ray, tiny_b
     words = [e.source for e in C.load_cmudict().entries if e.source.isalpha()][:10_000]
     path = tmp_path / "words.txt"
     path.write_text("\n".join(words) + "\n")
-    ds = decode_dataset(ray.data.read_text(str(path)), tiny_bundle, concurrency=2, batch_size=4096, num_cpus=0.5)
+    ds = decode_dataset(local_ray.data.read_text(str(path)), tiny_bundle, concurrency=2, batch_size=4096, num_cpus=0.5)
     ds.write_json(str(tmp_path / "out"))
     rows = [json.loads(line) for f in sorted((tmp_path / "out").glob("*.json")) for line in f.read_text().splitlines()]
     cli = subprocess.run([*SEQ2EDGE, "decode", str(tiny_bundle), "--input", str(path), "--format", "jsonl"],
