@@ -27,7 +27,7 @@ EXTRA_WORDS      := build/english-words.txt
 
 JS_DEPS := hosts/js/node_modules/.installed
 
-.PHONY: install install-gpu js demo train export eval train-small export-small test soak lint docs bench bench-quick device-check clean
+.PHONY: install install-gpu js demo train export eval train-small export-small test test-fast soak lint docs bench bench-quick device-check clean
 
 $(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -95,6 +95,16 @@ export-small: $(FULL)
 
 test: $(FULL) $(JS_DEPS)
 	$(BIN)/python -m pytest -q -x -rs --durations=15
+
+# The edit-and-test loop, about 75 seconds: tokenisers, search, schema, runtime, decode CLI and the reliability
+# battery, on one tiny model trained in seconds. No installs (run `make install` once), no toolkits, browser,
+# wheel, distillation or shipped-model tests: `make test` stays the whole suite.
+FAST_TESTS := tests/test_search.py tests/test_schema.py tests/test_runtime.py tests/test_model.py tests/test_data.py \
+              tests/test_docs.py tests/test_quantize.py tests/test_side_effects.py tests/test_device_path.py \
+              tests/test_decode_cli.py tests/test_reliability.py
+test-fast:
+	@test -x $(BIN)/python || { echo "test-fast installs nothing: run make install first"; exit 2; }
+	$(BIN)/python -m pytest -q -x -rs $(FAST_TESTS)
 
 # 20,000 decodes from 8 threads against serial results, with memory growth measured (docs/reliability.md)
 soak: $(FULL)
