@@ -33,7 +33,7 @@ from .greedy import build_greedy_graph
 from .onnx import export_graphs
 from .ort_format import REQUIRED_OPERATORS, write_ort_copies
 from .quantize import write_precision
-from .verify import check_greedy_graph, check_parity, compare_precision
+from .verify import check_greedy_graph, check_parity, compare_precision, int8_gate
 
 
 class ExportError(Seq2EdgeError):
@@ -42,7 +42,7 @@ class ExportError(Seq2EdgeError):
 
 def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, int8: bool = False, fp16: bool = False,
                   exporter: str = "torchscript", corpus: str | None = None, parity_words: int = 500,
-                  atol: float | None = None, greedy_graph: bool = False, ort: bool = False,
+                  atol: float | None = None, greedy_graph: bool = False, ort: bool = False, accept_int8: bool = False,
                   log: Callable[[str], None] = print) -> Path:
     """Export `checkpoint` to the bundle directory `out`, verify it, and return its path.
 
@@ -56,7 +56,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     entries = parity_entries(checkpoint, corpus, parity_words)
     provenance = {"path": str(checkpoint), "train": _train_summary(checkpoint)}
     return write_bundle(model, out, sides, entries, provenance, exporter=exporter, int8=int8, fp16=fp16, atol=atol,
-                        greedy_graph=greedy_graph, ort=ort, log=log)
+                        greedy_graph=greedy_graph, ort=ort, accept_int8=accept_int8, log=log)
 
 
 def refuse_existing(out: Path, force: bool) -> None:
@@ -75,10 +75,11 @@ class Side:
 def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[C.Entry], provenance: dict, *,
                  exporter: str = "torchscript", int8: bool = False, fp16: bool = False, atol: float | None = None,
                  greedy_graph: bool = False, ort: bool = False, conventions: Conventions = Conventions(),
-                 log: Callable[[str], None] = print) -> Path:
+                 accept_int8: bool = False, log: Callable[[str], None] = print) -> Path:
     """Graphs, bundle.json and every parity gate for `model` (seq2edge's Seq2SeqModule or a
     protocol model wrapped in export.protocol.ProtocolModule), placed at `out` only when all passed.
-    conventions: the decoding rules of the toolkit the model came from (runtime/conventions.py)."""
+    conventions: the decoding rules of the toolkit the model came from (runtime/conventions.py).
+    accept_int8: write int8 graphs that fail the int8 gate (export.verify.int8_gate), saying so in their figures."""
     texts = [e.source for e in entries]
     with atomic_directory(out) as tmp:
         bundle_id = uuid.uuid4().hex
@@ -95,6 +96,13 @@ def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[C.Entry
                 write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
                 meta.parity[precision] = compare_precision(tmp, meta, precision, entries, reference, runtime)
                 _log_precision(precision, meta.parity[precision], log)
+                refused = int8_gate(meta.parity[precision]) if precision == "int8" else None
+                if refused and not accept_int8:
+                    raise ExportError(f"{refused}. No bundle was written. The int8 graphs differ from fp32 far more than "
+                                      "int8 rounding does; pass --accept-int8 to write them anyway.")
+                if refused:
+                    meta.parity[precision]["gate"] = f"overridden by --accept-int8: {refused}"
+                    log(f"int8 gate overridden (--accept-int8): {refused}")
         if greedy_graph:
             _add_greedy_graphs(tmp, meta, texts, log)
         if ort:

@@ -33,7 +33,7 @@ def export_model(model: nn.Module, out: str | Path, *, source_vocab: Sequence[st
                  parity_sources: Sequence[str], max_src_len: int | None = None, max_tgt_len: int | None = None,
                  int8: bool = False, fp16: bool = False, greedy_graph: bool = False, ort: bool = False,
                  force: bool = False, atol: float | None = None, origin: str | None = None,
-                 conventions: Conventions | None = None, log: Callable[[str], None] = print) -> Path:
+                 conventions: Conventions | None = None, accept_int8: bool = False, log: Callable[[str], None] = print) -> Path:
     """Export `model` (encode() and step(), docs/own-model.md) to the bundle directory `out` and return its path.
 
     The vocabularies are lists whose index is the id, holding the pad, bos, eos and unk tokens.
@@ -68,7 +68,8 @@ def export_model(model: nn.Module, out: str | Path, *, source_vocab: Sequence[st
         provenance = {"origin": config.origin, "special_tokens": {"pad": pad, "bos": bos, "eos": eos, "unk": unk}}
         return write_bundle(wrapped, out, {name: Side(codecs[name], spm) for name, (_, spm) in sides.items()},
                             [Entry(t, ()) for t in texts], provenance, int8=int8, fp16=fp16, atol=atol,
-                            greedy_graph=greedy_graph, ort=ort, conventions=conventions or Conventions(), log=log)
+                            greedy_graph=greedy_graph, ort=ort, conventions=conventions or Conventions(), accept_int8=accept_int8,
+                            log=log)
     finally:
         model.train(training)
 

@@ -1,10 +1,13 @@
 """int8 for recurrent cells onnxruntime has no integer kernel for: GRU and RNN weights stored as int8,
 and in an encoder a Loop of integer matmuls beside the fused node, which batches run."""
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import export_tiny
 from onnx import TensorProto, helper, numpy_helper
 
 from seq2edge.export.quantize import quantize_recurrent_weights
@@ -236,3 +239,31 @@ def test_recurrent_nodes_with_an_initial_state_keep_their_node():
     model.graph.node[0].input.append("h0")
     model.graph.input.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, None, 4]))
     assert loop_recurrences_int8(model, min_batch=4) == 0 and model.graph.node[0].op_type == "GRU"
+
+
+def test_the_int8_gate_refuses_a_planted_bad_int8_graph_and_accept_int8_writes_it_saying_so(tiny_checkpoint, tmp_path, monkeypatch):
+    import onnx
+    from onnx import numpy_helper
+
+    from seq2edge.export import quantize
+    from seq2edge.export.bundle import ExportError
+
+    honest = quantize.CONVERTERS["int8"]
+
+    def damaged(src, dst, kind):
+        """int8 graphs whose decoder reads every weight at three times its scale: a wrong scale, planted."""
+        honest(src, dst, kind)
+        if kind == "decoder":
+            graph = onnx.load(str(dst))
+            for i, init in enumerate(graph.graph.initializer):
+                if init.name.endswith("scale") and init.data_type == onnx.TensorProto.FLOAT:
+                    graph.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 3, init.name))
+            onnx.save_model(graph, str(dst))
+
+    monkeypatch.setitem(quantize.CONVERTERS, "int8", damaged)
+    with pytest.raises(ExportError, match=r"int8 graphs decode \d+\.\d+% of the parity inputs as fp32 does \(the gate needs 90%\)"):
+        export_tiny(tiny_checkpoint, tmp_path / "refused", int8=True, parity_words=60)
+    assert not (tmp_path / "refused").exists()
+    bundle = export_tiny(tiny_checkpoint, tmp_path / "accepted", int8=True, parity_words=60, accept_int8=True)
+    figures = json.loads((bundle / "bundle.json").read_text())["parity"]["int8"]
+    assert figures["gate"].startswith("overridden by --accept-int8: int8 graphs decode")
