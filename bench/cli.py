@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from seq2edge.runtime.errors import Seq2EdgeError
+from seq2edge.runtime.info import onnxruntime_versions
 from seq2edge.runtime.util import write_json_atomic
 
 from . import measure as M
@@ -115,7 +116,7 @@ def bench(bundles, corpus, checkpoints, quick, json_out, plot_out, threads, word
         "corpus": corpus, "models": models, "words": len(timed), "accuracy_words": len(scored), "threads": threads, "repeats": repeats,
         "quick": quick, "edge_precision": edge_precision,
         "machine": {"python": platform.python_version(), "processor": platform.processor(), "machine": platform.machine(),
-                    "cpus": _cpus()},
+                    "cpus": _cpus(), "onnxruntime": onnxruntime_versions()},
         "speed": M.as_dicts(speed), "accuracy": M.as_dicts(accuracy), "startup": M.as_dicts(startup),
         "paired": M.as_dicts(paired), "paired_torch": M.as_dicts(paired_torch),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from seq2edge.runtime.info import describe_versions
 from seq2edge.runtime.util import atomic_path
 
 from .measure import PEER
@@ -130,7 +131,10 @@ def table(result: dict) -> str:
     what = "CMUdict test words" if cmudict else f"test inputs of {result['corpus']}"
     lines = [f"seq2edge bench: {' '.join(m['bundle'] for m in result['models'])}  ({result['words']} {what} timed, "
              f"threads {result['threads']}, median of {result['repeats']} runs after a warm-up; accuracy on "
-             f"{result['accuracy_words']} test {'words' if cmudict else 'inputs'})", ""]
+             f"{result['accuracy_words']} test {'words' if cmudict else 'inputs'})"]
+    if result["machine"].get("onnxruntime"):
+        lines.append(describe_versions(result["machine"]["onnxruntime"]))
+    lines.append("")
     lines.append(f"{'model':{width}s} {'variant':10s} {'batch':>5s} {'words/s' if cmudict else 'inputs/s':>9s} "
                  f"{'ms/word' if cmudict else 'ms/input':>8s} {'in session.run':>14s} {'vs pytorch':>10s} "
                  f"{'vs g2p-en' if cmudict else '':>9s}")

@@ -23,7 +23,7 @@ import click
 
 from .bulk import INPUT_FORMATS, Job, decoded_chunks, worker_count
 from .errors import Seq2EdgeError
-from .interface import PRECISIONS
+from .interface import GRAPH_FORMATS, PRECISIONS
 from .model import NO_ATTENTION, TOO_LONG_POLICIES, Result, Seq2Seq
 from .options import SearchOptions
 from .output import ResumeRefused, Sink, output_settings, unwritten
@@ -68,6 +68,8 @@ class Interrupted(Exception):
 @click.option("--provider", default="auto", show_default=True, help="auto, cpu, cuda, or another onnxruntime provider name.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads (default: onnxruntime's choice).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--graph-format", type=click.Choice(["auto", *GRAPH_FORMATS]), default="auto", show_default=True,
+              help="The graphs to load: .onnx, the ORT-format copies (export --ort), or auto (.onnx when present, else .ort).")
 @click.option("--optimization", type=click.Choice(list(OPTIMIZATION_LEVELS)), default="all", show_default=True,
               help="onnxruntime graph optimisation level.")
 @click.option("--io-binding/--no-io-binding", default=None,
@@ -93,8 +95,8 @@ class Interrupted(Exception):
               help="Another bundle of the same task (the same vocabularies), decoding together with BUNDLE (repeatable): "
                    "every step searches the log of the members' mean probability.")
 def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, length_penalty, sample, temperature, top_k, top_p,
-           seed, max_len, min_len, batch_size, provider, threads, precision, optimization, io_binding, unknown, too_long,
-           plot_attention, progress, workers, input_format, column, greedy_graph, ensemble) -> int:
+           seed, max_len, min_len, batch_size, provider, threads, precision, graph_format, optimization, io_binding, unknown,
+           too_long, plot_attention, progress, workers, input_format, column, greedy_graph, ensemble) -> int:
     """Decode TEXTS (or --input FILE, or stdin lines) with the bundle at BUNDLE."""
     input_file = None if input_file == Path("-") else input_file
     output_file = None if output_file == Path("-") else output_file
@@ -120,9 +122,9 @@ def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, len
     options = SearchOptions(beam_size=beam, nbest=nbest or 1, max_len=max_len, min_len=min_len, batch_size=batch_size,
                             length_penalty=length_penalty, sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
                             seed=seed, return_attention=plot_attention is not None, errors="return")
-    load = dict(providers=provider, precision=precision, threads=1 if workers > 1 else threads, optimization=optimization,
-                unknown=unknown, too_long=too_long, io_binding=io_binding, option_style="cli", greedy_graph=greedy_graph,
-                ensemble=[str(p) for p in ensemble])
+    load = dict(providers=provider, precision=precision, graph_format=graph_format, threads=1 if workers > 1 else threads,
+                optimization=optimization, unknown=unknown, too_long=too_long, io_binding=io_binding, option_style="cli",
+                greedy_graph=greedy_graph, ensemble=[str(p) for p in ensemble])
     model = Seq2Seq.load(bundle, **load)  # here too with workers: a bad bundle is exit 2 before any decoding
     if plot_attention is not None and not model.config.gives_attention:
         raise click.UsageError(f"--plot-attention: {NO_ATTENTION}")

@@ -60,6 +60,28 @@ IDENTITY_GRAPH = bytes.fromhex(
 )
 
 
+# The JavaScript host's packages, where this runtime runs from a checkout that has them (`make js`).
+JS_PACKAGES = Path(__file__).resolve().parents[1] / "hosts" / "js" / "node_modules"
+
+
+def onnxruntime_versions() -> dict[str, str | None]:
+    """The onnxruntime each host decodes with: Python's, and the JavaScript host's onnxruntime-node and
+    onnxruntime-web (None where hosts/js's packages are not installed next to this runtime)."""
+    import onnxruntime as ort
+
+    versions: dict[str, str | None] = {"onnxruntime (python)": ort.__version__}
+    for package in ("onnxruntime-node", "onnxruntime-web"):
+        try:
+            versions[package] = json.loads((JS_PACKAGES / package / "package.json").read_text())["version"]
+        except (OSError, ValueError, KeyError):
+            versions[package] = None
+    return versions
+
+
+def describe_versions(versions: dict[str, str | None]) -> str:
+    return ", ".join(f"{name} {version or 'not installed here'}" for name, version in versions.items())
+
+
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Only this precision's graphs.")
@@ -84,7 +106,7 @@ def info(bundle: Path, precision: str | None, as_json: bool) -> None:
         "exported_with": b.meta.exported_with,
         "graphs": {},
         "parity": b.meta.parity,
-        "onnxruntime": {"version": ort.__version__, "packages": installed_onnxruntimes(),
+        "onnxruntime": {"version": ort.__version__, "hosts": onnxruntime_versions(), "packages": installed_onnxruntimes(),
                         "available_providers": ort.get_available_providers(), "problems": diagnose_providers()},
     }
     damaged = []
@@ -157,5 +179,6 @@ def _print_text(r: dict) -> None:
     o = r["onnxruntime"]
     click.echo(f"onnxruntime {o['version']} ({', '.join(f'{k} {v}' for k, v in o['packages'].items())}); "
                f"providers offered here: {', '.join(o['available_providers'])}")
+    click.echo(f"hosts       {describe_versions(o['hosts'])}")
     for problem in o["problems"]:
         click.echo(f"WARNING: {problem}")

@@ -83,6 +83,11 @@ def test_info_shows_metadata_graph_ports_and_providers(tiny_bundle):
         assert text in result.output
     report = json.loads(CliRunner().invoke(cli, ["info", str(tiny_bundle), "--json"]).output)
     assert report["onnxruntime"]["problems"] == []
+    # both hosts' onnxruntime: Python's, and the JavaScript host's where hosts/js has its packages
+    node = Path(__file__).resolve().parents[1] / "hosts" / "js" / "node_modules" / "onnxruntime-node" / "package.json"
+    expected = json.loads(node.read_text())["version"] if node.exists() else None
+    assert report["onnxruntime"]["hosts"]["onnxruntime-node"] == expected
+    assert f"onnxruntime-node {expected or 'not installed here'}" in result.output
     decoder = report["graphs"]["fp32"]["decoder"]
     assert decoder["sha256"] == sha256_file(tiny_bundle / "decoder.onnx")
     assert decoder["sha256_matches_bundle_json"] is True

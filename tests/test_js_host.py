@@ -221,7 +221,7 @@ def test_node_refuses_an_ensemble_whose_members_tokenise_differently_or_a_greedy
 @needs_node
 def test_node_wasm_and_ort_format_and_int8_equal_python(bundle, words, tmp_path):
     python = [r.text for r in Seq2Seq.load(bundle, providers="cpu").decode(words[:200])]
-    for flags in (("--backend", "wasm"), ("--format", "ort"), ("--backend", "wasm", "--format", "ort", "--greedy-graph")):
+    for flags in (("--backend", "wasm"), ("--graph-format", "ort"), ("--backend", "wasm", "--graph-format", "ort", "--greedy-graph")):
         assert [r["output"] for r in node_decode(bundle, words[:200], tmp_path, *flags)] == python, flags
     int8 = [r.text for r in Seq2Seq.load(bundle, providers="cpu", precision="int8").decode(words[:200], batch_size=1)]
     records = node_decode(bundle, words[:200], tmp_path, "--precision", "int8", "--batch-size", "1")

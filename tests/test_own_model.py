@@ -85,7 +85,7 @@ def test_node_decodes_the_tutorial_bundle_as_python_does_in_fp32_int8_and_ort_fo
     for precision, fmt in (("fp32", "onnx"), ("int8", "onnx"), ("fp32", "ort")):
         python = Seq2Seq.load(bundle, precision=precision, graph_format=fmt).decode(words)
         proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), "--input", str(tmp_path / "words.txt"), "--jsonl",
-                               "--precision", precision, "--format", fmt], capture_output=True, text=True, timeout=300)
+                               "--precision", precision, "--graph-format", fmt], capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
         node = [json.loads(line) for line in proc.stdout.splitlines()]
         assert [r["output"] for r in node] == [r.text for r in python], (precision, fmt)

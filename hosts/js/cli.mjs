@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // node hosts/js/cli.mjs BUNDLE [--beam N] [--nbest K] [--length-penalty A] [--max-len N] [--min-len N]
 //                       [--sample] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--batch-size N] [--input FILE|-]
-//                       [--jsonl] [--backend node|wasm] [--precision fp32|int8] [--format onnx|ort]
+//                       [--jsonl] [--backend node|wasm] [--precision fp32|int8] [--graph-format onnx|ort]
 //                       [--greedy-graph|--no-greedy-graph] [--unknown error|unk|skip] [--too-long error|truncate]
 //                       [--threads N] [--ensemble BUNDLE ...] [TEXT ...]
 // Prints `input -> output` per input, in order, like `seq2edge decode` (--jsonl: its jsonl records, with the
@@ -24,7 +24,7 @@ async function main() {
       options: {
         beam: { type: "string", default: "1" }, nbest: { type: "string", default: "1" }, "max-len": { type: "string" },
         "batch-size": { type: "string", default: "64" }, input: { type: "string" }, backend: { type: "string", default: "node" },
-        precision: { type: "string", default: "fp32" }, format: { type: "string" }, "greedy-graph": { type: "boolean" },
+        precision: { type: "string", default: "fp32" }, "graph-format": { type: "string" }, "greedy-graph": { type: "boolean" },
         "no-greedy-graph": { type: "boolean" }, unknown: { type: "string", default: "error" },
         "too-long": { type: "string", default: "error" }, ensemble: { type: "string", multiple: true, default: [] }, "length-penalty": { type: "string", default: "0" }, threads: { type: "string", default: "1" }, help: { type: "boolean" }, jsonl: { type: "boolean" },
         "min-len": { type: "string", default: "0" }, sample: { type: "boolean" }, temperature: { type: "string", default: "1" },
@@ -50,7 +50,7 @@ async function main() {
     numbers[name] = value;
   }
   for (const [name, allowed] of [["backend", BACKENDS], ["unknown", UNKNOWN_POLICIES], ["too-long", TOO_LONG_POLICIES],
-    ["format", [undefined, ...GRAPH_FORMATS]]]) {
+    ["graph-format", [undefined, ...GRAPH_FORMATS]]]) {
     const value = parsed.values[name];
     if (!allowed.includes(value)) return usage(`--${name} must be one of ${allowed.filter(Boolean).join(", ")}, not ${JSON.stringify(value)}`);
   }
@@ -85,7 +85,7 @@ async function main() {
   }
   let model;
   try {
-    model = await loadBundle(bundle, { backend: o.backend, threads: numbers.threads, precision: o.precision, format: o.format,
+    model = await loadBundle(bundle, { backend: o.backend, threads: numbers.threads, precision: o.precision, format: o["graph-format"],
       unknown: o.unknown, tooLong: o["too-long"], ensemble: o.ensemble });
   } catch (err) {
     if (!(err instanceof Seq2EdgeError)) throw err;
