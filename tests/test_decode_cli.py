@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import SEQ2EDGE
@@ -188,6 +189,37 @@ def test_two_workers_write_the_same_bytes_as_one_with_the_same_errors(tiny_bundl
     code, stderr, _ = runs["2"]
     assert code == 1 and "line 11: " in stderr and "line 9000: " in stderr and "line 5001" not in stderr
     assert decode(tiny_bundle, "edge", "--workers", "0").returncode == 2
+
+
+def _spawned_workers(pid: int) -> set[int]:
+    """The live children of `pid` that multiprocessing spawned (their command line runs spawn_main)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return set()
+    found = set()
+    for child in children:
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(int(child))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads the process tree from Linux's /proc")
+def test_two_workers_are_two_processes(tiny_bundle, tmp_path, words):
+    """--workers 2 decodes in two spawned processes (an in-process fallback would give the same bytes)."""
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(words[:9000] * 3) + "\n")
+    proc = subprocess.Popen([*SEQ2EDGE, "decode", str(tiny_bundle), "--input", str(path), "--output", str(tmp_path / "out.txt"),
+                             "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen: set[int] = set()
+    while proc.poll() is None:
+        seen |= _spawned_workers(proc.pid)
+        time.sleep(0.05)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert len(seen) == 2, seen
 
 
 def test_a_tsv_column_is_decoded_and_the_line_written_back_with_the_output(tiny_bundle, tmp_path, tiny_model):

@@ -89,7 +89,7 @@ def test_token_level_distillation_matches_the_teachers_distributions_and_caches_
     np.testing.assert_allclose(targets.probs[0], np.exp(step.raw_log_probs[0][best]), rtol=1e-5)
     (cache,) = (tmp_path / "s" / "teacher").glob("token-*-k4-*.safetensors")
     written = cache.stat().st_mtime_ns
-    assert trainer.run()["epochs"] == 1
+    assert_teacher_shapes_the_loss(trainer, tc, tmp_path)
     said = []
     again = token_targets(tc, data.train.src, data.train.tgt, data.source, data.target, tmp_path / "s", log=said.append)
     assert np.array_equal(again.ids, targets.ids) and cache.stat().st_mtime_ns == written and not said  # from the cache
@@ -123,7 +123,24 @@ def test_seq_and_token_distillation_together_match_the_teacher_on_its_own_output
     references = {e.source: e.references for e in C.split(C.load_cmudict().entries, "train")}
     assert trained_on == labels and any(label not in references[s] for s, label in zip(sources, labels))
     assert targets.offsets.tolist() == [0, *np.cumsum([len(t) + 1 for t in data.train.tgt]).tolist()]
-    assert trainer.run()["epochs"] == 1
+    assert_teacher_shapes_the_loss(trainer, tc, tmp_path)
+
+
+def assert_teacher_shapes_the_loss(trainer, tc: TrainConfig, tmp_path) -> None:
+    """The epoch trains on the teacher's distributions: the same run (training is deterministic) with kd_alpha 0,
+    the hard targets alone, ends it with other weights."""
+    import dataclasses
+
+    from seq2edge.train.loop import Trainer
+
+    assert trainer.run() == {"best_dev_wer": trainer.saved, "epochs": 1, "stopped": "epochs"}
+    hard = Trainer(dataclasses.replace(tc, kd_alpha=0.0), {"embed": 8, "hidden": 16, "max_src_len": 32, "max_tgt_len": 24},
+                   tmp_path / "hard", log=lambda m: None)
+    hard.run()
+    import torch
+
+    ours, theirs = trainer.model.state_dict(), hard.model.state_dict()
+    assert not all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_students_given_one_kd_cache_share_the_teachers_labels(tiny_bundle, tmp_path):
