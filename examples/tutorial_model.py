@@ -122,8 +122,9 @@ def batches(pairs, src_index, tgt_index, size: int):
         yield src_t, lengths, tgt_in, tgt_out
 
 
-def train(seconds: float, hidden: int = 128, seed: int = 0):
-    """Train on 20,000 CMUdict words for `seconds`; returns (model, source vocab, target vocab, held-out words)."""
+def train(seconds: float | None = None, steps: int | None = None, hidden: int = 128, seed: int = 0):
+    """Train on 20,000 CMUdict words for `seconds` or for `steps` batches (repeatable); returns (model, source
+    vocab, target vocab, held-out words)."""
     torch.manual_seed(seed)
     pairs = cmudict_pairs(20_300, seed)
     held_out, pairs = pairs[:300], pairs[300:]
@@ -133,8 +134,9 @@ def train(seconds: float, hidden: int = 128, seed: int = 0):
     tgt_index = {t: i for i, t in enumerate(target_vocab)}
     model = TutorialSeq2Seq(len(source_vocab), len(target_vocab), hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    start, epoch = time.monotonic(), 0
-    while time.monotonic() - start < seconds:
+    start, epoch, step = time.monotonic(), 0, 0
+    done = (lambda: step >= steps) if steps is not None else (lambda: time.monotonic() - start >= seconds)
+    while not done():
         random.Random(epoch).shuffle(pairs)
         for src, lengths, tgt_in, tgt_out in batches(pairs, src_index, tgt_index, 64):
             scores = model(src, lengths, tgt_in)
@@ -142,7 +144,8 @@ def train(seconds: float, hidden: int = 128, seed: int = 0):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if time.monotonic() - start >= seconds:
+            step += 1
+            if done():
                 break
         epoch += 1
     return model.eval(), source_vocab, target_vocab, [w for w, _ in held_out]
