@@ -34,8 +34,38 @@ const PARITY_RANGES = { token_agreement: [0, 1], token_agreement_with_fp32: [0, 
 export const MAX_METADATA_BYTES = 64 * 1024 * 1024;
 
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+
+// Characters Python's repr() escapes (those str.isprintable() rejects), so both hosts quote values alike.
+const UNPRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]/u;
+
+/** A value as Python's repr() writes it: 'text', [1, 'a'], {'k': 2}, True, None. Messages quote values this way
+ * in both hosts (runtime/*.py use repr), so the conformance corpus finds the same words in both. */
+export function pyRepr(value) {
+  if (typeof value === "string") {
+    const quote = value.includes("'") && !value.includes('"') ? '"' : "'";
+    let out = "";
+    for (const ch of value) {
+      const code = ch.codePointAt(0);
+      if (ch === "\\" || ch === quote) out += `\\${ch}`;
+      else if (ch === "\n") out += "\\n";
+      else if (ch === "\t") out += "\\t";
+      else if (ch === "\r") out += "\\r";
+      else if (ch !== " " && UNPRINTABLE.test(ch)) {
+        out += code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}` : code < 0x10000
+          ? `\\u${code.toString(16).padStart(4, "0")}` : `\\U${code.toString(16).padStart(8, "0")}`;
+      } else out += ch;
+    }
+    return quote + out + quote;
+  }
+  if (Array.isArray(value)) return `[${value.map(pyRepr).join(", ")}]`;
+  if (value === null || value === undefined) return "None";
+  if (typeof value === "boolean") return value ? "True" : "False";
+  if (typeof value === "object") return `{${Object.entries(value).map(([k, v]) => `${pyRepr(k)}: ${pyRepr(v)}`).join(", ")}}`;
+  return String(value);
+}
 const isWhole = (v) => Number.isInteger(v);
 const fail = (message) => { throw new BundleError(`bundle.json: ${message}`); };
+const failModel = (message) => { throw new BundleError(`bundle.json (model): ${message}`); };
 
 /** A file name bundle.json may point at: plain, inside the bundle (runtime/schema.py's _plain_name). */
 export function plainName(name) {
@@ -48,7 +78,7 @@ export function checkMeta(meta) {
   const v = meta.format_version;
   if (v === undefined) fail("no format_version; not a seq2edge bundle");
   if (!isWhole(v) || v < 1) fail(`format_version must be a whole number >= 1, found ${JSON.stringify(v)}`);
-  if (v > FORMAT_VERSION) fail(`format version ${v} is newer than this host reads (${FORMAT_VERSION}); upgrade seq2edge`);
+  if (v > FORMAT_VERSION) fail(`format version ${v} is newer than this seq2edge reads (${FORMAT_VERSION}); upgrade seq2edge`);
   for (const [name, ok] of [["bundle_id", (x) => typeof x === "string"], ["model", isObject], ["source", isObject],
     ["target", isObject], ["graphs", isObject]]) {
     if (!ok(meta[name])) fail(`missing or malformed field ${name}`);
@@ -76,7 +106,7 @@ export const CONVENTION_DEFAULTS = {
 function checkConventions(given, targetVocab, eosId) {
   if (!isObject(given)) fail("conventions must be an object");
   const unknown = Object.keys(given).filter((k) => !(k in CONVENTION_DEFAULTS)).sort();
-  if (unknown.length) fail(`unknown conventions ${JSON.stringify(unknown)}; was it written by a newer seq2edge?`);
+  if (unknown.length) fail(`unknown conventions ${pyRepr(unknown)}; was it written by a newer seq2edge?`);
   const problems = [];
   for (const [name, value] of Object.entries(given)) {
     const kind = typeof CONVENTION_DEFAULTS[name];
@@ -113,11 +143,11 @@ function checkModel(model) {
   const external = "origin" in model;
   const defaults = external ? EXTERNAL_DEFAULTS : MODEL_DEFAULTS;
   const unknown = Object.keys(model).filter((k) => !(k in defaults)).sort();
-  if (unknown.length) fail(`unknown model config keys ${JSON.stringify(unknown)}; was it written by a newer seq2edge?`);
+  if (unknown.length) failModel(`unknown model config keys ${pyRepr(unknown)}; was it written by a newer seq2edge?`);
   const m = { ...defaults, ...model };
   const problems = [];
   for (const name of external ? EXTERNAL_WHOLE : WHOLE) {
-    if (!isWhole(m[name])) problems.push(`${name} must be a whole number, not ${JSON.stringify(m[name])}`);
+    if (!isWhole(m[name])) problems.push(`${name} must be a whole number, not ${pyRepr(m[name])}`);
   }
   for (const name of external ? ["attention_weights", "lowercase_source"] : FLAGS) {
     if (typeof m[name] !== "boolean") problems.push(`${name} must be true or false`);
@@ -125,12 +155,12 @@ function checkModel(model) {
   if (external ? typeof m.origin !== "string" : typeof m.dropout !== "number") {
     problems.push(external ? "origin must be a string" : "dropout must be a number");
   }
-  if (problems.length) fail(`invalid model config: ${problems.join("; ")}`);
+  if (problems.length) failModel(`invalid model config: ${problems.join("; ")}`);
   if (external) {
     for (const name of ["memory_size", "state_size"]) if (m[name] < 1) problems.push(`${name} must be at least 1`);
     if (!m.origin) problems.push("origin must say what made the model");
   } else {
-    if (!CELLS.includes(m.cell)) problems.push(`cell must be one of ${CELLS.join(", ")}, not ${JSON.stringify(m.cell)}`);
+    if (!CELLS.includes(m.cell)) problems.push(`cell must be one of ${CELLS.join(", ")}, not ${pyRepr(m.cell)}`);
     if (!ATTENTIONS.includes(m.attention)) problems.push(`attention must be one of ${ATTENTIONS.join(", ")}`);
     if (m.bidirectional && m.hidden % 2) problems.push("hidden must be even for a bidirectional encoder (half per direction)");
     for (const name of ["layers", "decoder_layers", "embed", "hidden"]) if (m[name] < 1) problems.push(`${name} must be at least 1`);
@@ -141,9 +171,10 @@ function checkModel(model) {
   const ids = [m.pad_id, m.bos_id, m.eos_id, m.unk_id];
   const smallest = Math.min(m.src_vocab_size, m.tgt_vocab_size);
   if (ids.some((i) => i < 0 || i >= smallest) || new Set(ids).size !== ids.length) {
-    problems.push(`special ids must be distinct and below both vocabulary sizes (${m.src_vocab_size}, ${m.tgt_vocab_size})`);
+    problems.push(`special ids ${pyRepr({ pad: m.pad_id, bos: m.bos_id, eos: m.eos_id, unk: m.unk_id })} must be distinct and `
+      + `below both vocabulary sizes (${m.src_vocab_size}, ${m.tgt_vocab_size})`);
   }
-  if (problems.length) fail(`invalid model config: ${problems.join("; ")}`);
+  if (problems.length) failModel(`invalid model config: ${problems.join("; ")}`);
   return m;
 }
 
@@ -160,7 +191,7 @@ function checkSide(info, side, kind, lower, size) {
   if (!info.vocab.every((t) => typeof t === "string" && t !== "")) fail(`${side}.vocab must be a list of non-empty strings`);
   const seen = new Set();
   for (const token of info.vocab) {
-    if (seen.has(token)) fail(`${side}.vocab holds ${JSON.stringify(token)} twice; a token must have one id`);
+    if (seen.has(token)) fail(`${side}.vocab holds ${pyRepr(token)} twice; a token must have one id`);
     seen.add(token);
   }
   if (info.vocab.length !== size) fail(`${side} vocabulary has ${info.vocab.length} tokens, the model config says ${size}`);

@@ -8,7 +8,8 @@
 // This file knows no file system and no particular onnxruntime package: a host passes `ort`,
 // a `read(name)` returning a file's bytes, and a `sha256(bytes)` returning its hex digest.
 
-import { axisSizes, BundleError, checkMeta, checkOwner, conventionMaxLen, FORMAT_VERSION, plainName, scanOnnx, Seq2EdgeError } from "./bundle-checks.mjs";
+import { axisSizes, BundleError, checkMeta, checkOwner, conventionMaxLen, FORMAT_VERSION, plainName, pyRepr, scanOnnx,
+  Seq2EdgeError } from "./bundle-checks.mjs";
 import { SentencePiece } from "./sentencepiece.mjs";
 
 export { BundleError, FORMAT_VERSION, Seq2EdgeError };
@@ -108,7 +109,7 @@ export class TextCodec {
     let ids = tokens.map((t) => (this.fromText.has(t) ? this.fromText.get(t) : -1));
     if (!ids.includes(-1)) return [tokens, ids];
     if (unknown === "error") {
-      const missing = [...new Set(tokens.filter((t, i) => ids[i] < 0))].map((t) => `'${t}'`).join(", ");
+      const missing = [...new Set(tokens.filter((t, i) => ids[i] < 0))].map(pyRepr).join(", ");
       throw new InputError(`not in the source vocabulary: ${missing}`);
     }
     if (unknown === "skip") {
@@ -135,10 +136,11 @@ export class Seq2Seq {
     oneOf("useGreedyGraph", useGreedyGraph, ["auto", true, false]);
     oneOf("format", sessionOptions.format, [undefined, ...GRAPH_FORMATS]);
     let meta;
+    const text = new TextDecoder().decode(await read("bundle.json"));  // a BundleError of its own when missing or not a file
     try {
-      meta = JSON.parse(new TextDecoder().decode(await read("bundle.json")));
+      meta = JSON.parse(text);
     } catch (err) {
-      throw new BundleError(`bundle.json: cannot read or parse: ${err.message}`);
+      throw new BundleError(`bundle.json: not valid JSON (line ${jsonErrorLine(text, err)}): ${err.message}`);
     }
     checkMeta(meta);
     const graphs = meta.graphs[precision];
@@ -573,6 +575,14 @@ export function takeRows(ort, tensor, index) {
 }
 
 /** A Seq2EdgeError unless `value` is one of `allowed`: the option, what is allowed and what was given, in one line. */
+/** The line of a JSON.parse error, as Python's json module reports it (Node names a position, or a line and column). */
+function jsonErrorLine(text, err) {
+  const line = /line (\d+)/.exec(err.message);
+  if (line) return Number(line[1]);
+  const position = /position (\d+)/.exec(err.message);
+  return position ? text.slice(0, Number(position[1])).split("\n").length : 1;
+}
+
 export function oneOf(name, value, allowed) {
   if (!allowed.includes(value)) {
     const shown = allowed.filter((a) => a !== undefined).map((a) => JSON.stringify(a)).join(", ");

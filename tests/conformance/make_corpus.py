@@ -1,0 +1,224 @@
+"""The conformance corpus: what the Python runtime does, written down as cases both hosts must reproduce.
+
+    .venv/bin/python tests/conformance/make_corpus.py            # cases.jsonl from the committed bundles
+    .venv/bin/python tests/conformance/make_corpus.py --bundles  # train and export the bundles first
+
+Each line of cases.jsonl is one case: a bundle (a folder of tests/conformance/bundles/), optional damage
+done to a copy of it, load options, inputs and search options, and what the Python runtime gave:
+per input the tokens and score, or the error; or the error loading the bundle gave. Errors are kept
+as their class and the first characters of their message with the bundle's directory left out
+(`normalise`), so that each host may say where it looked in its own words. tests/test_conformance.py
+runs the cases against the Python runtime, hosts/js/test/conformance.test.mjs (`npm test`, `node
+--test`) against the JavaScript host; a change of behaviour is a change of this file.
+
+Options use the Python runtime's names; the JavaScript runner maps them to its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUNDLES = HERE / "bundles"
+CASES = HERE / "cases.jsonl"
+PREFIX = 60  # characters of an error message that both hosts must agree on
+
+
+def normalise(message: str) -> str:
+    """An error message without the directory of the file it names, or the input it quotes."""
+    message = re.sub(r"^[^\s:]*/(?=[^/\s:]+[ :])", "", message)  # /tmp/x/bundle.json: ... -> bundle.json: ...
+    message = re.sub(r"^input \d+: ", "", message)
+    message = re.sub(r"^'.*?': ", "", message)  # the quoted input that Python puts first
+    message = re.sub(r" \(to decode it anyway: .*\)$", "", message)  # the option to pass, in each host's own spelling
+    message = re.sub(r"(not valid JSON \(line \d+\)).*", r"\1", message)  # the rest is each JSON parser's own words
+    return message[:PREFIX]
+
+
+# ---- damage done to a copy of a bundle: plain operations both runners implement
+
+
+DAMAGE = {
+    "missing bundle.json": [["remove", "bundle.json"]],
+    "missing decoder": [["remove", "decoder.onnx"]],
+    "truncated decoder": [["truncate", "decoder.onnx"]],
+    "bit-flipped encoder": [["flip", "encoder.onnx"]],
+    "newer format": [["set", ["format_version"], 99]],
+    "not JSON": [["write", "bundle.json", "{ not json"]],
+    "not an object": [["write", "bundle.json", "[1, 2]"]],
+    "vocabulary size": [["set", ["target", "vocab"], ["<pad>", "<s>", "</s>", "<unk>"]]],
+    "unknown config key": [["set", ["model", "heads"], 8]],
+    "graph path escapes": [["set", ["graphs", "fp32", "decoder", "file"], "../decoder.onnx"]],
+    "bundle.json is a directory": [["remove", "bundle.json"], ["mkdir", "bundle.json"]],
+    "eos_id out of range": [["set", ["model", "eos_id"], 999], ["delete", ["special_ids"]]],
+    "special id of the wrong type": [["set", ["model", "eos_id"], "2"], ["delete", ["special_ids"]]],
+    "duplicated vocabulary token": [["set", ["target", "vocab", 5], "@4"]],
+    "missing model section": [["delete", ["model"]]],
+    "parity of the wrong type": [["set", ["parity", "fp32"], [1, 2]]],
+    "parity figure out of range": [["set", ["parity", "fp32", "token_agreement"], "all"]],
+    "graph links out of the bundle": [["link-out", "decoder.onnx"]],
+    "unknown convention": [["set", ["conventions"], {"beam_bonus": 1}]],
+    "a convention that ends no output": [["set", ["conventions"], {"never_emit": ["</s>"]}]],
+}
+
+
+def damage(bundle: Path, steps: list) -> None:
+    """Apply DAMAGE steps to the bundle copy at `bundle` (the JavaScript runner has the same operations)."""
+    for step in steps:
+        op, target = step[0], step[1]
+        if op == "remove":
+            (bundle / target).unlink()
+        elif op == "truncate":
+            data = (bundle / target).read_bytes()
+            (bundle / target).write_bytes(data[: len(data) // 2])
+        elif op == "flip":
+            data = bytearray((bundle / target).read_bytes())
+            data[len(data) // 2] ^= 0x10
+            (bundle / target).write_bytes(bytes(data))
+        elif op == "write":
+            (bundle / target).write_text(step[2])
+        elif op == "mkdir":
+            (bundle / target).mkdir()
+        elif op == "link-out":
+            outside = bundle.parent / f"elsewhere-{target}"
+            shutil.move(bundle / target, outside)
+            (bundle / target).symlink_to(outside)
+        elif op in ("set", "delete"):
+            meta = json.loads((bundle / "bundle.json").read_text())
+            *path, last = target
+            node = meta
+            for key in path:
+                node = node[key]
+            if op == "delete":
+                del node[last]
+            else:
+                value = step[2]
+                node[last] = node[int(value[1:])] if isinstance(value, str) and value.startswith("@") else value
+            (bundle / "bundle.json").write_text(json.dumps(meta))
+        else:
+            raise ValueError(f"unknown damage {op}")
+
+
+# ---- the cases
+
+
+WORDS = ["edge", "attention", "onnx", "phoneme", "device", "tokenizer", "a", "knightley", "pronunciation", "xylophone"]
+
+
+def decoding_cases() -> list[dict]:
+    """(bundle, load options, inputs, search options) of every decoding case."""
+    tokenising = ["cafe\u0301", "caf\u00e9", "  edge\t", "\ufeffedge", "EDGE", "q1q", "", "edge" * 20]
+    cases = [
+        ("g2p", {}, WORDS, {}),
+        ("g2p", {}, WORDS, {"batch_size": 1}),
+        ("g2p", {"precision": "int8"}, WORDS, {"batch_size": 1}),
+        ("g2p", {"greedy_graph": True}, WORDS, {"batch_size": 1}),
+        ("g2p", {"greedy_graph": True, "precision": "int8"}, WORDS, {"batch_size": 1}),
+        ("g2p", {}, WORDS, {"beam_size": 3, "nbest": 3}),
+        ("g2p", {}, WORDS, {"beam_size": 4, "nbest": 2, "length_penalty": 1.0}),
+        ("g2p", {}, WORDS, {"min_len": 6}),
+        ("g2p", {}, WORDS, {"max_len": 2}),
+        ("g2p", {}, WORDS, {"sample": True, "seed": 7}),
+        ("g2p", {}, WORDS, {"sample": True, "seed": 7, "temperature": 0.6, "top_k": 5}),
+        ("g2p", {}, WORDS, {"sample": True, "seed": 3, "top_p": 0.8, "batch_size": 1}),
+        ("g2p", {"ensemble": ["g2p"]}, WORDS, {}),
+        ("g2p", {"ensemble": ["g2p"]}, WORDS, {"beam_size": 3}),
+        ("g2p", {}, tokenising, {}),
+        ("g2p", {"unknown": "unk"}, tokenising, {}),
+        ("g2p", {"unknown": "skip"}, tokenising, {}),
+        ("g2p", {"unknown": "unk", "too_long": "truncate"}, tokenising, {}),
+        ("conventions", {}, ["abc", "a b", "hgfedcba", "b", "h g f e d c b a hg", "jj"], {}),
+        ("conventions", {"greedy_graph": True}, ["abc", "a b", "hgfedcba", "b"], {"batch_size": 1}),
+        ("conventions", {}, ["abc", "a b", "hgfedcba"], {"beam_size": 3, "nbest": 2}),
+        ("conventions", {}, ["abc", "a b", "hgfedcba"], {"max_len": 1}),
+    ]
+    return [{"kind": "decode", "bundle": b, "load": load, "inputs": inputs, "options": options} for b, load, inputs, options in cases]
+
+
+def results_of(case: dict) -> list[dict]:
+    from seq2edge.runtime import Seq2Seq
+
+    load = {**case["load"], "ensemble": [BUNDLES / name for name in case["load"].get("ensemble", [])]}
+    model = Seq2Seq.load(BUNDLES / case["bundle"], providers="cpu", threads=1, **load)
+    out = []
+    for r in model.decode(case["inputs"], errors="return", **case["options"]):
+        if not r.ok:
+            out.append({"error": normalise(r.error)})
+            continue
+        hyps = r.nbest or [r]
+        out.append({"hypotheses": [{"tokens": h.tokens, "score": round(h.score, 6)} for h in hyps]})
+    return out
+
+
+def load_error_of(case: dict) -> dict:
+    from seq2edge.runtime import Seq2Seq
+    from seq2edge.runtime.errors import Seq2EdgeError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "bundle"
+        shutil.copytree(BUNDLES / case["bundle"], bundle)
+        damage(bundle, case["damage"])
+        try:
+            Seq2Seq.load(bundle, providers="cpu")
+        except Seq2EdgeError as exc:
+            return {"class": type(exc).__name__, "message": normalise(str(exc))}
+    raise AssertionError(f"{case['name']}: the damaged bundle loaded")
+
+
+def make_cases() -> list[dict]:
+    cases = []
+    for i, case in enumerate(decoding_cases()):
+        case = {"name": f"decode {i}: {case['bundle']} {case['load']} {case['options']}", **case}
+        case["expect"] = results_of(case)
+        cases.append(case)
+    for name, steps in DAMAGE.items():
+        bundle = "conventions" if "convention" in name else "g2p"
+        case = {"name": f"broken bundle: {name}", "kind": "load", "bundle": bundle, "damage": steps}
+        case["expect"] = load_error_of(case)
+        cases.append(case)
+    return cases
+
+
+# ---- the bundles (--bundles): trained in seconds, committed
+
+
+def make_bundles() -> None:
+    sys.path.insert(0, str(HERE.parent))
+    import torch
+    from conftest import export_tiny, train_tiny
+    from test_own_model import RULES, SPACED, SPACED_TEXTS, TARGET, TwoLayerLSTM
+
+    from seq2edge.export import export_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # trained enough to have preferences: near ties could round either way on another host
+        checkpoint = train_tiny(Path(tmp) / "ckpt", epochs=10, limit=3000, embed=24, hidden=48, batch_size=32)
+        shutil.rmtree(BUNDLES / "g2p", ignore_errors=True)
+        export_tiny(checkpoint, BUNDLES / "g2p", int8=True, greedy_graph=True, parity_words=100)
+    torch.manual_seed(2)
+    model = TwoLayerLSTM(len(SPACED), len(TARGET)).eval()
+    with torch.no_grad():
+        model.out.bias[3] -= 0.5
+    export_model(model, BUNDLES / "conventions", source_vocab=SPACED, target_vocab=TARGET, pad="<blank>", bos="<bos>",
+                 eos="<eos>", target_tokens="word", parity_sources=SPACED_TEXTS, greedy_graph=True, conventions=RULES, force=True,
+                 log=lambda m: None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundles", action="store_true", help="Train and export the bundles first (they are committed).")
+    args = parser.parse_args()
+    if args.bundles:
+        make_bundles()
+    cases = make_cases()
+    CASES.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in cases), encoding="utf-8")
+    print(f"{CASES}: {len(cases)} cases")
+
+
+if __name__ == "__main__":
+    main()
