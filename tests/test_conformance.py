@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
-from make_corpus import CASES, load_error_of, results_of  # noqa: E402
+from make_corpus import CASES, load_error_of, results_of, uniform_of  # noqa: E402
 
 ALL = [json.loads(line) for line in CASES.read_text(encoding="utf-8").splitlines()]
 
@@ -34,6 +34,8 @@ def assert_results(got: list[dict], expected: list[dict]) -> None:
 def test_the_python_runtime_gives_the_conformance_corpus(case):
     if case["kind"] == "decode":
         assert_results(results_of(case), case["expect"])
+    elif case["kind"] == "draw":
+        assert uniform_of(case["seed"], case["position"], case["step"]) == case["expect"]
     else:
         assert load_error_of(case) == case["expect"]
 
@@ -44,7 +46,7 @@ def test_the_corpus_covers_every_area_it_promises():
     assert any(o.get("sample") for o in options) and any(o.get("beam_size", 1) > 1 for o in options)
     assert any(c["load"].get("ensemble") for c in ALL if c["kind"] == "decode")
     assert any(c["load"].get("greedy_graph") for c in ALL if c["kind"] == "decode") and "conventions" in names
-    assert sum(c["kind"] == "load" for c in ALL) >= 20
+    assert sum(c["kind"] == "load" for c in ALL) >= 26 and sum(c["kind"] == "draw" for c in ALL) >= 9
 
 
 @pytest.mark.requires("node")

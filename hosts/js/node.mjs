@@ -49,6 +49,7 @@ async function readBundleFile(dir, name) {
     return new Uint8Array(await readFile(real));
   } catch (err) {
     if (err instanceof BundleError) throw err;
-    throw new BundleError(`${path}: ${err.code === "ENOENT" ? "missing from the bundle" : `cannot read: ${err.message}`}`);
+    const why = { ENOENT: "missing from the bundle", ELOOP: "cannot read: a symbolic link loop" }[err.code];
+    throw new BundleError(`${path}: ${why ?? `cannot read: ${err.message}`}`);
   }
 }

@@ -136,12 +136,7 @@ export class Seq2Seq {
     oneOf("useGreedyGraph", useGreedyGraph, ["auto", true, false]);
     oneOf("format", sessionOptions.format, [undefined, ...GRAPH_FORMATS]);
     let meta;
-    const text = new TextDecoder().decode(await read("bundle.json"));  // a BundleError of its own when missing or not a file
-    try {
-      meta = JSON.parse(text);
-    } catch (err) {
-      throw new BundleError(`bundle.json: not valid JSON (line ${jsonErrorLine(text, err)}): ${err.message}`);
-    }
+    meta = parseMeta(await read("bundle.json"));  // read: a BundleError of its own when missing or not a file
     checkMeta(meta);
     const graphs = meta.graphs[precision];
     if (!graphs) throw new BundleError(`bundle.json: no ${precision} graphs in this bundle`);
@@ -540,8 +535,9 @@ function normalised(probs) {
 }
 
 const MASK64 = (1n << 64n) - 1n;
-/** A uniform number in [0, 1) from (seed, input position, step) via splitmix64, as runtime/search.py's _uniform. */
-function uniform(seed, position, t) {
+/** A uniform number in [0, 1) from (seed, input position, step) via splitmix64, as runtime/search.py's _uniform
+ * (exported for the conformance corpus's draws). */
+export function uniform(seed, position, t) {
   let x = (BigInt.asUintN(64, BigInt(seed)) * 0x9E3779B97F4A7C15n + BigInt(position) * 0xBF58476D1CE4E5B9n
     + BigInt(t + 1) * 0x94D049BB133111EBn) & MASK64;
   x = ((x ^ (x >> 30n)) * 0xBF58476D1CE4E5B9n) & MASK64;
@@ -575,6 +571,33 @@ export function takeRows(ort, tensor, index) {
 }
 
 /** A Seq2EdgeError unless `value` is one of `allowed`: the option, what is allowed and what was given, in one line. */
+// Deeper than this, Python's json module gives up (RecursionError), so this host refuses too; bundle.json is a few deep.
+const MAX_JSON_DEPTH = 1000;
+
+/** bundle.json's bytes -> its object, refused as runtime/bundle.py refuses: not UTF-8, too deep, NaN or Infinity, not JSON. */
+function parseMeta(bytes) {
+  let text;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new BundleError("bundle.json: not UTF-8 text");
+  }
+  const bare = text.replace(/"(?:[^"\\]|\\.)*"/g, '""');  // strings emptied: only structure and literals left
+  let depth = 0;
+  for (const ch of bare) {
+    if (ch === "[" || ch === "{") depth += 1;
+    else if (ch === "]" || ch === "}") depth -= 1;
+    if (depth > MAX_JSON_DEPTH) throw new BundleError("bundle.json: nested too deeply to be a bundle's metadata; refused");
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    const constant = /(?<![\w.])(-?Infinity|NaN)(?!\w)/.exec(bare);
+    if (constant) throw new BundleError(`bundle.json: ${constant[1]} is not a JSON number; re-export the bundle`);
+    throw new BundleError(`bundle.json: not valid JSON (line ${jsonErrorLine(text, err)}): ${err.message}`);
+  }
+}
+
 /** The line of a JSON.parse error, as Python's json module reports it (Node names a position, or a line and column). */
 function jsonErrorLine(text, err) {
   const line = /line (\d+)/.exec(err.message);

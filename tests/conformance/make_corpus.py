@@ -17,7 +17,9 @@ Options use the Python runtime's names; the JavaScript runner maps them to its o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -62,6 +64,12 @@ DAMAGE = {
     "parity of the wrong type": [["set", ["parity", "fp32"], [1, 2]]],
     "parity figure out of range": [["set", ["parity", "fp32", "token_agreement"], "all"]],
     "graph links out of the bundle": [["link-out", "decoder.onnx"]],
+    "bundle.json unreadable (a link to itself)": [["remove", "bundle.json"], ["self-link", "bundle.json"]],
+    "bundle.json is a FIFO": [["fifo", "bundle.json"]],
+    "graph is a FIFO": [["fifo", "decoder.onnx"]],
+    "bundle.json nested deep": [["nest", "bundle.json", 100000]],
+    "NaN in the parity figures": [["replace", "bundle.json", '"parity": {', '"parity": {"fp32": {"tolerance": NaN}, "x": {']],
+    "truncated graph re-hashed": [["truncate", "decoder.onnx"], ["rehash", "decoder.onnx", ["graphs", "fp32", "decoder", "sha256"]]],
     "unknown convention": [["set", ["conventions"], {"beam_bonus": 1}]],
     "a convention that ends no output": [["set", ["conventions"], {"never_emit": ["</s>"]}]],
 }
@@ -84,6 +92,17 @@ def damage(bundle: Path, steps: list) -> None:
             (bundle / target).write_text(step[2])
         elif op == "mkdir":
             (bundle / target).mkdir()
+        elif op == "self-link":
+            (bundle / target).symlink_to(bundle / target)
+        elif op == "fifo":
+            (bundle / target).unlink()
+            os.mkfifo(bundle / target)
+        elif op == "nest":
+            (bundle / target).write_text("[" * step[2] + "]" * step[2])
+        elif op == "replace":
+            (bundle / target).write_text((bundle / target).read_text().replace(step[2], step[3], 1))
+        elif op == "rehash":
+            damage(bundle, [["set", step[2], hashlib.sha256((bundle / target).read_bytes()).hexdigest()]])
         elif op == "link-out":
             outside = bundle.parent / f"elsewhere-{target}"
             shutil.move(bundle / target, outside)
@@ -170,8 +189,24 @@ def load_error_of(case: dict) -> dict:
     raise AssertionError(f"{case['name']}: the damaged bundle loaded")
 
 
+# Sampling's draws: splitmix64 of (seed, input position, step) as a uniform number in [0, 1). Seeds and positions
+# are strings: JSON numbers past 2 ** 53 do not survive JavaScript.
+DRAWS = [(0, 0, 0), (1, 0, 0), (1, 1, 0), (1, 0, 1), (7, 12, 3), (-1, 5, 2), (2**63, 2**40, 250), (2**64 - 1, 2**63 - 1, 0),
+         (123456789, 99999, 63)]
+
+
+def uniform_of(seed: str, position: str, step: int) -> float:
+    import numpy as np
+
+    from seq2edge.runtime.search import _uniform
+
+    return float(_uniform(int(seed), np.array([int(position)], dtype=np.uint64), step)[0])
+
+
 def make_cases() -> list[dict]:
-    cases = []
+    cases = [{"name": f"draw: seed {seed}, position {position}, step {step}", "kind": "draw", "seed": str(seed),
+              "position": str(position), "step": step, "expect": uniform_of(str(seed), str(position), step)}
+             for seed, position, step in DRAWS]
     for i, case in enumerate(decoding_cases()):
         case = {"name": f"decode {i}: {case['bundle']} {case['load']} {case['options']}", **case}
         case["expect"] = results_of(case)

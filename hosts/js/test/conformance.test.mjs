@@ -9,7 +9,10 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { loadBundle } from "../node.mjs";
+import { createHash } from "node:crypto";
+import { spawnSync } from "node:child_process";
+
+import { loadBundle, uniform } from "../node.mjs";
 
 const CORPUS = fileURLToPath(new URL("../../../tests/conformance/", import.meta.url));
 const BUNDLES = join(CORPUS, "bundles");
@@ -43,6 +46,13 @@ function damage(bundle, steps) {
     else if (op === "flip") { const data = readFileSync(file); data[Math.floor(data.length / 2)] ^= 0x10; writeFileSync(file, data); }
     else if (op === "write") writeFileSync(file, value);
     else if (op === "mkdir") mkdirSync(file);
+    else if (op === "self-link") symlinkSync(file, file);
+    else if (op === "fifo") {
+      unlinkSync(file);
+      if (spawnSync("mkfifo", [file]).status !== 0) throw new Error(`mkfifo ${file} failed`);
+    } else if (op === "nest") writeFileSync(file, "[".repeat(value) + "]".repeat(value));
+    else if (op === "replace") writeFileSync(file, readFileSync(file, "utf8").replace(value, steps.find((s) => s[0] === "replace")[3]));
+    else if (op === "rehash") damage(bundle, [["set", value, createHash("sha256").update(readFileSync(file)).digest("hex")]]);
     else if (op === "link-out") {
       const outside = join(bundle, "..", `elsewhere-${target}`);
       renameSync(file, outside);
@@ -79,6 +89,10 @@ function assertResults(got, expected) {
 
 for (const c of cases) {
   test(c.name, async () => {
+    if (c.kind === "draw") {
+      assert.equal(uniform(c.seed, c.position, c.step), c.expect);
+      return;
+    }
     if (c.kind === "decode") {
       const { ensemble = [], ...load } = c.load;
       const model = await loadBundle(join(BUNDLES, c.bundle), { ...rename(load, LOAD), ensemble: ensemble.map((b) => join(BUNDLES, b)) });
