@@ -101,7 +101,7 @@ test: $(FULL) $(JS_DEPS)
 # wheel, distillation or shipped-model tests: `make test` stays the whole suite.
 FAST_TESTS := tests/test_search.py tests/test_schema.py tests/test_runtime.py tests/test_model.py tests/test_data.py \
               tests/test_docs.py tests/test_quantize.py tests/test_side_effects.py tests/test_device_path.py \
-              tests/test_decode_cli.py tests/test_reliability.py
+              tests/test_decode_cli.py tests/test_reliability.py tests/test_conformance.py
 test-fast:
 	@test -x $(BIN)/python || { echo "test-fast installs nothing: run make install first"; exit 2; }
 	$(BIN)/python -m pytest -q -x -rs $(FAST_TESTS)

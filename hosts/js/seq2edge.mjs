@@ -645,7 +645,8 @@ function checkPorts(session, kind, file, model) {
     ["output", session.outputNames, session.outputMetadata]]) {
     const wanted = Object.keys(expect[`${role}s`]);
     if ([...names].sort().join() !== [...wanted].sort().join()) {
-      throw new BundleError(`${file}: ${role}s are ${names.join(", ")}, the bundle format expects ${wanted.join(", ")}`);
+      throw new BundleError(`${file}: ${role}s are ${pyRepr([...names].sort())}, the bundle format expects ${pyRepr([...wanted].sort())}; `
+        + "re-export the bundle");
     }
     for (const info of metadata ?? []) {
       const [type, axes] = expect[`${role}s`][info.name];

@@ -70,6 +70,8 @@ DAMAGE = {
     "bundle.json nested deep": [["nest", "bundle.json", 100000]],
     "NaN in the parity figures": [["replace", "bundle.json", '"parity": {', '"parity": {"fp32": {"tolerance": NaN}, "x": {']],
     "truncated graph re-hashed": [["truncate", "decoder.onnx"], ["rehash", "decoder.onnx", ["graphs", "fp32", "decoder", "sha256"]]],
+    "decoder input renamed": [["copy", "decoder.onnx", "damaged/decoder-input-renamed.onnx"],
+                              ["rehash", "decoder.onnx", ["graphs", "fp32", "decoder", "sha256"]]],
     "unknown convention": [["set", ["conventions"], {"beam_bonus": 1}]],
     "a convention that ends no output": [["set", ["conventions"], {"never_emit": ["</s>"]}]],
 }
@@ -92,6 +94,8 @@ def damage(bundle: Path, steps: list) -> None:
             (bundle / target).write_text(step[2])
         elif op == "mkdir":
             (bundle / target).mkdir()
+        elif op == "copy":  # a file made by make_damaged_decoder, in place of `target`
+            shutil.copyfile(BUNDLES / step[2], bundle / target)
         elif op == "self-link":
             (bundle / target).symlink_to(bundle / target)
         elif op == "fifo":
@@ -151,6 +155,10 @@ def decoding_cases() -> list[dict]:
         ("g2p", {"unknown": "unk"}, tokenising, {}),
         ("g2p", {"unknown": "skip"}, tokenising, {}),
         ("g2p", {"unknown": "unk", "too_long": "truncate"}, tokenising, {}),
+        ("g2p", {}, ["\u2003edge\u00a0", "\u3000onnx", "edge\r"], {}),
+        ("spm", {}, ["ka to mi", "KA TO", "\u00e7a\u00fcn lo", "ka  to\u00a0mi", "\uff4b\uff41 to", "ka xq to", "\u00e7a \U0001f600"], {}),
+        ("spm", {"unknown": "unk"}, ["ka xq to", "\u00e7a \U0001f600", "Mi Ra"], {"beam_size": 3, "nbest": 2}),
+        ("spm", {"unknown": "skip"}, ["ka xq to", "\U0001f600"], {}),
         ("conventions", {}, ["abc", "a b", "hgfedcba", "b", "h g f e d c b a hg", "jj"], {}),
         ("conventions", {"greedy_graph": True}, ["abc", "a b", "hgfedcba", "b"], {"batch_size": 1}),
         ("conventions", {}, ["abc", "a b", "hgfedcba"], {"beam_size": 3, "nbest": 2}),
@@ -239,9 +247,47 @@ def make_bundles() -> None:
     model = TwoLayerLSTM(len(SPACED), len(TARGET)).eval()
     with torch.no_grad():
         model.out.bias[3] -= 0.5
+    make_spm_bundle()
+    make_damaged_decoder()
     export_model(model, BUNDLES / "conventions", source_vocab=SPACED, target_vocab=TARGET, pad="<blank>", bos="<bos>",
                  eos="<eos>", target_tokens="word", parity_sources=SPACED_TEXTS, greedy_graph=True, conventions=RULES, force=True,
                  log=lambda m: None)
+
+
+SYLLABLES = ["ka", "to", "mi", "ra", "ne", "su", "lo", "vi", "\u00e7a", "\u00fcn", "\u011f\u0131"]
+
+
+def make_spm_bundle() -> None:
+    """SentencePiece on both sides, a lowercased source: syllable words spelled backwards in capitals."""
+    import random
+    import subprocess
+
+    rng = random.Random(3)
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = []
+        for _ in range(1200):
+            words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 3))]
+            lines.append(" ".join(words) + "\t" + " ".join(w.upper()[::-1] for w in words))
+        corpus = Path(tmp) / "pairs.tsv"
+        corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        cli = [sys.executable, "-m", "seq2edge.runtime.cli"]
+        subprocess.run([*cli, "train", "--corpus", str(corpus), "--out", f"{tmp}/ckpt", "--src-tokens", "spm", "--tgt-tokens", "spm",
+                        "--src-vocab-size", "60", "--tgt-vocab-size", "60", "--embed", "32", "--hidden", "64", "--epochs", "4",
+                        "--lr", "0.01", "--batch-size", "32", "--threads", "1", "--lowercase-source"], check=True, capture_output=True)
+        subprocess.run([*cli, "export", f"{tmp}/ckpt", str(BUNDLES / "spm"), "--parity-words", "60", "--force"], check=True,
+                       capture_output=True)
+
+
+def make_damaged_decoder() -> None:
+    """g2p's decoder with its src_mask input renamed (and the graph still consistent): a graph that breaks the contract."""
+    import onnx
+
+    graph = onnx.load(str(BUNDLES / "g2p" / "decoder.onnx"))
+    for node in graph.graph.node:
+        node.input[:] = ["mask" if name == "src_mask" else name for name in node.input]
+    next(i for i in graph.graph.input if i.name == "src_mask").name = "mask"
+    (BUNDLES / "damaged").mkdir(exist_ok=True)
+    onnx.save(graph, str(BUNDLES / "damaged" / "decoder-input-renamed.onnx"))
 
 
 def main() -> None:

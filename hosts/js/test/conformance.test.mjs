@@ -46,6 +46,7 @@ function damage(bundle, steps) {
     else if (op === "flip") { const data = readFileSync(file); data[Math.floor(data.length / 2)] ^= 0x10; writeFileSync(file, data); }
     else if (op === "write") writeFileSync(file, value);
     else if (op === "mkdir") mkdirSync(file);
+    else if (op === "copy") cpSync(join(BUNDLES, value), file);
     else if (op === "self-link") symlinkSync(file, file);
     else if (op === "fifo") {
       unlinkSync(file);
