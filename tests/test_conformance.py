@@ -26,7 +26,8 @@ def assert_results(got: list[dict], expected: list[dict]) -> None:
         if "error" in want:
             assert result == want, f"input {i}"
             continue
-        assert [h["tokens"] for h in result["hypotheses"]] == [h["tokens"] for h in want["hypotheses"]], f"input {i}"
+        assert [(h["text"], h["tokens"]) for h in result["hypotheses"]] == [(h["text"], h["tokens"]) for h in want["hypotheses"]], \
+            f"input {i}"
         assert all(abs(a["score"] - b["score"]) <= 1e-4 for a, b in zip(result["hypotheses"], want["hypotheses"])), f"input {i}"
 
 

@@ -178,7 +178,7 @@ def results_of(case: dict) -> list[dict]:
             out.append({"error": normalise(r.error)})
             continue
         hyps = r.nbest or [r]
-        out.append({"hypotheses": [{"tokens": h.tokens, "score": round(h.score, 6)} for h in hyps]})
+        out.append({"hypotheses": [{"text": h.text, "tokens": h.tokens, "score": round(h.score, 6)} for h in hyps]})
     return out
 
 

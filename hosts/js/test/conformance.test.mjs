@@ -1,7 +1,7 @@
 // The conformance corpus (tests/conformance/cases.jsonl, written from the Python runtime by
 // tests/conformance/make_corpus.py) run against this host: `npm test` (node --test test/).
 // Every case is a bundle, optional damage to a copy of it, load options, inputs and search options,
-// and what the Python runtime gave: tokens and scores (within 1e-4), or errors (class and message prefix).
+// and what the Python runtime gave: texts, tokens and scores (within 1e-4), or errors (class and message prefix).
 import assert from "node:assert/strict";
 import { cpSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -82,7 +82,7 @@ function assertResults(got, expected) {
     }
     assert.equal(result.error, undefined, `input ${i}: ${result.error}`);
     const hyps = result.nbest ?? [result];
-    assert.deepEqual(hyps.map((h) => h.tokens), want.hypotheses.map((h) => h.tokens), `input ${i}`);
+    assert.deepEqual(hyps.map((h) => [h.text, h.tokens]), want.hypotheses.map((h) => [h.text, h.tokens]), `input ${i}`);
     hyps.forEach((h, j) => assert.ok(Math.abs(h.score - want.hypotheses[j].score) <= 1e-4,
       `input ${i}, hypothesis ${j}: score ${h.score}, Python ${want.hypotheses[j].score}`));
   });
