@@ -21,6 +21,7 @@ from conftest import SEQ2EDGE
 from test_js_host import JS, NODE, needs_node
 
 from seq2edge.export.importers import ImportRefused, export_imported
+from seq2edge.export.importers.torch_zip import read_checkpoint
 from seq2edge.runtime import Seq2Seq
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -134,8 +135,7 @@ def joey_copy(tmp_path: Path, edit) -> Path:
 
 
 def onmt_copy(tmp_path: Path, **opt) -> Path:
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(FIXTURES / "opennmt" / "gru-brnn-mlp-bridge" / "model.pt", weights_only=True)
+    checkpoint = read_checkpoint(FIXTURES / "opennmt" / "gru-brnn-mlp-bridge" / "model.pt")
     for key, value in opt.items():
         setattr(checkpoint["opt"], key, value)
     torch.save(checkpoint, tmp_path / "model.pt")
@@ -143,7 +143,7 @@ def onmt_copy(tmp_path: Path, **opt) -> Path:
 
 
 class Payload:
-    """A class a pickle would import and call on loading: what weights_only refuses."""
+    """A class a pickle would import and call on loading: what the checkpoint reader refuses."""
 
     def __reduce__(self):
         return (print, ("unpickled",))
@@ -182,3 +182,16 @@ def test_the_cli_refuses_a_pickled_payload_in_one_line_without_running_it(tmp_pa
     assert proc.returncode == 2 and "cannot be read as weights only" in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and "unpickled" not in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_checkpoint_reader_builds_what_torch_saved_without_unpickling(tmp_path):
+    """Tensors of several dtypes, a transposed one, a view at an offset, a scalar, a Parameter, nested containers."""
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    saved = {"t": base.t(), "view": base[1:, 2:], "scalar": torch.tensor(3.5), "ids": torch.tensor([1, -2], dtype=torch.int64),
+             "mask": torch.tensor([True, False]), "p": torch.nn.Parameter(torch.ones(2)), "nested": [{"a": (1, 2.5, "x", None)}],
+             "opt": argparse.Namespace(rnn_type="GRU", layers={1, 2})}
+    torch.save(saved, tmp_path / "c.pt")
+    got = read_checkpoint(tmp_path / "c.pt")
+    for key in ("t", "view", "scalar", "ids", "mask", "p"):
+        assert got[key].dtype == saved[key].dtype and torch.equal(got[key], saved[key].detach()), key
+    assert got["nested"] == saved["nested"] and got["opt"] == saved["opt"]

@@ -1,7 +1,7 @@
 """Importers: a trained model of another toolkit -> a protocol module and what export_model needs.
 
-Each reads the toolkit's own files (checkpoints with torch.load(weights_only=True), never unpickling
-code), rebuilds the model's equations in a module with encode() and step() (export/protocol.py), and
+Each reads the toolkit's own files (checkpoints as data: their pickle is interpreted, never run;
+torch_zip.py), rebuilds the model's equations in a module with encode() and step() (export/protocol.py), and
 says which decoding conventions the toolkit follows. `seq2edge export --from TOOLKIT SOURCE OUT`.
 """
 

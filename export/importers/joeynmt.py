@@ -1,7 +1,7 @@
 """JoeyNMT 2.x recurrent models: `seq2edge export --from joeynmt MODEL_DIR OUT`.
 
 Reads MODEL_DIR/config.yaml, src_vocab.txt, trg_vocab.txt and the checkpoint (best.ckpt, else the
-latest N.ckpt; torch.load(weights_only=True)), and rebuilds JoeyNMT's RecurrentEncoder and
+latest N.ckpt; read as data, never unpickled: importers/torch_zip.py), and rebuilds JoeyNMT's RecurrentEncoder and
 RecurrentDecoder (joeynmt/encoders.py, decoders.py, attention.py, embeddings.py of 2.3.0) with the
 same parameter names, so the checkpoint's model_state loads strictly:
 
@@ -33,6 +33,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seq2edge.runtime.conventions import Conventions
 
 from . import Imported, ImportRefused
+from .torch_zip import read_checkpoint
 
 SPACE_ESCAPE = "\u2581"  # JoeyNMT's BasicTokenizer.SPACE_ESCAPE, the character level's space
 
@@ -226,11 +227,7 @@ def _checkpoint(model_dir: Path) -> Path:
 
 
 def _model_state(path: Path) -> dict[str, Tensor]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses any pickled object that is not tensors and plain containers
-        raise ImportRefused(f"{path}: cannot be read as weights only ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                            "seq2edge never unpickles code") from None
+    checkpoint = read_checkpoint(path)
     state = checkpoint.get("model_state") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise ImportRefused(f"{path}: no model_state; not a JoeyNMT checkpoint")

@@ -1,7 +1,7 @@
 """OpenNMT-py 3.x RNN models: `seq2edge export --from opennmt CHECKPOINT.pt OUT`.
 
-Reads the checkpoint with torch.load(weights_only=True) and an allow-list of one class, argparse's
-Namespace, which its `opt` is; the vocabularies come from the checkpoint too. It rebuilds OpenNMT-py
+Reads the checkpoint as data, never unpickling it (importers/torch_zip.py: tensors, plain containers
+and argparse's Namespace, which its `opt` is); the vocabularies come from the checkpoint too. It rebuilds OpenNMT-py
 3.5's RNNEncoder, StdRNNDecoder / InputFeedRNNDecoder, GlobalAttention and generator
 (onmt/encoders/rnn_encoder.py, onmt/decoders/decoder.py, onmt/modules/global_attention.py,
 stacked_rnn.py) with the same parameter names:
@@ -35,6 +35,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seq2edge.runtime.conventions import Conventions
 
 from . import Imported, ImportRefused
+from .torch_zip import read_checkpoint
 
 FILLER = "averyunlikelytoken"  # onmt/constants.py DefaultTokens.VOCAB_PAD: vocabularies padded to a multiple of 8
 SPECIALS = {"pad": "<blank>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}  # DefaultTokens
@@ -150,12 +151,7 @@ class _Embeddings(nn.Module):
 def load(path: Path) -> Imported:
     if not path.is_file():
         raise ImportRefused(f"{path}: not a file; --from opennmt takes an OpenNMT-py checkpoint (.pt)")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):  # the checkpoint's opt, and nothing else
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ImportRefused(f"{path}: cannot be read as weights only ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                            "seq2edge never unpickles code") from None
+    checkpoint = read_checkpoint(path)  # its opt is an argparse.Namespace, the one class the reader builds beyond containers
     if not isinstance(checkpoint, dict) or not {"model", "generator", "vocab", "opt"} <= set(checkpoint):
         raise ImportRefused(f"{path}: not an OpenNMT-py 3 checkpoint (it needs model, generator, vocab and opt)")
     opt, vocab = checkpoint["opt"], checkpoint["vocab"]
