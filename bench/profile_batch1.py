@@ -3,8 +3,9 @@
     python -m seq2edge.bench.profile_batch1 BUNDLE [--words 2000]
 
 For each precision of BUNDLE, step by step and (where the bundle has one) through the greedy graph,
-one thread: words/s and the share of the time inside onnxruntime's session.run, measured without a
-profiler; then the functions with the most time of their own under cProfile.
+one thread: words/s, the share of the time inside onnxruntime's session.run and the Python side per
+word (with the decoder steps a word takes), measured without a profiler; then the functions with the
+most time of their own under cProfile.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
             if greedy_graph and not model.bundle.has_graph("greedy", precision):
                 continue
             one_at_a_time = lambda model=model: [model.decode([w]) for w in words]  # noqa: E731
-            one_at_a_time()  # warm-up
+            steps = sum(len(r[0].tokens) + 1 for r in one_at_a_time()) / len(words)  # and a warm-up
             with SessionTimer(model) as timer:
                 start = time.perf_counter()
                 one_at_a_time()
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             name = f"{precision} {'greedy graph' if greedy_graph else 'step by step'}"
             print(f"{name}: {len(words) / total:.0f} words/s, {1e6 * total / len(words):.0f} us/word, "
                   f"{100 * timer.seconds / total:.1f}% inside session.run, Python side {1e6 * (total - timer.seconds) / len(words):.0f} "
-                  "us/word")
+                  f"us/word ({steps:.2f} decoder steps a word)")
             profile = cProfile.Profile()
             profile.enable()
             one_at_a_time()

@@ -147,6 +147,10 @@ class DeviceStep:
                                         {"values": "cpu", "ids": "cpu"})
         return values.numpy(), ids.numpy()
 
+    def best(self, bias: np.ndarray) -> tuple[float, int]:
+        values, ids = self.top(1, bias)
+        return float(values[0, 0]), int(ids[0, 0])
+
     def log_probs(self, bias: np.ndarray) -> np.ndarray:
         (biased,) = self._backend.run("BIAS", {"log_probs": self._log_probs, "bias": bias}, {"biased": "cpu"})
         return biased.numpy()

@@ -14,7 +14,7 @@ import numpy as np
 
 from .bundle import Bundle
 from .errors import Seq2EdgeError
-from .search import Stepper, top_k
+from .search import Stepper, best_of_row, top_k
 
 
 def check_members(lead: Bundle, members: list[Bundle]) -> None:
@@ -40,6 +40,9 @@ class EnsembleStep:
 
     def top(self, k: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return top_k(self._log_probs + bias, k)
+
+    def best(self, bias: np.ndarray) -> tuple[float, int]:
+        return best_of_row(self._log_probs[0] + bias)
 
     def log_probs(self, bias: np.ndarray) -> np.ndarray:
         return self._log_probs + bias

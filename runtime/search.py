@@ -28,6 +28,9 @@ class StepResult(Protocol):
     def top(self, k: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(log-probs, ids) of the k best ids of every row of log_probs + bias, best first: [n, k] each."""
 
+    def best(self, bias: np.ndarray) -> tuple[float, int]:
+        """(log-prob, id) of the best id of a one-row step's log_probs + bias, as Python numbers."""
+
     def log_probs(self, bias: np.ndarray) -> np.ndarray:
         """log_probs + bias [n, V] on the host."""
 
@@ -57,11 +60,20 @@ class HostStep:
     def top(self, k: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return top_k(self.raw_log_probs + bias, k)
 
+    def best(self, bias: np.ndarray) -> tuple[float, int]:
+        return best_of_row(self.raw_log_probs[0] + bias)
+
     def log_probs(self, bias: np.ndarray) -> np.ndarray:
         return self.raw_log_probs + bias
 
     def attention(self) -> np.ndarray:
         return self.raw_attention
+
+
+def best_of_row(scores: np.ndarray) -> tuple[float, int]:
+    """The largest entry of one row and its id (the lower id on a tie, like argmax)."""
+    token = int(scores.argmax())
+    return float(scores[token]), token
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,6 +133,8 @@ Strategy = Callable[[Stepper, Any, np.ndarray, Limits, SearchOptions], list[list
 def greedy(stepper: Stepper, state: Any, input_ids: np.ndarray, limits: Limits, options: SearchOptions) -> list[list[Hypothesis]]:
     """The most likely token at every step, or with options.sample a token drawn at every step
     (temperature, top_k, top_p; draws fixed by seed, input and step)."""
+    if len(input_ids) == 1 and not options.sample and not options.return_attention:
+        return [[_greedy_one(stepper, state, limits)]]
     record = _Record(len(input_ids), options.return_attention)
     for _ in _greedy_steps(stepper, state, input_ids, limits, options if options.sample else None, record):
         pass
@@ -149,6 +163,25 @@ class _Record:
 
     def hypotheses(self, limits: Limits) -> list[Hypothesis]:
         return _collect(self.chosen, self.active_at, self.attn_at, self.ends, self.scores, limits, self.want_attention)
+
+
+def _greedy_one(stepper: Stepper, state: Any, limits: Limits) -> Hypothesis:
+    """Greedy search of a single input (batch 1, how a device app calls): the same choices and the
+    same float64 sum of scores as _greedy_steps, kept in Python numbers, which costs less than half
+    of its per-step array bookkeeping (bench/profile_batch1.py)."""
+    rows = np.zeros(1, dtype=np.int64)
+    prev = np.full(1, limits.bos_id, dtype=np.int64)
+    ids: list[int] = []
+    score = 0.0
+    while True:
+        out = stepper(prev, state, rows)
+        value, token = out.best(limits.bias(len(ids)))
+        score += value
+        if token == limits.eos_id:
+            return Hypothesis(ids, score, truncated=len(ids) >= limits.max_len)
+        ids.append(token)
+        state = out.state
+        prev = np.full(1, token, dtype=np.int64)
 
 
 def _greedy_steps(stepper: Stepper, state: Any, input_ids: np.ndarray, limits: Limits, draws: SearchOptions | None,

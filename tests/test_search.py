@@ -211,3 +211,18 @@ def test_decode_takes_an_options_value_or_keywords_alike(tiny_model, dev_words):
     assert [r.tokens for r in tiny_model.decode(words, options, beam_size=1, nbest=1)] == [r.tokens for r in tiny_model.decode(words)]
     with pytest.raises(TypeError, match="unknown search option"):
         tiny_model.decode(words, beam=3)
+
+
+@pytest.mark.parametrize("limits", [{}, {"min_len": 4}, {"max_len": 3}, {"min_len": 2, "max_len": 2}])
+def test_one_input_greedy_equals_the_array_search_bit_for_bit(tiny_model, dev_words, limits):
+    """A single input takes the scalar batch-1 path (search._greedy_one); asking for attention keeps it on
+    the array path (search._greedy_steps), with the same onnxruntime numbers: the same tokens, the same
+    float64 score to the last bit and the same truncation, under every length rule."""
+    results = []
+    for word in dev_words[:60]:
+        scalar = tiny_model.decode([word], **limits)[0]
+        array = tiny_model.decode([word], return_attention=True, **limits)[0]
+        assert (scalar.tokens, scalar.score, scalar.truncated) == (array.tokens, array.score, array.truncated)
+        results.append(scalar)
+    assert any(r.truncated for r in results) == ("max_len" in limits)
+    assert all(len(r.tokens) >= limits.get("min_len", 0) for r in results)
