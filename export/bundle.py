@@ -41,13 +41,15 @@ class ExportError(Seq2EdgeError):
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, int8: bool = False, fp16: bool = False,
-                  exporter: str = "torchscript", corpus: str | None = None, parity_words: int = 500,
+                  exporter: str = "torchscript", decoder_step: str = "traced", corpus: str | None = None, parity_words: int = 500,
                   atol: float | None = None, greedy_graph: bool = False, ort: bool = False, accept_int8: bool = False,
                   log: Callable[[str], None] = print) -> Path:
     """Export `checkpoint` to the bundle directory `out`, verify it, and return its path.
 
     atol: the largest |log-prob difference| from PyTorch that parity accepts; default: 10 x the
-    float32 rounding PyTorch itself shows against float64 on the same steps, at least 1e-4."""
+    float32 rounding PyTorch itself shows against float64 on the same steps, at least 1e-4.
+    decoder_step: "traced" (each decoder cell as its matrix products and elementwise nodes) or "node"
+    (one ONNX recurrent node per layer; export/decoder_graph.py)."""
     checkpoint, out = Path(checkpoint), Path(out)
     refuse_overlap(out, [("checkpoint", checkpoint), ("corpus", corpus if corpus not in (None, "cmudict") else None)])
     refuse_existing(out, force)
@@ -55,8 +57,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     sides = {"source": Side(source, checkpoint / "source.spm.model"), "target": Side(target, checkpoint / "target.spm.model")}
     entries = parity_entries(checkpoint, corpus, parity_words)
     provenance = {"path": str(checkpoint), "train": _train_summary(checkpoint)}
-    return write_bundle(model, out, sides, entries, provenance, exporter=exporter, int8=int8, fp16=fp16, atol=atol,
-                        greedy_graph=greedy_graph, ort=ort, accept_int8=accept_int8, log=log)
+    return write_bundle(model, out, sides, entries, provenance, exporter=exporter, decoder_step=decoder_step, int8=int8,
+                        fp16=fp16, atol=atol, greedy_graph=greedy_graph, ort=ort, accept_int8=accept_int8, log=log)
 
 
 def refuse_existing(out: Path, force: bool) -> None:
@@ -73,7 +75,8 @@ class Side:
 
 
 def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[C.Entry], provenance: dict, *,
-                 exporter: str = "torchscript", int8: bool = False, fp16: bool = False, atol: float | None = None,
+                 exporter: str = "torchscript", decoder_step: str = "traced", int8: bool = False, fp16: bool = False,
+                 atol: float | None = None,
                  greedy_graph: bool = False, ort: bool = False, conventions: Conventions = Conventions(),
                  accept_int8: bool = False, log: Callable[[str], None] = print) -> Path:
     """Graphs, bundle.json and every parity gate for `model` (seq2edge's Seq2SeqModule or a
@@ -83,8 +86,9 @@ def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[C.Entry
     texts = [e.source for e in entries]
     with atomic_directory(out) as tmp:
         bundle_id = uuid.uuid4().hex
-        paths = export_graphs(model, tmp, bundle_id, exporter)
+        paths = export_graphs(model, tmp, bundle_id, exporter, decoder_step)
         meta = _bundle_meta(bundle_id, model, tmp, sides, paths, exporter, provenance)
+        meta.exported_with["decoder_step"] = decoder_step
         meta.conventions = conventions
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         runtime = _verify(tmp, exporter)

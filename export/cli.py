@@ -23,6 +23,9 @@ import click
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
               help="torch.onnx exporter; the result is verified either way.")
+@click.option("--decoder-step", type=click.Choice(["traced", "node"]), default="traced", show_default=True,
+              help="How each decoder layer's cell is written: its matrix products and elementwise nodes as traced, or one "
+                   "ONNX GRU/LSTM/RNN node (docs/export.md, \"The decoder step\"). Traced is the faster on CPUs here.")
 @click.option("--corpus", default=None, help="Corpus for the parity words (default: the training corpus).")
 @click.option("--parity-words", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -32,8 +35,8 @@ import click
               "loop in one graph, for hosts that want one call per batch.")
 @click.option("--ort", "ort_format", is_flag=True, help="Also write ORT-format copies of every graph and "
               "required_operators.config, for reduced (mobile) onnxruntime builds.")
-def export(checkpoint, out, toolkit, parity_sources, int8, accept_int8, fp16, force, exporter, corpus, parity_words, atol,
-           greedy_graph, ort_format) -> None:
+def export(checkpoint, out, toolkit, parity_sources, int8, accept_int8, fp16, force, exporter, decoder_step, corpus,
+           parity_words, atol, greedy_graph, ort_format) -> None:
     """Export CHECKPOINT to the bundle directory OUT and verify it against PyTorch."""
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if toolkit is not None:
@@ -41,6 +44,9 @@ def export(checkpoint, out, toolkit, parity_sources, int8, accept_int8, fp16, fo
 
         if corpus is not None:
             raise click.UsageError("--corpus goes with seq2edge's own checkpoints; with --from, give --parity-sources FILE")
+        if decoder_step != "traced":
+            raise click.UsageError("--decoder-step node goes with seq2edge's own checkpoints; an imported model's step is "
+                                   "traced as written")
         export_imported(toolkit, checkpoint, out, parity_sources=parity_sources, parity_count=parity_words, int8=int8, fp16=fp16,
                         greedy_graph=greedy_graph, ort=ort_format, force=force, atol=atol, accept_int8=accept_int8, log=log)
         click.echo(f"bundle written: {out}")
@@ -49,7 +55,7 @@ def export(checkpoint, out, toolkit, parity_sources, int8, accept_int8, fp16, fo
         raise click.UsageError("--parity-sources goes with --from; seq2edge's own checkpoints take --corpus")
     from .bundle import export_bundle
 
-    export_bundle(checkpoint, out, force=force, int8=int8, fp16=fp16, exporter=exporter, corpus=corpus,
-                  parity_words=parity_words, atol=atol, greedy_graph=greedy_graph,
+    export_bundle(checkpoint, out, force=force, int8=int8, fp16=fp16, exporter=exporter, decoder_step=decoder_step,
+                  corpus=corpus, parity_words=parity_words, atol=atol, greedy_graph=greedy_graph,
                   ort=ort_format, accept_int8=accept_int8, log=log)
     click.echo(f"bundle written: {out}")

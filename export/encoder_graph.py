@@ -52,16 +52,19 @@ def onnx_weights(rnns: list[nn.Module], cell: str) -> tuple[Tensor, Tensor, Tens
     """W [directions, gates x hidden, inputs], R [directions, gates x hidden, hidden] and
     B [directions, 2 x gates x hidden] of single-layer torch RNNs, in ONNX's gate order."""
     hidden = rnns[0].hidden_size
-
-    def reorder(t: Tensor) -> Tensor:
-        blocks = t.split(hidden, dim=0)
-        return torch.cat([blocks[i] for i in GATE_ORDER[cell]], dim=0)
+    reorder = lambda t: onnx_gate_order(t, cell, hidden)  # noqa: E731
 
     with torch.no_grad():
         w = torch.stack([reorder(r.weight_ih_l0) for r in rnns])
         r = torch.stack([reorder(r.weight_hh_l0) for r in rnns])
         b = torch.stack([torch.cat([reorder(r.bias_ih_l0), reorder(r.bias_hh_l0)]) for r in rnns])
     return w, r, b
+
+
+def onnx_gate_order(t: Tensor, cell: str, hidden: int) -> Tensor:
+    """The gate blocks (rows of `hidden`) of a torch weight or bias in ONNX's order."""
+    blocks = t.split(hidden, dim=0)
+    return torch.cat([blocks[i] for i in GATE_ORDER[cell]], dim=0)
 
 
 def _layer_function(model: Seq2SeqModule, layer: int) -> type[torch.autograd.Function]:

@@ -23,10 +23,12 @@ from seq2edge.runtime.errors import Seq2EdgeError
 from seq2edge.runtime.interface import Port, graph_file, graph_metadata, graph_ports
 from seq2edge.train.model import Seq2SeqModule, source_mask
 
+from .decoder_graph import DecoderStepGraph
 from .encoder_graph import EncoderGraph
 
 OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
+DECODER_STEPS = ("traced", "node")  # each decoder cell as traced, or one ONNX recurrent node (export/decoder_graph.py)
 
 
 class TracedEncoder(nn.Module):
@@ -41,6 +43,8 @@ class TracedEncoder(nn.Module):
 
 
 class DecoderGraph(nn.Module):
+    """step() as written (the dynamo exporter, protocol models)."""
+
     def __init__(self, model: Seq2SeqModule):
         super().__init__()
         self.model = model
@@ -61,20 +65,27 @@ def example_inputs(model: Seq2SeqModule) -> dict[str, tuple[Tensor, ...]]:
     return {"encoder": (src, lengths), "decoder": (prev, state, memory, source_mask(lengths, 5))}
 
 
-def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter: str = "torchscript") -> dict[str, Path]:
+def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter: str = "torchscript",
+                  decoder_step: str = "traced") -> dict[str, Path]:
     """Write encoder.onnx and decoder.onnx (fp32) into out_dir; each is one self-contained file
     whose metadata_props say which bundle, graph and precision it is."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}")
+    if decoder_step not in DECODER_STEPS:
+        raise ValueError(f"decoder_step must be one of {DECODER_STEPS}")
     if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
         raise Seq2EdgeError("--exporter dynamo needs onnxscript: pip install onnxscript (or use the default exporter)")
     model = model.eval()
     inputs = example_inputs(model)
     paths = {}
-    # Each layer of seq2edge's own encoder becomes one recurrent node; a protocol model's encode() is traced as written.
+    # Each layer of seq2edge's own encoder becomes one recurrent node (and, asked for, each decoder
+    # layer); a protocol model's encode() and step() are traced as written.
     own = isinstance(model, Seq2SeqModule)
+    if decoder_step == "node" and not (own and exporter == "torchscript"):
+        raise Seq2EdgeError("--decoder-step node needs seq2edge's own model and the torchscript exporter")
     encoder = EncoderGraph(model) if exporter == "torchscript" and own else TracedEncoder(model)
-    for kind, module in (("encoder", encoder), ("decoder", DecoderGraph(model))):
+    decoder = DecoderStepGraph(model) if decoder_step == "node" else DecoderGraph(model)
+    for kind, module in (("encoder", encoder), ("decoder", decoder)):
         path = out_dir / graph_file(kind, "fp32")
         ins, outs = graph_ports(kind)
         with warnings.catch_warnings(), torch.no_grad(), _untraceable(kind, own):

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
-from seq2edge.bench import bulk, hosts, loop_crossover, parity_tolerance, profile_batch1, profile_bulk, sampling_parity
+from seq2edge.bench import bulk, decoder_step, hosts, loop_crossover, parity_tolerance, profile_batch1, profile_bulk, sampling_parity
 from seq2edge.train.english_words import new_words
 
 SMALL = REPO / "models" / "g2p-en-small"
@@ -72,3 +72,13 @@ def test_hosts_bench_times_python_and_node_on_the_same_words(capsys):
 def test_sampling_parity_compares_both_hosts(capsys):
     sampling_parity.main([str(SMALL), "--words", "10"])
     assert re.search(r"^30 words sampled \(\d+ draws\), [0-3] differing$", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_decoder_step_compares_traced_and_node_steps_in_each_precision(tiny_checkpoint):
+    result = CliRunner().invoke(decoder_step.main, [str(tiny_checkpoint), "--batches", "1,4", "--rounds", "1", "--calls", "4",
+                                                     "--parity-words", "20"])
+    assert result.exit_code == 0, result.output
+    rows = re.findall(r"^tiny\s+(fp32|int8)\s+(traced|node)\s+(\d+)\s+[\d.]+\s+[\d.]+$", result.output, re.MULTILINE)
+    assert [r[:2] for r in rows] == [("fp32", "traced"), ("fp32", "node"), ("int8", "traced"), ("int8", "node")]
+    nodes = {r[:2]: int(r[2]) for r in rows}
+    assert nodes["fp32", "node"] < nodes["fp32", "traced"]  # the LSTM cell's elementwise nodes became one node

@@ -172,15 +172,19 @@ class Seq2SeqModule(nn.Module):
             parts.append(summary.new_zeros(summary.size(0), c.hidden))
         return torch.cat(parts, dim=1)
 
-    def step(self, prev_ids: Tensor, state: Tensor, memory: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One decoder step -> log_probs [B, V], new state [B, state_size], attention [B, S]."""
+    def step(self, prev_ids: Tensor, state: Tensor, memory: Tensor, src_mask: Tensor,
+             cells: Sequence | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """One decoder step -> log_probs [B, V], new state [B, state_size], attention [B, S].
+        cells: one callable (x, h, c) -> (h, c) per decoder layer in place of self.cells (export
+        passes cells that the exporter writes as single ONNX recurrent nodes)."""
         c = self.config
+        cells = self.cells if cells is None else cells
         hs, cs, feed = self._unpack(state)
         x = self.embedding(prev_ids)
         if c.input_feed:
             x = torch.cat([x, feed], dim=1)
         new_h, new_c = [], []
-        for layer, cell in enumerate(self.cells):
+        for layer, cell in enumerate(cells):
             if layer:
                 x = self.dropout(x)
             h, cell_state = cell(x, hs[layer], cs[layer] if cs else None)
