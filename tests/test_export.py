@@ -205,3 +205,45 @@ def test_the_greedy_graph_is_built_for_opset_18_graphs_too(tiny_bundle, tmp_path
     meta["graphs"]["fp32"]["greedy"] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
     (bundle / "bundle.json").write_text(json.dumps(meta))
     assert check_greedy_graph(bundle, "fp32", dev_words[:100])["passed"]
+
+
+def _shift_batched_scores(bundle, precision: str, per_row: float) -> None:
+    """Plant a defect that moves only batched scores: each score gains per_row x (batch size - 1), tokens unchanged."""
+    from onnx import TensorProto, helper
+
+    path = bundle / ("greedy.int8.onnx" if precision == "int8" else "greedy.onnx")
+    graph = onnx.load(str(path))
+    (last,) = [n for n in graph.graph.node if "scores" in n.output]
+    last.output[:] = ["t/scores_in_order"]
+    graph.graph.initializer.extend([onnx.numpy_helper.from_array(np.array([0], dtype=np.int64), "t/zero"),
+                                    onnx.numpy_helper.from_array(np.array(per_row, dtype=np.float32), "t/per_row"),
+                                    onnx.numpy_helper.from_array(np.array(1.0, dtype=np.float32), "t/one")])
+    graph.graph.node.extend([
+        helper.make_node("Shape", ["src_ids"], ["t/shape"]),
+        helper.make_node("Gather", ["t/shape", "t/zero"], ["t/batch"], axis=0),
+        helper.make_node("Cast", ["t/batch"], ["t/batch_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["t/batch_f", "t/one"], ["t/others"]),
+        helper.make_node("Mul", ["t/others", "t/per_row"], ["t/shift"]),
+        helper.make_node("Add", ["t/scores_in_order", "t/shift"], ["scores"]),
+    ])
+    onnx.save(graph, str(path))
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["graphs"][precision]["greedy"].update(sha256=sha256_file(path), bytes=path.stat().st_size)
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_an_fp32_greedy_graph_whose_batched_scores_drift_is_refused_though_its_tokens_agree(tmp_path, dev_words):
+    """fp32 is held to the runtime's scores in batches too; only int8 (whose batch changes its rounding) is held
+    to its tokens alone."""
+    import shutil
+
+    from conftest import REPO
+
+    from seq2edge.export.verify import check_greedy_graph
+
+    bundle = tmp_path / "small"
+    shutil.copytree(REPO / "models" / "g2p-en-small", bundle)
+    _shift_batched_scores(bundle, "fp32", 1e-4)
+    figures = check_greedy_graph(bundle, "fp32", dev_words[:100], batch_size=16)
+    assert figures["matching_batch_1"] == 1.0 and figures["token_agreement_batched"] == 1.0
+    assert figures["matching_batched"] < 1.0 and not figures["passed"], figures

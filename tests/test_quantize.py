@@ -267,3 +267,29 @@ def test_the_int8_gate_refuses_a_planted_bad_int8_graph_and_accept_int8_writes_i
     bundle = export_tiny(tiny_checkpoint, tmp_path / "accepted", int8=True, parity_words=60, accept_int8=True)
     figures = json.loads((bundle / "bundle.json").read_text())["parity"]["int8"]
     assert figures["gate"].startswith("overridden by --accept-int8: int8 graphs decode")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    size = {p: sum(e["bytes"] for e in meta["graphs"][p].values()) for p in ("fp32", "int8")}
+    assert figures["bytes"] == size["int8"] and figures["size_ratio"] == round(size["int8"] / size["fp32"], 4) < 0.5
+
+
+def test_int8_graphs_that_cannot_run_fail_the_export_and_fp16_graphs_are_not_measured(tiny_checkpoint, tmp_path, monkeypatch):
+    """A CPU provider may lack fp16 kernels (those graphs are for GPUs): "not measured here". int8 graphs always
+    run on the CPU, so a failure to run them is the export's failure, never a figure."""
+    from seq2edge.export import verify
+
+    class LacksKernels(verify.Seq2Seq):
+        @classmethod
+        def load(cls, path, *args, precision="fp32", **kwargs):
+            if precision != "fp32":
+                raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation\nmore")
+            return super().load(path, *args, precision=precision, **kwargs)
+
+    monkeypatch.setattr(verify, "Seq2Seq", LacksKernels)
+    with pytest.raises(RuntimeError, match="NOT_IMPLEMENTED"):
+        export_tiny(tiny_checkpoint, tmp_path / "int8", int8=True, parity_words=40)
+    assert not (tmp_path / "int8").exists()
+    bundle = export_tiny(tiny_checkpoint, tmp_path / "fp16", fp16=True, parity_words=40)
+    figures = json.loads((bundle / "bundle.json").read_text())["parity"]["fp16"]
+    assert figures["measured"] is False
+    assert figures["reason"] == "the CPU provider cannot run these graphs: [ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : " \
+                                "Could not find an implementation"

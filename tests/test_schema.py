@@ -46,6 +46,81 @@ def test_fields_repeated_from_the_model_config_must_agree_with_it(written, edit,
         BundleMeta.from_dict(data, "bundle.json")
 
 
+CONFORMANCE_BUNDLES = REPO / "tests" / "conformance" / "bundles"
+
+
+def _meta(name: str) -> dict:
+    return json.loads((CONFORMANCE_BUNDLES / name / "bundle.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["g2p", "spm", "conventions"])
+def test_every_kind_of_bundle_reads_back_to_the_same_json(name):
+    """A SentencePiece side keeps its model file and hash, conventions keep format 2, a plain bundle format 1."""
+    data = _meta(name)
+    meta = BundleMeta.from_dict(data, "bundle.json")
+    assert meta.to_dict() == data
+    assert meta.format_version == (2 if name == "conventions" else 1)
+
+
+def _vocab_of(size: int) -> list[str]:
+    return ["<pad>", "<s>", "</s>", "<unk>", "x", "y"] + [f"t{i}" for i in range(size - 6)]
+
+
+def _graph(edit):
+    def apply(m):
+        edit(m["graphs"]["fp32"]["decoder"])
+    return apply
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m["conventions"].update(never_emit=["<s>"]),  # an id below </s>'s is not </s>
+    lambda m: m["parity"]["fp32"].update(token_agreement=1.0, tolerance=0.0, max_abs_log_prob_diff=0.0),  # the ends of ranges
+    lambda m: m["parity"].setdefault("int8", {}).update(token_agreement_with_fp32=0.0),
+    lambda m: (m["target"].update(vocab=_vocab_of(300)), m["model"].update(tgt_vocab_size=300)),  # sizes beyond small ints
+], ids=["never_emit <s>", "parity at the ends of its ranges", "int8 agreement 0", "a 300-token vocabulary"])
+def test_bundle_json_at_the_edges_of_what_is_allowed_is_read(edit):
+    data = _meta("conventions")
+    edit(data)
+    BundleMeta.from_dict(data, "bundle.json")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["target"]["vocab"].__setitem__(5, 5), "target.vocab must be a list of non-empty strings"),
+    (lambda m: m["target"]["vocab"].__setitem__(5, ""), "target.vocab must be a list of non-empty strings"),
+    (lambda m: m["target"]["vocab"].append("new"), "target vocabulary has 11 tokens, the model config says 10"),
+    (lambda m: m["target"]["vocab"].__setitem__(9, "x"), "target.vocab holds 'x' twice; a token must have one id"),
+    (lambda m: m["target"]["vocab"].pop(), "target vocabulary has 9 tokens, the model config says 10"),
+    (lambda m: m["conventions"].update(never_emit=["</s>"]), "never_emit names </s>: no output could end"),
+    (lambda m: m["conventions"].update(space_symbol="ab"), "space_symbol must be one character, not 'ab'"),
+    (lambda m: m["parity"]["fp32"].update(token_agreement=1.01), r"parity.fp32.token_agreement must be a number in \[0.0, 1.0\]"),
+    (lambda m: m["parity"]["fp32"].update(tolerance=-1e-9), r"parity.fp32.tolerance must be a number in \[0.0, inf\]"),
+    (lambda m: m["parity"]["fp32"].update(max_abs_log_prob_diff=-0.5), "parity.fp32.max_abs_log_prob_diff must be a number"),
+    (lambda m: m["parity"]["fp32"].update(greedy_graph={"batched_speedup": -1}), "parity.fp32.batched_speedup must be a number"),
+    (lambda m: m["parity"].update(int8={"token_agreement_with_fp32": -0.1}), "parity.int8.token_agreement_with_fp32 must be"),
+    (lambda m: m["parity"].update(int8={"token_agreement_with_fp32": 1.2}), "parity.int8.token_agreement_with_fp32 must be"),
+    (_graph(lambda e: e.pop("sha256")), "graphs.fp32.decoder needs file and sha256"),
+    (_graph(lambda e: e.pop("file")), "graphs.fp32.decoder needs file and sha256"),
+    (_graph(lambda e: e.update(file="sub/decoder.onnx")), "graphs.fp32.decoder.file must be a plain file name"),
+    (_graph(lambda e: e.update(file="sub\\decoder.onnx")), "graphs.fp32.decoder.file must be a plain file name"),
+    (_graph(lambda e: e.update(file=".decoder.onnx")), "graphs.fp32.decoder.file must be a plain file name"),
+    (_graph(lambda e: e.update(file="")), "graphs.fp32.decoder.file must be a plain file name"),
+    (_graph(lambda e: e.update(ort={"file": "decoder.ort"})), "graphs.fp32.decoder.ort needs file and sha256"),
+])
+def test_each_malformed_field_of_bundle_json_is_named(edit, message):
+    data = _meta("conventions")
+    edit(data)
+    with pytest.raises(BundleError, match=message):
+        BundleMeta.from_dict(data, "bundle.json")
+
+
+def test_an_ort_copy_of_a_graph_is_read_with_its_entry():
+    data = _meta("g2p")
+    data["graphs"]["fp32"]["decoder"]["ort"] = {"file": "decoder.ort", "sha256": "0" * 64, "bytes": 5}
+    meta = BundleMeta.from_dict(data, "bundle.json")
+    assert meta.graphs["fp32"]["decoder"].ort.file == "decoder.ort" and meta.graphs["fp32"]["encoder"].ort is None
+    assert meta.to_dict()["graphs"]["fp32"]["decoder"]["ort"] == {"file": "decoder.ort", "sha256": "0" * 64, "bytes": 5}
+
+
 def _imports_of(path, package: str) -> set[str]:
     """seq2edge modules imported by a file (top level and inside functions), relative imports resolved."""
     found = set()

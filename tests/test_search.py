@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import export_tiny, train_tiny
 
-from seq2edge.runtime import Seq2EdgeError, Seq2Seq
+from seq2edge.runtime import Seq2EdgeError, Seq2Seq, search
 from seq2edge.runtime.options import SearchOptions
 
 
@@ -226,3 +226,24 @@ def test_one_input_greedy_equals_the_array_search_bit_for_bit(tiny_model, dev_wo
         results.append(scalar)
     assert any(r.truncated for r in results) == ("max_len" in limits)
     assert all(len(r.tokens) >= limits.get("min_len", 0) for r in results)
+
+
+def test_beam_search_at_the_length_limit_finishes_every_input_with_truncated_hypotheses(tiny_model, dev_words):
+    """The step after max_len tokens allows only </s>: every input still gets its beam of finished hypotheses,
+    those cut at the limit marked truncated (a search that stopped a step early would leave them unfinished)."""
+    for r in tiny_model.decode(dev_words[:20], beam_size=3, nbest=3, max_len=2):
+        assert len(r.nbest) == 3 and all(len(h.tokens) <= 2 for h in r.nbest)
+        assert all(h.truncated == (len(h.tokens) == 2) for h in r.nbest)
+        assert any(h.truncated for h in r.nbest)
+
+
+def test_sampling_with_top_k_draws_only_and_all_of_the_k_best_of_a_large_vocabulary():
+    """top_k keeps exactly the k most likely ids, whatever the vocabulary size (numpy's partition must be
+    asked for the right place)."""
+    rng = np.random.default_rng(3)
+    log_probs = np.log(rng.dirichlet(np.ones(1000), size=4)).astype(np.float32)
+    options = SearchOptions(sample=True, top_k=5, temperature=3.0, seed=7)
+    best = np.argsort(-log_probs, axis=1)[:, :5]
+    drawn = [search._sample(log_probs, options, np.arange(4), t) for t in range(300)]
+    for row in range(4):
+        assert {int(d[row]) for d in drawn} == set(best[row].tolist())
