@@ -4,9 +4,11 @@
 
 Exports each checkpoint twice (`--decoder-step traced` and `node`, fp32 and int8, into a temporary
 directory; both pass export's parity gate), then for each precision prints the decoder graph's
-nodes after onnxruntime's optimisation (the runtime's session options) and the time of one
-session.run of the decoder at each batch size: one thread, a source of 8 positions, the two
-variants timed in turn (`--rounds` rounds of `--calls` calls; the best round counts).
+nodes after onnxruntime's optimisation (the runtime's session options), the time of one
+session.run of the decoder at each batch size (one thread, a source of 8 positions) and the time
+per input of a whole step-by-step greedy decode of `--inputs` inputs (encoder, steps and search);
+the two variants timed in turn (`--rounds` rounds; the best round counts). Last, the
+floor: one session.run of a graph with the step's inputs and outputs and no arithmetic.
 docs/export.md, "The decoder step", gives a run.
 """
 
@@ -23,7 +25,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from seq2edge.export.bundle import export_bundle
+from seq2edge.export.bundle import export_bundle, parity_entries
+from seq2edge.runtime import Seq2Seq
 from seq2edge.runtime.interface import BUNDLE_FILE, graph_file
 from seq2edge.runtime.providers import session_options
 from seq2edge.runtime.schema import BundleMeta
@@ -48,6 +51,36 @@ def step_feeds(config, batch: int, src_len: int = 8, seed: int = 0) -> dict[str,
             "src_mask": np.ones((batch, src_len), dtype=bool)}
 
 
+def floor_graph(config) -> onnx.ModelProto:
+    """A graph with the decoder step's inputs and outputs and no arithmetic: what one session.run costs
+    before any node of a step does work (each output a Cast or Identity of an input)."""
+    from onnx import TensorProto, helper
+
+    sizes = config.axis_sizes
+    ins = [helper.make_tensor_value_info("prev_ids", TensorProto.INT64, ["batch"]),
+           helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", sizes["state_size"]]),
+           helper.make_tensor_value_info("memory", TensorProto.FLOAT, ["batch", "src_len", sizes["hidden"]]),
+           helper.make_tensor_value_info("src_mask", TensorProto.BOOL, ["batch", "src_len"])]
+    outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("log_probs", "new_state", "attention")]
+    nodes = [helper.make_node("Cast", ["prev_ids"], ["log_probs"], to=TensorProto.FLOAT),
+             helper.make_node("Identity", ["state"], ["new_state"]),
+             helper.make_node("Cast", ["src_mask"], ["attention"], to=TensorProto.FLOAT)]
+    return helper.make_model(helper.make_graph(nodes, "floor", ins, outs), opset_imports=[helper.make_opsetid("", 17)])
+
+
+def per_word(models: dict, texts: list[str], batch: int, rounds: int) -> dict[str, float]:
+    """Best round's µs per input of a whole decode (encoder, steps, search) for each model, in turn."""
+    best = dict.fromkeys(models, float("inf"))
+    for model in models.values():
+        model.decode(texts[:50], batch_size=batch)
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.decode(texts, batch_size=batch)
+            best[name] = min(best[name], 1e6 * (time.perf_counter() - start) / len(texts))
+    return best
+
+
 def microseconds(sessions: dict, feeds: dict, rounds: int, calls: int) -> dict[str, float]:
     """Best round's µs per call for each session, the sessions timed in turn within each round."""
     best = dict.fromkeys(sessions, float("inf"))
@@ -69,15 +102,19 @@ def microseconds(sessions: dict, feeds: dict, rounds: int, calls: int) -> dict[s
 @click.option("--calls", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Calls per round at batch 1 (fewer for larger batches).")
 @click.option("--parity-words", type=click.IntRange(min=1), default=100, show_default=True)
-def main(checkpoints: tuple[Path, ...], batches: str, rounds: int, calls: int, parity_words: int) -> None:
+@click.option("--inputs", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Inputs decoded for the µs per word (the checkpoint corpus's dev inputs first, as export's parity takes them).")
+def main(checkpoints: tuple[Path, ...], batches: str, rounds: int, calls: int, parity_words: int, inputs: int) -> None:
     sizes = [int(b) for b in batches.split(",")]
-    print("model                precision  step    nodes  " + "  ".join(f"batch {b:>3d} µs" for b in sizes))
+    print("model                precision  step    nodes  " + "  ".join(f"µs/step b{b:<3d}" for b in sizes) + "  "
+          + "  ".join(f"µs/word b{b:<3d}" for b in sizes))
     for checkpoint in checkpoints:
         with tempfile.TemporaryDirectory() as scratch_dir:
             scratch = Path(scratch_dir)
             # accept_int8: a model the int8 gate refuses still has steps to time
             bundles = {step: export_bundle(checkpoint, scratch / step, int8=True, accept_int8=True, decoder_step=step,
                                            parity_words=parity_words, log=lambda _: None) for step in STEPS}
+            texts = [e.source for e in parity_entries(checkpoint, None, inputs)]
             meta_path = bundles["traced"] / BUNDLE_FILE
             config = BundleMeta.from_dict(json.loads(meta_path.read_text()), str(meta_path)).model
             for precision in ("fp32", "int8"):
@@ -85,10 +122,19 @@ def main(checkpoints: tuple[Path, ...], batches: str, rounds: int, calls: int, p
                 sessions = {step: ort.InferenceSession(str(p), session_options(1), providers=["CPUExecutionProvider"])
                             for step, p in paths.items()}
                 times = {b: microseconds(sessions, step_feeds(config, b), rounds, max(20, calls // b)) for b in sizes}
+                models = {step: Seq2Seq.load(bundles[step], providers="cpu", threads=1, precision=precision, greedy_graph=False,
+                                             unknown="unk", too_long="truncate") for step in STEPS}
+                words = {b: per_word(models, texts, b, rounds) for b in sizes}
                 for step in STEPS:
                     nodes = sum(optimised_nodes(paths[step], scratch).values())
                     print(f"{checkpoint.name:20s} {precision:9s}  {step:6s}  {nodes:5d}  "
-                          + "  ".join(f"{times[b][step]:12.1f}" for b in sizes))
+                          + "  ".join(f"{times[b][step]:12.1f}" for b in sizes) + "  "
+                          + "  ".join(f"{words[b][step]:12.1f}" for b in sizes))
+            floor = {"floor": ort.InferenceSession(floor_graph(config).SerializeToString(), session_options(1),
+                                                   providers=["CPUExecutionProvider"])}
+            floors = [microseconds(floor, step_feeds(config, b), rounds, max(20, calls // b))["floor"] for b in sizes]
+            print(f"{checkpoint.name:20s} session.run with the step's inputs and outputs, no arithmetic: "
+                  + ", ".join(f"{f:.1f} µs at batch {b}" for f, b in zip(floors, sizes)))
 
 
 if __name__ == "__main__":

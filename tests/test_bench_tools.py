@@ -76,9 +76,10 @@ def test_sampling_parity_compares_both_hosts(capsys):
 
 def test_decoder_step_compares_traced_and_node_steps_in_each_precision(tiny_checkpoint):
     result = CliRunner().invoke(decoder_step.main, [str(tiny_checkpoint), "--batches", "1,4", "--rounds", "1", "--calls", "4",
-                                                     "--parity-words", "20"])
+                                                     "--parity-words", "20", "--inputs", "20"])
     assert result.exit_code == 0, result.output
-    rows = re.findall(r"^tiny\s+(fp32|int8)\s+(traced|node)\s+(\d+)\s+[\d.]+\s+[\d.]+$", result.output, re.MULTILINE)
+    rows = re.findall(r"^tiny\s+(fp32|int8)\s+(traced|node)\s+(\d+)(?:\s+[\d.]+){4}$", result.output, re.MULTILINE)
     assert [r[:2] for r in rows] == [("fp32", "traced"), ("fp32", "node"), ("int8", "traced"), ("int8", "node")]
     nodes = {r[:2]: int(r[2]) for r in rows}
     assert nodes["fp32", "node"] < nodes["fp32", "traced"]  # the LSTM cell's elementwise nodes became one node
+    assert re.search(r"^tiny .*no arithmetic: [\d.]+ µs at batch 1, [\d.]+ µs at batch 4$", result.output, re.MULTILINE)
