@@ -106,7 +106,7 @@ def microseconds(sessions: dict, feeds: dict, rounds: int, calls: int) -> dict[s
               help="Inputs decoded for the µs per word (the checkpoint corpus's dev inputs first, as export's parity takes them).")
 def main(checkpoints: tuple[Path, ...], batches: str, rounds: int, calls: int, parity_words: int, inputs: int) -> None:
     sizes = [int(b) for b in batches.split(",")]
-    print("model                precision  step    nodes  " + "  ".join(f"µs/step b{b:<3d}" for b in sizes) + "  "
+    print("model                    precision  step    nodes  " + "  ".join(f"µs/step b{b:<3d}" for b in sizes) + "  "
           + "  ".join(f"µs/word b{b:<3d}" for b in sizes))
     for checkpoint in checkpoints:
         with tempfile.TemporaryDirectory() as scratch_dir:
@@ -127,13 +127,13 @@ def main(checkpoints: tuple[Path, ...], batches: str, rounds: int, calls: int, p
                 words = {b: per_word(models, texts, b, rounds) for b in sizes}
                 for step in STEPS:
                     nodes = sum(optimised_nodes(paths[step], scratch).values())
-                    print(f"{checkpoint.name:20s} {precision:9s}  {step:6s}  {nodes:5d}  "
+                    print(f"{checkpoint.name:24s} {precision:9s}  {step:6s}  {nodes:5d}  "
                           + "  ".join(f"{times[b][step]:12.1f}" for b in sizes) + "  "
                           + "  ".join(f"{words[b][step]:12.1f}" for b in sizes))
             floor = {"floor": ort.InferenceSession(floor_graph(config).SerializeToString(), session_options(1),
                                                    providers=["CPUExecutionProvider"])}
             floors = [microseconds(floor, step_feeds(config, b), rounds, max(20, calls // b))["floor"] for b in sizes]
-            print(f"{checkpoint.name:20s} session.run with the step's inputs and outputs, no arithmetic: "
+            print(f"{checkpoint.name:24s} session.run with the step's inputs and outputs, no arithmetic: "
                   + ", ".join(f"{f:.1f} µs at batch {b}" for f, b in zip(floors, sizes)))
 
 

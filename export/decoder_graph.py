@@ -1,15 +1,20 @@
-"""decoder.onnx with each decoder layer as one ONNX GRU, LSTM or RNN node over one time step.
+"""decoder.onnx with each decoder layer as one ONNX GRU, LSTM or RNN node over one time step
+(`export --decoder-step node`; the default is the traced step).
 
 Traced as written, a decoder cell is its matrix products and a dozen elementwise nodes (the small
-model's GRU: two Gemms, three Splits, Add, Sigmoid, Mul, Add, Tanh, Sub, Mul, Add), and at batch 1
-onnxruntime's cost per node is larger than the arithmetic of most of them. ONNX's recurrent nodes
-compute the same cell in one kernel: here each runs over a sequence of length 1, its initial state
+model's GRU: two Gemms, three Splits, Add, Sigmoid, Mul, Add, Tanh, Sub, Mul, Add). ONNX's recurrent
+nodes compute the same cell in one kernel: here each runs over a sequence of length 1, its initial state
 the layer's state from the packed state and its final state (Y_h, Y_c) the new one. Attention,
 the attentional vector and the output layer are step() as written.
 
 The equations are Cell's: torch's GRU (the reset gate after the recurrent product:
 linear_before_reset), the LSTM on [x; h] with gates i, f, g, o, and a tanh RNN. Export's parity check
 compares the graph with Seq2SeqModule.step, as for the encoder (export/encoder_graph.py).
+
+Measured on CPUs here (docs/export.md, "The decoder step"), the node is not the faster: onnxruntime's
+cost per small node is about 0.4 µs, a step's cost is its weights' reading and its matrix products,
+and the GRU node computes in float where the traced int8 step uses integer products.
+
 Only the TorchScript exporter honours an autograd.Function's `symbolic`; `--exporter dynamo` and
 protocol models (export/protocol.py) trace step() as it is.
 """
