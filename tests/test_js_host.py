@@ -263,10 +263,14 @@ def test_node_refuses_every_broken_bundle_python_refuses_in_one_line(tiny_bundle
 
 @needs_node
 def test_node_refuses_a_greedy_graph_from_another_export_and_one_that_is_not_there(tmp_path):
-    small = tmp_path / "small"
+    small, plain = tmp_path / "small", tmp_path / "plain"
     shutil.copytree(REPO / "models" / "g2p-en-small", small)
-    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(REPO / "models" / "g2p-en"), "--greedy-graph", "edge"],
-                          capture_output=True, text=True)
+    shutil.copytree(small, plain)
+    meta = json.loads((plain / "bundle.json").read_text())
+    for precision in meta["graphs"].values():
+        (plain / precision.pop("greedy")["file"]).unlink()
+    (plain / "bundle.json").write_text(json.dumps(meta))
+    proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(plain), "--greedy-graph", "edge"], capture_output=True, text=True)
     assert proc.returncode == 2 and "no fp32 greedy graph in this bundle" in proc.stderr
     _claim_another_bundle(small, "greedy.onnx")
     proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(small), "edge"], capture_output=True, text=True)
