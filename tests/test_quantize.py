@@ -266,7 +266,8 @@ def test_the_int8_gate_refuses_a_planted_bad_int8_graph_and_accept_int8_writes_i
     assert not (tmp_path / "refused").exists()
     bundle = export_tiny(tiny_checkpoint, tmp_path / "accepted", int8=True, parity_words=60, accept_int8=True)
     figures = json.loads((bundle / "bundle.json").read_text())["parity"]["int8"]
-    assert figures["gate"].startswith("overridden by --accept-int8: int8 graphs decode")
+    assert figures["gate"].startswith(f"overridden by --accept-int8: int8 graphs decode "
+                                      f"{100 * figures['token_agreement_with_fp32']:.2f}% of the parity inputs")
     meta = json.loads((bundle / "bundle.json").read_text())
     size = {p: sum(e["bytes"] for e in meta["graphs"][p].values()) for p in ("fp32", "int8")}
     assert figures["bytes"] == size["int8"] and figures["size_ratio"] == round(size["int8"] / size["fp32"], 4) < 0.5
@@ -293,3 +294,17 @@ def test_int8_graphs_that_cannot_run_fail_the_export_and_fp16_graphs_are_not_mea
     assert figures["measured"] is False
     assert figures["reason"] == "the CPU provider cannot run these graphs: [ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : " \
                                 "Could not find an implementation"
+
+
+@pytest.mark.parametrize("figures, refused", [
+    ({"token_agreement_with_fp32": 0.90}, None),
+    ({"token_agreement_with_fp32": 0.899}, "int8 graphs decode 89.90% of the parity inputs as fp32 does (the gate needs 90%)"),
+    ({"token_agreement_with_fp32": 0.95, "wer": 31.0, "fp32_wer": 30.0}, None),
+    ({"token_agreement_with_fp32": 0.95, "wer": 30.5, "fp32_wer": 30.0}, None),
+    ({"token_agreement_with_fp32": 0.95, "wer": 31.01, "fp32_wer": 30.0},
+     "int8 WER on the parity inputs is 31.01%, over fp32's 30.00% by more than 1 point"),
+])
+def test_the_int8_gate_allows_90_percent_agreement_and_one_point_of_wer(figures, refused):
+    from seq2edge.export.verify import int8_gate
+
+    assert int8_gate(figures) == refused
