@@ -230,11 +230,22 @@ def test_one_input_greedy_equals_the_array_search_bit_for_bit(tiny_model, dev_wo
 
 def test_beam_search_at_the_length_limit_finishes_every_input_with_truncated_hypotheses(tiny_model, dev_words):
     """The step after max_len tokens allows only </s>: every input still gets its beam of finished hypotheses,
-    those cut at the limit marked truncated (a search that stopped a step early would leave them unfinished)."""
-    for r in tiny_model.decode(dev_words[:20], beam_size=3, nbest=3, max_len=2):
-        assert len(r.nbest) == 3 and all(len(h.tokens) <= 2 for h in r.nbest)
-        assert all(h.truncated == (len(h.tokens) == 2) for h in r.nbest)
-        assert any(h.truncated for h in r.nbest)
+    those cut at the limit marked truncated and only those (a search that stopped a step early would leave
+    them unfinished)."""
+    hypotheses = []
+    for r in tiny_model.decode(["a", "i", "o", "ah", "ok", "be", *dev_words[:20]], beam_size=3, nbest=3, max_len=4):
+        assert len(r.nbest) == 3 and all(len(h.tokens) <= 4 for h in r.nbest)
+        assert all(h.truncated == (len(h.tokens) == 4) for h in r.nbest)
+        hypotheses += r.nbest
+    assert any(h.truncated for h in hypotheses) and any(not h.truncated for h in hypotheses)
+
+
+def test_beam_search_returns_each_hypothesis_attention_over_its_source(tiny_model):
+    for r in tiny_model.decode(["attention", "edge"], beam_size=3, nbest=3, return_attention=True):
+        for h in r.nbest:
+            assert h.attention.shape == (len(h.tokens) + 1, len(r.input))
+            assert np.allclose(h.attention.sum(axis=1), 1.0, atol=1e-5)
+        assert r.attention is r.nbest[0].attention or np.array_equal(r.attention, r.nbest[0].attention)
 
 
 def test_sampling_with_top_k_draws_only_and_all_of_the_k_best_of_a_large_vocabulary():
