@@ -74,7 +74,8 @@ def _graph(edit):
 
 @pytest.mark.parametrize("edit", [
     lambda m: m["conventions"].update(never_emit=["<s>"]),  # an id below </s>'s is not </s>
-    lambda m: m["parity"]["fp32"].update(token_agreement=1.0, tolerance=0.0, max_abs_log_prob_diff=0.0),  # the ends of ranges
+    lambda m: (m["parity"]["fp32"].update(token_agreement=1.0, tolerance=0.0, max_abs_log_prob_diff=0.0),  # the ends of ranges
+               m["parity"]["fp32"]["greedy_graph"].update(batched_speedup=0.0)),
     lambda m: m["parity"].setdefault("int8", {}).update(token_agreement_with_fp32=0.0),
     lambda m: (m["target"].update(vocab=_vocab_of(300)), m["model"].update(tgt_vocab_size=300)),  # sizes beyond small ints
 ], ids=["never_emit <s>", "parity at the ends of its ranges", "int8 agreement 0", "a 300-token vocabulary"])
