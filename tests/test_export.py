@@ -180,6 +180,9 @@ def test_a_greedy_graph_that_mishandles_batches_is_refused_in_fp32_and_int8_and_
         figures = check_greedy_graph(bundle, precision, words)
         assert figures["matching_batch_1"] == 1.0  # the defect only shows in batches
         assert not figures["passed"] and figures["token_agreement_batched"] < 0.9, figures
+        steps, graph = (Seq2Seq.load(bundle, providers="cpu", precision=precision, greedy_graph=g) for g in (False, True))
+        same = [a.tokens == b.tokens for a, b in zip(steps.decode(words, batch_size=64), graph.decode(words, batch_size=64))]
+        assert figures["token_agreement_batched"] == sum(same) / len(same)  # the figure counts exactly the equal outputs
 
 
 def test_the_greedy_graph_is_built_for_opset_18_graphs_too(tiny_bundle, tmp_path, dev_words):
@@ -249,3 +252,14 @@ def test_an_fp32_greedy_graph_whose_batched_scores_drift_is_refused_though_its_t
     figures = check_greedy_graph(bundle, "fp32", dev_words[:100], batch_size=16)
     assert figures["matching_batch_1"] == 1.0 and figures["token_agreement_batched"] == 1.0
     assert figures["matching_batched"] < 1.0 and not figures["passed"], figures
+
+
+def test_parity_skips_an_input_the_runtime_cannot_take_and_compares_every_one_after_it(tiny_checkpoint, tiny_bundle, dev_words):
+    from seq2edge.export.verify import check_parity
+    from seq2edge.train.checkpoint import load_checkpoint
+
+    model, _, _ = load_checkpoint(tiny_checkpoint)
+    runtime = Seq2Seq.load(tiny_bundle, providers="cpu", threads=1)
+    texts = [*dev_words[:3], "x" * 100, "", *dev_words[3:10]]  # too long for max_src_len 32, and empty
+    parity = check_parity(model, runtime, texts)
+    assert parity.words == 10 and parity.token_agreement == 1.0 and parity.passed
