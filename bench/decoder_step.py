@@ -15,9 +15,10 @@ docs/export.md, "The decoder step", gives a run.
 from __future__ import annotations
 
 import collections
-import json
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import click
@@ -27,9 +28,8 @@ import onnxruntime as ort
 
 from seq2edge.export.bundle import export_bundle, parity_entries
 from seq2edge.runtime import Seq2Seq
-from seq2edge.runtime.interface import BUNDLE_FILE, graph_file
+from seq2edge.runtime.interface import graph_file
 from seq2edge.runtime.providers import session_options
-from seq2edge.runtime.schema import BundleMeta
 
 STEPS = ("traced", "node")
 
@@ -68,30 +68,18 @@ def floor_graph(config) -> onnx.ModelProto:
     return helper.make_model(helper.make_graph(nodes, "floor", ins, outs), opset_imports=[helper.make_opsetid("", 17)])
 
 
-def per_word(models: dict, texts: list[str], batch: int, rounds: int) -> dict[str, float]:
-    """Best round's µs per input of a whole decode (encoder, steps, search) for each model, in turn."""
-    best = dict.fromkeys(models, float("inf"))
-    for model in models.values():
-        model.decode(texts[:50], batch_size=batch)
+def best_in_turn(calls: dict[str, Callable[[], object]], rounds: int, repeat: int = 1) -> dict[str, float]:
+    """Best round's µs per call of each function, the functions timed in turn within each round
+    (`repeat` calls a round) after one untimed call each."""
+    best = dict.fromkeys(calls, float("inf"))
+    for call in calls.values():
+        call()
     for _ in range(rounds):
-        for name, model in models.items():
+        for name, call in calls.items():
             start = time.perf_counter()
-            model.decode(texts, batch_size=batch)
-            best[name] = min(best[name], 1e6 * (time.perf_counter() - start) / len(texts))
-    return best
-
-
-def microseconds(sessions: dict, feeds: dict, rounds: int, calls: int) -> dict[str, float]:
-    """Best round's µs per call for each session, the sessions timed in turn within each round."""
-    best = dict.fromkeys(sessions, float("inf"))
-    for session in sessions.values():
-        session.run(None, feeds)
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                session.run(None, feeds)
-            best[name] = min(best[name], 1e6 * (time.perf_counter() - start) / calls)
+            for _ in range(repeat):
+                call()
+            best[name] = min(best[name], 1e6 * (time.perf_counter() - start) / repeat)
     return best
 
 
@@ -115,24 +103,29 @@ def main(checkpoints: tuple[Path, ...], batches: str, rounds: int, calls: int, p
             bundles = {step: export_bundle(checkpoint, scratch / step, int8=True, accept_int8=True, decoder_step=step,
                                            parity_words=parity_words, log=lambda _: None) for step in STEPS}
             texts = [e.source for e in parity_entries(checkpoint, None, inputs)]
-            meta_path = bundles["traced"] / BUNDLE_FILE
-            config = BundleMeta.from_dict(json.loads(meta_path.read_text()), str(meta_path)).model
             for precision in ("fp32", "int8"):
                 paths = {step: bundles[step] / graph_file("decoder", precision) for step in STEPS}
                 sessions = {step: ort.InferenceSession(str(p), session_options(1), providers=["CPUExecutionProvider"])
                             for step, p in paths.items()}
-                times = {b: microseconds(sessions, step_feeds(config, b), rounds, max(20, calls // b)) for b in sizes}
                 models = {step: Seq2Seq.load(bundles[step], providers="cpu", threads=1, precision=precision, greedy_graph=False,
                                              unknown="unk", too_long="truncate") for step in STEPS}
-                words = {b: per_word(models, texts, b, rounds) for b in sizes}
+                config = models["traced"].config
+                times, words = {}, {}
+                for b in sizes:
+                    feeds = step_feeds(config, b)
+                    times[b] = best_in_turn({step: partial(s.run, None, feeds) for step, s in sessions.items()}, rounds,
+                                            max(20, calls // b))
+                    per_call = best_in_turn({step: partial(m.decode, texts, batch_size=b) for step, m in models.items()}, rounds)
+                    words[b] = {step: t / len(texts) for step, t in per_call.items()}
                 for step in STEPS:
                     nodes = sum(optimised_nodes(paths[step], scratch).values())
                     print(f"{checkpoint.name:24s} {precision:9s}  {step:6s}  {nodes:5d}  "
                           + "  ".join(f"{times[b][step]:12.1f}" for b in sizes) + "  "
                           + "  ".join(f"{words[b][step]:12.1f}" for b in sizes))
-            floor = {"floor": ort.InferenceSession(floor_graph(config).SerializeToString(), session_options(1),
-                                                   providers=["CPUExecutionProvider"])}
-            floors = [microseconds(floor, step_feeds(config, b), rounds, max(20, calls // b))["floor"] for b in sizes]
+            floor = ort.InferenceSession(floor_graph(config).SerializeToString(), session_options(1),
+                                         providers=["CPUExecutionProvider"])
+            floors = [best_in_turn({"floor": partial(floor.run, None, step_feeds(config, b))}, rounds, max(20, calls // b))["floor"]
+                      for b in sizes]
             print(f"{checkpoint.name:24s} session.run with the step's inputs and outputs, no arithmetic: "
                   + ", ".join(f"{f:.1f} µs at batch {b}" for f, b in zip(floors, sizes)))
 

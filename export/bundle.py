@@ -87,8 +87,7 @@ def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[C.Entry
     with atomic_directory(out) as tmp:
         bundle_id = uuid.uuid4().hex
         paths = export_graphs(model, tmp, bundle_id, exporter, decoder_step)
-        meta = _bundle_meta(bundle_id, model, tmp, sides, paths, exporter, provenance)
-        meta.exported_with["decoder_step"] = decoder_step
+        meta = _bundle_meta(bundle_id, model, tmp, sides, paths, {"exporter": exporter, "decoder_step": decoder_step}, provenance)
         meta.conventions = conventions
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         runtime = _verify(tmp, exporter)
@@ -141,7 +140,7 @@ def _add_greedy_graphs(tmp: Path, meta: BundleMeta, texts: list[str], log: Calla
             raise ExportError(f"greedy.onnx ({precision}) does not decode like the runtime: {figures}. No bundle was written.")
 
 
-def _bundle_meta(bundle_id, model, tmp: Path, sides: dict[str, Side], paths: dict, exporter: str,
+def _bundle_meta(bundle_id, model, tmp: Path, sides: dict[str, Side], paths: dict, export_settings: dict[str, str],
                  provenance: dict) -> BundleMeta:
     return BundleMeta(
         bundle_id=bundle_id,
@@ -151,7 +150,7 @@ def _bundle_meta(bundle_id, model, tmp: Path, sides: dict[str, Side], paths: dic
         graphs={"fp32": {kind: GraphEntry.of_file(p) for kind, p in paths.items()}},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         exported_with={"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                       "exporter": exporter},
+                       **export_settings},
         checkpoint=provenance,
     )
 
