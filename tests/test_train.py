@@ -281,8 +281,8 @@ def test_init_from_starts_a_second_cycle_from_a_trained_checkpoints_weights_and_
     before = json.loads((tiny_checkpoint / "train.json").read_text())["history"]
     assert json.loads((out / "train.json").read_text())["history"][0]["dev_wer"] == min(h["dev_wer"] for h in before)
     refused = subprocess.run([*SEQ2EDGE, "train", "--init-from", str(tiny_checkpoint), "--out", str(tmp_path / "x"),
-                              "--hidden", "64"], capture_output=True, text=True)
-    assert refused.returncode == 2 and "leave out --hidden" in refused.stderr
+                              "--cell", "gru"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "leave out --cell" in refused.stderr
 
 
 def test_keep_epochs_and_average_give_one_checkpoint_whose_weights_are_the_epochs_mean(tiny_checkpoint, tmp_path):

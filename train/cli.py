@@ -49,7 +49,8 @@ from .recipe import config_option
               help="Epochs without a better dev WER before the learning rate halves.")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None,
               help="Start from this trained checkpoint's weights, model options and vocabularies (a second training "
-                   "cycle, e.g. on a teacher's outputs).")
+                   "cycle, e.g. on a teacher's outputs). With a larger --hidden or --embed: a wider model that starts "
+                   "computing what the checkpoint computes.")
 @click.option("--keep-epochs", is_flag=True,
               help="Also keep every epoch's weights in OUT/epochs/epoch-N.safetensors (for `seq2edge average`).")
 @click.option("--max-minutes", type=float, default=None, help="Time budget; stops inside an epoch if needed (resumable).")
@@ -89,7 +90,7 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
     --log-every and --max-minutes may be given anew, any other option must match the saved run."""
     from seq2edge.runtime.errors import Seq2EdgeError
 
-    from .config import TrainConfig
+    from .config import WIDENED, TrainConfig
 
     if corpus != "cmudict":  # recorded absolute, so eval and export find it from any directory
         corpus = str(Path(corpus).resolve())
@@ -104,11 +105,12 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
         raise Seq2EdgeError(f"{out}: no resume point (last/state.json); start without --resume")
     if not resume and (out / "model.safetensors").exists():
         raise Seq2EdgeError(f"{out}: already holds a trained model; use --resume to continue it or choose another --out")
-    if init_from is not None and not resume:
-        _check_init_from(init_from, given)
     arch = dict(cell=cell, attention=attention, input_feed=input_feed, layers=layers, decoder_layers=decoder_layers,
                 bidirectional=bidirectional, embed=embed, hidden=hidden, dropout=dropout, src_tokens=src_tokens,
                 tgt_tokens=tgt_tokens, lowercase_source=lowercase_source, max_src_len=max_src_len, max_tgt_len=max_tgt_len)
+    if init_from is not None and not resume:
+        _check_init_from(init_from, given, arch)
+        arch = {name: arch[name] for name in WIDENED if name in given}  # the rest is the checkpoint's
     if not resume and init_from is None:  # an impossible model is refused before the corpus is read and tokenisers trained
         try:
             ModelConfig.placeholder(**{k: v for k, v in arch.items() if v is not None})
@@ -154,16 +156,28 @@ _MODEL_OPTIONS = ("cell", "attention", "input_feed", "layers", "decoder_layers",
                   "max_src_len", "max_tgt_len")
 
 
-def _check_init_from(checkpoint: Path, given: set[str]) -> None:
-    """--init-from keeps the checkpoint's model and vocabularies: model options may not be given."""
+def _check_init_from(checkpoint: Path, given: set[str], arch: dict) -> None:
+    """--init-from keeps the checkpoint's model and vocabularies: model options may not be given, but for
+    --hidden and --embed, which widen it (train/widen.py)."""
     from seq2edge.runtime.errors import Seq2EdgeError
+
+    from .config import WIDENED
 
     if not (checkpoint / "config.json").exists() or not (checkpoint / "model.safetensors").exists():
         raise Seq2EdgeError(f"--init-from {checkpoint}: not a trained checkpoint (config.json and model.safetensors)")
-    fixed = sorted(f"--{name.replace('_', '-')}" for name in given & set(_MODEL_OPTIONS))
+    fixed = sorted(f"--{name.replace('_', '-')}" for name in given & set(_MODEL_OPTIONS) - set(WIDENED))
     if fixed:
-        raise click.UsageError(f"--init-from takes the model options and vocabularies of {checkpoint}; "
-                               f"leave out {', '.join(fixed)}")
+        raise click.UsageError(f"--init-from takes the model options and vocabularies of {checkpoint} (--hidden "
+                               f"and --embed may widen it); leave out {', '.join(fixed)}")
+    wider = {name: arch[name] for name in WIDENED if name in given}
+    if wider:  # a narrower size is refused before the corpus is read
+        from .checkpoint import read_json
+        from .widen import widened_config
+
+        try:
+            widened_config(ModelConfig.from_dict(read_json(checkpoint / "config.json"), where=str(checkpoint)), wider)
+        except ValueError as exc:
+            raise Seq2EdgeError(str(exc)) from None
 
 
 def _check_unchanged(out: Path, names: set[str], values: dict) -> None:

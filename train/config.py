@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+WIDENED = ("hidden", "embed")  # the model sizes --init-from may grow (train/widen.py); the rest stays the checkpoint's
+
 
 @dataclass
 class TrainConfig:

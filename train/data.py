@@ -22,6 +22,7 @@ from seq2edge.runtime.util import pad_batch, write_bytes_atomic
 
 from .config import TrainConfig
 from .corpus import Corpus, Entry, load_corpus, split, split_of
+from .widen import widened_config
 
 
 def train_spm(texts: Sequence[str], out: Path, vocab_size: int, lowercase: bool = False) -> Path:
@@ -155,12 +156,16 @@ def split_corpus(tc: TrainConfig, out: Path | None = None, log: Callable[[str], 
     return corpus, train_entries, dev
 
 
-def prepare_from(tc: TrainConfig, checkpoint: Path, out: Path, log: Callable[[str], None] = print) -> TrainingData:
+def prepare_from(tc: TrainConfig, checkpoint: Path, out: Path, log: Callable[[str], None] = print,
+                 wider: dict[str, int] | None = None) -> TrainingData:
     """The corpus encoded with the model options and vocabularies of `checkpoint` (a resumed run's own
-    directory, or the one --init-from names): nothing is rebuilt, so its weights fit."""
+    directory, or the one --init-from names): nothing is rebuilt, so its weights fit. `wider`: sizes
+    (hidden, embed) that grow the model (train/widen.py)."""
     from .checkpoint import load_codecs, read_json
 
     c = ModelConfig.from_dict(read_json(checkpoint / "config.json"), where=str(checkpoint / "config.json"))
+    if wider:
+        c = widened_config(c, wider)
     source, target = load_codecs(checkpoint, c)
     out.mkdir(parents=True, exist_ok=True)
     for spm in checkpoint.glob("*.spm.model"):  # SentencePiece tokenisers travel with their vocabularies

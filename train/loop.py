@@ -40,11 +40,12 @@ from .checkpoint import (
     save_tensors,
     tensors_metadata,
 )
-from .config import TrainConfig
+from .config import WIDENED, TrainConfig
 from .curves import plot_curves
 from .distill import matches_distributions, token_targets
 from .infer import dev_wer
 from .model import Seq2SeqModule
+from .widen import initial_weights
 
 
 def token_kd_loss(log_probs: torch.Tensor, ids: torch.Tensor, probs: torch.Tensor, gold: torch.Tensor, pad: int) -> torch.Tensor:
@@ -92,8 +93,9 @@ class Trainer:
         with self._rank_0_first():  # a teacher labels once; the other ranks read its caches
             if resume:
                 self.prepared = D.prepare_from(self.tc, self.out, self.out, self.log)
-            elif self.tc.init_from:
-                self.prepared = D.prepare_from(self.tc, Path(self.tc.init_from), self.out, self.log)
+            elif self.tc.init_from:  # --hidden/--embed given with it widen the checkpoint's model
+                wider = {name: arch[name] for name in WIDENED if arch.get(name) is not None}
+                self.prepared = D.prepare_from(self.tc, Path(self.tc.init_from), self.out, self.log, wider)
             else:
                 self.prepared = D.prepare(self.tc, dict(arch), self.out, self.log)
             self.teacher = None  # --kd token, seq+token: the teacher's per-step distributions, aligned with the training pairs
@@ -104,7 +106,7 @@ class Trainer:
         torch.manual_seed(self.tc.seed)
         self.model = Seq2SeqModule(self.prepared.model_config)
         if self.tc.init_from and not resume:  # a second training cycle: the weights of a trained checkpoint
-            self.model.load_state_dict(load_tensors(Path(self.tc.init_from) / "model.safetensors"))
+            self.model.load_state_dict(initial_weights(Path(self.tc.init_from), self.model, self.log))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.tc.lr)
         self.history: list[dict] = []
         self.best = math.inf  # best dev WER at an epoch's end: what the schedule and early stopping see
