@@ -89,6 +89,12 @@ def test_train_init_from_with_a_larger_hidden_starts_at_the_checkpoints_dev_wer(
     before = json.loads((tiny_checkpoint / "train.json").read_text())["history"]
     assert json.loads((out / "train.json").read_text())["history"][0]["dev_wer"] == min(h["dev_wer"] for h in before)
 
+    resumed = subprocess.run([*SEQ2EDGE, "train", "--resume", "--out", str(out), "--epochs", "2"],
+                             capture_output=True, text=True)  # a widened run resumes as the wider model
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(json.loads((out / "train.json").read_text())["history"]) == 2
+    assert load_file(out / "model.safetensors")["cells.0.linear.weight"].shape[0] == 4 * 48
+
     narrower = subprocess.run([*SEQ2EDGE, "train", "--init-from", str(tiny_checkpoint), "--out", str(tmp_path / "n"),
                                "--hidden", "16"], capture_output=True, text=True)
     assert narrower.returncode != 0 and "smaller than the checkpoint's 32" in narrower.stderr
