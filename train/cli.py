@@ -109,8 +109,8 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
                 bidirectional=bidirectional, embed=embed, hidden=hidden, dropout=dropout, src_tokens=src_tokens,
                 tgt_tokens=tgt_tokens, lowercase_source=lowercase_source, max_src_len=max_src_len, max_tgt_len=max_tgt_len)
     if init_from is not None and not resume:
+        arch = {name: arch[name] for name in WIDENED if name in given}  # the sizes that widen it; the rest is the checkpoint's
         _check_init_from(init_from, given, arch)
-        arch = {name: arch[name] for name in WIDENED if name in given}  # the rest is the checkpoint's
     if not resume and init_from is None:  # an impossible model is refused before the corpus is read and tokenisers trained
         try:
             ModelConfig.placeholder(**{k: v for k, v in arch.items() if v is not None})
@@ -156,9 +156,9 @@ _MODEL_OPTIONS = ("cell", "attention", "input_feed", "layers", "decoder_layers",
                   "max_src_len", "max_tgt_len")
 
 
-def _check_init_from(checkpoint: Path, given: set[str], arch: dict) -> None:
+def _check_init_from(checkpoint: Path, given: set[str], wider: dict[str, int]) -> None:
     """--init-from keeps the checkpoint's model and vocabularies: model options may not be given, but for
-    --hidden and --embed, which widen it (train/widen.py)."""
+    --hidden and --embed, which widen it to the sizes in `wider` (train/widen.py)."""
     from seq2edge.runtime.errors import Seq2EdgeError
 
     from .config import WIDENED
@@ -169,7 +169,6 @@ def _check_init_from(checkpoint: Path, given: set[str], arch: dict) -> None:
     if fixed:
         raise click.UsageError(f"--init-from takes the model options and vocabularies of {checkpoint} (--hidden "
                                f"and --embed may widen it); leave out {', '.join(fixed)}")
-    wider = {name: arch[name] for name in WIDENED if name in given}
     if wider:  # a narrower size is refused before the corpus is read
         from .checkpoint import read_json
         from .widen import widened_config

@@ -70,7 +70,6 @@ class _AxisMaps:
 
     def __init__(self, old: ModelConfig, new: ModelConfig):
         self.old, self.new = old, new
-        self.dot = new.attention == "dot"
 
     def hidden(self) -> Tensor:
         """Old `hidden` units: [forward; backward] halves when the encoder is bidirectional."""
@@ -145,7 +144,7 @@ class _AxisMaps:
         the query's under general attention (there memory and query meet without a weight between them)."""
         if self.new.attention == "general":
             return name == "attention.query.weight"
-        return self.dot and name.startswith("encoder.") and "rnns" in name
+        return self.new.attention == "dot" and name.startswith("encoder.") and "rnns" in name
 
 
 def widened_config(old: ModelConfig, sizes: dict[str, int]) -> ModelConfig:
