@@ -10,21 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import mmap
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import AnyModelConfig
 from .errors import BundleError
-from .interface import BUNDLE_FILE, GRAPH_FORMATS, META_BUNDLE_ID, META_GRAPH, META_PRECISION, PRECISIONS
+from .contract import say
+from .interface import BUNDLE_FILE, GRAPH_FORMATS, MAX_JSON_DEPTH, MAX_METADATA_BYTES, META_BUNDLE_ID, META_GRAPH, META_PRECISION, PRECISIONS
 from .onnx_scan import MalformedModel, metadata, uses_external_data
 from .schema import BundleMeta, GraphEntry
 from .tokenize import TextCodec, codec_pair
 
 # A checkpoint directory holds this instead of bundle.json (told apart to give a better error).
 CHECKPOINT_CONFIG = "config.json"
-# bundle.json and tokeniser models are read whole: a bound, so that a device fed a huge file fails at once.
-MAX_METADATA_BYTES = 64 << 20
 
 
 @dataclass
@@ -157,6 +157,15 @@ def _unreadable(path: Path, exc: Exception) -> BundleError:
     return BundleError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}")
 
 
+def json_depth(text: str) -> int:
+    """How deeply JSON text nests its arrays and objects (counted before parsing, so no parser recurses past a bound)."""
+    depth = deepest = 0
+    for bracket in re.finditer(r"[\[\]{}]", re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _not_json(constant: str) -> float:
     raise ValueError(f"{constant} is not a JSON number; re-export the bundle")
 
@@ -173,15 +182,17 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{path}: is a training checkpoint, not a bundle; export it first: seq2edge export {path} BUNDLE_DIR")
     raw = read_bytes(meta_path)
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_not_json)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise BundleError(f"{meta_path}: not UTF-8 text") from None
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise BundleError(f"{meta_path}: {say('too_deep', limit=MAX_JSON_DEPTH)}")
+    try:
+        data = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         raise BundleError(f"{meta_path}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
     except ValueError as exc:  # NaN or Infinity, which JSON (and so the JavaScript host) does not have
         raise BundleError(f"{meta_path}: {exc}") from None
-    except RecursionError:
-        raise BundleError(f"{meta_path}: nested too deeply to be a bundle's metadata; refused") from None
     meta = BundleMeta.from_dict(data, str(meta_path))
     for side in (meta.source, meta.target):
         if side.spm_model is not None and side.spm_sha256:

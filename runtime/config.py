@@ -13,62 +13,102 @@ either from bundle.json ("origin" marks the external kind).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .contract import contract, field_problems, rule, say
 from .errors import BundleError
 
 # The vectors each decoder layer carries in the packed state, by cell: an LSTM also has its memory cell c.
-# A new cell type is one entry here and its step equations in train/model.py (Cell).
+# A new cell type is one entry here, one in CELL_GATES and its step equations in train/model.py (Cell).
 CELL_STATES = {"rnn": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
+# The blocks of units each cell's weights stack (gates, and the candidate): train/model.py, train/widen.py and
+# export/recurrent_loop.py read them from here.
+CELL_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 CELLS = tuple(CELL_STATES)
 ATTENTIONS = ("dot", "general", "additive")
 TOKENIZERS = ("char", "word", "spm")
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture, vocabulary sizes, special ids and length limits of one model."""
+def _whole(default: Any = dataclasses.MISSING, minimum: int | None = None) -> Any:
+    return field(default=default, metadata=rule(minimum=minimum))
 
-    src_vocab_size: int
-    tgt_vocab_size: int
-    cell: str = "lstm"
-    attention: str = "dot"
-    input_feed: bool = False
-    layers: int = 1  # encoder layers
-    decoder_layers: int = 1
-    bidirectional: bool = False
-    embed: int = 64
-    hidden: int = 256
-    dropout: float = 0.0  # between layers and before the output layer, training only
-    src_tokens: str = "char"
-    tgt_tokens: str = "char"
+
+@dataclass(frozen=True, kw_only=True)
+class _SharedConfig:
+    """What every model's config holds: vocabularies, tokenisers, special ids and length limits.
+
+    Every field's rule (type, default, range) is part of the bundle contract (runtime/contract.py); the
+    checks below read the committed contract, as the JavaScript host does."""
+
+    src_vocab_size: int = _whole()
+    tgt_vocab_size: int = _whole()
+    src_tokens: str = field(default="char", metadata=rule(choices=TOKENIZERS))
+    tgt_tokens: str = field(default="char", metadata=rule(choices=TOKENIZERS))
     lowercase_source: bool = False
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
     unk_id: int = 3
-    max_src_len: int = 64
-    max_tgt_len: int = 64
+    max_src_len: int = _whole(64, minimum=1)
+    max_tgt_len: int = _whole(64, minimum=1)
 
     def __post_init__(self) -> None:
-        problems = _type_problems(self)
-        if problems:  # a wrong type makes the range checks below meaningless (and raise TypeError)
-            raise ValueError("invalid model config: " + "; ".join(problems))
-        if self.cell not in CELLS:
-            problems.append(f"cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
-        if self.attention not in ATTENTIONS:
-            problems.append(f"attention must be one of {', '.join(ATTENTIONS)}, not {self.attention!r}")
-        if self.bidirectional and self.hidden % 2:
-            problems.append("hidden must be even for a bidirectional encoder (half per direction)")
-        for name in ("layers", "decoder_layers", "embed", "hidden"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be at least 1")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append("dropout must be in [0, 1)")
-        problems += _shared_problems(self)
+        problems = self.problems()
         if problems:
-            raise ValueError("invalid model config: " + "; ".join(problems))
+            raise ValueError(say("invalid_model_config", problems="; ".join(problems)))
+
+    @classmethod
+    def _contract(cls) -> dict[str, Any]:
+        return contract()["model"]["external" if cls is ExternalModelConfig else "own"]
+
+    def problems(self) -> list[str]:
+        """Every rule of the contract this config breaks: field by field, then the rules across fields."""
+        spec = self._contract()
+        problems = field_problems(spec["fields"], {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if problems:
+            return problems
+        return [p for name in spec["rules"] if (p := _RULES[name](self))]
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return {"pad": self.pad_id, "bos": self.bos_id, "eos": self.eos_id, "unk": self.unk_id}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "config"):
+        """Build from a dict read from JSON; unknown, missing or malformed keys are a BundleError naming `where`."""
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: model config must be a JSON object")  # a checkpoint's config.json
+        specs = cls._contract()["fields"]
+        unknown = sorted(set(data) - {s["name"] for s in specs})
+        if unknown:
+            raise BundleError(f"{where}: {say('unknown_model_keys', keys=unknown)}")
+        missing = [s["name"] for s in specs if s.get("required") and s["name"] not in data]
+        if missing:
+            raise BundleError(f"{where}: {say('missing_field', name=missing[0])}")
+        try:
+            return cls(**data)
+        except ValueError as exc:
+            raise BundleError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(_SharedConfig):
+    """Architecture, vocabulary sizes, special ids and length limits of one model."""
+
+    cell: str = field(default="lstm", metadata=rule(choices=CELLS))
+    attention: str = field(default="dot", metadata=rule(choices=ATTENTIONS))
+    input_feed: bool = False
+    layers: int = _whole(1, minimum=1)  # encoder layers
+    decoder_layers: int = _whole(1, minimum=1)
+    bidirectional: bool = False
+    embed: int = _whole(64, minimum=1)
+    hidden: int = _whole(256, minimum=1)
+    # between layers and before the output layer, training only
+    dropout: float = field(default=0.0, metadata=rule(minimum=0, maximum=1, exclusive_maximum=True))
 
     @classmethod
     def placeholder(cls, **arch: Any) -> ModelConfig:
@@ -95,46 +135,19 @@ class ModelConfig:
         """Whether the decoder's attention output is the model's attention (always, for seq2edge's own)."""
         return True
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> ModelConfig:
-        """Build from a dict read from JSON; unknown or missing keys are a BundleError naming `where`."""
-        return _from_dict(cls, data, where)
-
-
-@dataclass(frozen=True)
-class ExternalModelConfig:
+@dataclass(frozen=True, kw_only=True)
+class ExternalModelConfig(_SharedConfig):
     """A model seq2edge did not train (export_model, the importers): what the graph contract and the
     tokenisers need, and where it came from. Its graphs are traced from the model's own encode() and
     step(); the special ids are seq2edge's (export maps them to the model's inside the graphs)."""
 
-    origin: str  # what made the model, e.g. "pytorch: tutorial_model.TutorialModel" or "joeynmt 2.3.0"
-    src_vocab_size: int
-    tgt_vocab_size: int
-    memory_size: int  # the last axis of the encoder's memory
-    state_size: int  # the width of the packed decoder state
+    origin: str  # what made the model, e.g. "pytorch: tutorial_model.TutorialModel"
+    memory_size: int = _whole(minimum=1)  # the last axis of the encoder's memory
+    state_size: int = _whole(minimum=1)  # the width of the packed decoder state
     attention_weights: bool = True  # False: step() gave no attention, the graph's attention output is zeros
-    src_tokens: str = "char"
-    tgt_tokens: str = "char"
-    lowercase_source: bool = False
-    pad_id: int = 0
-    bos_id: int = 1
-    eos_id: int = 2
-    unk_id: int = 3
-    max_src_len: int = 256
-    max_tgt_len: int = 256
-
-    def __post_init__(self) -> None:
-        problems = _type_problems(self)
-        if not problems:
-            problems = [f"{name} must be at least 1" for name in ("memory_size", "state_size") if getattr(self, name) < 1]
-            problems += _shared_problems(self)
-            if not self.origin:
-                problems.append("origin must say what made the model")
-        if problems:
-            raise ValueError("invalid model config: " + "; ".join(problems))
+    max_src_len: int = _whole(256, minimum=1)
+    max_tgt_len: int = _whole(256, minimum=1)
 
     @property
     def axis_sizes(self) -> dict[str, int]:
@@ -144,61 +157,28 @@ class ExternalModelConfig:
     def gives_attention(self) -> bool:
         return self.attention_weights
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> ExternalModelConfig:
-        return _from_dict(cls, data, where)
-
 
 AnyModelConfig = ModelConfig | ExternalModelConfig
 
 
 def model_config_from_dict(data: Any, where: str = "config") -> AnyModelConfig:
     """The config of bundle.json's "model": external when it names an origin, else seq2edge's own."""
-    kind = ExternalModelConfig if isinstance(data, dict) and "origin" in data else ModelConfig
+    marker = contract()["model"]["external"]["marker"]
+    kind = ExternalModelConfig if isinstance(data, dict) and marker in data else ModelConfig
     return kind.from_dict(data, where)
 
 
-def _from_dict(cls, data: Any, where: str):
-    """Build from a dict read from JSON; unknown or missing keys are a BundleError naming `where`."""
-    if not isinstance(data, dict):
-        raise BundleError(f"{where}: model config must be a JSON object")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise BundleError(f"{where}: unknown model config keys {unknown}; was it written by a newer seq2edge?")
-    try:
-        return cls(**data)
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"{where}: {exc}") from None
-
-
-def _shared_problems(c: AnyModelConfig) -> list[str]:
-    """The checks both kinds of config need: tokenisers, length limits, special ids."""
-    problems = [f"{side} must be one of {', '.join(TOKENIZERS)}" for side in ("src_tokens", "tgt_tokens")
-                if getattr(c, side) not in TOKENIZERS]
-    problems += [f"{name} must be at least 1" for name in ("max_src_len", "max_tgt_len") if getattr(c, name) < 1]
-    ids = {name: getattr(c, f"{name}_id") for name in ("pad", "bos", "eos", "unk")}
+def _special_ids_problem(c: _SharedConfig) -> str | None:
+    ids = c.special_ids
     smallest = min(c.src_vocab_size, c.tgt_vocab_size)
     if any(not 0 <= i < smallest for i in ids.values()) or len(set(ids.values())) != len(ids):
-        problems.append(f"special ids {ids} must be distinct and below both vocabulary sizes "
-                        f"({c.src_vocab_size}, {c.tgt_vocab_size})")
-    return problems
+        return say("special_ids", ids=ids, src_vocab_size=c.src_vocab_size, tgt_vocab_size=c.tgt_vocab_size)
+    return None
 
 
-def _type_problems(c: AnyModelConfig) -> list[str]:
-    """Every field against the type its annotation names (int, bool, float, str)."""
-    problems = []
-    for f in dataclasses.fields(c):
-        value = getattr(c, f.name)
-        if f.type == "int" and (not isinstance(value, int) or isinstance(value, bool)):
-            problems.append(f"{f.name} must be a whole number, not {value!r}")
-        elif f.type == "bool" and not isinstance(value, bool):
-            problems.append(f"{f.name} must be true or false, not {value!r}")
-        elif f.type == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            problems.append(f"{f.name} must be a number, not {value!r}")
-        elif f.type == "str" and not isinstance(value, str):
-            problems.append(f"{f.name} must be a string, not {value!r}")
-    return problems
+# The rules across fields, by the name the contract lists them under (each host implements each name once).
+_RULES = {
+    "even_hidden": lambda c: say("even_hidden") if c.bidirectional and c.hidden % 2 else None,
+    "special_ids": _special_ids_problem,
+    "origin_named": lambda c: None if c.origin else say("origin_named"),
+}

@@ -11,23 +11,31 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from .contract import contract, field_problems, rule, say, with_defaults
 from .errors import BundleError
 
 
 @dataclass(frozen=True)
 class Conventions:
+    SINCE = 2  # the format version that introduced them: a bundle that has them is written as version 2
+
     source_eos: bool = False  # append </s> to every source (it counts toward max_src_len)
-    min_len: int = 0  # </s> is not chosen before this many tokens; a larger --min-len still applies
+    min_len: int = field(default=0, metadata=rule(minimum=0))  # </s> is not chosen before this many tokens
     # Without --max-len, each input's output limit is int(min(max_len_cap, max_len_ratio x its source ids + max_len_offset)),
     # its source ids counting an appended </s>; 0 ratio: the model's max_tgt_len for every input. max_tgt_len always caps it.
-    max_len_ratio: float = 0.0
+    max_len_ratio: float = field(default=0.0, metadata=rule(minimum=0))
     max_len_offset: float = 0.0
-    max_len_cap: int = 0  # 0: no cap but max_tgt_len
+    max_len_cap: int = field(default=0, metadata=rule(minimum=0))  # 0: no cap but max_tgt_len
     never_emit: tuple[str, ...] = ()  # target tokens no search chooses (besides <pad> and <s>)
-    space_symbol: str = ""  # a character-level side's token for a space ("▁"); "": a space is itself
+    space_symbol: str = field(default="", metadata=rule(max_chars=1))  # a character-level side's token for a space ("▁")
+
+    def __post_init__(self) -> None:
+        problems = field_problems(contract()["conventions"]["fields"], dataclasses.asdict(self))
+        if problems:
+            raise ValueError(say("invalid_conventions", problems="; ".join(problems)))
 
     @property
     def active(self) -> bool:
@@ -51,27 +59,16 @@ class Conventions:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Conventions:
+        """Read bundle.json's "conventions"; anything the contract refuses is a BundleError naming `where`."""
         if not isinstance(data, dict):
-            raise BundleError(f"{where}: conventions must be an object")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
+            raise BundleError(f"{where}: {say('conventions_not_object')}")
+        specs = contract()["conventions"]["fields"]
+        unknown = sorted(set(data) - {s["name"] for s in specs})
         if unknown:
-            raise BundleError(f"{where}: unknown conventions {unknown}; was it written by a newer seq2edge?")
-        problems = []
-        for name, value in data.items():
-            kind = known[name].type
-            if kind == "bool" and not isinstance(value, bool):
-                problems.append(f"{name} must be true or false")
-            elif kind == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                problems.append(f"{name} must be a whole number >= 0")
-            elif kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                                      or (name == "max_len_ratio" and value < 0)):
-                problems.append(f"{name} must be a finite number" + (" >= 0" if name == "max_len_ratio" else ""))
-            elif kind == "str" and not isinstance(value, str):
-                problems.append(f"{name} must be a string")
-            elif name == "never_emit" and (not isinstance(value, list) or not all(isinstance(t, str) and t for t in value)):
-                problems.append("never_emit must be a list of target tokens")
+            raise BundleError(f"{where}: {say('unknown_conventions', keys=unknown)}")
+        values = with_defaults(specs, data)
+        problems = field_problems(specs, values)
         if problems:
-            raise BundleError(f"{where}: invalid conventions: {'; '.join(problems)}")
-        values = {k: tuple(v) if k == "never_emit" else float(v) if known[k].type == "float" else v for k, v in data.items()}
-        return cls(**values)
+            raise BundleError(f"{where}: {say('invalid_conventions', problems='; '.join(problems))}")
+        kinds = {s["name"]: s["type"] for s in specs}
+        return cls(**{k: tuple(v) if kinds[k] == "list[str]" else float(v) if kinds[k] == "float" else v for k, v in values.items()})

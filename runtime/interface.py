@@ -15,9 +15,14 @@ from typing import Any
 FORMAT_VERSION = 2  # the newest this code reads
 PLAIN_FORMAT_VERSION = 1  # a bundle without conventions, and the graph contract (every graph's metadata)
 BUNDLE_FILE = "bundle.json"
+# bundle.json and tokeniser models are read whole: a bound, so that a device fed a huge file fails at once; and a
+# bound on how deeply bundle.json may nest (a bundle's is 4 deep), so that no reader recurses without end.
+MAX_METADATA_BYTES = 64 << 20
+MAX_JSON_DEPTH = 64
 GRAPHS = ("encoder", "decoder")  # every bundle has both, at every precision
 OPTIONAL_GRAPHS = ("greedy",)  # export --greedy-graph: the encoder and a Loop of decoder steps in one graph
 PRECISIONS = ("fp32", "int8", "fp16")
+ALL_GRAPHS = (*GRAPHS, *OPTIONAL_GRAPHS)
 GRAPH_FORMATS = ("onnx", "ort")  # ORT format: for reduced (mobile) onnxruntime builds, export --ort
 
 # metadata_props of every graph: what the graph says about itself, mirroring bundle.json.

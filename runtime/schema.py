@@ -7,11 +7,13 @@ must agree with the config, so the two can never disagree silently.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import AnyModelConfig, model_config_from_dict
+from .contract import PARITY_RANGES, say
 from .conventions import Conventions
 from .errors import BundleError
 from .interface import FORMAT_VERSION, GRAPHS, OPTIONAL_GRAPHS, PLAIN_FORMAT_VERSION, PRECISIONS
@@ -100,8 +102,8 @@ class BundleMeta:
     def from_dict(cls, data: Any, where: str) -> BundleMeta:
         """Validate the parsed JSON of bundle.json; every problem is a BundleError naming `where`."""
         if not isinstance(data, dict):
-            raise BundleError(f"{where}: expected a JSON object")
-        _check_version(data.get("format_version", _MISSING), where)
+            raise BundleError(f"{where}: {say('not_object')}")
+        version = _check_version(data.get("format_version", _MISSING), where)
         _require(data, where, {"bundle_id": str, "model": dict, "source": dict, "target": dict, "graphs": dict})
         config = model_config_from_dict(data["model"], where=f"{where} (model)")
         sides = {}
@@ -111,7 +113,9 @@ class BundleMeta:
         special = data.get("special_ids")
         expected = {"pad": config.pad_id, "bos": config.bos_id, "eos": config.eos_id, "unk": config.unk_id}
         if special is not None and special != expected:
-            raise BundleError(f"{where}: special_ids {special} disagree with the model config {expected}; re-export the bundle")
+            raise BundleError(f"{where}: {say('special_ids_disagree', value=special, expected=expected)}")
+        if "conventions" in data and version < Conventions.SINCE:
+            raise BundleError(f"{where}: {say('needs_format_version', name='conventions', since=Conventions.SINCE, value=version)}")
         conventions = Conventions.from_dict(data.get("conventions", {}), where)
         _check_conventions(conventions, config, sides["target"].vocab, where)
         return cls(data["bundle_id"], config, sides["source"], sides["target"], _graphs(data["graphs"], where),
@@ -123,31 +127,29 @@ _MISSING = object()
 
 
 def _check_conventions(conventions: Conventions, config, target_vocab: list[str], where: str) -> None:
-    """Rules that must fit the model: tokens never emitted exist (and are not </s>), a space symbol is one token."""
+    """Rules that must fit the model: tokens never emitted exist, and are not </s>."""
     index = {t: i for i, t in enumerate(target_vocab)}
     for token in conventions.never_emit:
         if token not in index:
-            raise BundleError(f"{where}: conventions.never_emit names {token!r}, which is not in the target vocabulary")
+            raise BundleError(f"{where}: {say('never_emit_unknown', token=token)}")
         if index[token] == config.eos_id:
-            raise BundleError(f"{where}: conventions.never_emit names </s>: no output could end")
-    if len(conventions.space_symbol) > 1:
-        raise BundleError(f"{where}: conventions.space_symbol must be one character, not {conventions.space_symbol!r}")
+            raise BundleError(f"{where}: {say('never_emit_eos')}")
 
 
-def _check_version(version: Any, where: str) -> None:
+def _check_version(version: Any, where: str) -> int:
     if version is _MISSING:
-        raise BundleError(f"{where}: no format_version; not a seq2edge bundle")
+        raise BundleError(f"{where}: {say('no_format_version')}")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise BundleError(f"{where}: format_version must be a whole number >= 1, found {version!r}")
+        raise BundleError(f"{where}: {say('bad_format_version', value=version)}")
     if version > FORMAT_VERSION:
-        raise BundleError(f"{where}: format version {version} is newer than this seq2edge reads ({FORMAT_VERSION}); "
-                          "upgrade seq2edge")
+        raise BundleError(f"{where}: {say('newer_format_version', value=version, newest=FORMAT_VERSION)}")
+    return version
 
 
 def _require(data: dict, where: str, fields: dict[str, type], prefix: str = "") -> None:
     for name, kind in fields.items():
         if not isinstance(data.get(name), kind):
-            raise BundleError(f"{where}: missing or malformed field {prefix}{name}")
+            raise BundleError(f"{where}: {say('missing_field', name=prefix + name)}")
 
 
 def _dict(data: dict, name: str) -> dict:
@@ -158,41 +160,38 @@ def _dict(data: dict, name: str) -> dict:
 def _side(info: dict, side: str, kind: str, lower: bool, size: int, where: str) -> SideMeta:
     _require(info, where, {"vocab": list}, prefix=f"{side}.")
     if not all(isinstance(token, str) and token for token in info["vocab"]):
-        raise BundleError(f"{where}: {side}.vocab must be a list of non-empty strings")
+        raise BundleError(f"{where}: {say('vocab_not_strings', side=side)}")
     if len(set(info["vocab"])) != len(info["vocab"]):
         seen: set[str] = set()
         twice = next(t for t in info["vocab"] if t in seen or seen.add(t))
-        raise BundleError(f"{where}: {side}.vocab holds {twice!r} twice; a token must have one id")
+        raise BundleError(f"{where}: {say('vocab_duplicate', side=side, token=twice)}")
     if len(info["vocab"]) != size:
-        raise BundleError(f"{where}: {side} vocabulary has {len(info['vocab'])} tokens, the model config says {size}")
+        raise BundleError(f"{where}: {say('vocab_size', side=side, found=len(info['vocab']), size=size)}")
     for name, expected in (("tokenizer", kind), ("lowercase", lower)):
         if name in info and info[name] != expected:
-            raise BundleError(f"{where}: {side}.{name} is {info[name]!r} but the model config says {expected!r}; "
-                              "re-export the bundle")
+            raise BundleError(f"{where}: {say('side_disagrees', side=side, name=name, value=info[name], expected=expected)}")
     spm_model = info.get("spm_model", f"{side}.spm.model") if kind == "spm" else None
     if spm_model is not None and not _plain_name(spm_model):
-        raise BundleError(f"{where}: {side}.spm_model must be a plain file name in the bundle")
+        raise BundleError(f"{where}: {say('spm_model_not_plain', side=side)}")
     return SideMeta(kind, lower, list(info["vocab"]), spm_model, info.get("spm_sha256"))
 
 
-# Parity figures a host reads, and their ranges: a bundle.json that breaks them is refused at load, not
-# when decoding first reads them. Any other figure is free-form (what export measured, for people).
-_PARITY_RANGES = {"token_agreement": (0.0, 1.0), "token_agreement_with_fp32": (0.0, 1.0), "batched_speedup": (0.0, float("inf")),
-                  "tolerance": (0.0, float("inf")), "max_abs_log_prob_diff": (0.0, float("inf"))}
-
-
 def _parity(parity: Any, where: str) -> dict[str, Any]:
+    """The figures a host reads (contract.PARITY_RANGES) in their ranges; any other figure is free-form."""
     if not isinstance(parity, dict):
-        raise BundleError(f"{where}: parity must be an object of figures per precision")
+        raise BundleError(f"{where}: {say('parity_not_object')}")
     for precision, figures in parity.items():
         if precision not in PRECISIONS or not isinstance(figures, dict):
-            raise BundleError(f"{where}: parity.{precision} must be an object of figures of a known precision")
-        for name, value in [*figures.items(), *(figures.get("greedy_graph") or {}).items()]:
-            low, high = _PARITY_RANGES.get(name, (None, None))
-            if low is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high):
-                raise BundleError(f"{where}: parity.{precision}.{name} must be a number in [{low}, {high}], not {value!r}")
+            raise BundleError(f"{where}: {say('parity_precision', precision=precision)}")
         if "greedy_graph" in figures and not isinstance(figures["greedy_graph"], dict):
-            raise BundleError(f"{where}: parity.{precision}.greedy_graph must be an object")
+            raise BundleError(f"{where}: {say('parity_greedy_not_object', precision=precision)}")
+        for name, value in [*figures.items(), *(figures.get("greedy_graph") or {}).items()]:
+            if name not in PARITY_RANGES:
+                continue
+            low, high = PARITY_RANGES[name]
+            high = math.inf if high is None else high
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise BundleError(f"{where}: {say('parity_figure', precision=precision, name=name, min=low, max=high, value=value)}")
     return parity
 
 
@@ -202,11 +201,11 @@ def _plain_name(name: Any) -> bool:
 
 def _graphs(graphs: dict, where: str) -> dict[str, dict[str, GraphEntry]]:
     if "fp32" not in graphs:
-        raise BundleError(f"{where}: graphs lists no fp32 encoder and decoder")
+        raise BundleError(f"{where}: {say('no_fp32_graphs')}")
     table: dict[str, dict[str, GraphEntry]] = {}
     for precision, entries in graphs.items():
         if precision not in PRECISIONS:
-            raise BundleError(f"{where}: unknown graph precision {precision!r}")
+            raise BundleError(f"{where}: {say('unknown_precision', value=precision)}")
         table[precision] = {}
         for kind in (*GRAPHS, *OPTIONAL_GRAPHS):
             entry = entries.get(kind) if isinstance(entries, dict) else None
@@ -221,8 +220,8 @@ def _graphs(graphs: dict, where: str) -> dict[str, dict[str, GraphEntry]]:
 
 def _graph_entry(entry: Any, name: str, where: str) -> GraphEntry:
     if not isinstance(entry, dict) or not isinstance(entry.get("file"), str) or not isinstance(entry.get("sha256"), str):
-        raise BundleError(f"{where}: {name} needs file and sha256")
+        raise BundleError(f"{where}: {say('graph_entry', name=name)}")
     if not _plain_name(entry["file"]):
-        raise BundleError(f"{where}: {name}.file must be a plain file name in the bundle")
+        raise BundleError(f"{where}: {say('graph_file_not_plain', name=name)}")
     size = entry.get("bytes")
     return GraphEntry(entry["file"], entry["sha256"], size if isinstance(size, int) else None)

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "conformance"))
-from make_corpus import CASES, load_error_of, results_of, uniform_of  # noqa: E402
+from make_corpus import CASES, load_error_of, outcome_of, results_of, uniform_of  # noqa: E402
 
 ALL = [json.loads(line) for line in CASES.read_text(encoding="utf-8").splitlines()]
 
@@ -35,6 +35,13 @@ def assert_results(got: list[dict], expected: list[dict]) -> None:
 def test_the_python_runtime_gives_the_conformance_corpus(case):
     if case["kind"] == "decode":
         assert_results(results_of(case), case["expect"])
+    elif case["kind"] == "contract":
+        got = outcome_of(case)
+        if "results" in case["expect"]:
+            assert_results(got.pop("results"), case["expect"]["results"])
+            assert got == {k: v for k, v in case["expect"].items() if k != "results"}
+        else:
+            assert got == case["expect"]
     elif case["kind"] == "draw":
         assert uniform_of(case["seed"], case["position"], case["step"]) == case["expect"]
     else:

@@ -1,37 +1,18 @@
 // The checks a bundle passes before the JavaScript host decodes with it: the same as the Python runtime's
 // (runtime/schema.py, runtime/config.py, runtime/onnx_scan.py), so both hosts refuse the same bundles.
 
+import CONTRACT from "./bundle-contract.mjs";
+
+export { CONTRACT };
 export class Seq2EdgeError extends Error {}
 export class BundleError extends Seq2EdgeError {}
 
-export const FORMAT_VERSION = 2;  // 2 added "conventions" (runtime/conventions.py)
-export const PRECISIONS = ["fp32", "int8", "fp16"];
-const GRAPHS = ["encoder", "decoder"];
-const OPTIONAL_GRAPHS = ["greedy"];
-const CELLS = ["rnn", "lstm", "gru"];
-const ATTENTIONS = ["dot", "general", "additive"];
-const TOKENIZERS = ["char", "word", "spm"];
-// ModelConfig's fields and defaults (runtime/config.py): a missing key takes its default there too.
-const MODEL_DEFAULTS = {
-  src_vocab_size: undefined, tgt_vocab_size: undefined, cell: "lstm", attention: "dot", input_feed: false, layers: 1,
-  decoder_layers: 1, bidirectional: false, embed: 64, hidden: 256, dropout: 0.0, src_tokens: "char", tgt_tokens: "char",
-  lowercase_source: false, pad_id: 0, bos_id: 1, eos_id: 2, unk_id: 3, max_src_len: 64, max_tgt_len: 64,
-};
-// ExternalModelConfig's (runtime/config.py): a model seq2edge did not train, marked by its origin.
-const EXTERNAL_DEFAULTS = {
-  origin: undefined, src_vocab_size: undefined, tgt_vocab_size: undefined, memory_size: undefined, state_size: undefined,
-  attention_weights: true, src_tokens: "char", tgt_tokens: "char", lowercase_source: false, pad_id: 0, bos_id: 1, eos_id: 2,
-  unk_id: 3, max_src_len: 256, max_tgt_len: 256,
-};
-const EXTERNAL_WHOLE = ["src_vocab_size", "tgt_vocab_size", "memory_size", "state_size", "pad_id", "bos_id", "eos_id", "unk_id",
-  "max_src_len", "max_tgt_len"];
-const WHOLE = ["src_vocab_size", "tgt_vocab_size", "layers", "decoder_layers", "embed", "hidden", "pad_id", "bos_id", "eos_id",
-  "unk_id", "max_src_len", "max_tgt_len"];
-const FLAGS = ["input_feed", "bidirectional", "lowercase_source"];
-const PARITY_RANGES = { token_agreement: [0, 1], token_agreement_with_fp32: [0, 1], batched_speedup: [0, Infinity],
-  tolerance: [0, Infinity], max_abs_log_prob_diff: [0, Infinity] };
-// bundle.json and tokeniser models are read whole: bounded as in runtime/bundle.py.
-export const MAX_METADATA_BYTES = 64 * 1024 * 1024;
+// Every rule below reads the bundle contract (runtime/bundle_contract.json, generated into bundle-contract.mjs): the
+// fields, defaults, ranges and messages are data there, written once for every host.
+export const FORMAT_VERSION = CONTRACT.format_version;
+export const PRECISIONS = CONTRACT.precisions;
+export const MAX_METADATA_BYTES = CONTRACT.max_metadata_bytes;
+export const MAX_JSON_DEPTH = CONTRACT.max_json_depth;
 
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
 
@@ -61,11 +42,38 @@ export function pyRepr(value) {
   if (value === null || value === undefined) return "None";
   if (typeof value === "boolean") return value ? "True" : "False";
   if (typeof value === "object") return `{${Object.entries(value).map(([k, v]) => `${pyRepr(k)}: ${pyRepr(v)}`).join(", ")}}`;
+  if (typeof value === "number") return pyNumber(value);
   return String(value);
 }
+
+/** A number as Python's repr() writes it (a whole number as an int: JSON cannot tell 1.0 from 1). */
+function pyNumber(v) {
+  if (!Number.isFinite(v)) return Number.isNaN(v) ? "nan" : (v > 0 ? "inf" : "-inf");
+  if (Number.isInteger(v) && Math.abs(v) < 1e16) return String(v);
+  const [mantissa, e] = v.toExponential().split("e");
+  const exp = Number(e);
+  const sign = v < 0 ? "-" : "";
+  const digits = mantissa.replace(/^-/, "").replace(".", "");
+  if (exp >= 16 || exp < -4) return `${mantissa}e${exp < 0 ? "-" : "+"}${String(Math.abs(exp)).padStart(2, "0")}`;
+  if (exp < 0) return `${sign}0.${"0".repeat(-exp - 1)}${digits}`;
+  const whole = digits.slice(0, exp + 1).padEnd(exp + 1, "0");
+  return `${sign}${whole}.${digits.slice(exp + 1) || "0"}`;
+}
 const isWhole = (v) => Number.isInteger(v);
-const fail = (message) => { throw new BundleError(`bundle.json: ${message}`); };
-const failModel = (message) => { throw new BundleError(`bundle.json (model): ${message}`); };
+const PLACEHOLDER_WORDS = new Set(["name", "side", "problems", "precision", "choices"]);  // as runtime/contract.py's _TEXT
+
+/** The named refusal's words (CONTRACT.messages) with its placeholders filled, values written as Python's repr(). */
+export function say(message, values = {}) {
+  return CONTRACT.messages[message].replace(/\{(\w+)\}/g, (_, key) => {
+    const value = values[key];
+    return typeof value === "string" && PLACEHOLDER_WORDS.has(key) ? value : shown(value);
+  });
+}
+
+/** A value in a message: pyRepr, with infinity written as Python writes it. */
+const shown = (value) => (value === Infinity ? "inf" : pyRepr(value));
+const fail = (message, values) => { throw new BundleError(`bundle.json: ${say(message, values)}`); };
+const failModel = (message, values) => { throw new BundleError(`bundle.json (model): ${say(message, values)}`); };
 
 /** A file name bundle.json may point at: plain, inside the bundle (runtime/schema.py's _plain_name). */
 export function plainName(name) {
@@ -74,14 +82,14 @@ export function plainName(name) {
 
 /** Validate parsed bundle.json in place (the model config gets its defaults); a BundleError names what is wrong. */
 export function checkMeta(meta) {
-  if (!isObject(meta)) fail("expected a JSON object");
+  if (!isObject(meta)) fail("not_object");
   const v = meta.format_version;
-  if (v === undefined) fail("no format_version; not a seq2edge bundle");
-  if (!isWhole(v) || v < 1) fail(`format_version must be a whole number >= 1, found ${JSON.stringify(v)}`);
-  if (v > FORMAT_VERSION) fail(`format version ${v} is newer than this seq2edge reads (${FORMAT_VERSION}); upgrade seq2edge`);
+  if (v === undefined) fail("no_format_version");
+  if (!isWhole(v) || v < 1) fail("bad_format_version", { value: v });
+  if (v > FORMAT_VERSION) fail("newer_format_version", { value: v, newest: FORMAT_VERSION });
   for (const [name, ok] of [["bundle_id", (x) => typeof x === "string"], ["model", isObject], ["source", isObject],
     ["target", isObject], ["graphs", isObject]]) {
-    if (!ok(meta[name])) fail(`missing or malformed field ${name}`);
+    if (!ok(meta[name])) fail("missing_field", { name });
   }
   meta.model = checkModel(meta.model);
   const m = meta.model;
@@ -89,49 +97,107 @@ export function checkMeta(meta) {
     ["target", m.tgt_tokens, false, m.tgt_vocab_size]]) {
     checkSide(meta[side], side, kind, lower, size);
   }
-  const expected = { pad: m.pad_id, bos: m.bos_id, eos: m.eos_id, unk: m.unk_id };
-  if (meta.special_ids !== undefined && JSON.stringify(meta.special_ids) !== JSON.stringify(expected)) {
-    fail(`special_ids ${JSON.stringify(meta.special_ids)} disagree with the model config; re-export the bundle`);
+  const expected = specialIds(m);
+  if (meta.special_ids !== undefined && !sameJson(meta.special_ids, expected)) {
+    fail("special_ids_disagree", { value: meta.special_ids, expected });
   }
+  if ("conventions" in meta && v < CONTRACT.conventions.since) {
+    fail("needs_format_version", { name: "conventions", since: CONTRACT.conventions.since, value: v });
+  }
+  meta.conventions = checkConventions(meta.conventions ?? {}, meta.target.vocab, m.eos_id);
   checkGraphs(meta.graphs);
   checkParity(meta.parity ?? {});
-  meta.conventions = checkConventions(meta.conventions ?? {}, meta.target.vocab, m.eos_id);
 }
 
-// Conventions' fields and defaults (runtime/conventions.py): the decoding rules of the toolkit a model came from.
-export const CONVENTION_DEFAULTS = {
-  source_eos: false, min_len: 0, max_len_ratio: 0, max_len_offset: 0, max_len_cap: 0, never_emit: [], space_symbol: "",
+const specialIds = (m) => ({ pad: m.pad_id, bos: m.bos_id, eos: m.eos_id, unk: m.unk_id });
+// Python compares dicts by keys and values, in any order.
+const sameJson = (a, b) => isObject(a) && Object.keys(a).length === Object.keys(b).length
+  && Object.entries(b).every(([k, v]) => k in a && a[k] === v && typeof a[k] === typeof v);
+
+// ---------------------------------------------------------------- fields, from the contract's specs
+
+function typeProblem(spec, value) {
+  const number = typeof value === "number";
+  const ok = {
+    int: number && isWhole(value), bool: typeof value === "boolean", float: number && Number.isFinite(value),
+    str: typeof value === "string", "list[str]": Array.isArray(value) && value.every((t) => typeof t === "string" && t !== ""),
+  }[spec.type];
+  return ok ? null : say(`type_${spec.type.replace("[", "_").replace("]", "")}`, { name: spec.name, value });
+}
+
+function rangeProblem(spec, value) {
+  const name = spec.name;
+  if (spec.choices && !spec.choices.includes(value)) return say("choices", { name, choices: spec.choices.join(", "), value });
+  const low = spec.min;
+  const high = spec.max;
+  if (high !== undefined && !(value >= low && (spec.max_exclusive ? value < high : value <= high))) {
+    return say(spec.max_exclusive ? "in_open_range" : "in_range", { name, min: low, max: high, value });
+  }
+  if (low !== undefined && high === undefined && value < low) return say("at_least", { name, min: low, value });
+  if (spec.max_chars !== undefined && [...value].length > spec.max_chars) return say("max_chars", { name, max_chars: spec.max_chars, value });
+  return null;
+}
+
+/** runtime/contract.py's field_problems: type problems first, and the ranges only when every type is right. */
+export function fieldProblems(specs, values) {
+  const types = specs.map((s) => typeProblem(s, values[s.name])).filter(Boolean);
+  return types.length ? types : specs.map((s) => rangeProblem(s, values[s.name])).filter(Boolean);
+}
+
+/** `given` with every missing optional field at its default (runtime/contract.py's with_defaults). */
+function withDefaults(specs, given) {
+  const out = {};
+  for (const s of specs) {
+    if (s.name in given) out[s.name] = given[s.name];
+    else if ("default" in s) out[s.name] = Array.isArray(s.default) ? [...s.default] : s.default;
+  }
+  return out;
+}
+
+// The rules across fields, by the name the contract lists them under (runtime/config.py's _RULES).
+const RULES = {
+  even_hidden: (m) => (m.bidirectional && m.hidden % 2 ? say("even_hidden") : null),
+  special_ids: (m) => {
+    const ids = Object.values(specialIds(m));
+    const smallest = Math.min(m.src_vocab_size, m.tgt_vocab_size);
+    return ids.some((i) => i < 0 || i >= smallest) || new Set(ids).size !== ids.length
+      ? say("special_ids", { ids: specialIds(m), src_vocab_size: m.src_vocab_size, tgt_vocab_size: m.tgt_vocab_size }) : null;
+  },
+  origin_named: (m) => (m.origin ? null : say("origin_named")),
 };
 
+function checkModel(model) {
+  const kind = CONTRACT.model.external.marker in model ? CONTRACT.model.external : CONTRACT.model.own;
+  const names = new Set(kind.fields.map((s) => s.name));
+  const unknown = Object.keys(model).filter((k) => !names.has(k)).sort();
+  if (unknown.length) failModel("unknown_model_keys", { keys: unknown });
+  const missing = kind.fields.find((s) => s.required && !(s.name in model));
+  if (missing) failModel("missing_field", { name: missing.name });
+  const m = withDefaults(kind.fields, model);
+  let problems = fieldProblems(kind.fields, m);
+  if (!problems.length) problems = kind.rules.map((name) => RULES[name](m)).filter(Boolean);
+  if (problems.length) failModel("invalid_model_config", { problems: problems.join("; ") });
+  return m;
+}
+
 function checkConventions(given, targetVocab, eosId) {
-  if (!isObject(given)) fail("conventions must be an object");
-  const unknown = Object.keys(given).filter((k) => !(k in CONVENTION_DEFAULTS)).sort();
-  if (unknown.length) fail(`unknown conventions ${pyRepr(unknown)}; was it written by a newer seq2edge?`);
-  const problems = [];
-  for (const [name, value] of Object.entries(given)) {
-    const kind = typeof CONVENTION_DEFAULTS[name];
-    if (name === "never_emit") {
-      if (!Array.isArray(value) || !value.every((t) => typeof t === "string" && t !== "")) problems.push("never_emit must be a list of target tokens");
-    } else if (kind === "boolean" && typeof value !== "boolean") problems.push(`${name} must be true or false`);
-    else if (kind === "string" && typeof value !== "string") problems.push(`${name} must be a string`);
-    else if (["min_len", "max_len_cap"].includes(name) && !(isWhole(value) && value >= 0)) problems.push(`${name} must be a whole number >= 0`);
-    else if (["max_len_ratio", "max_len_offset"].includes(name)
-      && !(typeof value === "number" && Number.isFinite(value) && (name !== "max_len_ratio" || value >= 0))) {
-      problems.push(`${name} must be a finite number${name === "max_len_ratio" ? " >= 0" : ""}`);
-    }
-  }
-  if (problems.length) fail(`invalid conventions: ${problems.join("; ")}`);
-  const c = { ...CONVENTION_DEFAULTS, ...given };
+  if (!isObject(given)) fail("conventions_not_object");
+  const specs = CONTRACT.conventions.fields;
+  const names = new Set(specs.map((s) => s.name));
+  const unknown = Object.keys(given).filter((k) => !names.has(k)).sort();
+  if (unknown.length) fail("unknown_conventions", { keys: unknown });
+  const c = withDefaults(specs, given);
+  const problems = fieldProblems(specs, c);
+  if (problems.length) fail("invalid_conventions", { problems: problems.join("; ") });
   for (const token of c.never_emit) {
     const id = targetVocab.indexOf(token);
-    if (id < 0) fail(`conventions.never_emit names '${token}', which is not in the target vocabulary`);
-    if (id === eosId) fail("conventions.never_emit names </s>: no output could end");
+    if (id < 0) fail("never_emit_unknown", { token });
+    if (id === eosId) fail("never_emit_eos");
   }
-  if ([...c.space_symbol].length > 1) fail(`conventions.space_symbol must be one character, not '${c.space_symbol}'`);
   return c;
 }
 
-/** The default output limit of an input of `sourceIds` ids (Conventions.max_len in runtime/conventions.py). */
+/** The default output limit of an input of `sourceIds` ids (CONTRACT.conventions.max_len; Conventions.max_len in Python). */
 export function conventionMaxLen(c, sourceIds, maxTgtLen) {
   if (c.max_len_ratio <= 0) return maxTgtLen;
   let limit = c.max_len_ratio * sourceIds + c.max_len_offset;
@@ -139,76 +205,37 @@ export function conventionMaxLen(c, sourceIds, maxTgtLen) {
   return Math.max(0, Math.min(maxTgtLen, Math.floor(limit)));
 }
 
-function checkModel(model) {
-  const external = "origin" in model;
-  const defaults = external ? EXTERNAL_DEFAULTS : MODEL_DEFAULTS;
-  const unknown = Object.keys(model).filter((k) => !(k in defaults)).sort();
-  if (unknown.length) failModel(`unknown model config keys ${pyRepr(unknown)}; was it written by a newer seq2edge?`);
-  const m = { ...defaults, ...model };
-  const problems = [];
-  for (const name of external ? EXTERNAL_WHOLE : WHOLE) {
-    if (!isWhole(m[name])) problems.push(`${name} must be a whole number, not ${pyRepr(m[name])}`);
-  }
-  for (const name of external ? ["attention_weights", "lowercase_source"] : FLAGS) {
-    if (typeof m[name] !== "boolean") problems.push(`${name} must be true or false`);
-  }
-  if (external ? typeof m.origin !== "string" : typeof m.dropout !== "number") {
-    problems.push(external ? "origin must be a string" : "dropout must be a number");
-  }
-  if (problems.length) failModel(`invalid model config: ${problems.join("; ")}`);
-  if (external) {
-    for (const name of ["memory_size", "state_size"]) if (m[name] < 1) problems.push(`${name} must be at least 1`);
-    if (!m.origin) problems.push("origin must say what made the model");
-  } else {
-    if (!CELLS.includes(m.cell)) problems.push(`cell must be one of ${CELLS.join(", ")}, not ${pyRepr(m.cell)}`);
-    if (!ATTENTIONS.includes(m.attention)) problems.push(`attention must be one of ${ATTENTIONS.join(", ")}`);
-    if (m.bidirectional && m.hidden % 2) problems.push("hidden must be even for a bidirectional encoder (half per direction)");
-    for (const name of ["layers", "decoder_layers", "embed", "hidden"]) if (m[name] < 1) problems.push(`${name} must be at least 1`);
-    if (!(m.dropout >= 0 && m.dropout < 1)) problems.push("dropout must be in [0, 1)");
-  }
-  for (const side of ["src_tokens", "tgt_tokens"]) if (!TOKENIZERS.includes(m[side])) problems.push(`${side} must be one of ${TOKENIZERS.join(", ")}`);
-  for (const name of ["max_src_len", "max_tgt_len"]) if (m[name] < 1) problems.push(`${name} must be at least 1`);
-  const ids = [m.pad_id, m.bos_id, m.eos_id, m.unk_id];
-  const smallest = Math.min(m.src_vocab_size, m.tgt_vocab_size);
-  if (ids.some((i) => i < 0 || i >= smallest) || new Set(ids).size !== ids.length) {
-    problems.push(`special ids ${pyRepr({ pad: m.pad_id, bos: m.bos_id, eos: m.eos_id, unk: m.unk_id })} must be distinct and `
-      + `below both vocabulary sizes (${m.src_vocab_size}, ${m.tgt_vocab_size})`);
-  }
-  if (problems.length) failModel(`invalid model config: ${problems.join("; ")}`);
-  return m;
-}
-
-/** The size of each fixed axis of the graph contract (ModelConfig.axis_sizes / ExternalModelConfig.axis_sizes). */
+/** The size of each fixed axis of the graph contract (CONTRACT.model.*.axis_sizes; ModelConfig.axis_sizes in Python). */
 export function axisSizes(m) {
-  if ("origin" in m) return { hidden: m.memory_size, state_size: m.state_size, vocab: m.tgt_vocab_size };
-  const perLayer = m.cell === "lstm" ? 2 : 1;
-  const stateSize = m.decoder_layers * m.hidden * perLayer + (m.input_feed ? m.hidden : 0);
-  return { hidden: m.hidden, state_size: stateSize, vocab: m.tgt_vocab_size };
+  if (CONTRACT.model.external.marker in m) return { hidden: m.memory_size, state_size: m.state_size, vocab: m.tgt_vocab_size };
+  const perLayer = CONTRACT.model.cell_states[m.cell].length;
+  return { hidden: m.hidden, state_size: m.decoder_layers * m.hidden * perLayer + (m.input_feed ? m.hidden : 0), vocab: m.tgt_vocab_size };
 }
 
 function checkSide(info, side, kind, lower, size) {
-  if (!Array.isArray(info.vocab)) fail(`missing or malformed field ${side}.vocab`);
-  if (!info.vocab.every((t) => typeof t === "string" && t !== "")) fail(`${side}.vocab must be a list of non-empty strings`);
+  if (!Array.isArray(info.vocab)) fail("missing_field", { name: `${side}.vocab` });
+  if (!info.vocab.every((t) => typeof t === "string" && t !== "")) fail("vocab_not_strings", { side });
   const seen = new Set();
   for (const token of info.vocab) {
-    if (seen.has(token)) fail(`${side}.vocab holds ${pyRepr(token)} twice; a token must have one id`);
+    if (seen.has(token)) fail("vocab_duplicate", { side, token });
     seen.add(token);
   }
-  if (info.vocab.length !== size) fail(`${side} vocabulary has ${info.vocab.length} tokens, the model config says ${size}`);
-  if ("tokenizer" in info && info.tokenizer !== kind) fail(`${side}.tokenizer disagrees with the model config; re-export the bundle`);
-  if ("lowercase" in info && info.lowercase !== lower) fail(`${side}.lowercase disagrees with the model config; re-export the bundle`);
+  if (info.vocab.length !== size) fail("vocab_size", { side, found: info.vocab.length, size });
+  for (const [name, expected] of [["tokenizer", kind], ["lowercase", lower]]) {
+    if (name in info && info[name] !== expected) fail("side_disagrees", { side, name, value: info[name], expected });
+  }
   info.tokenizer = kind;
   info.lowercase = lower;
-  if (kind === "spm" && !plainName(info.spm_model ?? `${side}.spm.model`)) fail(`${side}.spm_model must be a plain file name in the bundle`);
+  if (kind === "spm" && !plainName(info.spm_model ?? `${side}.spm.model`)) fail("spm_model_not_plain", { side });
 }
 
 function checkGraphs(graphs) {
-  if (!("fp32" in graphs)) fail("graphs lists no fp32 encoder and decoder");
+  if (!("fp32" in graphs)) fail("no_fp32_graphs");
   for (const [precision, entries] of Object.entries(graphs)) {
-    if (!PRECISIONS.includes(precision)) fail(`unknown graph precision ${JSON.stringify(precision)}`);
-    for (const kind of [...GRAPHS, ...OPTIONAL_GRAPHS]) {
+    if (!PRECISIONS.includes(precision)) fail("unknown_precision", { value: precision });
+    for (const kind of [...CONTRACT.graphs, ...CONTRACT.optional_graphs]) {
       const entry = isObject(entries) ? entries[kind] : undefined;
-      if (entry === undefined && OPTIONAL_GRAPHS.includes(kind)) continue;
+      if (entry === undefined && CONTRACT.optional_graphs.includes(kind)) continue;
       checkEntry(entry, `graphs.${precision}.${kind}`);
       if (entry.ort !== undefined && entry.ort !== null) checkEntry(entry.ort, `graphs.${precision}.${kind}.ort`);
     }
@@ -216,20 +243,20 @@ function checkGraphs(graphs) {
 }
 
 function checkEntry(entry, name) {
-  if (!isObject(entry) || typeof entry.file !== "string" || typeof entry.sha256 !== "string") fail(`${name} needs file and sha256`);
-  if (!plainName(entry.file)) fail(`${name}.file must be a plain file name in the bundle`);
+  if (!isObject(entry) || typeof entry.file !== "string" || typeof entry.sha256 !== "string") fail("graph_entry", { name });
+  if (!plainName(entry.file)) fail("graph_file_not_plain", { name });
 }
 
 function checkParity(parity) {
-  if (!isObject(parity)) fail("parity must be an object of figures per precision");
+  if (!isObject(parity)) fail("parity_not_object");
   for (const [precision, figures] of Object.entries(parity)) {
-    if (!PRECISIONS.includes(precision) || !isObject(figures)) fail(`parity.${precision} must be an object of figures of a known precision`);
-    if ("greedy_graph" in figures && !isObject(figures.greedy_graph)) fail(`parity.${precision}.greedy_graph must be an object`);
+    if (!PRECISIONS.includes(precision) || !isObject(figures)) fail("parity_precision", { precision });
+    if ("greedy_graph" in figures && !isObject(figures.greedy_graph)) fail("parity_greedy_not_object", { precision });
     for (const [name, value] of [...Object.entries(figures), ...Object.entries(figures.greedy_graph ?? {})]) {
-      const range = PARITY_RANGES[name];
-      if (range && !(typeof value === "number" && value >= range[0] && value <= range[1])) {
-        fail(`parity.${precision}.${name} must be a number in [${range[0]}, ${range[1]}], not ${JSON.stringify(value)}`);
-      }
+      const range = CONTRACT.parity_ranges[name];
+      if (!range) continue;
+      const [low, high] = [range[0], range[1] ?? Infinity];
+      if (!(typeof value === "number" && value >= low && value <= high)) fail("parity_figure", { precision, name, min: low, max: high, value });
     }
   }
 }

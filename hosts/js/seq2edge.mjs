@@ -8,8 +8,8 @@
 // This file knows no file system and no particular onnxruntime package: a host passes `ort`,
 // a `read(name)` returning a file's bytes, and a `sha256(bytes)` returning its hex digest.
 
-import { axisSizes, BundleError, checkMeta, checkOwner, conventionMaxLen, FORMAT_VERSION, plainName, pyRepr, scanOnnx,
-  Seq2EdgeError } from "./bundle-checks.mjs";
+import { axisSizes, BundleError, checkMeta, checkOwner, CONTRACT, conventionMaxLen, FORMAT_VERSION, MAX_JSON_DEPTH, plainName,
+  pyRepr, say, scanOnnx, Seq2EdgeError } from "./bundle-checks.mjs";
 import { SentencePiece } from "./sentencepiece.mjs";
 
 export { BundleError, FORMAT_VERSION, Seq2EdgeError };
@@ -17,29 +17,14 @@ export const UNKNOWN_POLICIES = ["error", "unk", "skip"];
 export const TOO_LONG_POLICIES = ["error", "truncate"];
 export const GRAPH_FORMATS = ["onnx", "ort"];
 export const SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"];
-const PORTS = {  // the ONNX contract (runtime/interface.py in the Python package)
-  encoder: {
-    inputs: { src_ids: ["int64", ["batch", "src_len"]], src_lengths: ["int64", ["batch"]] },
-    outputs: { memory: ["float32", ["batch", "src_len", "hidden"]], state: ["float32", ["batch", "state_size"]] },
-  },
-  decoder: {
-    inputs: {
-      prev_ids: ["int64", ["batch"]], state: ["float32", ["batch", "state_size"]],
-      memory: ["float32", ["batch", "src_len", "hidden"]], src_mask: ["bool", ["batch", "src_len"]],
-    },
-    outputs: {
-      log_probs: ["float32", ["batch", "vocab"]], new_state: ["float32", ["batch", "state_size"]],
-      attention: ["float32", ["batch", "src_len"]],
-    },
-  },
-  greedy: {
-    inputs: { src_ids: ["int64", ["batch", "src_len"]], src_lengths: ["int64", ["batch"]], max_len: ["int64", []] },
-    outputs: { tokens: ["int64", ["batch", "steps"]], lengths: ["int64", ["batch"]], scores: ["float32", ["batch"]] },
-  },
-};
+// The ONNX contract (CONTRACT.ports; runtime/interface.py in Python): kind -> {inputs, outputs: {name: [type, axes]}},
+// with onnxruntime's JavaScript names of the element types.
+const JS_TYPES = { float: "float32", int64: "int64", bool: "bool" };
+const PORTS = Object.fromEntries(Object.entries(CONTRACT.ports).map(([kind, roles]) => [kind, Object.fromEntries(
+  Object.entries(roles).map(([role, ports]) => [role, Object.fromEntries(ports.map((p) => [p.name, [JS_TYPES[p.dtype], p.axes]]))]))]));
 // The batched speed-up export must have measured for "auto" to use greedy.onnx on batches (runtime/model.py).
 const GREEDY_GRAPH_BATCHED_SPEEDUP = 1.15;
-const DYNAMIC = new Set(["batch", "src_len", "steps"]);
+const DYNAMIC = new Set(CONTRACT.dynamic_axes);
 const SPECIAL_IDS = ["pad_id", "bos_id", "eos_id", "unk_id"];
 const THREAD_DEPENDENT_OPS = ["DynamicQuantizeLSTM"];
 
@@ -571,8 +556,6 @@ export function takeRows(ort, tensor, index) {
 }
 
 /** A Seq2EdgeError unless `value` is one of `allowed`: the option, what is allowed and what was given, in one line. */
-// Deeper than this, Python's json module gives up (RecursionError), so this host refuses too; bundle.json is a few deep.
-const MAX_JSON_DEPTH = 1000;
 
 /** bundle.json's bytes -> its object, refused as runtime/bundle.py refuses: not UTF-8, too deep, NaN or Infinity, not JSON. */
 function parseMeta(bytes) {
@@ -587,7 +570,7 @@ function parseMeta(bytes) {
   for (const ch of bare) {
     if (ch === "[" || ch === "{") depth += 1;
     else if (ch === "]" || ch === "}") depth -= 1;
-    if (depth > MAX_JSON_DEPTH) throw new BundleError("bundle.json: nested too deeply to be a bundle's metadata; refused");
+    if (depth > MAX_JSON_DEPTH) throw new BundleError(`bundle.json: ${say("too_deep", { limit: MAX_JSON_DEPTH })}`);
   }
   try {
     return JSON.parse(text);
@@ -617,7 +600,7 @@ export function oneOf(name, value, allowed) {
 async function loadSentencePiece(info, side, read, sha256) {
   const file = info.spm_model ?? `${side}.spm.model`;
   if (!plainName(file)) {  // as runtime/schema.py
-    throw new BundleError(`bundle.json: ${side}.spm_model must be a plain file name in the bundle`);
+    throw new BundleError(`bundle.json: ${say("spm_model_not_plain", { side })}`);
   }
   const bytes = await read(file);
   if (info.spm_sha256 && (await sha256(bytes)) !== info.spm_sha256) {

@@ -72,6 +72,17 @@ DAMAGE = {
     "truncated graph re-hashed": [["truncate", "decoder.onnx"], ["rehash", "decoder.onnx", ["graphs", "fp32", "decoder", "sha256"]]],
     "decoder input renamed": [["copy", "decoder.onnx", "damaged/decoder-input-renamed.onnx"],
                               ["rehash", "decoder.onnx", ["graphs", "fp32", "decoder", "sha256"]]],
+    "format_version a fraction": [["set", ["format_version"], 1.5]],
+    "no format_version": [["delete", ["format_version"]]],
+    "bidirectional with an odd hidden size": [["set", ["model", "bidirectional"], True], ["set", ["model", "hidden"], 47]],
+    "no fp32 graphs": [["delete", ["graphs", "fp32"]]],
+    "graphs of an unknown precision": [["set", ["graphs", "fp64"], {"encoder": {"file": "encoder.onnx", "sha256": "0"},
+                                                                    "decoder": {"file": "decoder.onnx", "sha256": "0"}}]],
+    "parity not an object": [["set", ["parity"], [1]]],
+    "parity's greedy_graph not an object": [["set", ["parity", "fp32", "greedy_graph"], [1]]],
+    "special_ids disagree with the model": [["set", ["special_ids", "unk"], 4]],
+    "conventions in a format 1 bundle": [["set", ["format_version"], 1]],
+    "conventions not an object": [["set", ["conventions"], [1]]],
     "unknown convention": [["set", ["conventions"], {"beam_bonus": 1}]],
     "a convention that ends no output": [["set", ["conventions"], {"never_emit": ["</s>"]}]],
 }
@@ -111,13 +122,15 @@ def damage(bundle: Path, steps: list) -> None:
             outside = bundle.parent / f"elsewhere-{target}"
             shutil.move(bundle / target, outside)
             (bundle / target).symlink_to(outside)
-        elif op in ("set", "delete"):
+        elif op in ("set", "delete", "delete-if-present"):
             meta = json.loads((bundle / "bundle.json").read_text())
             *path, last = target
             node = meta
             for key in path:
                 node = node[key]
-            if op == "delete":
+            if op == "delete-if-present":
+                node.pop(last, None)
+            elif op == "delete":
                 del node[last]
             else:
                 value = step[2]
@@ -167,11 +180,11 @@ def decoding_cases() -> list[dict]:
     return [{"kind": "decode", "bundle": b, "load": load, "inputs": inputs, "options": options} for b, load, inputs, options in cases]
 
 
-def results_of(case: dict) -> list[dict]:
+def results_of(case: dict, bundle: Path | None = None) -> list[dict]:
     from seq2edge.runtime import Seq2Seq
 
     load = {**case["load"], "ensemble": [BUNDLES / name for name in case["load"].get("ensemble", [])]}
-    model = Seq2Seq.load(BUNDLES / case["bundle"], providers="cpu", threads=1, **load)
+    model = Seq2Seq.load(bundle or BUNDLES / case["bundle"], providers="cpu", threads=1, **load)
     out = []
     for r in model.decode(case["inputs"], errors="return", **case["options"]):
         if not r.ok:
@@ -197,6 +210,27 @@ def load_error_of(case: dict) -> dict:
     raise AssertionError(f"{case['name']}: the damaged bundle loaded")
 
 
+def outcome_of(case: dict) -> dict:
+    """What loading a changed copy of a bundle gives: the error, or the settings it resolved (every default filled)
+    and the decoding of a few inputs."""
+    import dataclasses
+
+    from seq2edge.runtime import Seq2Seq
+    from seq2edge.runtime.errors import Seq2EdgeError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "bundle"
+        shutil.copytree(BUNDLES / case["bundle"], bundle)
+        damage(bundle, case["damage"])
+        try:
+            model = Seq2Seq.load(bundle, providers="cpu", threads=1)
+        except Seq2EdgeError as exc:
+            return {"class": type(exc).__name__, "message": normalise(str(exc))}
+        conventions = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(model.bundle.meta.conventions).items()}
+        return {"model": model.config.to_dict(), "conventions": conventions,
+                "results": results_of({**case, "load": {}, "options": {}, "inputs": CONTRACT_INPUTS[case["bundle"]]}, bundle)}
+
+
 # Sampling's draws: splitmix64 of (seed, input position, step) as a uniform number in [0, 1). Seeds and positions
 # are strings: JSON numbers past 2 ** 53 do not survive JavaScript.
 DRAWS = [(0, 0, 0), (1, 0, 0), (1, 1, 0), (1, 0, 1), (7, 12, 3), (-1, 5, 2), (2**63, 2**40, 250), (2**64 - 1, 2**63 - 1, 0),
@@ -211,6 +245,62 @@ def uniform_of(seed: str, position: str, step: int) -> float:
     return float(_uniform(int(seed), np.array([int(position)], dtype=np.uint64), step)[0])
 
 
+# ---- the contract's cases: every optional key of bundle.json left out and at each end of its range, and every refusal
+
+
+CONTRACT_INPUTS = {"g2p": ["edge", "onnx", "a"], "conventions": ["abc", "a b", "hgfedcba"]}
+
+
+def field_values(spec: dict) -> list[tuple[str, object]]:
+    """(label, value) for a field of the contract: its range's ends, one past each end, and a value of the wrong type."""
+    kind, low, high = spec["type"], spec.get("min"), spec.get("max")
+    if "choices" in spec:
+        values = [(f"= {c}", c) for c in spec["choices"]] + [("not a choice", "none-of-these")]
+    elif kind == "bool":
+        values = [("true", True), ("false", False)]
+    elif kind == "list[str]":
+        values = [("empty", []), ("one token", ["t"]), ("an empty token", [""])]
+    elif kind == "str":
+        values = [("empty", ""), ("one character", "\u2581")] + ([("past max_chars", "ab")] if "max_chars" in spec else [])
+    else:
+        values = []
+        if low is not None:
+            values += [("at min", low), ("below min", low - 1 if kind == "int" else low - 0.5)]
+        if high is not None:
+            values += [("at max", high), ("past max", high + 1)]
+        if low is None and high is None:
+            values += [("-1", -1), ("large", 2**31)]
+        if kind == "float":
+            values += [("fraction", 0.25)]
+    wrong = "1" if kind != "str" else 1
+    return values + [("of the wrong type", wrong)]
+
+
+def contract_cases() -> list[dict]:
+    """Every field the contract lists, in the bundle that uses it: left out (when optional) and at each end of its range."""
+    contract = json.loads((HERE.parents[1] / "runtime" / "bundle_contract.json").read_text(encoding="utf-8"))
+    groups = [("g2p", ["model"], contract["model"]["own"]["fields"]),
+              ("conventions", ["model"], contract["model"]["external"]["fields"]),
+              ("conventions", ["conventions"], contract["conventions"]["fields"])]
+    cases = []
+    for bundle, path, specs in groups:
+        for spec in specs:
+            where = [*path, spec["name"]]
+            steps = [] if path == ["conventions"] else [["delete", ["special_ids"]]]  # special_ids would repeat the model's ids
+            cases.append((bundle, f"{'.'.join(where)} left out", [*steps, ["delete-if-present", where]]))
+            for label, value in field_values(spec):
+                cases.append((bundle, f"{'.'.join(where)} {label}", [*steps, ["set", where, value]]))
+    for bundle, key in [("g2p", ["special_ids"]), ("g2p", ["created"]), ("g2p", ["parity"]), ("g2p", ["exported_with"]),
+                        ("g2p", ["checkpoint"]), ("g2p", ["source", "tokenizer"]), ("g2p", ["target", "lowercase"]),
+                        ("g2p", ["graphs", "fp32", "encoder", "bytes"]), ("g2p", ["graphs", "fp32", "greedy"]),
+                        ("g2p", ["graphs", "int8"]), ("conventions", ["conventions"])]:
+        cases.append((bundle, f"{'.'.join(key)} left out", [["delete-if-present", key]]))
+    for name, (low, high) in contract["parity_ranges"].items():
+        for label, value in [("at min", low), ("below min", low - 0.5)] + ([("at max", high), ("past max", high + 0.5)] if high else []):
+            cases.append(("g2p", f"parity.fp32.{name} {label}", [["set", ["parity", "fp32", name], value]]))
+    return [{"name": f"contract: {bundle} {label}", "kind": "contract", "bundle": bundle, "damage": steps} for bundle, label, steps in cases]
+
+
 def make_cases() -> list[dict]:
     cases = [{"name": f"draw: seed {seed}, position {position}, step {step}", "kind": "draw", "seed": str(seed),
               "position": str(position), "step": step, "expect": uniform_of(str(seed), str(position), step)}
@@ -223,6 +313,9 @@ def make_cases() -> list[dict]:
         bundle = "conventions" if "convention" in name else "g2p"
         case = {"name": f"broken bundle: {name}", "kind": "load", "bundle": bundle, "damage": steps}
         case["expect"] = load_error_of(case)
+        cases.append(case)
+    for case in contract_cases():
+        case["expect"] = outcome_of(case)
         cases.append(case)
     return cases
 
