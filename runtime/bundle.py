@@ -16,9 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import AnyModelConfig
-from .errors import BundleError
 from .contract import say
-from .interface import BUNDLE_FILE, GRAPH_FORMATS, MAX_JSON_DEPTH, MAX_METADATA_BYTES, META_BUNDLE_ID, META_GRAPH, META_PRECISION, PRECISIONS
+from .errors import BundleError
+from .interface import (
+    BUNDLE_FILE,
+    GRAPH_FORMATS,
+    MAX_JSON_DEPTH,
+    MAX_METADATA_BYTES,
+    META_BUNDLE_ID,
+    META_GRAPH,
+    META_PRECISION,
+    PRECISIONS,
+)
 from .onnx_scan import MalformedModel, metadata, uses_external_data
 from .schema import BundleMeta, GraphEntry
 from .tokenize import TextCodec, codec_pair

@@ -92,7 +92,7 @@ def test_bundle_json_at_the_edges_of_what_is_allowed_is_read(edit):
     (lambda m: m["target"]["vocab"].__setitem__(9, "x"), "target.vocab holds 'x' twice; a token must have one id"),
     (lambda m: m["target"]["vocab"].pop(), "target vocabulary has 9 tokens, the model config says 10"),
     (lambda m: m["conventions"].update(never_emit=["</s>"]), "never_emit names </s>: no output could end"),
-    (lambda m: m["conventions"].update(space_symbol="ab"), "space_symbol must be at most 1 character\(s\), not 'ab'"),
+    (lambda m: m["conventions"].update(space_symbol="ab"), r"space_symbol must be at most 1 character\(s\), not 'ab'"),
     (lambda m: m["parity"]["fp32"].update(token_agreement=1.01), r"parity.fp32.token_agreement must be a number in \[0, 1\]"),
     (lambda m: m["parity"]["fp32"].update(tolerance=-1e-9), r"parity.fp32.tolerance must be a number in \[0, inf\]"),
     (lambda m: m["parity"]["fp32"].update(max_abs_log_prob_diff=-0.5), "parity.fp32.max_abs_log_prob_diff must be a number"),

@@ -298,7 +298,8 @@ def contract_cases() -> list[dict]:
     for name, (low, high) in contract["parity_ranges"].items():
         for label, value in [("at min", low), ("below min", low - 0.5)] + ([("at max", high), ("past max", high + 0.5)] if high else []):
             cases.append(("g2p", f"parity.fp32.{name} {label}", [["set", ["parity", "fp32", name], value]]))
-    return [{"name": f"contract: {bundle} {label}", "kind": "contract", "bundle": bundle, "damage": steps} for bundle, label, steps in cases]
+    return [{"name": f"contract: {bundle} {label}", "kind": "contract", "bundle": bundle, "damage": steps}
+            for bundle, label, steps in cases]
 
 
 def make_cases() -> list[dict]:
