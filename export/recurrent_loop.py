@@ -30,7 +30,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-GATES = {"GRU": 3, "RNN": 1}  # the ops rewritten, and their gate blocks
+from seq2edge.runtime.config import CELL_GATES
+
+GATES = {cell.upper(): CELL_GATES[cell] for cell in ("gru", "rnn")}  # the ONNX ops rewritten, and their gate blocks
 # Rewritten only as export/encoder_graph.py writes them: default activations, no initial state, no
 # clip, sequence_lens given, torch's GRU variant. Any other node keeps its node.
 _PLAIN_ATTRIBUTES = {"hidden_size", "direction", "linear_before_reset"}

@@ -26,7 +26,7 @@ def _pair(cell, attention, feed, bidirectional, layers, decoder_layers, hidden=1
         p.data.add_(0.3 * torch.randn_like(p))
     new = widened_config(old, {"hidden": hidden, "embed": embed})
     wide = Seq2SeqModule(new).eval()
-    wide.load_state_dict(widen_state(trained.state_dict(), old, wide.state_dict(), new))
+    wide.load_state_dict(widen_state(trained.state_dict(), old, wide))
     return trained, wide
 
 
@@ -60,8 +60,9 @@ def test_a_widened_models_new_units_learn(attention):
         optimizer.zero_grad()
         (-wide(src, lengths, tgt).gather(2, tgt.roll(-1, 1).unsqueeze(2)).mean()).backward()
         optimizer.step()
+    added_parts = new_positions(trained.config, wide)
     for name, value in wide.state_dict().items():
-        rows, cols = new_positions(name, trained.config, wide.config, value.shape)
+        rows, cols = added_parts[name]
         moved = (value - before[name]).abs()
         added = moved[rows] if rows.numel() else moved[:, cols]  # embeddings and the output layer: new columns
         assert added.numel() and added.max() > 0, name

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seq2edge.runtime.config import ModelConfig
+from seq2edge.runtime.config import CELL_GATES, ModelConfig
 
 RNNS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -107,7 +107,7 @@ class Cell(nn.Module):
         super().__init__()
         self.cell = cell
         self.hidden = hidden
-        gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+        gates = CELL_GATES[cell]
         if cell == "gru":  # the reset gate multiplies the recurrent part only, so keep it apart
             self.x2h = nn.Linear(inputs, gates * hidden)
             self.h2h = nn.Linear(hidden, gates * hidden)

@@ -20,42 +20,70 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from seq2edge.runtime.config import ModelConfig
+from seq2edge.runtime.config import CELL_GATES, ModelConfig
 
 from .config import WIDENED
+from .model import Seq2SeqModule
 
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+def parameter_roles(model: Seq2SeqModule) -> dict[str, tuple]:
+    """Each parameter's name in the state dict -> its role, read off the model's modules (not its name):
+    (part, layer, the parameter's own name in its module), e.g. ("encoder_rnn", 1, "weight_hh_l0")."""
+    parts: list[tuple[nn.Module, str, int | None]] = [
+        (model.encoder.embedding, "src_embedding", None), (model.embedding, "tgt_embedding", None),
+        (model.bridge, "bridge", None), (model.out, "out", None),
+        *[(rnn, "encoder_rnn", i) for i, rnn in enumerate(model.encoder.forward_rnns)],
+        *[(rnn, "encoder_rnn", i) for i, rnn in enumerate(getattr(model.encoder, "backward_rnns", []))],
+        *[(cell, "cell", i) for i, cell in enumerate(model.cells)],
+        *[(getattr(model.attention, name), f"attention_{name}", None) for name in ("query", "key", "v")
+          if hasattr(model.attention, name)],
+        *([(model.combine, "combine", None)] if hasattr(model, "combine") else []),
+    ]
+    owner = {id(module): name for name, module in model.named_modules()}
+    roles = {}
+    for module, part, layer in parts:
+        for own, sub in module.named_modules():  # a decoder cell's Linear layers: x2h, h2h or linear
+            for pname, _ in sub.named_parameters(recurse=False):
+                roles[".".join(filter(None, (owner[id(module)], own, pname)))] = (part, layer, ".".join(filter(None, (own, pname))))
+    missing = set(model.state_dict()) - set(roles)
+    if missing:
+        raise ValueError(f"widening does not know the parameters {sorted(missing)}")
+    return roles
 
 
-def widen_state(old: dict[str, Tensor], old_config: ModelConfig, fresh: dict[str, Tensor],
-                new_config: ModelConfig) -> dict[str, Tensor]:
-    """The trained weights `old` placed in the freshly initialised weights `fresh` of the wider model."""
+def widen_state(old: dict[str, Tensor], old_config: ModelConfig, wide: Seq2SeqModule) -> dict[str, Tensor]:
+    """The trained weights `old` placed in the freshly initialised weights of the wider model `wide`."""
+    fresh = wide.state_dict()
     if set(old) != set(fresh):
         raise ValueError(f"the checkpoint's weights and the wider model's differ in names: "
                          f"{sorted(set(old) ^ set(fresh))}")
-    maps = _AxisMaps(old_config, new_config)
+    maps = _AxisMaps(old_config, wide.config)
     state = {}
-    for name, new in fresh.items():
-        rows, cols = maps.of(name)
-        value = new.clone()
+    for name, role in parameter_roles(wide).items():
+        rows, cols = maps.of(role)
+        value = fresh[name].clone()
         if value.dim() == 2:
-            if not name.endswith("embedding.weight"):  # an embedding's columns are its outputs, not inputs
+            if not role[0].endswith("embedding"):  # an embedding's columns are its outputs, not inputs
                 value[rows.unsqueeze(1), _unmapped(cols, value.size(1)).unsqueeze(0)] = 0.0  # new units -> old units
             value[rows.unsqueeze(1), cols.unsqueeze(0)] = old[name]
         else:
             value[rows] = old[name]
-        if maps.silent(name):
+        if maps.silent(role):
             value[_unmapped(rows, value.size(0))] = 0.0
         state[name] = value
     return state
 
 
-def new_positions(name: str, old: ModelConfig, new: ModelConfig, shape: torch.Size) -> tuple[Tensor, Tensor | None]:
-    """The rows and columns of parameter `name` (of `shape` in the wider model) that the widening added."""
-    rows, cols = _AxisMaps(old, new).of(name)
-    return _unmapped(rows, shape[0]), (None if cols is None else _unmapped(cols, shape[1]))
+def new_positions(old: ModelConfig, wide: Seq2SeqModule) -> dict[str, tuple[Tensor, Tensor | None]]:
+    """The rows and columns of each parameter of the wider model `wide` that the widening added."""
+    maps, shapes = _AxisMaps(old, wide.config), {k: v.shape for k, v in wide.state_dict().items()}
+    out = {}
+    for name, role in parameter_roles(wide).items():
+        rows, cols = maps.of(role)
+        out[name] = _unmapped(rows, shapes[name][0]), (None if cols is None else _unmapped(cols, shapes[name][1]))
+    return out
 
 
 def _unmapped(index: Tensor, size: int) -> Tensor:
@@ -66,7 +94,7 @@ def _unmapped(index: Tensor, size: int) -> Tensor:
 
 
 class _AxisMaps:
-    """For each parameter, where each old row and column lands in the wider one."""
+    """For each parameter's role, where each old row and column lands in the wider one."""
 
     def __init__(self, old: ModelConfig, new: ModelConfig):
         self.old, self.new = old, new
@@ -87,7 +115,7 @@ class _AxisMaps:
 
     def gated(self, units: Tensor, new_width: int) -> Tensor:
         """A recurrent layer's stacked gates: each gate's block of units maps like the units."""
-        return torch.cat([g * new_width + units for g in range(GATES[self.old.cell])])
+        return torch.cat([g * new_width + units for g in range(CELL_GATES[self.old.cell])])
 
     def concat(self, *parts: tuple[Tensor, int]) -> Tensor:
         """Segments laid end to end: (old-units map, the segment's new width) each."""
@@ -97,54 +125,45 @@ class _AxisMaps:
             offset += new_width
         return torch.cat(out)
 
-    def of(self, name: str) -> tuple[Tensor, Tensor | None]:
-        """(rows, columns) of parameter `name`; columns None for vectors."""
+    def of(self, role: tuple) -> tuple[Tensor, Tensor | None]:
+        """(rows, columns) of the parameter with `role` (parameter_roles); columns None for vectors."""
         o, n = self.old, self.new
+        part, layer, param = role
         hid, emb = (self.hidden(), n.hidden), (self.embed(), n.embed)
-        d_units = self.direction()
-        d_new = n.hidden // 2 if n.bidirectional else n.hidden
-        parts = name.split(".")
-        if name.endswith("embedding.weight"):  # either side's embedding: [vocabulary, embed]
-            return torch.arange(o.tgt_vocab_size if name == "embedding.weight" else o.src_vocab_size), emb[0]
-        if parts[0] == "encoder":  # encoder.{forward,backward}_rnns.L.{weight,bias}_{ih,hh}_l0
-            layer, kind = int(parts[2]), parts[3]
-            rows = self.gated(d_units, d_new)
-            if kind.startswith("bias"):
+        vector = param.rsplit(".", 1)[-1].startswith("bias")  # bias, bias_ih_l0, bias_hh_l0
+        if part.endswith("embedding"):  # [vocabulary, embed]
+            return torch.arange(o.tgt_vocab_size if part == "tgt_embedding" else o.src_vocab_size), emb[0]
+        if part == "encoder_rnn":  # weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0 of one direction's layer
+            d_units = self.direction()
+            rows = self.gated(d_units, n.hidden // 2 if n.bidirectional else n.hidden)
+            if vector:
                 return rows, None
-            if kind.startswith("weight_hh"):
-                return rows, d_units
-            return rows, emb[0] if layer == 0 else hid[0]
-        if parts[0] == "bridge":  # [every layer's h (and c)] <- the encoder's summary
-            rows = self.concat(*[hid] * (o.decoder_layers * len(o.cell_states)))
-            return rows, (hid[0] if parts[1] == "weight" else None)
-        if parts[0] == "cells":  # cells.L.{x2h,h2h,linear}.{weight,bias}
-            layer, kind = int(parts[1]), parts[2]
+            return rows, d_units if param.startswith("weight_hh") else (emb[0] if layer == 0 else hid[0])
+        if part == "bridge":  # [every layer's h (and c)] <- the encoder's summary
+            return self.concat(*[hid] * (o.decoder_layers * len(o.cell_states))), (None if vector else hid[0])
+        if part == "cell":  # x2h, h2h (GRU) or linear (the others): the cell's Linear layers
             rows = self.gated(hid[0], n.hidden)
-            if parts[3] == "bias":
+            if vector:
                 return rows, None
-            inputs = [emb, hid] if o.input_feed else [emb]
-            inputs = inputs if layer == 0 else [hid]
-            if kind == "h2h":
+            inputs = ([emb, hid] if o.input_feed else [emb]) if layer == 0 else [hid]
+            if param.startswith("h2h"):
                 return rows, hid[0]
-            return rows, self.concat(*(inputs + ([hid] if kind == "linear" else [])))
-        if parts[0] == "attention":  # query/key [hidden, hidden], v [1, hidden]
-            rows = torch.arange(1) if parts[1] == "v" else hid[0]
-            return rows, (hid[0] if parts[2] == "weight" else None)
-        if parts[0] == "combine":  # tanh(W_c [h; context])
-            return hid[0], (self.concat(hid, hid) if parts[1] == "weight" else None)
-        if parts[0] == "out":
+            return rows, self.concat(*(inputs + ([hid] if param.startswith("linear") else [])))
+        if part.startswith("attention_"):  # query/key [hidden, hidden], v [1, hidden]
+            return (torch.arange(1) if part == "attention_v" else hid[0]), (None if vector else hid[0])
+        if part == "combine":  # tanh(W_c [h; context])
+            return hid[0], (None if vector else self.concat(hid, hid))
+        if part == "out":
             rows = torch.arange(o.tgt_vocab_size)
-            if parts[1] == "bias":
-                return rows, None
-            return rows, (hid[0] if o.input_feed else self.concat(hid, hid))
-        raise ValueError(f"widening does not know the parameter {name!r}")
+            return rows, (None if vector else hid[0] if o.input_feed else self.concat(hid, hid))
+        raise ValueError(f"widening does not know the part {part!r}")
 
-    def silent(self, name: str) -> bool:
-        """Whether the new rows of `name` start at zero: the encoder's recurrent layers under dot attention,
-        the query's under general attention (there memory and query meet without a weight between them)."""
+    def silent(self, role: tuple) -> bool:
+        """Whether the new rows start at zero: the encoder's recurrent layers under dot attention, the query's
+        under general attention (there memory and query meet without a weight between them)."""
         if self.new.attention == "general":
-            return name == "attention.query.weight"
-        return self.new.attention == "dot" and name.startswith("encoder.") and "rnns" in name
+            return role[0] == "attention_query" and role[2] == "weight"
+        return self.new.attention == "dot" and role[0] == "encoder_rnn"
 
 
 def widened_config(old: ModelConfig, sizes: dict[str, int]) -> ModelConfig:
@@ -169,4 +188,4 @@ def initial_weights(checkpoint: Path, model: torch.nn.Module, log: Callable[[str
         return weights
     log(f"widening {checkpoint}: " + ", ".join(f"{name} {getattr(old, name)} -> {getattr(new, name)}"
                                                for name in WIDENED if getattr(old, name) != getattr(new, name)))
-    return widen_state(weights, old, model.state_dict(), new)
+    return widen_state(weights, old, model)

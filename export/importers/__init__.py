@@ -20,7 +20,7 @@ class ImportRefused(Seq2EdgeError):
     """The toolkit's model uses something the importer does not rebuild (named in the message)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Imported:
     """A toolkit's model, ready for export_model."""
 

@@ -164,8 +164,9 @@ def load(model_dir: Path) -> Imported:
         source_eos=True, min_len=int(testing.get("min_output_length", 1)), max_len_ratio=0.0 if longest > 0 else 1.5,
         never_emit=() if testing.get("generate_unk", True) else ("<unk>",),
         space_symbol=SPACE_ESCAPE if "char" in (data["src"].get("level"), data["trg"].get("level")) else "")
-    return Imported(module.eval(), vocabs["src"], vocabs["trg"], specials, _tokens(data["src"], model_dir),
-                    _tokens(data["trg"], model_dir), bool(data["src"].get("lowercase", False)), conventions,
+    return Imported(model=module.eval(), source_vocab=vocabs["src"], target_vocab=vocabs["trg"], specials=specials,
+                    source_tokens=_tokens(data["src"], model_dir), target_tokens=_tokens(data["trg"], model_dir),
+                    lowercase=bool(data["src"].get("lowercase", False)), conventions=conventions,
                     origin=f"joeynmt {cfg.get('joeynmt_version', '2.x')}: {model_dir.name}",
                     max_tgt_len=longest if longest > 0 else None, parity_sources=_dev_sources(data, model_dir))
 

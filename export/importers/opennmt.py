@@ -171,7 +171,8 @@ def load(path: Path) -> Imported:
                             f"unexpected {unexpected[:3]})")
     never = tuple(t for t in target if t.startswith(FILLER))
     conventions = Conventions(max_len_ratio=1.25, max_len_offset=5.0, max_len_cap=250, never_emit=never)
-    return Imported(module.eval(), source, target, dict(SPECIALS), "word", "word", False, conventions,
+    return Imported(model=module.eval(), source_vocab=source, target_vocab=target, specials=dict(SPECIALS),
+                    source_tokens="word", target_tokens="word", lowercase=False, conventions=conventions,
                     origin=f"opennmt-py {getattr(opt, 'version', '3.x')}: {path.name}", max_tgt_len=250)
 
 
