@@ -26,14 +26,12 @@ from seq2edge.runtime.model import GREEDY_GRAPH_BATCHED_SPEEDUP, Seq2Seq
 from seq2edge.runtime.schema import BundleMeta, GraphEntry, SideMeta
 from seq2edge.runtime.tokenize import TextCodec
 from seq2edge.runtime.util import atomic_directory, refuse_overlap, sha256_file, write_json_atomic
-from seq2edge.train import corpus as C
-from seq2edge.train.checkpoint import load_checkpoint, read_json
 
 from .greedy import build_greedy_graph
 from .onnx import export_graphs
 from .ort_format import REQUIRED_OPERATORS, write_ort_copies
 from .quantize import write_precision
-from .verify import check_greedy_graph, check_parity, compare_precision, int8_gate
+from .verify import ParityInput, check_greedy_graph, check_parity, compare_precision, int8_gate
 
 
 class ExportError(Seq2EdgeError):
@@ -53,6 +51,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     checkpoint, out = Path(checkpoint), Path(out)
     refuse_overlap(out, [("checkpoint", checkpoint), ("corpus", corpus if corpus not in (None, "cmudict") else None)])
     refuse_existing(out, force)
+    from seq2edge.train.checkpoint import load_checkpoint  # seq2edge's own checkpoints only: export_model never reads one
+
     model, source, target = load_checkpoint(checkpoint)
     sides = {"source": Side(source, checkpoint / "source.spm.model"), "target": Side(target, checkpoint / "target.spm.model")}
     entries = parity_entries(checkpoint, corpus, parity_words)
@@ -74,7 +74,7 @@ class Side:
     spm_model: Path | None = None
 
 
-def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[C.Entry], provenance: dict, *,
+def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[ParityInput], provenance: dict, *,
                  exporter: str = "torchscript", decoder_step: str = "traced", int8: bool = False, fp16: bool = False,
                  atol: float | None = None,
                  greedy_graph: bool = False, ort: bool = False, conventions: Conventions = Conventions(),
@@ -192,13 +192,16 @@ def check_parity_or_fail(model, runtime: Seq2Seq, texts: list[str], log, atol: f
     return parity.to_dict()
 
 
-def parity_entries(checkpoint: Path, corpus: str | None, count: int) -> list[C.Entry]:
+def parity_entries(checkpoint: Path, corpus: str | None, count: int) -> list[ParityInput]:
     """`count` entries for the parity check: dev first, then test and train if the dev part is small."""
+    from seq2edge.train import corpus as C
+    from seq2edge.train.checkpoint import read_json
+
     name = corpus or read_json(checkpoint / "train.json")["train_config"]["corpus"]
     if name != "cmudict" and not Path(name).exists():
         raise Seq2EdgeError(f"the parity check needs the training corpus, {name}, which is not here; pass --corpus PATH")
     entries = C.load_corpus(name).entries
-    chosen: list[C.Entry] = []
+    chosen: list[ParityInput] = []
     for part in ("dev", "test", "train"):
         chosen += C.split(entries, part)[: count - len(chosen)]
         if len(chosen) >= count:

@@ -17,10 +17,10 @@ from seq2edge.runtime.conventions import Conventions
 from seq2edge.runtime.errors import BundleError
 from seq2edge.runtime.tokenize import TextCodec, Vocabulary
 from seq2edge.runtime.util import refuse_overlap
-from seq2edge.train.corpus import Entry
 
 from .bundle import Side, refuse_existing, write_bundle
 from .protocol import ProtocolError, ProtocolModule, VocabMap, check_protocol, map_vocab, origin_of
+from .verify import ParityInput
 
 # Length limits when none are given: far above what a recurrent model is trained on, and what the
 # runtime refuses (or truncates, --too-long) beyond.
@@ -67,7 +67,7 @@ def export_model(model: nn.Module, out: str | Path, *, source_vocab: Sequence[st
         wrapped = ProtocolModule(model, config, probe.layout, source.model_ids, target.model_ids)
         provenance = {"origin": config.origin, "special_tokens": {"pad": pad, "bos": bos, "eos": eos, "unk": unk}}
         return write_bundle(wrapped, out, {name: Side(codecs[name], spm) for name, (_, spm) in sides.items()},
-                            [Entry(t, ()) for t in texts], provenance, int8=int8, fp16=fp16, atol=atol,
+                            [ParityInput(t) for t in texts], provenance, int8=int8, fp16=fp16, atol=atol,
                             greedy_graph=greedy_graph, ort=ort, conventions=conventions or Conventions(), accept_int8=accept_int8,
                             log=log)
     finally:

@@ -29,8 +29,6 @@ from seq2edge.runtime.errors import BundleError, InputError
 from seq2edge.runtime.model import Seq2Seq
 from seq2edge.runtime.schema import BundleMeta
 from seq2edge.runtime.util import pad_batch
-from seq2edge.train.corpus import Entry
-from seq2edge.train.metrics import score
 from seq2edge.train.model import Seq2SeqModule, greedy_decode, source_mask
 
 # The log-probability gate scales with what float32 arithmetic does to this model on these inputs:
@@ -44,6 +42,14 @@ TOLERANCE_FLOOR = 1e-4  # never gate tighter than this, whatever the measured no
 # Entries less likely than e^-10 in PyTorch are left out of the gated figure: no search can pick
 # them, and float32 rounding moves them most. They are still compared (max_abs_log_prob_diff_all).
 RELEVANT_LOG_PROB = -10.0
+
+
+@dataclass(frozen=True)
+class ParityInput:
+    """A parity input and its reference outputs, if any (a corpus entry: train.corpus.Entry has the same fields)."""
+
+    source: str
+    references: tuple[str, ...] = ()
 
 
 @dataclass
@@ -270,7 +276,7 @@ SCORE_TOLERANCE = 1e-3
 INT8_BATCHING_BOUND = 0.015
 
 
-def compare_precision(bundle_dir: Path, meta: BundleMeta, precision: str, entries: Sequence[Entry],
+def compare_precision(bundle_dir: Path, meta: BundleMeta, precision: str, entries: Sequence[ParityInput],
                       reference: Sequence, fp32: Seq2Seq) -> dict:
     """Figures of the `precision` graphs against the fp32 ones (`reference`: fp32 results on `entries`).
     fp16 graphs that the CPU provider cannot run are "not measured here" (they are for GPUs); int8 graphs
@@ -289,6 +295,8 @@ def compare_precision(bundle_dir: Path, meta: BundleMeta, precision: str, entrie
     figures.update(measured=True, provider="CPUExecutionProvider", words=len(entries),
                    token_agreement_with_fp32=agree / max(len(entries), 1))
     if all(e.references for e in entries):  # parity sources given without references (export_model) have no WER
+        from seq2edge.train.metrics import score  # a corpus with references: seq2edge's own checkpoints
+
         refs = [[target.split(r) for r in e.references] for e in entries]
         figures["wer"] = round(score([r.tokens for r in results], refs).wer, 3)
         figures["fp32_wer"] = round(score([r.tokens for r in reference], refs).wer, 3)

@@ -3,6 +3,8 @@
 import ast
 import copy
 import json
+import re
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -123,9 +125,12 @@ def test_an_ort_copy_of_a_graph_is_read_with_its_entry():
 
 
 def _imports_of(path, package: str) -> set[str]:
-    """seq2edge modules imported by a file (top level and inside functions), relative imports resolved."""
+    """seq2edge modules a file imports (top level and inside functions, relative imports resolved), and those it names
+    in strings for importlib (runtime/cli.py's lazy commands)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    text = path.read_text()
+    by_name = "import_module(" in text  # a file that imports modules named in strings
+    for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package if node.level == 1 else package.rsplit(".", node.level - 1)[0]
@@ -137,14 +142,36 @@ def _imports_of(path, package: str) -> set[str]:
             found.update(n for n in names if n.startswith("seq2edge."))
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("seq2edge."))
+        elif by_name and isinstance(node, ast.Constant) and isinstance(node.value, str) and re.fullmatch(r"seq2edge(\.\w+)+", node.value):
+            found.add(node.value)
     return found
 
 
-def test_no_module_imports_itself_back_through_a_cycle():
+def _modules() -> dict[str, Path]:
+    """Every module of the four packages, subpackages included (export/importers/)."""
     folders = {"runtime": "seq2edge.runtime", "train": "seq2edge.train", "export": "seq2edge.export", "bench": "seq2edge.bench"}
-    modules = {f"{package}.{p.stem}": p for folder, package in folders.items() for p in (REPO / folder).glob("*.py")
-               if p.stem != "__init__"}
-    graph = {name: {m for m in _imports_of(path, name.rsplit(".", 1)[0]) if m in modules} for name, path in modules.items()}
+    modules = {}
+    for folder, package in folders.items():
+        for p in (REPO / folder).rglob("*.py"):
+            parts = p.relative_to(REPO / folder).with_suffix("").parts
+            name = ".".join((package, *parts))
+            modules[name.removesuffix(".__init__")] = p
+    return modules
+
+
+def test_the_import_rules_see_subpackages_and_importlib_strings():
+    modules = _modules()
+    assert "seq2edge.export.importers.joeynmt" in modules and "seq2edge.export.importers" in modules
+    cli = _imports_of(modules["seq2edge.runtime.cli"], "seq2edge.runtime")
+    assert {"seq2edge.train.cli", "seq2edge.export.cli", "seq2edge.runtime.decode_cli"} <= cli
+
+
+def test_no_module_imports_itself_back_through_a_cycle():
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        graph[name] = {m for m in _imports_of(path, package) if m in modules and m != name}
     assert graph["seq2edge.export.quantize"] and "seq2edge.export.bundle" not in graph["seq2edge.export.quantize"]
 
     def cycle_from(start):
@@ -164,6 +191,21 @@ def test_no_module_imports_itself_back_through_a_cycle():
 
 
 def test_the_runtime_imports_nothing_of_train_export_or_bench():
-    for path in (REPO / "runtime").glob("*.py"):
-        imported = _imports_of(path, "seq2edge.runtime")
+    from seq2edge.runtime.cli import LAZY_COMMANDS
+
+    lazy = {module for module, *_ in LAZY_COMMANDS.values()}  # other packages' commands, imported when they run
+    for path in (REPO / "runtime").rglob("*.py"):
+        imported = _imports_of(path, "seq2edge.runtime") - (lazy if path.name == "cli.py" else set())
         assert not [m for m in imported if not m.startswith("seq2edge.runtime")], path.name
+
+
+def test_the_bring_your_own_path_loads_none_of_seq2edges_training_code():
+    """export_model and the importers need the PyTorch reference decoder (train/model.py's greedy_decode, shared with
+    checkpoint evaluation) and nothing else of train/: no corpus, checkpoint, metrics or training loop."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from seq2edge.export import export_model; import seq2edge.export.external, seq2edge.export.importers.joeynmt, "
+            "seq2edge.export.importers.opennmt; print(sorted(m for m in sys.modules if m.startswith('seq2edge.train')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "['seq2edge.train', 'seq2edge.train.model']"
