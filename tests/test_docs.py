@@ -73,3 +73,12 @@ def test_the_docs_index_lists_every_page():
     assert missing == []
     experiments = (REPO / "docs" / "experiments" / "README.md").read_text()
     assert [p.name for p in (REPO / "docs" / "experiments").glob("2*.md") if p.name not in experiments] == []
+
+
+def test_the_architecture_page_names_every_module():
+    """docs/ARCHITECTURE.md's module index: a module added without a line there fails here."""
+    page = (REPO / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    files = [p for folder in ("runtime", "export", "train", "bench") for p in (REPO / folder).rglob("*.py") if p.name != "__init__.py"]
+    files += [*(REPO / "tools").glob("*.py"), *(REPO / "tools").glob("*.mjs"), *(REPO / "hosts" / "js").glob("*.mjs")]
+    missing = [str(p.relative_to(REPO)) for p in files if f"`{p.relative_to(REPO)}`" not in page]
+    assert not missing, f"docs/ARCHITECTURE.md does not name {missing}"

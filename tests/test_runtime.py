@@ -66,10 +66,14 @@ def test_bad_input_raises_input_error_naming_its_position(tiny_model):
         tiny_model.decode(["edge", "   "])
 
 
-def test_unknown_policy_unk_and_skip_decode_anyway(tiny_bundle):
-    for policy in ("unk", "skip"):
-        model = Seq2Seq.load(tiny_bundle, providers="cpu", unknown=policy)
-        assert model.decode(["ed\u4e2dge"])[0].ok
+def test_unknown_policy_unk_decodes_an_unk_in_place_and_skip_decodes_without_it(tiny_bundle):
+    skip = Seq2Seq.load(tiny_bundle, providers="cpu", unknown="skip")
+    assert skip.decode(["ed\u4e2dge"])[0].tokens == skip.decode(["edge"])[0].tokens
+    unk = Seq2Seq.load(tiny_bundle, providers="cpu", unknown="unk")
+    source = unk.bundle.source
+    ids = source.encode("ed\u4e2dge", "unk")
+    assert ids == [*source.encode("ed"), unk.config.unk_id, *source.encode("ge")]
+    assert unk.decode(["ed\u4e2dge"])[0].ok
 
 
 def test_too_long_inputs_error_or_truncate_and_say_so(tiny_bundle, tiny_model):

@@ -109,10 +109,12 @@ def test_time_budget_stops_inside_an_epoch_and_resume_continues_there(tmp_path):
     config = dict(epochs=2, train_limit=300, dev_limit=40, batch_size=8, seed=5, save_every_minutes=60)
     arch = dict(embed=16, hidden=32, max_src_len=32, max_tgt_len=24)
     Trainer(TrainConfig(**config), arch, tmp_path / "a", log=lambda m: None).run()
-    stopped = Trainer(TrainConfig(**config, max_minutes=0.0005), arch, tmp_path / "b", log=lambda m: None).run()
+    ticks = iter(range(10**6))  # a clock that moves one second each time it is read: the budget ends at a known batch
+    stopped = Trainer(TrainConfig(**config, max_minutes=0.1), arch, tmp_path / "b", log=lambda m: None,
+                      clock=lambda: float(next(ticks))).run()
     assert stopped["stopped"] == "time budget"
     position = json.loads((tmp_path / "b" / "last" / "state.json").read_text())
-    assert position["epoch"] == 0 and position["step_in_epoch"] > 0
+    assert position["epoch"] == 0 and 0 < position["step_in_epoch"] <= 6  # 6 seconds in and the epoch has 38 batches
     Trainer(TrainConfig(**config), arch, tmp_path / "b", resume=True, log=lambda m: None).run()
     (w1, h1), (w2, h2) = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
     assert h1 == h2 and all(torch.equal(w1[k], w2[k]) for k in w1)
@@ -137,10 +139,10 @@ def test_two_process_gloo_distillation_stops_on_its_time_budget_together_and_res
     rank then reads the caches. Batch size 18 cuts the 400 training pairs into 23 batches: a rank
     left with one batch more than its partner would wait forever in that batch's gradient sum."""
     args = ("--epochs", "2", "--batch-size", "18")
-    proc = _train_two_processes(tmp_path / "ddp", *args, "--max-minutes", "0.002", "--teacher", str(tiny_bundle),
+    proc = _train_two_processes(tmp_path / "ddp", *args, "--max-steps", "5", "--teacher", str(tiny_bundle),
                                 "--kd", "seq+token", "--kd-beam", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "stopped (time budget)" in proc.stderr and "400 training pairs" in proc.stderr
+    assert "stopped (step budget)" in proc.stderr and "400 training pairs" in proc.stderr
     assert len(list((tmp_path / "ddp" / "teacher").iterdir())) == 2  # the labels and the distributions, nothing half-written
     state = json.loads((tmp_path / "ddp" / "last" / "state.json").read_text())
     assert state["epoch"] < 2
@@ -209,10 +211,10 @@ def test_resume_takes_a_new_epoch_count_and_keeps_the_loss_and_minutes_of_the_in
     uninterrupted 3-epoch run (history, loss included, and weights), and the resumed epoch's minutes
     count the first run's time."""
     stopped = tmp_path / "stopped"
-    subprocess.run([*SEQ2EDGE, "train", "--out", str(stopped), *ARGS, "--epochs", "1", "--max-minutes", "0.002"], check=True,
+    subprocess.run([*SEQ2EDGE, "train", "--out", str(stopped), *ARGS, "--epochs", "1", "--max-steps", "3"], check=True,
                    capture_output=True)
     state = json.loads((stopped / "last" / "state.json").read_text())
-    assert state["epoch"] == 0 and state["step_in_epoch"] > 0 and state["minutes"] > 0
+    assert state["epoch"] == 0 and state["step_in_epoch"] == 3 and state["minutes"] > 0
     subprocess.run([*SEQ2EDGE, "train", "--out", str(stopped), *ARGS, "--resume", "--epochs", "3"], check=True, capture_output=True)
     one = json.loads((straight_run / "train.json").read_text())["history"]
     two = json.loads((stopped / "train.json").read_text())["history"]

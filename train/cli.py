@@ -54,6 +54,8 @@ from .recipe import config_option
 @click.option("--keep-epochs", is_flag=True,
               help="Also keep every epoch's weights in OUT/epochs/epoch-N.safetensors (for `seq2edge average`).")
 @click.option("--max-minutes", type=float, default=None, help="Time budget; stops inside an epoch if needed (resumable).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Batch budget of this run; stops inside an epoch if needed (resumable).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last resume point.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N training entries.")
@@ -81,13 +83,13 @@ from .recipe import config_option
               help="Unlabelled sources (one per line) for the teacher to label; those of the dev/test split are left out.")
 def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidirectional, embed, hidden, dropout, src_tokens,
           tgt_tokens, lowercase_source, src_vocab_size, tgt_vocab_size, min_freq, max_src_len, max_tgt_len, epochs, batch_size,
-          lr, clip, label_smoothing, patience, lr_patience, init_from, keep_epochs, max_minutes, seed, resume, limit, dev_limit, threads,
-          log_every, teacher, kd,
+          lr, clip, label_smoothing, patience, lr_patience, init_from, keep_epochs, max_minutes, max_steps, seed, resume, limit,
+          dev_limit, threads, log_every, teacher, kd,
           kd_alpha, kd_top_k, kd_beam, kd_mix_references, kd_cache, extra_inputs) -> None:
     """Train a seq2seq model with attention into the checkpoint directory --out.
 
     With --resume, the run continues with its saved settings; --epochs, --patience, --threads,
-    --log-every and --max-minutes may be given anew, any other option must match the saved run."""
+    --log-every, --max-minutes and --max-steps may be given anew, any other option must match the saved run."""
     from seq2edge.runtime.errors import Seq2EdgeError
 
     from .config import WIDENED, TrainConfig
@@ -118,7 +120,8 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
             raise Seq2EdgeError(str(exc)) from None
     tc = TrainConfig(corpus=corpus, epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, label_smoothing=label_smoothing,
                      patience=patience, lr_patience=lr_patience,
-                     init_from=str(init_from.resolve()) if init_from else None, keep_epochs=keep_epochs, seed=seed, max_minutes=max_minutes,
+                     init_from=str(init_from.resolve()) if init_from else None, keep_epochs=keep_epochs, seed=seed,
+                     max_minutes=max_minutes, max_steps=max_steps,
                      min_freq=min_freq, src_vocab_size=src_vocab_size,
                      tgt_vocab_size=tgt_vocab_size, train_limit=limit, dev_limit=dev_limit, threads=threads, log_every=log_every,
                      teacher=str(teacher[0].resolve()) if teacher else None,
@@ -131,7 +134,7 @@ def train(corpus, out, cell, attention, input_feed, layers, decoder_layers, bidi
     overrides = {}
     if resume:
         overrides = {name: getattr(tc, name) for name in Trainer.RESUME_OVERRIDES if name in given}
-        _check_unchanged(out, given - set(Trainer.RESUME_OVERRIDES) - {"out", "resume", "max_minutes"},
+        _check_unchanged(out, given - set(Trainer.RESUME_OVERRIDES) - {"out", "resume", "max_minutes", "max_steps"},
                          {**tc.__dict__, **arch})
     try:
         Trainer(tc, arch, out, resume=resume, overrides=overrides).run()

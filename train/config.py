@@ -23,6 +23,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     seed: int = 0
     max_minutes: float | None = None
+    max_steps: int | None = None  # a budget of batches for this invocation, as max_minutes is of time
     save_every_minutes: float = 10.0
     min_freq: int = 1
     src_vocab_size: int | None = None  # cap (word) or target size (spm)

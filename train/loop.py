@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -77,9 +77,9 @@ class Trainer:
     RESUME_OVERRIDES = ("epochs", "threads", "patience", "log_every")
 
     def __init__(self, tc: TrainConfig, arch: dict, out: str | Path, resume: bool = False, log=None,
-                 overrides: dict | None = None):
-        """overrides: with resume, RESUME_OVERRIDES values that replace the saved ones; max_minutes is
-        always this run's own (a time budget belongs to one invocation)."""
+                 overrides: dict | None = None, clock: Callable[[], float] = time.monotonic):
+        """overrides: with resume, RESUME_OVERRIDES values that replace the saved ones; max_minutes and max_steps
+        are always this run's own (a budget belongs to one invocation). clock: seconds, for the time budget."""
         self.out = Path(out)
         self.rank, self.world = _distributed_setup()
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -88,6 +88,8 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.tc = tc
+        self.clock = clock
+        self.run_steps = 0  # batches trained by this invocation (the step budget)
         if resume:
             self._load_resume_config(overrides or {})
         with self._rank_0_first():  # a teacher labels once; the other ranks read its caches
@@ -115,7 +117,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = 0, 0
         self.loss_total, self.loss_batches = 0.0, 0  # the current epoch's running loss, kept across a resume
         self.minutes_before = 0.0  # training minutes spent by earlier runs of this checkpoint
-        self.run_start = time.monotonic()
+        self.run_start = self.clock()
         self._signalled: list[int] = []  # SIGINT/SIGTERM received while run() trains
         if resume:
             self._restore()
@@ -138,9 +140,9 @@ class Trainer:
     # -- resume -----------------------------------------------------------------
     def _load_resume_config(self, overrides: dict) -> None:
         saved = read_json(self.out / "train.json")
-        budget, threads = self.tc.max_minutes, self.tc.threads
+        budget, steps, threads = self.tc.max_minutes, self.tc.max_steps, self.tc.threads
         self.tc = TrainConfig(**saved["train_config"])
-        self.tc.max_minutes = budget  # a resumed run gets its own time budget
+        self.tc.max_minutes, self.tc.max_steps = budget, steps  # a resumed run gets its own budgets
         if threads:  # and may use another number of threads (float sums may then differ in the last bits)
             self.tc.threads = threads
         for name, value in overrides.items():
@@ -185,7 +187,7 @@ class Trainer:
 
     def minutes(self) -> float:
         """Training minutes of this checkpoint so far, earlier (resumed) runs included."""
-        return self.minutes_before + (time.monotonic() - self.run_start) / 60
+        return self.minutes_before + (self.clock() - self.run_start) / 60
 
     # -- training -----------------------------------------------------------------
     def run(self) -> dict:
@@ -198,7 +200,7 @@ class Trainer:
     def _run(self) -> dict:
         tc = self.tc
         self._write_train_json()
-        self.run_start = time.monotonic()
+        self.run_start = self.clock()
         deadline = self.run_start + tc.max_minutes * 60 if tc.max_minutes else math.inf
         lengths = [len(s) + len(t) for s, t in zip(self.prepared.train.src, self.prepared.train.tgt)]
         stopped = "epochs"
@@ -213,7 +215,7 @@ class Trainer:
                 signum = self._signalled[0] if self._signalled else signal.SIGTERM  # another rank's signal
                 raise TrainingInterrupted(signum, self.out, self.epoch, self.step_in_epoch, shown=self.rank == 0)
             if stop_reason == _LATE:
-                stopped = "time budget"
+                stopped = "step budget" if tc.max_steps and self.run_steps >= tc.max_steps else "time budget"
                 self._end_partial_epoch()
                 break
             if self._end_epoch(loss):
@@ -254,6 +256,7 @@ class Trainer:
             self.optimizer.step()
             self.loss_total, self.loss_batches = self.loss_total + loss.item(), self.loss_batches + 1
             self.step_in_epoch += 1
+            self.run_steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{self.loss_total / self.loss_batches:.3f}", refresh=False)
             if progress_lines and self.step_in_epoch % tc.log_every == 0:
@@ -268,9 +271,10 @@ class Trainer:
         return 0, self.loss_total / max(self.loss_batches, 1)
 
     def _stop_reason(self, deadline: float) -> int:
-        """Signalled or past the time budget, on any rank: all ranks stop at the same step (one that
-        stopped alone would leave the others waiting in the next gradient sum), for the same reason."""
-        reason = _SIGNALLED if self._signalled else _LATE if time.monotonic() > deadline else 0
+        """Signalled or past a budget, on any rank: all ranks stop at the same step (one that stopped
+        alone would leave the others waiting in the next gradient sum), for the same reason."""
+        over = self.clock() > deadline or (self.tc.max_steps is not None and self.run_steps >= self.tc.max_steps)
+        reason = _SIGNALLED if self._signalled else _LATE if over else 0
         if self.world > 1:
             agreed = torch.tensor([float(reason)])
             dist.all_reduce(agreed, op=dist.ReduceOp.MAX)

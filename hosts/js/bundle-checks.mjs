@@ -1,5 +1,6 @@
-// The checks a bundle passes before the JavaScript host decodes with it: the same as the Python runtime's
-// (runtime/schema.py, runtime/config.py, runtime/onnx_scan.py), so both hosts refuse the same bundles.
+// The checks a bundle passes before the JavaScript host decodes with it, read from the bundle contract
+// (runtime/bundle_contract.json, as bundle-contract.mjs) as the Python runtime reads it (runtime/schema.py,
+// runtime/config.py), and the ONNX byte scans of runtime/onnx_scan.py: both hosts refuse the same bundles alike.
 
 import CONTRACT from "./bundle-contract.mjs";
 
