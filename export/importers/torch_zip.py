@@ -10,6 +10,7 @@ that would run code when loaded is read as data or not at all.
 from __future__ import annotations
 
 import argparse
+import math
 import pickletools
 import zipfile
 from collections import OrderedDict
@@ -34,11 +35,20 @@ class _Mark:
     pass
 
 
+# Bounds on what a checkpoint may claim before anything is read or viewed: toolkit checkpoints of seq2seq models
+# are megabytes to a few gigabytes, with tensors of at most a few axes.
+MAX_PICKLE_BYTES = 256 << 20
+MAX_STORAGE_BYTES = 16 << 30
+MAX_COMPRESSION = 100  # uncompressed/compressed bytes of an entry (torch.save stores entries uncompressed)
+MAX_AXES = 32
+
+
 def read_checkpoint(path: Path) -> object:
-    """The object torch.save wrote to `path`, built from data alone."""
+    """The object torch.save wrote to `path`, built from data alone; every size, stride and offset it claims is
+    checked against the bytes that are there before a tensor is made."""
     try:
         archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
         raise ImportRefused(f"{path}: not a PyTorch zip checkpoint ({exc}); save it with torch 1.6 or newer") from None
     with archive:
         names = archive.namelist()
@@ -46,16 +56,58 @@ def read_checkpoint(path: Path) -> object:
         if pickle_name is None:
             raise ImportRefused(f"{path}: holds no data.pkl; not a PyTorch checkpoint")
         prefix = pickle_name[: -len("data.pkl")]
-        storage = lambda key, kind: np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=STORAGES[kind])  # noqa: E731
+        storages = _Storages(archive, prefix, path)
         try:
-            return _interpret(archive.read(pickle_name), storage, path)
+            return _interpret(_entry(archive, pickle_name, MAX_PICKLE_BYTES, path), storages, path)
         except ImportRefused:
             raise
         except Exception as exc:  # a malformed pickle or archive
             raise ImportRefused(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def _interpret(data: bytes, storage, path: Path) -> object:
+def _entry(archive: zipfile.ZipFile, name: str, limit: int, path: Path) -> bytes:
+    """A zip entry's bytes, refused when its recorded size is over `limit`, it inflates beyond any checkpoint's ratio,
+    or what it holds is not the size it records."""
+    info = archive.getinfo(name)
+    if info.file_size > limit:
+        raise ImportRefused(f"{path}: entry {name} claims {info.file_size} bytes, more than the {limit} a checkpoint's may hold")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_COMPRESSION * max(info.compress_size, 1):
+        raise ImportRefused(f"{path}: entry {name} inflates {info.file_size // max(info.compress_size, 1)}-fold; refused")
+    data = archive.read(name)
+    if len(data) != info.file_size:
+        raise ImportRefused(f"{path}: entry {name} holds {len(data)} bytes, its record says {info.file_size}")
+    return data
+
+
+class _Storages:
+    """The archive's raw storages, each read once, its size checked against its record and its element type."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, path: Path):
+        self.archive, self.prefix, self.path, self.read = archive, prefix, path, {}
+
+    def __call__(self, key: object, kind: object, numel: object) -> np.ndarray:
+        if not isinstance(key, str) or not key.isdigit():
+            raise ImportRefused(f"{self.path}: a storage key {key!r} that torch.save never writes")
+        if kind not in STORAGES:
+            raise ImportRefused(f"{self.path}: storage {key} has the type {kind!r}, not one of {', '.join(STORAGES)}")
+        name = f"{self.prefix}data/{key}"
+        if name not in self.read:
+            if name not in self.archive.namelist():
+                raise ImportRefused(f"{self.path}: storage {key} is missing from the archive")
+            data = _entry(self.archive, name, MAX_STORAGE_BYTES, self.path)
+            itemsize = np.dtype(STORAGES[kind]).itemsize
+            if len(data) % itemsize:
+                raise ImportRefused(f"{self.path}: storage {key} holds {len(data)} bytes, not whole {kind} elements")
+            self.read[name] = np.frombuffer(data, dtype=STORAGES[kind])
+        array = self.read[name]
+        if array.dtype != np.dtype(STORAGES[kind]):
+            raise ImportRefused(f"{self.path}: storage {key} is read as two element types")
+        if isinstance(numel, bool) or not isinstance(numel, int) or numel != array.size:
+            raise ImportRefused(f"{self.path}: storage {key} holds {array.size} elements, its record says {numel!r}")
+        return array
+
+
+def _interpret(data: bytes, storage: _Storages, path: Path) -> object:
     stack: list = []
     memo: dict = {}
     for op, arg, _ in pickletools.genops(data):
@@ -110,10 +162,14 @@ def _interpret(data: bytes, storage, path: Path) -> object:
             stack.append((module, qualname))
         elif name == "BINPERSID":
             pid = stack.pop()  # ("storage", storage type, key, location, numel)
-            stack.append(storage(pid[2], pid[1][1]))
+            if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], tuple)):
+                raise ImportRefused(f"{path}: a persistent id {str(pid)[:80]} that torch.save never writes")
+            stack.append(storage(pid[2], pid[1][1], pid[4]))
         elif name in ("REDUCE", "NEWOBJ"):
-            args = stack.pop()
-            stack.append(_build(stack.pop(), args))
+            args, what = stack.pop(), stack.pop()
+            # a state dict's entry is its key, then its tensor: the key is on the stack beneath the tensor's constructor
+            tensor_name = stack[-1] if stack and isinstance(stack[-1], str) else f"number {len(memo)}"
+            stack.append(_build(what, args, tensor_name, path))
         elif name == "BUILD":
             state = stack.pop()
             target = stack[-1]
@@ -140,8 +196,10 @@ def _pop_mark(stack: list) -> list:
     return items
 
 
-def _build(what, args: tuple):
+def _build(what, args: tuple, tensor_name: str, path: Path):
     """The allow-listed constructors, applied to data (the pickle names them; it never calls them)."""
+    if not isinstance(args, tuple):
+        raise ImportRefused(f"{path}: a constructor applied to {type(args).__name__}, not to arguments")
     if what == ("collections", "OrderedDict"):
         return OrderedDict(*args)
     if what == ("argparse", "Namespace"):
@@ -149,11 +207,45 @@ def _build(what, args: tuple):
     if what in (("__builtin__", "set"), ("builtins", "set")):
         return set(*args)
     if what == ("torch._utils", "_rebuild_tensor_v2"):
-        data, offset, size, stride = args[:4]
-        if not size:
-            return torch.from_numpy(data[offset : offset + 1].copy()).reshape(())
-        view = np.lib.stride_tricks.as_strided(data[offset:], shape=size, strides=[s * data.itemsize for s in stride])
-        return torch.from_numpy(np.array(view))
+        return _tensor(*_tensor_layout(args, f"{path}: tensor {tensor_name!r}"))
     if what == ("torch._utils", "_rebuild_parameter"):
         return args[0]
     raise ImportRefused(f"cannot build {what}")  # a storage class called as a function: not torch.save's output
+
+
+def _tensor_layout(args: tuple, where: str) -> tuple[np.ndarray, int, tuple[int, ...], tuple[int, ...]]:
+    """(storage, offset, size, stride) of _rebuild_tensor_v2's arguments, refused unless every element the view
+    reaches lies inside the storage and no two elements share a place."""
+    if len(args) < 4 or not isinstance(args[0], np.ndarray):
+        raise ImportRefused(f"{where}: is not built from a storage, an offset, a size and a stride")
+    data, offset, size, stride = args[:4]
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if not whole(offset) or offset < 0:
+        raise ImportRefused(f"{where}: storage offset {offset!r} is not a whole number >= 0")
+    for label, axes in (("size", size), ("stride", stride)):
+        if not isinstance(axes, tuple) or len(axes) > MAX_AXES or not all(whole(v) and v >= 0 for v in axes):
+            raise ImportRefused(f"{where}: {label} {str(axes)[:80]} is not at most {MAX_AXES} whole numbers >= 0")
+    if len(size) != len(stride):
+        raise ImportRefused(f"{where}: size {size} and stride {stride} have different numbers of axes")
+    numel = math.prod(size)
+    if numel == 0:
+        return data, offset, size, stride
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= data.size:
+        raise ImportRefused(f"{where}: reaches element {last} of a storage of {data.size}; refused")
+    reach = 0  # the span of the axes so far, smallest stride first: each next stride must step past it
+    for n, s in sorted(((n, s) for n, s in zip(size, stride) if n > 1), key=lambda a: a[1]):
+        if s <= reach:
+            raise ImportRefused(f"{where}: size {size} and stride {stride} place two elements at one position; refused")
+        reach += (n - 1) * s
+    return data, offset, size, stride
+
+
+def _tensor(data: np.ndarray, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> torch.Tensor:
+    """A copy of the checked view (_tensor_layout) as a tensor."""
+    if not size:
+        return torch.from_numpy(data[offset : offset + 1].copy()).reshape(())
+    if math.prod(size) == 0:
+        return torch.from_numpy(np.zeros(size, dtype=data.dtype))
+    view = np.lib.stride_tricks.as_strided(data[offset:], shape=size, strides=[s * data.itemsize for s in stride])
+    return torch.from_numpy(np.array(view))
