@@ -21,6 +21,7 @@ from .errors import BundleError
 from .interface import (
     BUNDLE_FILE,
     GRAPH_FORMATS,
+    MAX_GRAPH_BYTES,
     MAX_JSON_DEPTH,
     MAX_METADATA_BYTES,
     META_BUNDLE_ID,
@@ -93,6 +94,8 @@ class Bundle:
         if (kind, precision, fmt) in self.verified:
             return path
         owner: dict[str, str] = {}
+        if path.stat().st_size > MAX_GRAPH_BYTES:
+            raise BundleError(f"{path}: {say('graph_too_large', limit=MAX_GRAPH_BYTES)}")
         try:
             with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 if hashlib.sha256(data).hexdigest() != entry.sha256:

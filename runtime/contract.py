@@ -36,6 +36,7 @@ def rule(*, minimum: float | None = None, maximum: float | None = None, exclusiv
 MESSAGES = {
     "not_object": "expected a JSON object",
     "too_deep": "nested more than {limit} deep, far beyond a bundle's metadata; refused",
+    "graph_too_large": "larger than {limit} bytes, more than a self-contained ONNX model can hold; refused",
     "no_format_version": "no format_version; not a seq2edge bundle",
     "bad_format_version": "format_version must be a whole number >= 1, found {value}",
     "newer_format_version": "format version {value} is newer than this seq2edge reads ({newest}); upgrade seq2edge",

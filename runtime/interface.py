@@ -19,6 +19,10 @@ BUNDLE_FILE = "bundle.json"
 # bound on how deeply bundle.json may nest (a bundle's is 4 deep), so that no reader recurses without end.
 MAX_METADATA_BYTES = 64 << 20
 MAX_JSON_DEPTH = 64
+# A graph is one protobuf message, which cannot exceed 2 GiB, and its messages nest a few levels per subgraph (a
+# Loop's body, an If's branches: 3 each); deeper than this, a reader would recurse without need. Refused, not read.
+MAX_GRAPH_BYTES = (2 << 30) - 1
+MAX_ONNX_DEPTH = 64
 GRAPHS = ("encoder", "decoder")  # every bundle has both, at every precision
 OPTIONAL_GRAPHS = ("greedy",)  # export --greedy-graph: the encoder and a Loop of decoder steps in one graph
 PRECISIONS = ("fp32", "int8", "fp16")

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from .interface import MAX_ONNX_DEPTH
+
 T = TypeVar("T")
 
 # message -> {field number: message type of that field}, for every path to a TensorProto
@@ -98,12 +100,14 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _walk(buf: memoryview, kind: str) -> bool:
+def _walk(buf: memoryview, kind: str, depth: int = 1) -> bool:
+    if depth > MAX_ONNX_DEPTH:
+        raise MalformedModel(f"messages nested more than {MAX_ONNX_DEPTH} deep")
     children = _SCHEMA[kind]
     for field, wire, value in _fields(buf):
         if kind == "tensor" and ((wire == 0 and field == _TENSOR_DATA_LOCATION and value == _EXTERNAL)
                                  or (wire == 2 and field == _TENSOR_EXTERNAL_DATA)):
             return True
-        if wire == 2 and field in children and _walk(value, children[field]):
+        if wire == 2 and field in children and _walk(value, children[field], depth + 1):
             return True
     return False

@@ -57,6 +57,8 @@ def describe() -> dict[str, Any]:
         "bundle_file": interface.BUNDLE_FILE,
         "max_metadata_bytes": interface.MAX_METADATA_BYTES,
         "max_json_depth": interface.MAX_JSON_DEPTH,
+        "max_graph_bytes": interface.MAX_GRAPH_BYTES,
+        "max_onnx_depth": interface.MAX_ONNX_DEPTH,
         "precisions": list(interface.PRECISIONS),
         "graphs": list(interface.GRAPHS),
         "optional_graphs": list(interface.OPTIONAL_GRAPHS),

@@ -315,12 +315,13 @@ function* fields(buf) {
   if (pos !== buf.length) throw new Malformed("field runs past the end");
 }
 
-function external(buf, kind) {
+function external(buf, kind, depth = 1) {
+  if (depth > CONTRACT.max_onnx_depth) throw new Malformed(`messages nested more than ${CONTRACT.max_onnx_depth} deep`);
   for (const [field, wire, value] of fields(buf)) {
     if (kind === "tensor" && ((wire === 0 && field === TENSOR_DATA_LOCATION && value === 1) || (wire === 2 && field === TENSOR_EXTERNAL_DATA))) {
       return true;
     }
-    if (wire === 2 && field in SCHEMA[kind] && external(value, SCHEMA[kind][field])) return true;
+    if (wire === 2 && field in SCHEMA[kind] && external(value, SCHEMA[kind][field], depth + 1)) return true;
   }
   return false;
 }

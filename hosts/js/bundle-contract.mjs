@@ -7,6 +7,8 @@ export default {
  "bundle_file": "bundle.json",
  "max_metadata_bytes": 67108864,
  "max_json_depth": 64,
+ "max_graph_bytes": 2147483647,
+ "max_onnx_depth": 64,
  "precisions": ["fp32", "int8", "fp16"],
  "graphs": ["encoder", "decoder"],
  "optional_graphs": ["greedy"],
@@ -134,6 +136,7 @@ export default {
  "messages": {
   "not_object": "expected a JSON object",
   "too_deep": "nested more than {limit} deep, far beyond a bundle's metadata; refused",
+  "graph_too_large": "larger than {limit} bytes, more than a self-contained ONNX model can hold; refused",
   "no_format_version": "no format_version; not a seq2edge bundle",
   "bad_format_version": "format_version must be a whole number >= 1, found {value}",
   "newer_format_version": "format version {value} is newer than this seq2edge reads ({newest}); upgrade seq2edge",

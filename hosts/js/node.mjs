@@ -5,7 +5,7 @@ import { createHash } from "node:crypto";
 import { readFile, realpath, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 
-import { MAX_METADATA_BYTES } from "./bundle-checks.mjs";
+import { CONTRACT, MAX_METADATA_BYTES, say } from "./bundle-checks.mjs";
 import { BundleError, oneOf, Seq2EdgeError, Seq2Seq, sessionConfig } from "./seq2edge.mjs";
 
 export * from "./seq2edge.mjs";
@@ -43,8 +43,12 @@ async function readBundleFile(dir, name) {
     const info = await stat(real);
     if (info.isDirectory()) throw new BundleError(`${path}: is a directory, expected a file`);
     if (!info.isFile()) throw new BundleError(`${path}: not a regular file; refused`);
-    if (!name.endsWith(".onnx") && !name.endsWith(".ort") && info.size > MAX_METADATA_BYTES) {
+    const graph = name.endsWith(".onnx") || name.endsWith(".ort");
+    if (!graph && info.size > MAX_METADATA_BYTES) {
       throw new BundleError(`${path}: larger than ${MAX_METADATA_BYTES >> 20} MB, far beyond any bundle's; refused`);
+    }
+    if (graph && info.size > CONTRACT.max_graph_bytes) {
+      throw new BundleError(`${path}: ${say("graph_too_large", { limit: CONTRACT.max_graph_bytes })}`);
     }
     return new Uint8Array(await readFile(real));
   } catch (err) {

@@ -84,6 +84,9 @@ DAMAGE = {
     "conventions in a format 1 bundle": [["set", ["format_version"], 1]],
     "conventions not an object": [["set", ["conventions"], [1]]],
     "unknown convention": [["set", ["conventions"], {"beam_bonus": 1}]],
+    "graph nested 1,500 subgraphs deep": [["copy", "decoder.onnx", "damaged/deep-graph.onnx"],
+                                          ["rehash", "decoder.onnx", ["graphs", "fp32", "decoder", "sha256"]]],
+    "graph over 2 GiB": [["grow", "decoder.onnx", 2**31]],
     "a convention that ends no output": [["set", ["conventions"], {"never_emit": ["</s>"]}]],
 }
 
@@ -112,6 +115,8 @@ def damage(bundle: Path, steps: list) -> None:
         elif op == "fifo":
             (bundle / target).unlink()
             os.mkfifo(bundle / target)
+        elif op == "grow":  # a sparse file of step[2] bytes: nothing is written
+            os.truncate(bundle / target, step[2])
         elif op == "nest":
             (bundle / target).write_text("[" * step[2] + "]" * step[2])
         elif op == "replace":
@@ -384,12 +389,35 @@ def make_damaged_decoder() -> None:
     onnx.save(graph, str(BUNDLES / "damaged" / "decoder-input-renamed.onnx"))
 
 
+def make_deep_graph(levels: int = 1500) -> None:
+    """A 13 KB "model" of `levels` nested subgraphs (graph -> node -> attribute -> graph ...): a reader that recurses
+    into subgraphs without a bound overflows its stack on it."""
+    def field(number: int, payload: bytes) -> bytes:
+        return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+    graph = b""
+    for _ in range(levels):
+        graph = field(1, field(5, field(6, graph)))  # GraphProto.node -> NodeProto.attribute -> AttributeProto.g
+    (BUNDLES / "damaged").mkdir(exist_ok=True)
+    (BUNDLES / "damaged" / "deep-graph.onnx").write_bytes(field(7, graph))  # ModelProto.graph
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundles", action="store_true", help="Train and export the bundles first (they are committed).")
     args = parser.parse_args()
     if args.bundles:
         make_bundles()
+    make_deep_graph()
     cases = make_cases()
     CASES.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in cases), encoding="utf-8")
     print(f"{CASES}: {len(cases)} cases")

@@ -3,7 +3,7 @@
 // Every case is a bundle, optional damage to a copy of it, load options, inputs and search options,
 // and what the Python runtime gave: texts, tokens and scores (within 1e-4), or errors (class and message prefix).
 import assert from "node:assert/strict";
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, symlinkSync, truncateSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -52,7 +52,8 @@ function damage(bundle, steps) {
     else if (op === "fifo") {
       unlinkSync(file);
       if (spawnSync("mkfifo", [file]).status !== 0) throw new Error(`mkfifo ${file} failed`);
-    } else if (op === "nest") writeFileSync(file, "[".repeat(value) + "]".repeat(value));
+    } else if (op === "grow") truncateSync(file, value);  // sparse: nothing is written
+    else if (op === "nest") writeFileSync(file, "[".repeat(value) + "]".repeat(value));
     else if (op === "replace") writeFileSync(file, readFileSync(file, "utf8").replace(value, steps.find((s) => s[0] === "replace")[3]));
     else if (op === "rehash") damage(bundle, [["set", value, createHash("sha256").update(readFileSync(file)).digest("hex")]]);
     else if (op === "link-out") {
