@@ -147,6 +147,7 @@ def decode(bundle, texts, input_file, output_file, resume, fmt, beam, nbest, len
                     out.write(line.out)
                     if plots is not None and line.result is not None and not line.failed:
                         plots.add(line.number, line.result)
+                out.end_chunk()
                 bar.update(len(lines))
         except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, like a killed pipeline writer
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

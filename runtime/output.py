@@ -1,11 +1,12 @@
 """Where `seq2edge decode` writes, and how --resume continues a file.
 
-A regular --output file is written to a temporary path and renamed into place at the end (or, when
-interrupted, holding the records finished so far); a FIFO or device is written as it is. While a
-regular file is unfinished, `.NAME.decode.json` beside it holds the settings that decide its bytes
-(removed when the run completes). --resume continues a file only when those settings are the same and
-every record it holds is the record of the input line it stands for; otherwise it refuses in one line
-and leaves the file as it was.
+A regular --output file is written beside it as `.NAME.partial`, each finished chunk flushed and synced
+to disk, and renamed into place at the end (or, when interrupted, holding the records finished so far);
+a run killed outright leaves `.NAME.partial`. A FIFO or device is written as it is. While a regular
+file is unfinished, `.NAME.decode.json` beside it holds the settings that decide its bytes (removed when
+the run completes). --resume continues a file only when those settings are the same and every record
+it holds is the record of the input line it stands for (a torn last record is dropped); otherwise it
+refuses in one line and leaves the file as it was.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from .bulk import Job
 from .errors import Seq2EdgeError
 from .model import Seq2Seq
-from .util import atomic_path, remove_orphans, write_json_atomic
+from .util import remove_orphans, write_json_atomic
 
 
 def output_settings(model: Seq2Seq, job: Job, precision: str, unknown: str, too_long: str, greedy_graph: bool | None,
@@ -40,23 +41,33 @@ class ResumeRefused(Seq2EdgeError):
 
 
 class Sink:
-    """stdout; a regular file written to a temporary path and renamed into place at the end (or, when
-    interrupted, with the records finished so far); or a FIFO or device written directly. Beside a
-    regular file, `.NAME.decode.json` records the settings that write it until the run completes, so
-    that --resume continues an unfinished file only with the same bundle, format and search;
-    `records` reads back its complete records, `recorded` says whether that record was there."""
+    """stdout; a FIFO or device, written as it is; or a regular file, written so that no crash loses a finished line.
+
+    A regular FILE is written at `.FILE.partial` beside it (or, when --resume continues an unfinished FILE, at
+    FILE itself), after `.FILE.decode.json`, the settings that write it. Each chunk's records are flushed and
+    synced to disk as the chunk finishes (`end_chunk`). A finished run renames the partial file onto FILE and
+    removes the settings record; an interrupted one (SIGINT, SIGTERM, an error) renames what it wrote onto FILE
+    and keeps the record, so that --resume continues it; one killed outright (SIGKILL, a power cut) leaves
+    `.FILE.partial` and the record, which --resume continues first. `records` reads back the old file's
+    complete records (a torn last one is dropped), `recorded` says whether its settings record was there."""
 
     def __init__(self, path: Path | None, resume: bool, settings: dict):
         self.path, self.resume, self.settings = path, resume, settings
         self.done = 0
         self.records: OldRecords | None = None
         self.recorded = False
-        self._atomic = None
+        self.target: Path | None = None  # the file records go to: .FILE.partial, or FILE when continued in place
+        self._kept_bytes = 0  # bytes of the old file's records kept so far: the rest is cut before the first new one
         self._keep = False
+        self.continuing = False  # --resume found a file to continue
 
     @property
     def settings_path(self) -> Path:
         return self.path.with_name(f".{self.path.name}.decode.json")
+
+    @property
+    def partial_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.partial")
 
     def __enter__(self) -> Sink:
         if self.path is None:
@@ -68,28 +79,48 @@ class Sink:
         if kind == "special":  # a FIFO or a device: written as it is, never replaced by a regular file
             if self.resume:
                 raise ResumeRefused(f"{self.path}: --resume continues a regular file, not a pipe or device")
-            self.stream = self._open(self.path)
+            self.stream = self._open(self.path, "w")
             return self
-        if self.resume and kind == "file":
+        remove_orphans(self.path, ".tmp")  # temporaries of versions that wrote `.FILE.PID.tmp`
+        partial = self.partial_path.exists()
+        self.continuing = self.resume and (partial or kind == "file")
+        if self.continuing:
             self.recorded = self._check_settings()
-        remove_orphans(self.path, ".tmp")
-        self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
-        try:
-            self.stream = self._open(tmp)
+            self.target = self.partial_path if partial else self.path  # a killed run's partial file is the newest
+        else:
+            self.target = self.partial_path
+        self.stream = self._open(self.target, "a")
+        self._lock()
+        if self.continuing:
+            if self.target.stat().st_size:
+                self.records = OldRecords(self.target, self.settings["format"])
+            return self
+        if partial:
+            print(f"seq2edge: {self.partial_path} held an unfinished run's records; replaced (--resume would have "
+                  "continued it)", file=sys.stderr)
+        try:  # the settings first: a file on disk is never without the record that lets --resume continue it
             write_json_atomic(self.settings_path, {"written_by": "seq2edge decode", "settings": self.settings})
-            if self.resume and kind == "file":
-                self.records = OldRecords(self.path, self.settings["format"])
-        except BaseException:
-            self._atomic.__exit__(*sys.exc_info())
-            raise
+            os.truncate(self.target, 0)
+        except OSError as exc:
+            self.stream.close()
+            raise Seq2EdgeError(f"{self.path}: cannot write: {exc.strerror}") from None
         return self
 
-    def _open(self, path: Path):
+    def _open(self, path: Path, mode: str):
         try:
-            return open(path, "w", encoding="utf-8", newline="")
+            return open(path, mode, encoding="utf-8", newline="")
         except OSError as exc:
             raise Seq2EdgeError(f"{self.path}: cannot write: {exc.strerror}") from None
+
+    def _lock(self) -> None:
+        """One writer per output: a second decode into the same FILE is refused, not interleaved."""
+        import fcntl
+
+        try:
+            fcntl.flock(self.stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.stream.close()
+            raise Seq2EdgeError(f"{self.path}: another seq2edge decode is writing it") from None
 
     def _check_settings(self) -> bool:
         """False when there is no record (a finished file, or one not written by seq2edge decode)."""
@@ -105,11 +136,26 @@ class Sink:
                                 "a file with the same bundle, format and search settings")
         return True
 
+    def keep(self, record: str) -> None:
+        """A record of the old file, checked: it stays where it is."""
+        self._kept_bytes += len(record.encode("utf-8"))
+        self.done += 1
+
     def write(self, text: str) -> None:
+        if self.records is not None and not self.records.ended_at_write:
+            self.records.ended_at_write = True
+            self.stream.flush()
+            os.truncate(self.target, self._kept_bytes)  # a torn last record, or one --resume does not keep
         self.stream.write(text)
         self.done += 1
-        if self._atomic is None:
+        if self.target is None:
             self.stream.flush()
+
+    def end_chunk(self) -> None:
+        """The chunk's records are on disk (flushed, and synced for a file): a crash from here on keeps them."""
+        self.stream.flush()
+        if self.target is not None:
+            os.fsync(self.stream.fileno())
 
     def keep_partial(self) -> None:
         """Rename what was written into place although the run did not finish."""
@@ -120,16 +166,37 @@ class Sink:
             return False
         if self.records is not None:
             self.records.close()
-        self.stream.close()
-        if self._atomic is None:
+        if self.target is None:
+            self.stream.close()
             return False
-        if self._keep or kind is None:
-            self._atomic.__exit__(None, None, None)
-            if not self._keep:  # finished: nothing left to resume
-                self.settings_path.unlink(missing_ok=True)
-        else:
-            self._atomic.__exit__(kind, value, tb)
+        self.end_chunk()
+        self.stream.close()
+        finished = kind is None and not self._keep
+        fresh = self.target == self.partial_path and not self.continuing
+        if fresh and not self.done and not finished:  # stopped before its first record: nothing to keep
+            self.target.unlink(missing_ok=True)
+            self.settings_path.unlink(missing_ok=True)
+            return False
+        if (finished or self._keep) and self.target != self.path:
+            os.replace(self.target, self.path)
+            _sync_directory(self.path.parent)
+        if finished:  # nothing left to resume
+            self.settings_path.unlink(missing_ok=True)
         return False
+
+
+def _sync_directory(directory: Path) -> None:
+    """The renames inside `directory` on disk too (a power cut after a rename must not undo it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _file_kind(path: Path) -> str:
@@ -151,6 +218,7 @@ class OldRecords:
         self.file = open(path, "rb")
         self.count = 0
         self.ended = False
+        self.ended_at_write = False  # the writer has cut the file after the records kept
 
     def next(self) -> str | None:
         if self.ended:
@@ -208,7 +276,7 @@ def unwritten(chunks: Iterator[list], out: Sink, job: Job, already: deque) -> It
                 raise ResumeRefused(f"{out.path}: record {old.count} is not what --format {job.fmt} writes for input line "
                                     f"{number}; the file was written from another input or with other settings; decode into "
                                     "a new --output")
-            out.write(record)
+            out.keep(record)
             kept += 1
         if kept == len(chunk):
             continue

@@ -2,6 +2,7 @@
 --resume given a file it must not continue, outputs that are not plain files, int8 results that moved with
 the thread count, search settings that never end, and API settings of the wrong type."""
 
+import contextlib
 import json
 import os
 import select
@@ -55,7 +56,7 @@ def test_a_killed_worker_is_one_line_keeps_every_finished_line_and_resume_comple
     proc = subprocess.Popen([*SEQ2EDGE, "decode", str(tiny_bundle), "--input", str(path), "--output", str(out), "--workers", "2"],
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while not any(p.stat().st_size for p in tmp_path.glob(".out.txt.*.tmp")):  # the first chunk is written
+    while not any(p.stat().st_size for p in tmp_path.glob(".out.txt.partial")):  # the first chunk is written
         assert time.monotonic() < deadline and proc.poll() is None, "decode finished or never started writing"
         time.sleep(0.02)
     os.kill(_workers_of(proc.pid)[0], signal.SIGKILL)
@@ -64,9 +65,76 @@ def test_a_killed_worker_is_one_line_keeps_every_finished_line_and_resume_comple
     assert "was killed by signal 9 while decoding lines" in stderr and "--resume continues" in stderr
     kept = out.read_bytes()
     assert 0 < len(kept) < whole.stat().st_size and whole.read_bytes().startswith(kept)
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob(".*.partial"))
     assert decode(tiny_bundle, "--input", path, "--output", out, "--workers", "2", "--resume").returncode == 0
     assert out.read_bytes() == whole.read_bytes()
+
+
+@pytest.mark.parametrize("workers, fmt", [("1", "jsonl"), ("2", "text")])
+def test_sigkill_at_any_moment_loses_no_finished_chunk_and_resume_completes_it_byte_identically(tiny_bundle, tmp_path, words,
+                                                                                                 workers, fmt):
+    """An OOM kill, a kill -9: finished chunks are on disk in .FILE.partial, nothing half-written shows under FILE's name,
+    and --resume drops a torn last record and continues to the uninterrupted run's bytes. Five moments each, drawn
+    over the length of an uninterrupted run (start-up included), so that kills land before, between and inside chunks."""
+    import random
+
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join((words * 2)[:14000]) + "\n")  # four chunks
+    whole = tmp_path / f"whole.{fmt}"
+    started = time.monotonic()
+    assert decode(tiny_bundle, "--input", path, "--output", whole, "--format", fmt, "--workers", workers).returncode == 0
+    length = time.monotonic() - started
+    rng = random.Random(int(workers))
+    kept_some = 0
+    for moment in sorted(rng.uniform(0.2, length) for _ in range(5)):
+        out = tmp_path / f"out-{moment:.2f}.{fmt}"
+        proc = subprocess.Popen([*SEQ2EDGE, "decode", str(tiny_bundle), "--input", str(path), "--output", str(out), "--format", fmt,
+                                 "--workers", workers], stderr=subprocess.DEVNULL)
+        time.sleep(moment)
+        children = _workers_of(proc.pid) if proc.poll() is None else []
+        proc.kill()
+        proc.wait()
+        for child in children:  # as an OOM kill of the whole process group would
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        partial = out.with_name(f".{out.name}.partial")
+        assert not out.exists() or out.read_bytes() == whole.read_bytes()  # finished before the kill, or not there at all
+        if partial.exists():
+            kept = partial.read_bytes()
+            complete = kept[: kept.rfind(b"\n") + 1]
+            assert whole.read_bytes().startswith(complete)
+            kept_some += bool(complete)
+        proc = decode(tiny_bundle, "--input", path, "--output", out, "--format", fmt, "--workers", workers, "--resume")
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes() == whole.read_bytes() and not partial.exists()
+        assert not out.with_name(f".{out.name}.decode.json").exists()
+    assert kept_some, "no kill landed after a chunk was written: the moments are too early for this machine"
+
+
+def test_resume_continues_a_killed_runs_partial_file_after_its_torn_last_record(tiny_bundle, tmp_path, words):
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join(words[:9000]) + "\n")
+    whole = tmp_path / "whole.jsonl"
+    assert decode(tiny_bundle, "--input", path, "--output", whole, "--format", "jsonl").returncode == 0
+    out = tmp_path / "out.jsonl"
+    lines = whole.read_bytes().split(b"\n")
+    # as a run killed outright leaves it: its settings record, 5,000 records and the start of the next
+    decode(tiny_bundle, "--input", path, "--output", tmp_path / "settings.jsonl", "--format", "jsonl")
+    (tmp_path / ".out.jsonl.partial").write_bytes(b"\n".join(lines[:5000]) + b"\n" + lines[5000][:17])
+    settings = json.loads(json.dumps({"written_by": "seq2edge decode", "settings": _settings_of(tiny_bundle, path, tmp_path)}))
+    (tmp_path / ".out.jsonl.decode.json").write_text(json.dumps(settings))
+    proc = decode(tiny_bundle, "--input", path, "--output", out, "--format", "jsonl", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == whole.read_bytes()
+
+
+def _settings_of(bundle, path, tmp_path) -> dict:
+    """The settings record a decode of `path` into jsonl writes (read from a run stopped by SIGTERM)."""
+    from test_decode_cli import _kill_mid_file
+
+    out = tmp_path / "stopped.jsonl"
+    assert _kill_mid_file(bundle, path, out, "jsonl", signal.SIGTERM)[0] == 143
+    return json.loads((tmp_path / ".stopped.jsonl.decode.json").read_text())["settings"]
 
 
 def test_workers_stream_a_pipe_and_exit_when_their_parent_is_killed(tiny_bundle):

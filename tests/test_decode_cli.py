@@ -133,7 +133,7 @@ def _kill_mid_file(bundle, path, out, fmt, sig):
     finally:
         signal.signal(signal.SIGINT, saved)
     deadline = time.monotonic() + 60
-    while not list(out.parent.glob(f".{out.name}.*.tmp")) or os.path.getsize(next(out.parent.glob(f".{out.name}.*.tmp"))) == 0:
+    while not (out.parent / f".{out.name}.partial").exists() or os.path.getsize(out.parent / f".{out.name}.partial") == 0:
         assert time.monotonic() < deadline and proc.poll() is None, "decode finished or never started writing"
         time.sleep(0.05)
     proc.send_signal(sig)
@@ -153,7 +153,7 @@ def test_a_killed_run_keeps_its_finished_lines_and_resume_completes_it_byte_iden
     assert returncode == code and "Traceback" not in stderr and "--resume continues" in stderr
     kept = out.read_bytes()
     assert 0 < len(kept) < len(whole.read_bytes()) and whole.read_bytes().startswith(kept)
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob(".*.partial"))
     proc = decode(tiny_bundle, "--input", path, "--output", out, "--format", fmt, "--resume")
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == whole.read_bytes()
