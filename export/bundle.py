@@ -28,6 +28,7 @@ from seq2edge.runtime.tokenize import TextCodec
 from seq2edge.runtime.util import atomic_directory, refuse_overlap, sha256_file, write_json_atomic
 
 from .greedy import build_greedy_graph
+from .limits import check_graph_limits, fit_limits
 from .onnx import export_graphs
 from .ort_format import REQUIRED_OPERATORS, write_ort_copies
 from .quantize import write_precision
@@ -78,12 +79,16 @@ def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[ParityI
                  exporter: str = "torchscript", decoder_step: str = "traced", int8: bool = False, fp16: bool = False,
                  atol: float | None = None,
                  greedy_graph: bool = False, ort: bool = False, conventions: Conventions = Conventions(),
-                 accept_int8: bool = False, log: Callable[[str], None] = print) -> Path:
+                 accept_int8: bool = False, chosen_limits: frozenset[str] = frozenset(("max_src_len", "max_tgt_len")),
+                 log: Callable[[str], None] = print) -> Path:
     """Graphs, bundle.json and every parity gate for `model` (seq2edge's Seq2SeqModule or a
     protocol model wrapped in export.protocol.ProtocolModule), placed at `out` only when all passed.
     conventions: the decoding rules of the toolkit the model came from (runtime/conventions.py).
+    chosen_limits: the length limits the user set, refused when the model cannot take them; the others are
+    lowered to what it takes (export/limits.py).
     accept_int8: write int8 graphs that fail the int8 gate (export.verify.int8_gate), saying so in their figures."""
     texts = [e.source for e in entries]
+    fit_limits(model, chosen_limits, log)
     with atomic_directory(out) as tmp:
         bundle_id = uuid.uuid4().hex
         paths = export_graphs(model, tmp, bundle_id, exporter, decoder_step)
@@ -91,6 +96,7 @@ def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[ParityI
         meta.conventions = conventions
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         runtime = _verify(tmp, exporter)
+        check_graph_limits(runtime)
         meta.parity["fp32"] = check_parity_or_fail(model, runtime, texts, log, atol)
         if int8 or fp16:
             reference = runtime.decode(texts, errors="return")

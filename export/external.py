@@ -69,6 +69,8 @@ def export_model(model: nn.Module, out: str | Path, *, source_vocab: Sequence[st
         return write_bundle(wrapped, out, {name: Side(codecs[name], spm) for name, (_, spm) in sides.items()},
                             [ParityInput(t) for t in texts], provenance, int8=int8, fp16=fp16, atol=atol,
                             greedy_graph=greedy_graph, ort=ort, conventions=conventions or Conventions(), accept_int8=accept_int8,
+                            chosen_limits=frozenset(name for name, value in (("max_src_len", max_src_len),
+                                                                             ("max_tgt_len", max_tgt_len)) if value),
                             log=log)
     finally:
         model.train(training)

@@ -31,6 +31,11 @@ from .search import HostStep, StepResult
 DEVICES = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda", "ROCMExecutionProvider": "cuda",
            "DmlExecutionProvider": "dml"}
 PARTS = ("state", "memory", "mask")  # what a backend can take rows of
+# What session.run raises when a graph cannot run on its inputs (a Gather past a table's end, a Reshape that does not
+# fit): onnxruntime's own exception classes, which derive from Exception alone.
+ONNXRUNTIME_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in (
+    "Fail", "InvalidArgument", "RuntimeException", "InvalidGraph", "NotImplemented", "EPFail")
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name))
 
 
 def device_of(providers: list[str]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import search
-from .backend import Backend, DeviceBackend, HostBackend, Stepper, device_of
+from .backend import ONNXRUNTIME_ERRORS, Backend, DeviceBackend, HostBackend, Stepper, device_of
 from .bundle import Bundle, load_bundle
 from .engine import Engine
 from .ensemble import EnsembleStepper, check_members
@@ -173,15 +173,29 @@ class Seq2Seq:
         ready.sort(key=lambda p: len(p.ids))
         strategy = search.STRATEGIES[options.strategy]
         position_of = range(len(texts)) if positions is None else positions  # sampling draws follow these
-        for chunk, limits in self._chunks(ready, options):
+        def search_chunk(chunk: list[_Source], limits: search.Limits) -> list[list[search.Hypothesis]]:
             if self._greedy_graph_decodes(options, len(chunk)):
-                found = self._greedy_graph(chunk, limits)
-            else:
-                stepper, state = self._encode(chunk)
-                found = strategy(stepper, state, np.array([position_of[p.index] for p in chunk], dtype=np.int64), limits,
-                                 options)
+                return self._greedy_graph(chunk, limits)
+            stepper, state = self._encode(chunk)
+            return strategy(stepper, state, np.array([position_of[p.index] for p in chunk], dtype=np.int64), limits, options)
+
+        for chunk, limits in self._chunks(ready, options):
+            try:
+                found: list = search_chunk(chunk, limits)
+            except ONNXRUNTIME_ERRORS:  # one input the graphs cannot take: decode the batch's inputs one by one
+                found = []
+                for source in chunk:
+                    try:
+                        found.append(search_chunk([source], limits)[0])
+                    except ONNXRUNTIME_ERRORS as exc:
+                        problem = f"the model failed on this input (onnxruntime: {str(exc).strip().splitlines()[0][:200]})"
+                        if options.errors == "raise":
+                            raise InputError(f"input {source.index}: {problem}") from None
+                        found.append(InputError(problem))
             for source, hyps in zip(chunk, found):
-                results[source.index] = self._result(texts[source.index], source, hyps)
+                text = texts[source.index]
+                results[source.index] = (Result(input=text, error=str(hyps)) if isinstance(hyps, InputError)
+                                         else self._result(text, source, hyps))
         return results  # type: ignore[return-value]
 
     def stream(self, text: str, options: SearchOptions | None = None, **keywords: Any) -> Iterator[str]:
@@ -191,9 +205,12 @@ class Seq2Seq:
         if options.beam_size > 1:
             raise Seq2EdgeError("stream() decodes greedily or by sampling; use decode() for beam search")
         source = self._prepare(0, text)
-        stepper, state = self._encode([source])
-        for token_id in search.stream(stepper, state, self._limits(options, len(source.ids)), options):
-            yield self.bundle.target.vocab.tokens[token_id]
+        try:
+            stepper, state = self._encode([source])
+            for token_id in search.stream(stepper, state, self._limits(options, len(source.ids)), options):
+                yield self.bundle.target.vocab.tokens[token_id]
+        except ONNXRUNTIME_ERRORS as exc:
+            raise InputError(f"the model failed on this input (onnxruntime: {str(exc).strip().splitlines()[0][:200]})") from None
 
     def source_ids(self, text: str) -> list[int]:
         """The ids the encoder receives for `text`: tokenised, under the unknown and too-long policies and

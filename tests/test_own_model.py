@@ -25,7 +25,7 @@ from seq2edge.export.bundle import ExportError
 from seq2edge.export.protocol import ProtocolError
 from seq2edge.runtime import Seq2Seq
 from seq2edge.runtime.conventions import Conventions
-from seq2edge.runtime.errors import OptionError
+from seq2edge.runtime.errors import OptionError, Seq2EdgeError
 
 sys.path.insert(0, str(REPO / "examples"))
 import tutorial_model  # noqa: E402
@@ -341,3 +341,69 @@ def test_node_follows_a_toolkits_decoding_conventions_as_python_does(conventiona
 def test_a_bundle_without_conventions_stays_format_1_so_older_readers_still_read_it(tmp_path):
     plain = json.loads((export_lstm(tmp_path / "plain") / "bundle.json").read_text())
     assert plain["format_version"] == 1 and "conventions" not in plain
+
+
+class PositionalLSTM(TwoLayerLSTM):
+    """TwoLayerLSTM with a table of 10 source positions and one of 20 decoder steps (a counter in its state): a model
+    that cannot take longer sources or outputs than its tables, as a Transformer with learned positions cannot."""
+
+    def __init__(self, src_vocab: int, tgt_vocab: int, positions: int = 10, steps: int = 20):
+        super().__init__(src_vocab, tgt_vocab)
+        self.positions, self.steps = nn.Embedding(positions, self.hidden), nn.Embedding(steps, 2 * self.hidden)
+
+    def encode(self, src_ids, src_lengths):
+        memory, state = super().encode(src_ids, src_lengths)
+        memory = memory + self.positions(torch.arange(src_ids.shape[1]))
+        return memory, (state, torch.zeros(src_ids.shape[0], 1))
+
+    def step(self, prev_ids, state, memory, src_mask):
+        state, counter = state
+        scores, state, attention = super().step(prev_ids, state, memory, src_mask)
+        scores = scores + 0.01 * self.steps(counter[:, 0].long()).sum(1, keepdim=True)  # the step's row of the table
+        return scores, (state, counter + 1), attention
+
+
+def test_export_lowers_a_default_limit_the_model_cannot_take_and_refuses_a_chosen_one(tmp_path):
+    torch.manual_seed(1)
+    model = PositionalLSTM(len(SOURCE), len(TARGET)).eval()
+    said = []
+    bundle = export_model(model, tmp_path / "b", source_vocab=SOURCE, target_vocab=TARGET, pad="<blank>", bos="<bos>",
+                          eos="<eos>", unk="<unk>", target_tokens="word", parity_sources=[t[:10] for t in TEXTS], log=said.append)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert (meta["model"]["max_src_len"], meta["model"]["max_tgt_len"]) == (10, 19)  # 19 tokens and </s>: the 20 steps
+    assert any(m.startswith("max_src_len lowered from 256 to 10: the model cannot take more source tokens (IndexError")
+               for m in said), said
+    assert any(m.startswith("max_tgt_len lowered from 256 to 19") for m in said), said
+    long = "abcdefghija"
+    results = Seq2Seq.load(bundle).decode(["abc", long], errors="return")
+    assert results[0].ok and "over the model's max_src_len of 10" in results[1].error
+    with pytest.raises(Seq2EdgeError, match=r"max_src_len 30: the model cannot take more than 10 source tokens \(IndexError"):
+        export_model(model, tmp_path / "c", source_vocab=SOURCE, target_vocab=TARGET, pad="<blank>", bos="<bos>", eos="<eos>",
+                     unk="<unk>", target_tokens="word", parity_sources=TEXTS[:3], max_src_len=30, log=lambda m: None)
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_input_the_graphs_cannot_take_is_its_own_error_and_the_others_are_decoded(tmp_path):
+    """A bundle that promises more than its graphs take (made before export probed, or edited): onnxruntime's failure on
+    one input is that input's one-line error, in the API and the CLI, and every other input is decoded."""
+    torch.manual_seed(1)
+    model = PositionalLSTM(len(SOURCE), len(TARGET)).eval()
+    bundle = export_model(model, tmp_path / "b", source_vocab=SOURCE, target_vocab=TARGET, pad="<blank>", bos="<bos>",
+                          eos="<eos>", unk="<unk>", target_tokens="word", parity_sources=TEXTS[:6], log=lambda m: None)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["model"]["max_src_len"] = 64
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    texts = ["abc", "abcdefghijabc", "jab", "hgfedcbaabcdefghij", "fig"]
+    alone = [Seq2Seq.load(bundle).decode([t], errors="return")[0] for t in texts]
+    for batch_size in (1, 64):
+        results = Seq2Seq.load(bundle).decode(texts, errors="return", batch_size=batch_size)
+        assert [r.ok for r in results] == [True, False, True, False, True]
+        assert [r.text for r in results if r.ok] == [alone[0].text, alone[2].text, alone[4].text]
+        assert results[1].error.startswith("the model failed on this input (onnxruntime: ")
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    proc = subprocess.run([*SEQ2EDGE, "decode", str(bundle), "--input", str(tmp_path / "in.txt")], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split(" -> ")[0] for line in lines] == texts and lines[0] == f"abc -> {alone[0].text}"
+    assert lines[1].startswith("abcdefghijabc -> (error: the model failed on this input (onnxruntime: ")
+    assert proc.stderr.count("the model failed on this input") == 2

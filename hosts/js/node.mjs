@@ -6,7 +6,7 @@ import { readFile, realpath, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 
 import { CONTRACT, MAX_METADATA_BYTES, say } from "./bundle-checks.mjs";
-import { BundleError, oneOf, Seq2EdgeError, Seq2Seq, sessionConfig } from "./seq2edge.mjs";
+import { BundleError, LOG_SEVERITY, oneOf, Seq2EdgeError, Seq2Seq, sessionConfig } from "./seq2edge.mjs";
 
 export * from "./seq2edge.mjs";
 export const BACKENDS = ["node", "wasm"];  // onnxruntime-node, or onnxruntime-web's WebAssembly
@@ -29,7 +29,8 @@ async function loadOne(dir, { backend = "node", threads = 1, format, ...options 
   if (backend === "wasm") ort.env.wasm.numThreads = threads;
   const read = (name) => readBundleFile(dir, name);
   const sha256 = async (bytes) => createHash("sha256").update(bytes).digest("hex");
-  const sessionOptions = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all", format, extra: sessionConfig() };
+  const sessionOptions = { intraOpNumThreads: threads, interOpNumThreads: 1, graphOptimizationLevel: "all", format, extra: sessionConfig(),
+    logSeverityLevel: LOG_SEVERITY };
   return Seq2Seq.load({ ort, read, sha256, sessionOptions, ...options });
 }
 

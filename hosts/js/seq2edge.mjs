@@ -40,6 +40,17 @@ function contains(bytes, text) {
 }
 
 export class InputError extends Seq2EdgeError {}
+/** A graph that cannot run on its inputs (onnxruntime's own error, for one batch). */
+class GraphRunError extends Error {}
+
+/** session.run, with onnxruntime's failures told apart from this host's own errors. */
+async function run(session, feeds) {
+  try {
+    return await session.run(feeds);
+  } catch (err) {
+    throw new GraphRunError(String(err?.message ?? err).trim().split("\n")[0].slice(0, 200));
+  }
+}
 
 // Python's str.isspace() characters, so that strip() and split() agree with the Python runtime.
 const WS = "\\t\\n\\x0b\\x0c\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
@@ -108,9 +119,12 @@ export class TextCodec {
 }
 
 // Session config both entry points pass (as runtime/providers.py): no QDQ rewrites, so constant folding
-// widens int8 GRU/RNN weights stored behind a DequantizeLinear once at load instead of on every call. A new object
-// each time: onnxruntime-web adds its own entries to the one it is given.
-export const sessionConfig = () => ({ session: { disable_quant_qdq: "1" } });
+// widens int8 GRU/RNN weights stored behind a DequantizeLinear once at load instead of on every call; subnormal
+// floats flushed to zero (tiny weights run several times slower otherwise). A new object each time: onnxruntime-web
+// adds its own entries to the one it is given.
+export const sessionConfig = () => ({ session: { disable_quant_qdq: "1", set_denormal_as_zero: "1" } });
+// onnxruntime's own log: fatal only, as in Python; a graph that fails on an input is that input's error.
+export const LOG_SEVERITY = 4;
 
 /** A loaded bundle: both codecs and onnxruntime sessions. Use loadBundle() of node.mjs or web.mjs. */
 export class Seq2Seq {
@@ -262,11 +276,30 @@ export class Seq2Seq {
         if (limitsFor(ready[i].ids.length).maxLen !== limits.maxLen) { end = i; break; }
       }
       const chunk = ready.slice(start, end);
+      const search = (part) => {
+        if (beamSize > 1) return this.#beam(part, beamSize, nbest, limits, lengthPenalty);
+        if (graph === true || (graph === "auto" && (part.length === 1 || this.greedyGraphBatches))) return this.#greedyGraph(part, limits.maxLen);
+        return this.#greedy(part, limits, draws);
+      };
       let hyps;
-      if (beamSize > 1) hyps = await this.#beam(chunk, beamSize, nbest, limits, lengthPenalty);
-      else if (graph === true || (graph === "auto" && (chunk.length === 1 || this.greedyGraphBatches))) hyps = await this.#greedyGraph(chunk, limits.maxLen);
-      else hyps = await this.#greedy(chunk, limits, draws);
-      chunk.forEach((source, row) => { results[source.index] = this.#result(texts[source.index], hyps[row]); });
+      try {
+        hyps = await search(chunk);
+      } catch (err) {  // one input the graphs cannot take: decode the batch's inputs one by one (runtime/model.py)
+        if (!(err instanceof GraphRunError)) throw err;
+        hyps = [];
+        for (const source of chunk) {
+          try {
+            hyps.push((await search([source]))[0]);
+          } catch (one) {
+            if (!(one instanceof GraphRunError)) throw one;
+            hyps.push(new InputError(`the model failed on this input (onnxruntime: ${one.message})`));
+          }
+        }
+      }
+      chunk.forEach((source, row) => {
+        results[source.index] = hyps[row] instanceof InputError ? { input: texts[source.index], error: hyps[row].message }
+          : this.#result(texts[source.index], hyps[row]);
+      });
     }
     return results;
   }
@@ -321,7 +354,7 @@ export class Seq2Seq {
   async #encode(chunk) {
     const { width, src, lengths, mask } = this.#sourceTensors(chunk);
     const outs = [];
-    for (const member of this.members) outs.push(await member.sessions.encoder.run({ src_ids: src, src_lengths: lengths }));
+    for (const member of this.members) outs.push(await run(member.sessions.encoder, { src_ids: src, src_lengths: lengths }));
     return { width, memory: outs.map((o) => o.memory), state: outs.map((o) => o.state), mask };
   }
 
@@ -330,7 +363,7 @@ export class Seq2Seq {
     const prevIds = new T("int64", BigInt64Array.from(prev, (x) => BigInt(x)), [prev.length]);
     const outs = [];
     for (const [i, member] of this.members.entries()) {
-      outs.push(await member.sessions.decoder.run({ prev_ids: prevIds, state: state[i], memory: memory[i], src_mask: mask }));
+      outs.push(await run(member.sessions.decoder, { prev_ids: prevIds, state: state[i], memory: memory[i], src_mask: mask }));
     }
     return { logProbs: logMeanExp(outs.map((o) => o.log_probs.data)), state: outs.map((o) => o.new_state) };
   }
@@ -408,7 +441,7 @@ export class Seq2Seq {
   async #greedyGraph(chunk, maxLen) {
     const { src, lengths } = this.#sourceTensors(chunk);
     const T = this.ort.Tensor;
-    const out = await this.sessions.greedy.run({
+    const out = await run(this.sessions.greedy, {
       src_ids: src, src_lengths: lengths, max_len: new T("int64", BigInt64Array.from([BigInt(maxLen)]), []),
     });
     const steps = out.tokens.dims[1];

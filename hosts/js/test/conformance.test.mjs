@@ -28,7 +28,7 @@ const LOAD = { precision: "precision", unknown: "unknown", too_long: "tooLong", 
 /** As make_corpus.py's normalise: no directory before the file a message names, no quoted input. */
 export function normalise(message) {
   return message.replace(/^[^\s:]*\/(?=[^/\s:]+[ :])/, "").replace(/^input \d+: /, "").replace(/^'.*?': /, "")
-    .replace(/ \(to decode it anyway: .*\)$/, "").replace(/(not valid JSON \(line \d+\)).*/, "$1").slice(0, PREFIX);
+    .replace(/ \(to decode it anyway: .*\)$/, "").replace(/ \(onnxruntime: .*\)$/, "").replace(/(not valid JSON \(line \d+\)).*/, "$1").slice(0, PREFIX);
 }
 
 function rename(options, names) {
