@@ -123,6 +123,7 @@ lint: $(FULL)
 bench: $(FULL) $(JS_DEPS)
 	$(BIN)/seq2edge bench $(BUNDLE) $(SMALL) --checkpoint $(CHECKPOINT) --checkpoint $(SMALL_CHECKPOINT) \
 	    --json bench.json --plot bench.png
+	$(BIN)/python -m seq2edge.bench.subnormals $(SMALL_CHECKPOINT)
 
 bench-quick: $(FULL) $(JS_DEPS)
 	$(BIN)/seq2edge bench $(BUNDLE) $(SMALL) --checkpoint $(CHECKPOINT) --checkpoint $(SMALL_CHECKPOINT) --quick

@@ -85,6 +85,12 @@ def check_active(session: ort.InferenceSession, requested: list[Any], explicit: 
         warnings.warn(message + "; running on the CPU", RuntimeWarning, stacklevel=4)
 
 
+# Subnormal floats (a pruned, barely trained or imported model's tiny weights) run several times slower on x86;
+# flushed to zero, they cost nothing (docs/performance.md, "Subnormal weights"). Both hosts flush them; only the
+# benchmark that measures the difference (bench/subnormals.py) turns it off.
+FLUSH_SUBNORMALS = True
+
+
 def session_options(threads: int | None, optimization: str = "all") -> ort.SessionOptions:
     """Options for both graphs: intra-op threads (None: onnxruntime's default), sequential execution."""
     if optimization not in OPTIMIZATION_LEVELS:
@@ -99,9 +105,8 @@ def session_options(threads: int | None, optimization: str = "all") -> ort.Sessi
         options.intra_op_num_threads = threads
     # fatal only: a graph that fails on an input is that input's error, said once by the runtime (runtime/model.py)
     options.log_severity_level = 4
-    # Subnormal floats (a pruned, barely trained or imported model's tiny weights) run several times slower on x86;
-    # flushed to zero, they cost nothing (docs/performance.md, "Subnormal weights"). Both hosts set it.
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if FLUSH_SUBNORMALS:
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
     # int8 GRU/RNN weights the encoder's Loop rewrite does not cover are int8 initializers behind a
     # DequantizeLinear (export/quantize.py; the rewritten ones are widened by Cast and Mul, folded
     # anyway). onnxruntime keeps such a node to fuse it into a quantized kernel (there is none for GRU), so it

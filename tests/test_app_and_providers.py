@@ -173,3 +173,12 @@ def test_cli_options_map_onto_the_api(tiny_bundle, tiny_model):
         assert out.exit_code == 0, out.output
         expected = [f"{r.input}\t{r.text}" for r in tiny_model.decode(words, **kwargs)]
         assert out.output.splitlines() == expected, args
+
+
+def test_sessions_flush_subnormal_floats_to_zero(monkeypatch):
+    from seq2edge.runtime import providers
+
+    assert providers.session_options(1).get_session_config_entry("session.set_denormal_as_zero") == "1"
+    monkeypatch.setattr(providers, "FLUSH_SUBNORMALS", False)  # what the benchmark's "kept" column runs
+    with pytest.raises(Exception, match="set_denormal_as_zero"):
+        providers.session_options(1).get_session_config_entry("session.set_denormal_as_zero")

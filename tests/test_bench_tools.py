@@ -9,7 +9,17 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO
 
-from seq2edge.bench import bulk, decoder_step, hosts, loop_crossover, parity_tolerance, profile_batch1, profile_bulk, sampling_parity
+from seq2edge.bench import (
+    bulk,
+    decoder_step,
+    hosts,
+    loop_crossover,
+    parity_tolerance,
+    profile_batch1,
+    profile_bulk,
+    sampling_parity,
+    subnormals,
+)
 from seq2edge.train.english_words import new_words
 
 SMALL = REPO / "models" / "g2p-en-small"
@@ -83,3 +93,12 @@ def test_decoder_step_compares_traced_and_node_steps_in_each_precision(tiny_chec
     nodes = {r[:2]: int(r[2]) for r in rows}
     assert nodes["fp32", "node"] < nodes["fp32", "traced"]  # the LSTM cell's elementwise nodes became one node
     assert re.search(r"^tiny .*no arithmetic: [\d.]+ µs at batch 1, [\d.]+ µs at batch 4$", result.output, re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_subnormals_times_the_checkpoint_and_its_tiny_weight_probe_with_and_without_flushing(capsys):
+    subnormals.main([str(REPO / "models" / "g2p-en-small-checkpoint"), "--words", "16", "--rounds", "1"])
+    out = capsys.readouterr().out
+    for model in ("checkpoint", "tiny weights"):
+        for batch in (1, 64):
+            assert re.search(rf"^{model} +{batch} +\d+ +\d+ +[\d.]+$", out, re.MULTILINE), (model, batch)

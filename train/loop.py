@@ -216,7 +216,7 @@ class Trainer:
                 raise TrainingInterrupted(signum, self.out, self.epoch, self.step_in_epoch, shown=self.rank == 0)
             if stop_reason == _LATE:
                 stopped = "step budget" if tc.max_steps and self.run_steps >= tc.max_steps else "time budget"
-                self._end_partial_epoch()
+                self._end_partial_epoch(stopped)
                 break
             if self._end_epoch(loss):
                 stopped = "early stopping"
@@ -331,11 +331,11 @@ class Trainer:
         gc.collect()
         dist.destroy_process_group()
 
-    def _end_partial_epoch(self) -> None:
-        """Time is up inside an epoch: keep the resume point there, and the weights if they are the best yet."""
+    def _end_partial_epoch(self, budget: str) -> None:
+        """A budget is spent inside an epoch: keep the resume point there, and the weights if they are the best yet."""
         if self.rank == 0:
             wer = dev_wer(self.model, self.prepared.dev, self.prepared.source, self.prepared.target)
-            self.log(f"time budget reached in epoch {self.epoch + 1} at batch {self.step_in_epoch}: dev WER {wer:.2f}%")
+            self.log(f"{budget} reached in epoch {self.epoch + 1} at batch {self.step_in_epoch}: dev WER {wer:.2f}%")
             if wer < self.saved:  # kept as the best weights; the schedule sees whole epochs only
                 save_tensors(self.out / "model.safetensors", self.model.state_dict(), {"epoch": f"{self.epoch + 1} (partial)"})
                 self.saved = wer
