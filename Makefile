@@ -69,10 +69,9 @@ train: $(FULL)
 	$(call fresh,$(CHECKPOINT))
 	$(BIN)/seq2edge train --config recipes/g2p-en.yaml $(TRAIN_ARGS) --out $(CHECKPOINT)
 
-# export --force replaces the bundle directory; the model card in it comes back from git.
+# export --force replaces the bundle's files and keeps the others (the model card).
 export: $(FULL)
 	$(BIN)/seq2edge export $(CHECKPOINT) $(BUNDLE) --int8 --greedy-graph --force
-	git checkout -- $(BUNDLE)/README.md
 
 eval: $(FULL)
 	$(BIN)/seq2edge eval $(BUNDLE) --split test
@@ -93,7 +92,6 @@ $(EXTRA_WORDS): | $(FULL)
 
 export-small: $(FULL)
 	$(BIN)/seq2edge export $(SMALL_CHECKPOINT) $(SMALL) --int8 --greedy-graph --force
-	git checkout -- $(SMALL)/README.md
 	$(BIN)/seq2edge eval $(SMALL) --split test --precision int8
 
 test: $(FULL) $(JS_DEPS)

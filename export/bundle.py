@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -119,7 +121,42 @@ def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[ParityI
             log(f"ORT format: {', '.join(e.ort.file for g in meta.graphs.values() for e in g.values())} and "
                 f"{REQUIRED_OPERATORS}")
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
+        kept = carry_over_other_files(out, tmp)
+        if kept:
+            log(f"kept in {out}: {', '.join(kept)} (not written by export)")
     return out
+
+
+# What an export writes: bundle.json, the graphs at each precision and format, the tokeniser models. Anything else in
+# the output directory (a model card, notes) is the user's, and a re-export keeps it.
+_BUNDLE_FILES = re.compile(r"(bundle\.json|(encoder|decoder|greedy)(\.(int8|fp16))?\.(onnx|ort)|(source|target)\.spm\.model)")
+
+
+def carry_over_other_files(out: Path, tmp: Path) -> list[str]:
+    """Copy (hard-link where it can) every file and folder of the existing `out` that no export writes into `tmp`,
+    the new bundle that replaces it; their names, sorted."""
+    if not out.is_dir():
+        return []
+    kept = []
+    for entry in sorted(out.iterdir()):
+        if _BUNDLE_FILES.fullmatch(entry.name) or (tmp / entry.name).exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, tmp / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, tmp / entry.name)
+        kept.append(entry.name)
+    return kept
+
+
+def _link_or_copy(source: str | Path, target: str | Path) -> None:
+    if Path(source).is_symlink():
+        os.symlink(os.readlink(source), target)
+        return
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, target)
 
 
 def _add_greedy_graphs(tmp: Path, meta: BundleMeta, texts: list[str], log: Callable[[str], None]) -> None:

@@ -77,7 +77,8 @@ def export_tiny(checkpoint: Path, out: Path, **kwargs) -> Path:
     from seq2edge.export.bundle import export_bundle
 
     kwargs.setdefault("parity_words", 200)
-    return export_bundle(checkpoint, out, log=lambda m: None, **kwargs)
+    kwargs.setdefault("log", lambda m: None)
+    return export_bundle(checkpoint, out, **kwargs)
 
 
 @pytest.fixture(scope="session")

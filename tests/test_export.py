@@ -263,3 +263,20 @@ def test_parity_skips_an_input_the_runtime_cannot_take_and_compares_every_one_af
     texts = [*dev_words[:3], "x" * 100, "", *dev_words[3:10]]  # too long for max_src_len 32, and empty
     parity = check_parity(model, runtime, texts)
     assert parity.words == 10 and parity.token_agreement == 1.0 and parity.passed
+
+
+def test_export_force_keeps_the_files_it_did_not_write_and_drops_its_own_stale_ones(tiny_checkpoint, tmp_path):
+    from conftest import export_tiny
+
+    from seq2edge.runtime import Seq2Seq
+
+    out = export_tiny(tiny_checkpoint, tmp_path / "bundle", int8=True, parity_words=40)
+    (out / "README.md").write_text("---\nlicense: mit\n---\n# the model card\n")
+    (out / "notes").mkdir()
+    (out / "notes" / "NOTES.md").write_text("what we tried\n")
+    said = []
+    export_tiny(tiny_checkpoint, out, parity_words=40, force=True, log=said.append)
+    assert (out / "README.md").read_text().endswith("# the model card\n") and (out / "notes" / "NOTES.md").read_text() == "what we tried\n"
+    assert not (out / "decoder.int8.onnx").exists()  # the earlier export's, which this one did not write
+    assert "kept in" in said[-1] and "README.md, notes" in said[-1]
+    assert Seq2Seq.load(out).bundle.precisions == ["fp32"]
