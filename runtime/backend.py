@@ -77,7 +77,7 @@ class HostBackend:
     """Numpy arrays in and out of session.run."""
 
     def __init__(self, engine: Engine):
-        self.sessions: dict[str, Any] = dict(engine.sessions)
+        self.sessions: dict[str, Any] = engine.sessions  # created on first use (runtime.engine.Sessions)
 
     def encode(self, src_ids: np.ndarray, src_lengths: np.ndarray) -> Encoded:
         memory, state = self.sessions["encoder"].run(None, {"src_ids": src_ids, "src_lengths": src_lengths})
@@ -99,7 +99,7 @@ class DeviceBackend:
 
     def __init__(self, engine: Engine, device: str | None = None):
         self.device = device or device_of(engine.providers)
-        self.sessions: dict[str, Any] = dict(engine.sessions)
+        self.sessions: dict[str, Any] = engine.sessions
         for name in _HELPERS:
             self.sessions[name] = ort.InferenceSession(getattr(helpers, name), sess_options=engine.options,
                                                        providers=engine.requested)

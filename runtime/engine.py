@@ -10,6 +10,7 @@ active against those requested.
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import onnxruntime as ort
@@ -17,7 +18,8 @@ import onnxruntime as ort
 from . import providers as P
 from .bundle import Bundle
 from .errors import BundleError
-from .interface import GRAPHS, Port, graph_ports
+from .interface import ALL_GRAPHS, GRAPHS, Port, graph_ports
+from .onnx_scan import ports
 
 # Operators whose results depend on onnxruntime's intra-op thread count: DynamicQuantizeLSTM (the int8
 # LSTM layer) gave 12 of 3,000 CMUdict test words other tokens with 2 threads than with 1 (the shipped
@@ -27,8 +29,11 @@ THREAD_DEPENDENT_OPS = (b"DynamicQuantizeLSTM",)
 
 
 class Engine:
-    """The verified sessions of a bundle at one precision: encoder and decoder at once, the
-    optional greedy graph when first asked for (`load`), so a load that never uses it pays nothing."""
+    """The verified sessions of a bundle at one precision. Every graph it may run is checked when it loads (bytes,
+    owner, ports against the contract); a session is created when first used (`sessions[kind]`), so that a decode
+    that runs only the greedy graph never holds the encoder's and decoder's weights too. Where the ports cannot be
+    read from the bytes (ORT format) or the providers must be seen to be active (an accelerator), the encoder and
+    decoder sessions are created at once."""
 
     def __init__(self, bundle: Bundle, precision: str = "fp32", providers: P.ProviderSpec = "auto",
                  threads: int | None = None, optimization: str = "all", graph_format: str = "auto",
@@ -41,12 +46,19 @@ class Engine:
         self.one_thread = P.session_options(1, optimization)
         if greedy_graph:
             bundle.graph_entry("greedy", precision)  # raises when there is none: says how to export one
-        if greedy_graph is not False and bundle.has_graph("greedy", precision):
-            # Checked now (bytes, owner), created when first used: a broken greedy graph fails the load, not
-            # the first single input of a long run after the other inputs' work.
-            bundle.verified_graph("greedy", precision, self.format)
-        self.sessions: dict[str, ort.InferenceSession] = {kind: self.load(kind) for kind in GRAPHS}
-        self.providers = self.sessions["decoder"].get_providers()
+        kinds = [*GRAPHS, *(["greedy"] if greedy_graph is not False and bundle.has_graph("greedy", precision) else [])]
+        self.sessions = Sessions(self)
+        lazy = self.format == "onnx" and all(_provider_name(p) == "CPUExecutionProvider" for p in self.requested)
+        for kind in kinds:  # a broken graph fails the load, not the first input that reaches it
+            path = bundle.verified_graph(kind, precision, self.format)
+            if lazy:
+                with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    inputs, outputs = ports(data)
+                self._check_graph(inputs, outputs, kind, path.name)
+        if not lazy:
+            for kind in GRAPHS:
+                self.sessions[kind]
+        self.providers = self.sessions["decoder"].get_providers() if "decoder" in self.sessions else ["CPUExecutionProvider"]
 
     def load(self, kind: str) -> ort.InferenceSession:
         """A verified session for the `kind` graph (encoder, decoder, greedy) of this precision."""
@@ -54,20 +66,37 @@ class Engine:
         options = self.one_thread if _thread_dependent(path) else self.options
         session = _create_session(path, options, self.requested)
         P.check_active(session, self.requested, self.explicit, path.name)
-        self._check_graph(session, kind, path.name)
+        self._check_graph(session.get_inputs(), session.get_outputs(), kind, path.name)
         return session
 
-    def _check_graph(self, session: ort.InferenceSession, kind: str, name: str) -> None:
+    def _check_graph(self, inputs, outputs, kind: str, name: str) -> None:
         """Ports against the contract (the graph's owner, kind and precision: Bundle.verified_graph)."""
-        inputs, outputs = graph_ports(kind)
+        expected_inputs, expected_outputs = graph_ports(kind)
         sizes = self.bundle.config.axis_sizes
-        for role, ports, args in (("input", inputs, session.get_inputs()), ("output", outputs, session.get_outputs())):
-            _check_ports(name, role, ports, args, sizes)
+        for role, expected, args in (("input", expected_inputs, inputs), ("output", expected_outputs, outputs)):
+            _check_ports(name, role, expected, args, sizes)
+
+
+class Sessions(dict):
+    """An engine's sessions by graph kind, each created on first use and then shared by whoever holds the dict
+    (`"greedy" in sessions` says whether it was used). A backend adds its helper graphs' sessions beside them."""
+
+    def __init__(self, engine: Engine):
+        super().__init__()
+        self.engine = engine
+
+    def __missing__(self, kind: str) -> ort.InferenceSession:
+        if kind not in ALL_GRAPHS:
+            raise KeyError(kind)
+        session = self[kind] = self.engine.load(kind)
+        return session
+
+
+def _provider_name(provider: Any) -> str:
+    return provider[0] if isinstance(provider, tuple) else str(provider)
 
 
 def _thread_dependent(path) -> bool:
-    import mmap
-
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         return any(data.find(op) >= 0 for op in THREAD_DEPENDENT_OPS)
 

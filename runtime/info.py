@@ -127,7 +127,7 @@ def info(bundle: Path, precision: str | None, as_json: bool) -> None:
                 damaged.append(problem)
         if not damaged:
             engine = Engine(b, p, providers="cpu", greedy_graph=False)
-            sessions = {**engine.sessions, **({"greedy": engine.load("greedy")} if "greedy" in kinds else {})}
+            sessions = {kind: engine.sessions[kind] for kind in ("encoder", "decoder", *(["greedy"] if "greedy" in kinds else []))}
             for kind, session in sessions.items():
                 graphs[kind].update(inputs=[_port(a) for a in session.get_inputs()],
                                     outputs=[_port(a) for a in session.get_outputs()])

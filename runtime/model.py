@@ -300,8 +300,6 @@ class Seq2Seq:
 
     def _greedy_graph(self, chunk: list[_Source], limits: search.Limits) -> list[list[search.Hypothesis]]:
         """Greedy search in one onnxruntime call: encoder and a Loop of decoder steps in greedy.onnx."""
-        if "greedy" not in self.backend.sessions:  # loaded on first use (the backend runs every session it holds)
-            self.backend.sessions["greedy"] = self.engine.load("greedy")
         src, lengths = pad_batch([p.ids for p in chunk], self.config.pad_id)
         tokens, found, scores = self.backend.sessions["greedy"].run(
             None, {"src_ids": src, "src_lengths": lengths, "max_len": np.array(limits.max_len, dtype=np.int64)})

@@ -10,6 +10,7 @@ the messages that can hold tensors, skipping weight bytes by their length.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 from .interface import MAX_ONNX_DEPTH
@@ -50,6 +51,66 @@ def metadata(data: bytes | memoryview) -> dict[str, str]:
         return found
 
     return _scan(data, read)
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    """A graph input or output as the bytes declare it, in the shape of onnxruntime's NodeArg (name, type, shape)."""
+
+    name: str
+    type: str  # "tensor(float)", as onnxruntime writes it
+    shape: list  # an int per fixed axis, a name (or None) per dynamic one
+
+
+# TensorProto.DataType -> onnxruntime's type names, for the types a bundle's ports use (others are named by number)
+_ELEMENT_TYPES = {1: "float", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "double"}
+_GRAPH, _GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT, _TENSOR_NAME = 7, 5, 11, 12, 8
+
+
+def ports(data: bytes | memoryview) -> tuple[list[PortInfo], list[PortInfo]]:
+    """(inputs, outputs) of the model's main graph, read from its bytes: what a session would report, without one."""
+    def read(view: memoryview) -> tuple[list[PortInfo], list[PortInfo]]:
+        found: tuple[list[PortInfo], list[PortInfo]] = ([], [])
+        initializers: set[str] = set()
+        for field, wire, graph in _fields(view):
+            if field == _GRAPH and wire == 2:
+                for f, w, value in _fields(graph):
+                    if f in (_GRAPH_INPUT, _GRAPH_OUTPUT) and w == 2:
+                        found[f - _GRAPH_INPUT].append(_value_info(value))
+                    elif f == _GRAPH_INITIALIZER and w == 2:
+                        initializers.update(bytes(v).decode("utf-8", errors="replace") for g, x, v in _fields(value)
+                                            if g == _TENSOR_NAME and x == 2)
+        # an input with an initializer is a weight with a default, which onnxruntime does not list among the inputs
+        return [p for p in found[0] if p.name not in initializers], found[1]
+
+    return _scan(data, read)
+
+
+def _value_info(view: memoryview) -> PortInfo:
+    """ValueInfoProto: name 1, type 2 -> TypeProto.tensor_type 1 -> elem_type 1, shape 2 -> dim 1 -> value 1 | param 2."""
+    name, element, shape = "", 0, []
+    for field, wire, value in _fields(view):
+        if field == 1 and wire == 2:
+            name = bytes(value).decode("utf-8", errors="replace")
+        elif field == 2 and wire == 2:
+            for f, w, tensor in _fields(value):
+                if f != 1 or w != 2:
+                    continue
+                for g, x, part in _fields(tensor):
+                    if g == 1 and x == 0:
+                        element = part
+                    elif g == 2 and x == 2:
+                        shape = [_dimension(dim) for h, y, dim in _fields(part) if h == 1 and y == 2]
+    return PortInfo(name, f"tensor({_ELEMENT_TYPES.get(element, str(element))})", shape)
+
+
+def _dimension(view: memoryview) -> int | str | None:
+    for field, wire, value in _fields(view):
+        if field == 1 and wire == 0:
+            return value
+        if field == 2 and wire == 2:
+            return bytes(value).decode("utf-8", errors="replace")
+    return None
 
 
 def _scan(data: bytes | memoryview, read: Callable[[memoryview], T]) -> T:

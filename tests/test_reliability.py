@@ -190,7 +190,7 @@ FAULTS = {
                                    "bundle.json: is a directory"),
     # the second battery (docs/reliability.md): each crashed or hung before
     "bundle.json is a FIFO": (_fifo("bundle.json"), "bundle.json: not a regular file"),
-    "bundle.json nested deep": (_nested, "bundle.json: nested too deeply"),
+    "bundle.json nested deep": (_nested, "bundle.json: nested more than 64 deep"),
     "eos_id out of range": (lambda b: _edit_meta(b, lambda m: (m["model"].update(eos_id=999), m.pop("special_ids"))),
                             "special ids"),
     "special id of the wrong type": (lambda b: _edit_meta(b, lambda m: (m["model"].update(eos_id="2"), m.pop("special_ids"))),

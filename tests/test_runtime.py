@@ -95,3 +95,16 @@ def test_decode_rejects_a_bare_string(tiny_model):
 def test_missing_bundle_is_a_bundle_error(tmp_path):
     with pytest.raises(BundleError, match="no such bundle directory"):
         Seq2Seq.load(tmp_path / "nothing")
+
+
+def test_a_decode_the_greedy_graph_serves_alone_never_creates_the_step_sessions():
+    """One word, "auto": greedy.onnx decodes it, and the encoder's and decoder's weights are never loaded beside it
+    (the big model's one-word peak was 126 MB with all three, 106 MB with the graph alone); their checks ran at load."""
+    from conftest import REPO
+
+    model = Seq2Seq.load(REPO / "models" / "g2p-en-small", providers="cpu")
+    assert not model.backend.sessions  # every graph checked from its bytes, none created
+    model.decode(["attention"])
+    assert set(model.backend.sessions) == {"greedy"}
+    model.decode(["edge"], beam_size=2)  # beam search steps the decoder
+    assert set(model.backend.sessions) == {"greedy", "encoder", "decoder"}
