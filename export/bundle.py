@@ -44,7 +44,7 @@ class ExportError(Seq2EdgeError):
 def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, int8: bool = False, fp16: bool = False,
                   exporter: str = "torchscript", decoder_step: str = "traced", corpus: str | None = None, parity_words: int = 500,
                   atol: float | None = None, greedy_graph: bool = False, ort: bool = False, accept_int8: bool = False,
-                  log: Callable[[str], None] = print) -> Path:
+                  option_style: str = "python", log: Callable[[str], None] = print) -> Path:
     """Export `checkpoint` to the bundle directory `out`, verify it, and return its path.
 
     atol: the largest |log-prob difference| from PyTorch that parity accepts; default: 10 x the
@@ -61,7 +61,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, force: bool = False, 
     entries = parity_entries(checkpoint, corpus, parity_words)
     provenance = {"path": str(checkpoint), "train": _train_summary(checkpoint)}
     return write_bundle(model, out, sides, entries, provenance, exporter=exporter, decoder_step=decoder_step, int8=int8,
-                        fp16=fp16, atol=atol, greedy_graph=greedy_graph, ort=ort, accept_int8=accept_int8, log=log)
+                        fp16=fp16, atol=atol, greedy_graph=greedy_graph, ort=ort, accept_int8=accept_int8,
+                        option_style=option_style, log=log)
 
 
 def refuse_existing(out: Path, force: bool) -> None:
@@ -82,13 +83,14 @@ def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[ParityI
                  atol: float | None = None,
                  greedy_graph: bool = False, ort: bool = False, conventions: Conventions = Conventions(),
                  accept_int8: bool = False, chosen_limits: frozenset[str] = frozenset(("max_src_len", "max_tgt_len")),
-                 log: Callable[[str], None] = print) -> Path:
+                 option_style: str = "python", log: Callable[[str], None] = print) -> Path:
     """Graphs, bundle.json and every parity gate for `model` (seq2edge's Seq2SeqModule or a
     protocol model wrapped in export.protocol.ProtocolModule), placed at `out` only when all passed.
     conventions: the decoding rules of the toolkit the model came from (runtime/conventions.py).
     chosen_limits: the length limits the user set, refused when the model cannot take them; the others are
     lowered to what it takes (export/limits.py).
-    accept_int8: write int8 graphs that fail the int8 gate (export.verify.int8_gate), saying so in their figures."""
+    accept_int8: write int8 graphs that fail the int8 gate (export.verify.int8_gate), saying so in their figures.
+    option_style: "python" or "cli", how a message names an option (accept_int8=True, --accept-int8)."""
     texts = [e.source for e in entries]
     fit_limits(model, chosen_limits, log)
     with atomic_directory(out) as tmp:
@@ -108,12 +110,13 @@ def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[ParityI
                 meta.parity[precision] = compare_precision(tmp, meta, precision, entries, reference, runtime)
                 _log_precision(precision, meta.parity[precision], log)
                 refused = int8_gate(meta.parity[precision]) if precision == "int8" else None
+                option = "--accept-int8" if option_style == "cli" else "accept_int8=True"
                 if refused and not accept_int8:
                     raise ExportError(f"{refused}. No bundle was written. The int8 graphs differ from fp32 far more than "
-                                      "int8 rounding does; pass --accept-int8 to write them anyway.")
+                                      f"int8 rounding does; pass {option} to write them anyway.")
                 if refused:
-                    meta.parity[precision]["gate"] = f"overridden by --accept-int8: {refused}"
-                    log(f"int8 gate overridden (--accept-int8): {refused}")
+                    meta.parity[precision]["gate"] = f"overridden by {option}: {refused}"
+                    log(f"int8 gate overridden ({option}): {refused}")
         if greedy_graph:
             _add_greedy_graphs(tmp, meta, texts, log)
         if ort:

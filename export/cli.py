@@ -47,8 +47,12 @@ def export(checkpoint, out, toolkit, parity_sources, int8, accept_int8, fp16, fo
         if decoder_step != "traced":
             raise click.UsageError("--decoder-step node goes with seq2edge's own checkpoints; an imported model's step is "
                                    "traced as written")
+        if click.get_current_context().get_parameter_source("exporter") != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError("--exporter goes with seq2edge's own checkpoints; an imported model is traced with the "
+                                   "torchscript exporter")
         export_imported(toolkit, checkpoint, out, parity_sources=parity_sources, parity_count=parity_words, int8=int8, fp16=fp16,
-                        greedy_graph=greedy_graph, ort=ort_format, force=force, atol=atol, accept_int8=accept_int8, log=log)
+                        greedy_graph=greedy_graph, ort=ort_format, force=force, atol=atol, accept_int8=accept_int8,
+                        option_style="cli", log=log)
         click.echo(f"bundle written: {out}")
         return
     if parity_sources is not None:
@@ -57,5 +61,5 @@ def export(checkpoint, out, toolkit, parity_sources, int8, accept_int8, fp16, fo
 
     export_bundle(checkpoint, out, force=force, int8=int8, fp16=fp16, exporter=exporter, decoder_step=decoder_step,
                   corpus=corpus, parity_words=parity_words, atol=atol, greedy_graph=greedy_graph,
-                  ort=ort_format, accept_int8=accept_int8, log=log)
+                  ort=ort_format, accept_int8=accept_int8, option_style="cli", log=log)
     click.echo(f"bundle written: {out}")

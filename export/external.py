@@ -33,7 +33,8 @@ def export_model(model: nn.Module, out: str | Path, *, source_vocab: Sequence[st
                  parity_sources: Sequence[str], max_src_len: int | None = None, max_tgt_len: int | None = None,
                  int8: bool = False, fp16: bool = False, greedy_graph: bool = False, ort: bool = False,
                  force: bool = False, atol: float | None = None, origin: str | None = None,
-                 conventions: Conventions | None = None, accept_int8: bool = False, log: Callable[[str], None] = print) -> Path:
+                 conventions: Conventions | None = None, accept_int8: bool = False, option_style: str = "python",
+                 log: Callable[[str], None] = print) -> Path:
     """Export `model` (encode() and step(), docs/own-model.md) to the bundle directory `out` and return its path.
 
     The vocabularies are lists whose index is the id, holding the pad, bos, eos and unk tokens.
@@ -71,7 +72,7 @@ def export_model(model: nn.Module, out: str | Path, *, source_vocab: Sequence[st
                             greedy_graph=greedy_graph, ort=ort, conventions=conventions or Conventions(), accept_int8=accept_int8,
                             chosen_limits=frozenset(name for name, value in (("max_src_len", max_src_len),
                                                                              ("max_tgt_len", max_tgt_len)) if value),
-                            log=log)
+                            option_style=option_style, log=log)
     finally:
         model.train(training)
 

@@ -195,3 +195,22 @@ def test_the_checkpoint_reader_builds_what_torch_saved_without_unpickling(tmp_pa
     for key in ("t", "view", "scalar", "ids", "mask", "p"):
         assert got[key].dtype == saved[key].dtype and torch.equal(got[key], saved[key].detach()), key
     assert got["nested"] == saved["nested"] and got["opt"] == saved["opt"]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--exporter", "dynamo"], "--exporter goes with seq2edge's own checkpoints"),
+    (["--exporter", "torchscript"], "--exporter goes with seq2edge's own checkpoints"),
+    (["--decoder-step", "node"], "--decoder-step node goes with seq2edge's own checkpoints"),
+])
+def test_export_options_an_import_cannot_use_are_refused_not_dropped(tmp_path, flags, words):
+    proc = subprocess.run([*SEQ2EDGE, "export", "--from", "opennmt", str(source_of("opennmt", MODELS[-1][1])), str(tmp_path / "out"),
+                           *flags], capture_output=True, text=True)
+    assert proc.returncode == 2 and words in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_joeynmt_dev_sources_give_as_many_parity_inputs_as_asked(tmp_path, monkeypatch):
+    from seq2edge.export.importers import joeynmt
+
+    (tmp_path / "dev.src").write_text("".join(f"word{i}\n" for i in range(700)))
+    monkeypatch.chdir(tmp_path)
+    assert len(joeynmt._dev_sources({"dev": "dev", "src": {"lang": "src"}}, tmp_path)) == 700  # --parity-words takes its share

@@ -269,12 +269,19 @@ def test_the_int8_gate_refuses_a_planted_bad_int8_graph_and_accept_int8_writes_i
             onnx.save_model(graph, str(dst))
 
     monkeypatch.setitem(quantize.CONVERTERS, "int8", damaged)
-    with pytest.raises(ExportError, match=r"int8 graphs decode \d+\.\d+% of the parity inputs as fp32 does \(the gate needs 90%\)"):
+    with pytest.raises(ExportError, match=r"int8 graphs decode \d+\.\d+% of the parity inputs as fp32 does \(the gate needs 90%\)"
+                                          r".*pass accept_int8=True to write them anyway"):
         export_tiny(tiny_checkpoint, tmp_path / "refused", int8=True, parity_words=60)
     assert not (tmp_path / "refused").exists()
+    from click.testing import CliRunner
+
+    from seq2edge.export.cli import export
+
+    result = CliRunner().invoke(export, [str(tiny_checkpoint), str(tmp_path / "cli"), "--int8", "--parity-words", "60"])
+    assert result.exit_code != 0 and "pass --accept-int8 to write them anyway" in str(result.exception)
     bundle = export_tiny(tiny_checkpoint, tmp_path / "accepted", int8=True, parity_words=60, accept_int8=True)
     figures = json.loads((bundle / "bundle.json").read_text())["parity"]["int8"]
-    assert figures["gate"].startswith(f"overridden by --accept-int8: int8 graphs decode "
+    assert figures["gate"].startswith(f"overridden by accept_int8=True: int8 graphs decode "
                                       f"{100 * figures['token_agreement_with_fp32']:.2f}% of the parity inputs")
     meta = json.loads((bundle / "bundle.json").read_text())
     size = {p: sum(e["bytes"] for e in meta["graphs"][p].values()) for p in ("fp32", "int8")}

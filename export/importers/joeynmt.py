@@ -246,7 +246,8 @@ def _tokens(side: dict, model_dir: Path) -> str | Path:
 
 
 def _dev_sources(data: dict, model_dir: Path) -> list[str]:
-    """The dev set's sources, when the file the config names is here: texts for the parity gate."""
+    """The dev set's sources, when the file the config names is here: texts for the parity gate (as many as
+    --parity-words asks for are taken from them)."""
     dev = data.get("dev")
     if not dev:
         return []
@@ -254,4 +255,4 @@ def _dev_sources(data: dict, model_dir: Path) -> list[str]:
     if not path.is_file():
         return []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    return [line.strip() for line in lines if line.strip()][:500]
+    return [line.strip() for line in lines if line.strip()]
