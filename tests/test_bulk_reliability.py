@@ -74,8 +74,9 @@ def test_a_killed_worker_is_one_line_keeps_every_finished_line_and_resume_comple
 def test_sigkill_at_any_moment_loses_no_finished_chunk_and_resume_completes_it_byte_identically(tiny_bundle, tmp_path, words,
                                                                                                  workers, fmt):
     """An OOM kill, a kill -9: finished chunks are on disk in .FILE.partial, nothing half-written shows under FILE's name,
-    and --resume drops a torn last record and continues to the uninterrupted run's bytes. Five moments each, drawn
-    over the length of an uninterrupted run (start-up included), so that kills land before, between and inside chunks."""
+    and --resume drops a torn last record and continues to the uninterrupted run's bytes. Five moments each, three drawn
+    over the length of an uninterrupted run (start-up included), so that kills land before, between and inside chunks, two of
+    them just after a chunk reached the disk."""
     import random
 
     path = tmp_path / "in.txt"
@@ -86,10 +87,18 @@ def test_sigkill_at_any_moment_loses_no_finished_chunk_and_resume_completes_it_b
     length = time.monotonic() - started
     rng = random.Random(int(workers))
     kept_some = 0
-    for moment in sorted(rng.uniform(0.2, length) for _ in range(5)):
-        out = tmp_path / f"out-{moment:.2f}.{fmt}"
+    at_times = sorted(rng.uniform(0.2, length) for _ in range(3))
+    after_a_chunk = [rng.uniform(0, 0.05) for _ in range(2)]  # so that some kills land after a chunk on any machine
+    for n, (moment, waits_for_chunk) in enumerate([(m, False) for m in at_times] + [(m, True) for m in after_a_chunk]):
+        out = tmp_path / f"out-{n}.{fmt}"
+        partial = out.with_name(f".{out.name}.partial")
         proc = subprocess.Popen([*SEQ2EDGE, "decode", str(tiny_bundle), "--input", str(path), "--output", str(out), "--format", fmt,
                                  "--workers", workers], stderr=subprocess.DEVNULL)
+        if waits_for_chunk:
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and b"\n" not in (partial.read_bytes() if partial.exists() else b""):
+                assert time.monotonic() < deadline, "decode never wrote a chunk"
+                time.sleep(0.005)
         time.sleep(moment)
         children = _workers_of(proc.pid) if proc.poll() is None else []
         proc.kill()
@@ -97,7 +106,6 @@ def test_sigkill_at_any_moment_loses_no_finished_chunk_and_resume_completes_it_b
         for child in children:  # as an OOM kill of the whole process group would
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
-        partial = out.with_name(f".{out.name}.partial")
         assert not out.exists() or out.read_bytes() == whole.read_bytes()  # finished before the kill, or not there at all
         if partial.exists():
             kept = partial.read_bytes()

@@ -258,10 +258,14 @@ def test_a_module_without_the_protocol_methods_is_told_what_is_missing(tmp_path)
     (lambda m: m["model"].update(state_size=95), "encoder.onnx: output state has state_size 96, bundle.json's model says 95"),
     (lambda m: m["model"].update(cell="gru"), "unknown model config keys"),
     (lambda m: m["model"].update(memory_size=0), "invalid model config: memory_size must be at least 1"),
-    (lambda m: m.update(conventions={"beam_bonus": 1}), "unknown conventions"),
-    (lambda m: m.update(conventions={"never_emit": ["</s>"]}), "conventions.never_emit names </s>: no output could end"),
-    (lambda m: m.update(conventions={"never_emit": ["q"]}), "conventions.never_emit names 'q', which is not in the target vocabulary"),
-    (lambda m: m.update(conventions={"min_len": -1, "source_eos": 1}), "invalid conventions: min_len must be a whole number >= 0"),
+    (lambda m: m.update(format_version=2, conventions={"beam_bonus": 1}), "unknown conventions"),
+    (lambda m: m.update(format_version=2, conventions={"never_emit": ["</s>"]}), "conventions.never_emit names </s>: no output could end"),
+    (lambda m: m.update(format_version=2, conventions={"never_emit": ["q"]}),
+     "conventions.never_emit names 'q', which is not in the target vocabulary"),
+    (lambda m: m.update(format_version=2, conventions={"min_len": -1, "source_eos": 1}),
+     "invalid conventions: source_eos must be true or false, not 1"),  # types first: a range of the wrong type means nothing
+    (lambda m: m.update(format_version=2, conventions={"min_len": -1}), "invalid conventions: min_len must be at least 0, not -1"),
+    (lambda m: m.update(conventions={"min_len": 1}), "conventions needs format_version 2 or newer, found 1"),
 ])
 def test_both_hosts_refuse_an_external_config_or_conventions_that_do_not_fit_the_model(tmp_path, edit, message):
     bundle = export_lstm(tmp_path / "lstm")
