@@ -27,7 +27,7 @@ EXTRA_WORDS      := build/english-words.txt
 
 JS_DEPS := hosts/js/node_modules/.installed
 
-.PHONY: install install-gpu js demo train export eval train-small export-small test test-fast soak lint docs bench bench-quick device-check clean
+.PHONY: install install-gpu js c demo train export eval train-small export-small test test-fast soak lint docs bench bench-quick device-check clean
 
 $(BASE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,16 @@ $(JS_DEPS): hosts/js/package.json hosts/js/package-lock.json
 	 else echo "npm not found: the JavaScript host tests will be skipped (install Node.js 18+)"; fi
 
 js: $(JS_DEPS)
+
+# The native host (hosts/c/): libseq2edge.so, seq2edge-c and seq2edge.h in hosts/c/build/. deps.sh installs the
+# Debian packages it builds with where one is missing, takes onnxruntime's C header from Debian's libonnxruntime-dev
+# and the library from the onnxruntime wheel in .venv (docs/hosts.md, "C and C++").
+C_HOST := hosts/c/build/seq2edge-c
+$(C_HOST): $(BASE) $(wildcard hosts/c/src/* hosts/c/include/* hosts/c/cli/*) hosts/c/Makefile hosts/c/deps.sh
+	@PYTHON=$(abspath $(BIN)/python) hosts/c/deps.sh
+	@$(MAKE) -s -C hosts/c
+
+c: $(C_HOST)
 
 # onnxruntime-gpu provides the same module as onnxruntime: remove the CPU package, then
 # reinstall the GPU one so that its files are the ones left in place.
@@ -94,7 +104,7 @@ export-small: $(FULL)
 	$(BIN)/seq2edge export $(SMALL_CHECKPOINT) $(SMALL) --int8 --greedy-graph --force
 	$(BIN)/seq2edge eval $(SMALL) --split test --precision int8
 
-test: $(FULL) $(JS_DEPS)
+test: $(FULL) $(JS_DEPS) $(C_HOST)
 	$(BIN)/python -m pytest -q -x -rs --durations=15
 
 # The edit-and-test loop, about 75 seconds: tokenisers, search, schema, runtime, decode CLI and the reliability
@@ -136,4 +146,4 @@ device-check: $(FULL) $(JS_DEPS)
 	$(BIN)/python tools/device_check.py --words $(N) $(DEVICE_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache hosts/js/node_modules
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache hosts/js/node_modules hosts/c/build

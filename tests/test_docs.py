@@ -80,5 +80,8 @@ def test_the_architecture_page_names_every_module():
     page = (REPO / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
     files = [p for folder in ("runtime", "export", "train", "bench") for p in (REPO / folder).rglob("*.py") if p.name != "__init__.py"]
     files += [*(REPO / "tools").glob("*.py"), *(REPO / "tools").glob("*.mjs"), *(REPO / "hosts" / "js").glob("*.mjs")]
+    native = REPO / "hosts" / "c"
+    files += [p for p in native.rglob("*") if p.is_file() and "build" not in p.relative_to(native).parts
+              and (p.suffix in (".c", ".cpp", ".hpp", ".h", ".inc", ".py", ".sh") or p.name == "Makefile")]
     missing = [str(p.relative_to(REPO)) for p in files if f"`{p.relative_to(REPO)}`" not in page]
     assert not missing, f"docs/ARCHITECTURE.md does not name {missing}"
