@@ -562,3 +562,17 @@ def test_node_decodes_a_sentencepiece_bundle_like_python(spm_corpus, tmp_path):
     proc = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), "ka to", "ka xq"], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stdout.startswith(f"ka to -> {python.decode(['ka to'])[0].text}\n")
     assert "ka xq" in proc.stderr and "not in the source vocabulary" in proc.stderr
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_native_host_decodes_ort_format_graphs_byte_for_byte_as_python(bundle, words, tmp_path, precision):
+    """The ORT-format copies (export --ort) through hosts/c's seq2edge-c, against the Python CLI (tests/test_native_host.py
+    covers the .onnx graphs)."""
+    path = tmp_path / "words.txt"
+    path.write_text("\n".join(words[:300]) + "\n")
+    flags = ["--input", str(path), "--graph-format", "ort", "--precision", precision, "--format", "jsonl", "--threads", "1"]
+    python = subprocess.run([*SEQ2EDGE, "decode", str(bundle), *flags], capture_output=True, timeout=300)
+    native = subprocess.run([str(REPO / "hosts" / "c" / "build" / "seq2edge-c"), "decode", str(bundle), *flags],
+                            capture_output=True, timeout=300)
+    assert python.returncode == native.returncode == 0, native.stderr[-2000:]
+    assert native.stdout == python.stdout

@@ -8,6 +8,8 @@
 #include <numeric>
 #include <set>
 
+#include <sys/stat.h>
+
 #ifdef S2E_WITH_SENTENCEPIECE
 #include <sentencepiece_processor.h>
 #endif
@@ -324,8 +326,11 @@ std::unique_ptr<Member> load_member(Ort::Env &env, const std::string &dir, const
     for (const std::string kind : {"encoder", "decoder", "greedy"}) {
         if (!graphs.contains(kind) || (kind == "greedy" && o.greedy_graph == 0)) continue;
         const Json &entry = graphs[kind];
-        bool ort_format = o.graph_format == "ort";
-        if (ort_format && (!entry.contains("ort") || entry["ort"].is_null())) {
+        const bool has_ort = entry.contains("ort") && !entry["ort"].is_null();
+        struct stat info {};  // auto: the .onnx graph when present, else its ORT-format copy (as runtime/engine.py)
+        bool ort_format = o.graph_format == "ort" ||
+                          (o.graph_format == "auto" && has_ort && ::lstat((dir + "/" + entry["file"].get<std::string>()).c_str(), &info) != 0);
+        if (ort_format && !has_ort) {
             throw BundleError(entry["file"].get<std::string>() + ": this bundle has no ORT-format copy; export it with --ort");
         }
         const Json &file = ort_format ? entry["ort"] : entry;
