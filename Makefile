@@ -141,7 +141,7 @@ bench-quick: $(FULL) $(JS_DEPS)
 # N: sample size; DEVICE_ARGS=--reduced: the CI check (the big bundle at batch 64 only).
 ARCH ?= aarch64
 N    ?= 1000
-device-check: $(FULL) $(JS_DEPS)
+device-check: $(FULL) $(JS_DEPS) $(C_HOST)
 	@test "$(ARCH)" = aarch64 || { echo "device-check: ARCH=$(ARCH) is not supported (aarch64 is)"; exit 2; }
 	$(BIN)/python tools/device_check.py --words $(N) $(DEVICE_ARGS)
 

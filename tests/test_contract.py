@@ -33,7 +33,17 @@ def test_a_changed_default_makes_the_committed_contract_stale(monkeypatch):
     field = next(f for f in ModelConfig.__dataclass_fields__.values() if f.name == "hidden")
     monkeypatch.setattr(field, "default", 512)
     stale = [p for p, text in bundle_contract.expected_files().items() if p.read_text(encoding="utf-8") != text]
-    assert len(stale) == 2  # the JSON and the JavaScript host's module
+    assert len(stale) == 3  # the JSON, the JavaScript host's module and the native host's literal
+
+
+def test_the_native_host_holds_no_copy_of_a_default_range_or_message():
+    """hosts/c reads the contract compiled in from bundle_contract.inc; its sources name no default or message."""
+    sources = "".join(p.read_text(encoding="utf-8") for p in (REPO / "hosts" / "c" / "src").glob("*") if p.suffix in (".cpp", ".hpp"))
+    for message in contract()["messages"].values():
+        words = re.split(r"\{\w+\}", message)
+        assert not any(len(w) > 24 and w in sources for w in words), message
+    for name in ('"max_src_len", 64', '"hidden", 256', "max_len_ratio = 0", "64 deep"):
+        assert name not in sources
 
 
 def test_the_javascript_host_holds_no_copy_of_a_default_range_or_message():

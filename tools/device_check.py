@@ -7,10 +7,12 @@ PyPI's packages alone: qemu-aarch64-static from Debian's qemu-user-static (unpac
 so no binfmt registration is needed), a bookworm arm64 sysroot with Python 3.11 and Node.js
 (mmdebstrap, nothing configured or run), onnxruntime, numpy and click from their manylinux aarch64
 wheels, and seq2edge's own wheel built from this checkout. The JavaScript host uses the onnxruntime-node
-package of hosts/js, whose files include its linux/arm64 binary (`make js`).
+package of hosts/js, whose files include its linux/arm64 binary (`make js`). The native host (hosts/c) is
+cross-compiled with Debian's aarch64 cross compiler (g++-aarch64-linux-gnu) against the sysroot's arm64
+packages and the onnxruntime aarch64 wheel's library (`make c` first: it holds onnxruntime's C header).
 
-On a fixed sample of CMUdict test words, tools/device_decode.py (Python) and tools/device_decode.mjs
-(Node) decode with both shipped bundles in fp32 and int8 at batch 1 and 64 natively and under each
+On a fixed sample of CMUdict test words, tools/device_decode.py (Python), tools/device_decode.mjs
+(Node) and seq2edge-c (the native host) decode with both shipped bundles in fp32 and int8 at batch 1 and 64 natively and under each
 emulated CPU; the table compares every ARM run with the same host on x86. For a word that differs,
 it shows x86's top-two margin (log-probability of the best token minus the second best) at the first
 step where the two outputs part. The rule (docs/hosts.md, "Devices"): fp32 outputs equal x86's;
@@ -35,6 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 from device_decode import decode_all, setting_key  # noqa: E402 - the decoding half, run natively for --compare
 
+NATIVE = REPO / "hosts" / "c"
+CROSS_CXX = "aarch64-linux-gnu-g++"
+# What the sysroot holds besides the Python and Node hosts' needs: the native host's arm64 build dependencies.
+NATIVE_PACKAGES = "libc6-dev,libstdc++-12-dev,nlohmann-json3-dev,libutf8proc-dev,libssl-dev,libsentencepiece-dev"
 BUNDLES = {"g2p-en": REPO / "models" / "g2p-en", "g2p-en-small": REPO / "models" / "g2p-en-small"}
 CPUS = ("cortex-a72", "cortex-a76")  # Raspberry Pi 4 class; Pi 5 class, with the dot-product instructions
 # Near ties: the int8 differences measured between x86 and ARM had margins of 0.0009 and 0.022 at the first
@@ -85,12 +91,15 @@ class Environment:
             deb = next(self.cache.glob("qemu-user-static_*.deb"))
             _run(["dpkg", "-x", str(deb), str(self.cache / "qemu")], what="unpacking qemu-user-static")
             deb.unlink()
+        if self.sysroot.exists() and not (self.sysroot / "usr" / "include" / "utf8proc.h").exists():
+            shutil.rmtree(self.sysroot)  # built before the native host joined the check
         if not (self.sysroot / "usr" / "bin" / "python3.11").exists():
             if shutil.which("mmdebstrap") is None:
                 raise Unavailable("mmdebstrap is not installed (apt-get install mmdebstrap)")
             partial = self.cache / "sysroot.partial"
             shutil.rmtree(partial, ignore_errors=True)
-            _run(["mmdebstrap", "--mode=root", "--variant=extract", "--arch=arm64", "--include=python3.11,libstdc++6,libgcc-s1,nodejs",
+            _run(["mmdebstrap", "--mode=root", "--variant=extract", "--arch=arm64",
+                  f"--include=python3.11,libstdc++6,libgcc-s1,nodejs,{NATIVE_PACKAGES}",
                   "bookworm", str(partial)], what="a Debian bookworm arm64 sysroot")
             partial.rename(self.sysroot)
         if not (self.site / "onnxruntime").exists():
@@ -116,6 +125,25 @@ class Environment:
         _run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "--target", str(target),
               *map(str, dist.glob("seq2edge-*.whl"))], what="unpacking seq2edge's wheel", unavailable=False)
         return target
+
+    def native_build(self) -> Path:
+        """hosts/c cross-compiled for aarch64 into the cache (make keeps it until a source changes)."""
+        if shutil.which(CROSS_CXX) is None:
+            raise Unavailable(f"{CROSS_CXX} is not installed (apt-get install g++-aarch64-linux-gnu)")
+        header = NATIVE / "build" / "onnxruntime" / "include"
+        if not header.exists():
+            raise RuntimeError("the native host's onnxruntime header is missing: run make c first")
+        build = self.cache / "c-build"
+        build.mkdir(exist_ok=True)
+        library = next((self.site / "onnxruntime" / "capi").glob("libonnxruntime.so.1.*"))
+        if not (build / library.name).exists():
+            for old in build.glob("libonnxruntime.so*"):
+                old.unlink()
+            shutil.copy2(library, build / library.name)
+            (build / "libonnxruntime.so.1").symlink_to(library.name)
+        _run(["make", "-s", "-C", str(NATIVE), f"BUILD={build}", f"CXX={CROSS_CXX}", f"SYSROOT={self.sysroot}", f"ORT_INC={header}"],
+             what="cross-compiling the native host", unavailable=False)
+        return build
 
     def command(self, cpu: str, program: list[str]) -> list[str]:
         """`program` under qemu as `cpu` (runs of several CPUs take turns: the sysroot holds one cpuinfo)."""
@@ -153,8 +181,10 @@ def settings_for(reduced: bool) -> list[dict]:
 
 
 def decode_on(env: Environment | None, cpu: str | None, host: str, words_file: Path, settings: list[dict], site: Path | None,
-              timeout: float) -> dict[str, list[str]]:
+              timeout: float, native_build: Path | None = None) -> dict[str, list[str]]:
     """Run the host's decode script natively (env None) or under qemu with `cpu`."""
+    if host == "c":
+        return native_decode(env, cpu, words_file, settings, native_build, timeout)
     script = REPO / "tools" / ("device_decode.py" if host == "python" else "device_decode.mjs")
     native = [sys.executable] if host == "python" else ["node"]
     emulated = ["/usr/bin/python3.11", "-s"] if host == "python" else ["/usr/bin/node"]
@@ -167,6 +197,26 @@ def decode_on(env: Environment | None, cpu: str | None, host: str, words_file: P
     if proc.returncode != 0:
         raise RuntimeError(f"{host} on {cpu or 'x86-64'} failed: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout)
+
+
+def native_decode(env: Environment | None, cpu: str | None, words_file: Path, settings: list[dict], build: Path | None,
+                  timeout: float) -> dict[str, list[str]]:
+    """seq2edge-c on each setting, as tools/device_decode.py decodes: x86's build natively, the cross-compiled one under qemu."""
+    from device_decode import setting_key
+
+    outputs = {}
+    for setting in settings:
+        program = [str(NATIVE / "build" / "seq2edge-c") if env is None else str(build / "seq2edge-c"), "decode", setting["bundle"],
+                   "--input", str(words_file), "--precision", setting["precision"], "--batch-size", str(setting["batch"]),
+                   "--threads", "1", "--unknown", "unk", "--too-long", "truncate", "--format", "jsonl"]
+        command = program if env is None else [str(env.qemu), "-cpu", cpu, "-L", str(env.sysroot), *program]
+        if env is not None:
+            env.command(cpu, ["/bin/true"])  # writes the sysroot's cpuinfo for this CPU
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"c on {cpu or 'x86-64'} failed: {proc.stderr.strip()[-2000:]}")
+        outputs[setting_key(setting)] = [json.loads(line)["output"] for line in proc.stdout.splitlines()]
+    return outputs
 
 
 def first_step_margin(bundle: Path, precision: str, word: str, ours: str, theirs: str) -> float:
@@ -247,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--words", type=int, default=1000, help="Sample size (fixed CMUdict test words).")
     parser.add_argument("--cpus", default=",".join(CPUS), help=f"Of {', '.join(CPUINFO)}.")
-    parser.add_argument("--hosts", default="python,node")
+    parser.add_argument("--hosts", default="python,node,c")
     parser.add_argument("--reduced", action="store_true", help="The big bundle at batch 64 only (the CI check).")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
                         "seq2edge-device" / "aarch64")
@@ -283,10 +333,18 @@ def main(argv: list[str] | None = None) -> int:
         words_file = work / "words.txt"
         words_file.write_text("\n".join(words) + "\n", encoding="utf-8")
         site = env.checkout_wheel(work)
-        for host in args.hosts.split(","):
+        hosts = args.hosts.split(",")
+        try:
+            build = env.native_build() if "c" in hosts else None
+        except Unavailable as exc:
+            required = "aarch64" in os.environ.get("SEQ2EDGE_REQUIRE", "").split(",")
+            print(f"device-check: {'FAILED' if required else 'SKIP'}: the native host cannot be cross-compiled here: {exc}",
+                  file=sys.stderr)
+            return 1 if required else 2
+        for host in hosts:
             reference = decode_on(None, None, host, words_file, settings, None, args.timeout)
             for cpu in args.cpus.split(","):
-                rows += compare(reference, decode_on(env, cpu, host, words_file, settings, site, args.timeout), words, host, cpu)
+                rows += compare(reference, decode_on(env, cpu, host, words_file, settings, site, args.timeout, build), words, host, cpu)
     return report(rows)
 
 
