@@ -25,6 +25,7 @@ import onnxruntime as ort
 
 from . import helpers
 from .engine import Engine
+from .fpenv import flushing
 from .search import HostStep, StepResult
 
 # onnxruntime's device names for OrtValue and IOBinding, by execution provider.
@@ -80,11 +81,13 @@ class HostBackend:
         self.sessions: dict[str, Any] = engine.sessions  # created on first use (runtime.engine.Sessions)
 
     def encode(self, src_ids: np.ndarray, src_lengths: np.ndarray) -> Encoded:
-        memory, state = self.sessions["encoder"].run(None, {"src_ids": src_ids, "src_lengths": src_lengths})
+        with flushing():
+            memory, state = self.sessions["encoder"].run(None, {"src_ids": src_ids, "src_lengths": src_lengths})
         return Encoded(memory, state, _mask(src_lengths, src_ids.shape[1]), len(src_lengths))
 
     def step(self, prev_ids: np.ndarray, state: np.ndarray, memory: np.ndarray, mask: np.ndarray) -> HostStep:
-        out = self.sessions["decoder"].run(None, {"prev_ids": prev_ids, "state": state, "memory": memory, "src_mask": mask})
+        with flushing():
+            out = self.sessions["decoder"].run(None, {"prev_ids": prev_ids, "state": state, "memory": memory, "src_mask": mask})
         return HostStep(*out)
 
     def take(self, value: np.ndarray, index: np.ndarray, part: str) -> np.ndarray:
@@ -100,9 +103,10 @@ class DeviceBackend:
     def __init__(self, engine: Engine, device: str | None = None):
         self.device = device or device_of(engine.providers)
         self.sessions: dict[str, Any] = engine.sessions
-        for name in _HELPERS:
-            self.sessions[name] = ort.InferenceSession(getattr(helpers, name), sess_options=engine.options,
-                                                       providers=engine.requested)
+        with flushing():
+            for name in _HELPERS:
+                self.sessions[name] = ort.InferenceSession(getattr(helpers, name), sess_options=engine.options,
+                                                           providers=engine.requested)
 
     def to_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
@@ -119,7 +123,8 @@ class DeviceBackend:
                 binding.bind_ortvalue_input(key, value)
         for key, device in outputs.items():
             binding.bind_output(key, device, 0)
-        session.run_with_iobinding(binding)
+        with flushing():
+            session.run_with_iobinding(binding)
         return binding.get_outputs()
 
     def encode(self, src_ids: np.ndarray, src_lengths: np.ndarray) -> Encoded:

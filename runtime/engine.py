@@ -18,6 +18,7 @@ import onnxruntime as ort
 from . import providers as P
 from .bundle import Bundle
 from .errors import BundleError
+from .fpenv import flushing
 from .interface import ALL_GRAPHS, GRAPHS, Port, graph_ports
 from .onnx_scan import ports
 
@@ -105,7 +106,8 @@ def _create_session(path, options: ort.SessionOptions, requested: list[Any]) -> 
     # From the path: onnxruntime then needs no copy of the file in memory (about 20 MB less
     # peak memory for the shipped model than loading from bytes). The file was verified just before.
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=requested)
+        with flushing():  # onnxruntime flushes subnormals on the thread of a process's first session, for good
+            return ort.InferenceSession(str(path), sess_options=options, providers=requested)
     except Exception as exc:  # onnxruntime raises several unrelated types for a bad model
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"{path}: onnxruntime cannot load this graph: {first}") from None

@@ -45,8 +45,11 @@ def _cuda_loads() -> bool:
     """Whether a CUDA session really activates, tried on the smallest valid graph onnxruntime accepts."""
     import onnxruntime as ort
 
+    from .fpenv import flushing
+
     try:
-        session = ort.InferenceSession(IDENTITY_GRAPH, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        with flushing():
+            session = ort.InferenceSession(IDENTITY_GRAPH, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     except Exception:
         return False
     return "CUDAExecutionProvider" in session.get_providers()

@@ -21,6 +21,7 @@ from .bundle import Bundle, load_bundle
 from .engine import Engine
 from .ensemble import EnsembleStepper, check_members
 from .errors import OPTION_STYLES, InputError, OptionError, Seq2EdgeError
+from .fpenv import flushing
 from .options import SearchOptions
 from .providers import ProviderSpec
 from .tokenize import UNKNOWN_POLICIES
@@ -152,6 +153,11 @@ class Seq2Seq:
         errors="raise" raises InputError at the first bad input;
         errors="return" gives that input a Result with `error` set and decodes the rest.
         """
+        with flushing():  # subnormals flushed while onnxruntime computes; the caller's environment given back
+            return self._decode(texts, options, positions=positions, **keywords)
+
+    def _decode(self, texts: Sequence[str], options: SearchOptions | None = None, *,
+                positions: Sequence[int] | None = None, **keywords: Any) -> list[Result]:
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise OptionError("decode() takes a list of texts; wrap a single text in a list")
         if positions is not None:
