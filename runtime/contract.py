@@ -60,6 +60,7 @@ MESSAGES = {
     "vocab_not_strings": "{side}.vocab must be a list of non-empty strings",
     "vocab_duplicate": "{side}.vocab holds {token} twice; a token must have one id",
     "vocab_size": "{side} vocabulary has {found} tokens, the model config says {size}",
+    "vocab_specials": "{side} vocabulary must start with {specials}, found {found}",
     "side_disagrees": "{side}.{name} is {value} but the model config says {expected}; re-export the bundle",
     "spm_model_not_plain": "{side}.spm_model must be a plain file name in the bundle",
     "special_ids_disagree": "special_ids {value} disagree with the model config {expected}; re-export the bundle",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import AnyModelConfig, model_config_from_dict
-from .contract import PARITY_RANGES, say
+from .contract import PARITY_RANGES, contract, say
 from .conventions import Conventions
 from .errors import BundleError
 from .interface import FORMAT_VERSION, GRAPHS, OPTIONAL_GRAPHS, PLAIN_FORMAT_VERSION, PRECISIONS
@@ -167,6 +167,9 @@ def _side(info: dict, side: str, kind: str, lower: bool, size: int, where: str) 
         raise BundleError(f"{where}: {say('vocab_duplicate', side=side, token=twice)}")
     if len(info["vocab"]) != size:
         raise BundleError(f"{where}: {say('vocab_size', side=side, found=len(info['vocab']), size=size)}")
+    specials = contract()["vocab_starts_with"]
+    if info["vocab"][: len(specials)] != specials:
+        raise BundleError(f"{where}: {say('vocab_specials', side=side, specials=specials, found=info['vocab'][: len(specials)])}")
     for name, expected in (("tokenizer", kind), ("lowercase", lower)):
         if name in info and info[name] != expected:
             raise BundleError(f"{where}: {say('side_disagrees', side=side, name=name, value=info[name], expected=expected)}")

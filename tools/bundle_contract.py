@@ -18,6 +18,7 @@ from seq2edge.runtime import interface
 from seq2edge.runtime.config import CELL_STATES, ExternalModelConfig, ModelConfig
 from seq2edge.runtime.contract import CONTRACT_FILE, MESSAGES, PARITY_RANGES
 from seq2edge.runtime.conventions import Conventions
+from seq2edge.runtime.tokenize import SPECIALS
 
 REPO = Path(__file__).resolve().parents[1]
 JS_MODULE = REPO / "hosts" / "js" / "bundle-contract.mjs"
@@ -67,6 +68,7 @@ def describe() -> dict[str, Any]:
         "graph_formats": list(interface.GRAPH_FORMATS),
         "graph_metadata_keys": {"format_version": interface.META_FORMAT_VERSION, "bundle_id": interface.META_BUNDLE_ID,
                                 "precision": interface.META_PRECISION, "model": interface.META_MODEL, "graph": interface.META_GRAPH},
+        "vocab_starts_with": list(SPECIALS),
         "dynamic_axes": sorted({a.name for kind in interface.ALL_GRAPHS for group in interface.graph_ports(kind)
                                 for p in group for a in p.axes if a.dynamic}),
         "ports": {kind: ports(kind) for kind in interface.ALL_GRAPHS},

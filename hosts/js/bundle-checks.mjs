@@ -222,6 +222,8 @@ function checkSide(info, side, kind, lower, size) {
     seen.add(token);
   }
   if (info.vocab.length !== size) fail("vocab_size", { side, found: info.vocab.length, size });
+  const specials = CONTRACT.vocab_starts_with;
+  if (specials.some((t, i) => info.vocab[i] !== t)) fail("vocab_specials", { side, specials, found: info.vocab.slice(0, specials.length) });
   for (const [name, expected] of [["tokenizer", kind], ["lowercase", lower]]) {
     if (name in info && info[name] !== expected) fail("side_disagrees", { side, name, value: info[name], expected });
   }

@@ -20,6 +20,7 @@ export default {
   "model": "seq2edge.model",
   "graph": "seq2edge.graph"
  },
+ "vocab_starts_with": ["<pad>", "<s>", "</s>", "<unk>"],
  "dynamic_axes": ["batch", "src_len", "steps"],
  "ports": {
   "encoder": {
@@ -160,6 +161,7 @@ export default {
   "vocab_not_strings": "{side}.vocab must be a list of non-empty strings",
   "vocab_duplicate": "{side}.vocab holds {token} twice; a token must have one id",
   "vocab_size": "{side} vocabulary has {found} tokens, the model config says {size}",
+  "vocab_specials": "{side} vocabulary must start with {specials}, found {found}",
   "side_disagrees": "{side}.{name} is {value} but the model config says {expected}; re-export the bundle",
   "spm_model_not_plain": "{side}.spm_model must be a plain file name in the bundle",
   "special_ids_disagree": "special_ids {value} disagree with the model config {expected}; re-export the bundle",

@@ -89,6 +89,7 @@ DAMAGE = {
                                           ["rehash", "decoder.onnx", ["graphs", "fp32", "decoder", "sha256"]]],
     "graph over 2 GiB": [["grow", "decoder.onnx", 2**31]],
     "a convention that ends no output": [["set", ["conventions"], {"never_emit": ["</s>"]}]],
+    "vocabulary without the specials first": [["set", ["target", "vocab", 3], "AA0"], ["set", ["target", "vocab", 4], "<unk>"]],
 }
 
 

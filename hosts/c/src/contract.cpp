@@ -282,6 +282,10 @@ void check_side(Json &info, const std::string &side, const Json &kind, bool lowe
     if (static_cast<long long>(vocab.size()) != size) {
         fail("vocab_size", {{"side", side}, {"found", vocab.size()}, {"size", size}});
     }
+    const Json &specials = contract()["vocab_starts_with"];
+    Json found = Json::array();
+    for (size_t i = 0; i < specials.size() && i < vocab.size(); ++i) found.push_back(vocab[i]);
+    if (found != specials) fail("vocab_specials", {{"side", side}, {"specials", specials}, {"found", found}});
     for (const auto &[name, expected] : {std::pair<std::string, Json>{"tokenizer", kind}, {"lowercase", Json(lower)}}) {
         if (info.contains(name) && info[name] != expected) {
             fail("side_disagrees", {{"side", side}, {"name", name}, {"value", info[name]}, {"expected", expected}});

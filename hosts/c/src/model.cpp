@@ -312,9 +312,14 @@ void check_owner(const OnnxScan &scan, const std::string &file, const std::strin
 std::unique_ptr<Member> load_member(Ort::Env &env, const std::string &dir, const LoadOptions &o) {
     auto member = std::make_unique<Member>();
     member->name = dir;
-    member->meta = parse_meta(read_bundle_file(dir, "bundle.json"));
     Json &meta = member->meta;
-    check_meta(meta);
+    try {
+        meta = parse_meta(read_bundle_file(dir, "bundle.json"));
+        check_meta(meta);
+    } catch (const BundleError &err) {  // name the bundle's own bundle.json, as the Python runtime does
+        std::string message = err.what();
+        throw BundleError(message.rfind("bundle.json", 0) == 0 ? dir + "/" + message : message);
+    }
     if (!meta["graphs"].contains(o.precision)) {
         throw BundleError("bundle.json: no " + o.precision + " graphs in this bundle");
     }
