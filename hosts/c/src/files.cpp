@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <set>
 
 #include "contract.hpp"
 
@@ -176,6 +177,88 @@ OnnxScan scan_onnx(const std::string &bytes, const std::string &file) {
         }
         scan.external = external(bytes.data(), bytes.size(), MODEL, 1, contract()["max_onnx_depth"].get<long long>());
         return scan;
+    } catch (const Malformed &err) {
+        throw BundleError(file + ": not a valid ONNX model (" + err.what() + ")");
+    }
+}
+
+namespace {
+std::string element_type(unsigned long long code) {
+    switch (code) {
+        case 1: return "float";
+        case 6: return "int32";
+        case 7: return "int64";
+        case 9: return "bool";
+        case 10: return "float16";
+        case 11: return "double";
+        default: return std::to_string(code);
+    }
+}
+
+// ValueInfoProto: name 1, type 2 -> TypeProto.tensor_type 1 -> elem_type 1, shape 2 -> dim 1 -> value 1 | param 2.
+PortInfo value_info(const char *data, size_t size) {
+    PortInfo port;
+    unsigned long long element = 0;
+    Reader reader(data, size);
+    Field f{};
+    while (reader.next(f)) {
+        if (f.number == 1 && f.wire == 2) port.name.assign(f.data, f.size);
+        if (f.number != 2 || f.wire != 2) continue;
+        Reader type(f.data, f.size);
+        Field t{};
+        while (type.next(t)) {
+            if (t.number != 1 || t.wire != 2) continue;
+            Reader tensor(t.data, t.size);
+            Field g{};
+            while (tensor.next(g)) {
+                if (g.number == 1 && g.wire == 0) element = g.value;
+                if (g.number != 2 || g.wire != 2) continue;
+                port.dims.clear();
+                Reader shape(g.data, g.size);
+                Field d{};
+                while (shape.next(d)) {
+                    if (d.number != 1 || d.wire != 2) continue;
+                    long long dim = -1;
+                    Reader dimension(d.data, d.size);
+                    Field v{};
+                    while (dimension.next(v))
+                        if (v.number == 1 && v.wire == 0) dim = static_cast<long long>(v.value);
+                    port.dims.push_back(dim);
+                }
+            }
+        }
+    }
+    port.type = element_type(element);
+    return port;
+}
+}  // namespace
+
+std::pair<std::vector<PortInfo>, std::vector<PortInfo>> onnx_ports(const std::string &bytes, const std::string &file) {
+    try {
+        std::vector<PortInfo> inputs, outputs;
+        std::set<std::string> initializers;
+        Reader reader(bytes.data(), bytes.size());
+        Field f{};
+        while (reader.next(f)) {
+            if (f.number != 7 || f.wire != 2) continue;  // ModelProto.graph
+            Reader graph(f.data, f.size);
+            Field g{};
+            while (graph.next(g)) {
+                if (g.wire != 2) continue;
+                if (g.number == 11) inputs.push_back(value_info(g.data, g.size));
+                if (g.number == 12) outputs.push_back(value_info(g.data, g.size));
+                if (g.number == 5) {  // an initializer's name (TensorProto.name 8)
+                    Reader tensor(g.data, g.size);
+                    Field t{};
+                    while (tensor.next(t))
+                        if (t.number == 8 && t.wire == 2) initializers.insert(std::string(t.data, t.size));
+                }
+            }
+        }
+        std::vector<PortInfo> real;
+        for (auto &p : inputs)
+            if (!initializers.count(p.name)) real.push_back(std::move(p));
+        return {real, outputs};
     } catch (const Malformed &err) {
         throw BundleError(file + ": not a valid ONNX model (" + err.what() + ")");
     }

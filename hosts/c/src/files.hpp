@@ -2,6 +2,8 @@
 #pragma once
 #include <map>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace s2e {
 
@@ -16,5 +18,13 @@ struct OnnxScan {
 };
 // BundleError naming `file` when the bytes are not an ONNX model (or nest deeper than the contract allows).
 OnnxScan scan_onnx(const std::string &bytes, const std::string &file);
+
+struct PortInfo {
+    std::string name, type;       // type as onnxruntime names element types: "float", "int64", "bool", ...
+    std::vector<long long> dims;  // a size per fixed axis, -1 per dynamic one
+};
+// (inputs, outputs) of the model's main graph read from its bytes, as runtime/onnx_scan.py's ports(): what a
+// session would report, without one (inputs that have an initializer are weights, not inputs).
+std::pair<std::vector<PortInfo>, std::vector<PortInfo>> onnx_ports(const std::string &bytes, const std::string &file);
 
 }  // namespace s2e

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <map>
+#include <mutex>
 #include <set>
 
 #include <sys/stat.h>
@@ -229,63 +231,72 @@ std::pair<std::vector<std::string>, std::vector<long long>> TextCodec::encode(co
 
 // ---------------------------------------------------------------- loading
 
-struct Member {
-    std::string name;
-    Json meta;
-    std::unique_ptr<Ort::Session> encoder, decoder, greedy;
-};
-
 namespace {
-void check_ports(Ort::Session &session, const std::string &kind, const std::string &file, const Json &model) {
-    const Json &expect = contract()["ports"][kind];
+// The ports of a graph against the contract, with runtime/engine.py's words: from the bytes at load, or from a session.
+void check_ports(const std::vector<PortInfo> &inputs, const std::vector<PortInfo> &outputs, const std::string &kind,
+                 const std::string &file, const Json &model) {
     const auto sizes = axis_sizes(model);
     std::set<std::string> dynamic;
     for (const Json &axis : contract()["dynamic_axes"]) dynamic.insert(axis.get<std::string>());
-    Ort::AllocatorWithDefaultOptions allocator;
     for (const std::string role : {"input", "output"}) {
-        const Json &ports = expect[role + "s"];
-        size_t count = role == "input" ? session.GetInputCount() : session.GetOutputCount();
+        const Json &ports = contract()["ports"][kind][role + "s"];
+        const std::vector<PortInfo> &found = role == "input" ? inputs : outputs;
         std::vector<std::string> names, wanted;
-        for (size_t i = 0; i < count; ++i) {
-            names.push_back(role == "input" ? session.GetInputNameAllocated(i, allocator).get()
-                                            : session.GetOutputNameAllocated(i, allocator).get());
-        }
+        for (const auto &p : found) names.push_back(p.name);
         for (const Json &p : ports) wanted.push_back(p["name"]);
-        std::vector<std::string> a = names, b = wanted;
-        std::sort(a.begin(), a.end());
-        std::sort(b.begin(), b.end());
-        if (a != b) {
-            throw BundleError(file + ": " + role + "s are " + shown(Json(a)) + ", the bundle format expects " + shown(Json(b)) +
+        std::sort(names.begin(), names.end());
+        std::sort(wanted.begin(), wanted.end());
+        names.erase(std::unique(names.begin(), names.end()), names.end());
+        if (names != wanted) {
+            throw BundleError(file + ": " + role + "s are " + shown(Json(names)) + ", the bundle format expects " + shown(Json(wanted)) +
                               "; re-export the bundle");
         }
-        for (size_t i = 0; i < count; ++i) {
-            const Json *port = nullptr;
-            for (const Json &p : ports)
-                if (p["name"] == names[i]) port = &p;
-            Ort::TypeInfo info = role == "input" ? session.GetInputTypeInfo(i) : session.GetOutputTypeInfo(i);
-            if (info.GetONNXType() != ONNX_TYPE_TENSOR) {
-                throw BundleError(file + ": " + role + " " + names[i] + " is not a tensor, expected " + (*port)["dtype"].get<std::string>());
+        for (const Json &port : ports) {
+            const std::string name = port["name"], dtype = port["dtype"];
+            const PortInfo &arg = *std::find_if(found.begin(), found.end(), [&](const PortInfo &p) { return p.name == name; });
+            if (arg.type != dtype) throw BundleError(file + ": " + role + " " + name + " is " + arg.type + ", expected " + dtype);
+            const Json &axes = port["axes"];
+            if (arg.dims.size() != axes.size()) {
+                std::string listed;
+                for (size_t k = 0; k < axes.size(); ++k) listed += (k ? ", " : "") + axes[k].get<std::string>();
+                throw BundleError(file + ": " + role + " " + name + " has " + std::to_string(arg.dims.size()) + " axes, expected " +
+                                  std::to_string(axes.size()) + " (" + listed + ")");
             }
-            auto tensor_info = info.GetTensorTypeAndShapeInfo();
-            std::string type = element_name(tensor_info.GetElementType());
-            if (type != (*port)["dtype"].get<std::string>()) {
-                throw BundleError(file + ": " + role + " " + names[i] + " is " + type + ", expected " + (*port)["dtype"].get<std::string>());
-            }
-            std::vector<int64_t> shape = tensor_info.GetShape();
-            const Json &axes = (*port)["axes"];
-            if (shape.size() != axes.size()) {
-                throw BundleError(file + ": " + role + " " + names[i] + " has " + std::to_string(shape.size()) + " axes");
-            }
-            for (size_t k = 0; k < shape.size(); ++k) {
-                std::string axis = axes[k];
-                if (dynamic.count(axis) || shape[k] < 0) continue;
-                if (shape[k] != sizes.at(axis)) {
-                    throw BundleError(file + ": " + role + " " + names[i] + " has " + axis + " " + std::to_string(shape[k]) +
+            for (size_t k = 0; k < axes.size(); ++k) {
+                const std::string axis = axes[k];
+                const long long dim = arg.dims[k];
+                if (dim < 0) continue;
+                if (!dynamic.count(axis) && dim != sizes.at(axis)) {
+                    throw BundleError(file + ": " + role + " " + name + " has " + axis + " " + std::to_string(dim) +
                                       ", bundle.json's model says " + std::to_string(sizes.at(axis)));
+                }
+                if (dynamic.count(axis)) {
+                    throw BundleError(file + ": " + role + " " + name + " has its " + axis + " axis fixed to " + std::to_string(dim) +
+                                      "; it must be dynamic, re-export the bundle");
                 }
             }
         }
     }
+}
+
+std::vector<PortInfo> session_ports(Ort::Session &session, bool inputs) {
+    Ort::AllocatorWithDefaultOptions allocator;
+    std::vector<PortInfo> out;
+    size_t count = inputs ? session.GetInputCount() : session.GetOutputCount();
+    for (size_t i = 0; i < count; ++i) {
+        PortInfo port;
+        port.name = inputs ? session.GetInputNameAllocated(i, allocator).get() : session.GetOutputNameAllocated(i, allocator).get();
+        Ort::TypeInfo info = inputs ? session.GetInputTypeInfo(i) : session.GetOutputTypeInfo(i);
+        if (info.GetONNXType() == ONNX_TYPE_TENSOR) {
+            auto tensor_info = info.GetTensorTypeAndShapeInfo();
+            port.type = element_name(tensor_info.GetElementType());
+            for (int64_t d : tensor_info.GetShape()) port.dims.push_back(d);
+        } else {
+            port.type = "not a tensor";
+        }
+        out.push_back(port);
+    }
+    return out;
 }
 
 void check_owner(const OnnxScan &scan, const std::string &file, const std::string &bundle_id, const std::string &kind,
@@ -308,10 +319,74 @@ void check_owner(const OnnxScan &scan, const std::string &file, const std::strin
         throw BundleError(file + ": is a " + graph_precision + " graph, bundle.json lists it as " + precision + "; re-export the bundle");
     }
 }
+}  // namespace
 
+// One bundle: its checked metadata and its graphs. Every graph is checked at load (sha256, owner, ports read from its
+// bytes); its onnxruntime session is created on first use, so a one-word decode that the greedy graph serves never
+// holds the step graphs' weights (as runtime/engine.py). ORT-format graphs, whose ports only a session tells, get
+// their sessions at load.
+struct Member {
+    struct Graph {
+        std::string file, sha256;
+        bool ort_format = false;
+        std::once_flag once;
+        std::unique_ptr<Ort::Session> session;
+    };
+    std::string name;
+    Json meta;
+    Ort::Env *env = nullptr;
+    LoadOptions options;
+    std::map<std::string, std::unique_ptr<Graph>> graphs;
+
+    bool has(const std::string &kind) const { return graphs.count(kind) > 0; }
+
+    Ort::Session &session(const std::string &kind) {
+        Graph &graph = *graphs.at(kind);
+        std::call_once(graph.once, [&] {  // thread-safe; a failure leaves it to the next call
+            if (!graph.session) graph.session = create(kind, graph, read_verified(graph));
+        });
+        return *graph.session;
+    }
+
+    std::string read_verified(const Graph &graph) const {
+        std::string bytes = read_bundle_file(name, graph.file);
+        if (sha256_hex(bytes) != graph.sha256) {
+            throw BundleError(graph.file + ": sha256 does not match bundle.json; the file is damaged or was replaced, re-export the bundle");
+        }
+        return bytes;
+    }
+
+    std::unique_ptr<Ort::Session> create(const std::string &kind, const Graph &graph, const std::string &bytes) const {
+        Ort::SessionOptions so;
+        so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+        so.SetExecutionMode(ExecutionMode::ORT_SEQUENTIAL);
+        so.SetInterOpNumThreads(1);
+        int threads = options.threads;
+        for (const char *op : THREAD_DEPENDENT_OPS)  // as runtime/engine.py: results that depend on the thread count
+            if (contains(bytes, op)) threads = 1;
+        if (threads > 0) so.SetIntraOpNumThreads(threads);
+        so.SetLogSeverityLevel(4);
+        so.AddConfigEntry("session.set_denormal_as_zero", "1");
+        so.AddConfigEntry("session.disable_quant_qdq", "1");
+        if (graph.ort_format) so.AddConfigEntry("session.load_model_format", "ORT");
+        std::unique_ptr<Ort::Session> session;
+        try {
+            FlushSubnormals flush;
+            session = std::make_unique<Ort::Session>(*env, bytes.data(), bytes.size(), so);
+        } catch (const Ort::Exception &err) {
+            throw BundleError(graph.file + ": onnxruntime cannot load it (" + first_line(err.what()) + ")");
+        }
+        check_ports(session_ports(*session, true), session_ports(*session, false), kind, graph.file, meta["model"]);
+        return session;
+    }
+};
+
+namespace {
 std::unique_ptr<Member> load_member(Ort::Env &env, const std::string &dir, const LoadOptions &o) {
     auto member = std::make_unique<Member>();
     member->name = dir;
+    member->env = &env;
+    member->options = o;
     Json &meta = member->meta;
     try {
         meta = parse_meta(read_bundle_file(dir, "bundle.json"));
@@ -339,39 +414,23 @@ std::unique_ptr<Member> load_member(Ort::Env &env, const std::string &dir, const
             throw BundleError(entry["file"].get<std::string>() + ": this bundle has no ORT-format copy; export it with --ort");
         }
         const Json &file = ort_format ? entry["ort"] : entry;
-        const std::string name = file["file"];
-        std::string bytes = read_bundle_file(dir, name);
-        if (sha256_hex(bytes) != file["sha256"].get<std::string>()) {
-            throw BundleError(name + ": sha256 does not match bundle.json; the file is damaged or was replaced, re-export the bundle");
+        auto graph = std::make_unique<Member::Graph>();
+        graph->file = file["file"];
+        graph->sha256 = file["sha256"];
+        graph->ort_format = ort_format;
+        std::string bytes = member->read_verified(*graph);
+        if (ort_format) {  // an .ort file is a flatbuffer: no external data, no metadata_props; its ports need a session
+            graph->session = member->create(kind, *graph, bytes);
+        } else {
+            OnnxScan scan = scan_onnx(bytes, graph->file);
+            if (scan.external) throw BundleError(graph->file + ": stores weights in external files, which a bundle never does; refused");
+            check_owner(scan, graph->file, meta["bundle_id"], kind, o.precision);
+            auto [inputs, outputs] = onnx_ports(bytes, graph->file);
+            check_ports(inputs, outputs, kind, graph->file, meta["model"]);
         }
-        if (!ort_format) {  // an .ort file is a flatbuffer: no external data, no metadata_props
-            OnnxScan scan = scan_onnx(bytes, name);
-            if (scan.external) throw BundleError(name + ": stores weights in external files, which a bundle never does; refused");
-            check_owner(scan, name, meta["bundle_id"], kind, o.precision);
-        }
-        Ort::SessionOptions so;
-        so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
-        so.SetExecutionMode(ExecutionMode::ORT_SEQUENTIAL);
-        so.SetInterOpNumThreads(1);
-        int threads = o.threads;
-        for (const char *op : THREAD_DEPENDENT_OPS)  // as runtime/engine.py: results that depend on the thread count
-            if (contains(bytes, op)) threads = 1;
-        if (threads > 0) so.SetIntraOpNumThreads(threads);
-        so.SetLogSeverityLevel(4);
-        so.AddConfigEntry("session.set_denormal_as_zero", "1");
-        so.AddConfigEntry("session.disable_quant_qdq", "1");
-        if (ort_format) so.AddConfigEntry("session.load_model_format", "ORT");
-        std::unique_ptr<Ort::Session> session;
-        try {
-            FlushSubnormals flush;
-            session = std::make_unique<Ort::Session>(env, bytes.data(), bytes.size(), so);
-        } catch (const Ort::Exception &err) {
-            throw BundleError(name + ": onnxruntime cannot load it (" + first_line(err.what()) + ")");
-        }
-        check_ports(*session, kind, name, meta["model"]);
-        (kind == "encoder" ? member->encoder : kind == "decoder" ? member->decoder : member->greedy) = std::move(session);
+        member->graphs[kind] = std::move(graph);
     }
-    if (!member->encoder || !member->decoder) throw BundleError("bundle.json: the encoder and decoder are required");
+    if (!member->has("encoder") || !member->has("decoder")) throw BundleError("bundle.json: the encoder and decoder are required");
     return member;
 }
 
@@ -550,7 +609,7 @@ Model::Encoded Model::encode(const std::vector<const Source *> &chunk) const {
         std::vector<Ort::Value> values;
         values.push_back(tensor(ids, {static_cast<int64_t>(enc.rows), static_cast<int64_t>(enc.width)}));
         values.push_back(tensor(lengths, {static_cast<int64_t>(enc.rows)}));
-        auto outs = run(*member->encoder, in, values, out);
+        auto outs = run(member->session("encoder"), in, values, out);
         enc.memory.push_back(values_of<float>(outs[0]));
         enc.state.push_back(values_of<float>(outs[1]));
         enc.state_size.push_back(enc.state.back().size() / std::max<size_t>(enc.rows, 1));
@@ -574,7 +633,7 @@ std::vector<float> Model::step(const std::vector<long long> &prev, Encoded &enc,
         values.push_back(tensor(enc.state[m], {n, static_cast<int64_t>(enc.state_size[m])}));
         values.push_back(tensor(enc.memory[m], {n, w, static_cast<int64_t>(hidden)}));
         values.push_back(bool_tensor(enc.mask, {n, w}));
-        auto outs = run(*members_[m]->decoder, in, values, out);
+        auto outs = run(members_[m]->session("decoder"), in, values, out);
         all.push_back(values_of<float>(outs[0]));
         new_state.push_back(values_of<float>(outs[1]));
     }
@@ -726,7 +785,7 @@ std::vector<std::vector<Hypothesis>> Model::greedy_graph(const std::vector<const
     values.push_back(tensor(ids, {static_cast<int64_t>(chunk.size()), static_cast<int64_t>(width)}));
     values.push_back(tensor(lengths, {static_cast<int64_t>(chunk.size())}));
     values.push_back(tensor(max_len, {}));
-    auto outs = run(*members_[0]->greedy, {"src_ids", "src_lengths", "max_len"}, values, {"tokens", "lengths", "scores"});
+    auto outs = run(members_[0]->session("greedy"), {"src_ids", "src_lengths", "max_len"}, values, {"tokens", "lengths", "scores"});
     const auto steps = static_cast<size_t>(outs[0].GetTensorTypeAndShapeInfo().GetShape()[1]);
     const int64_t *tokens = outs[0].GetTensorData<int64_t>();
     const int64_t *found = outs[1].GetTensorData<int64_t>();
@@ -868,7 +927,7 @@ std::vector<std::vector<Hypothesis>> Model::beam(const std::vector<const Source 
 }
 
 bool Model::greedy_graph_decodes(const SearchOptions &o, size_t rows) const {
-    if (options_.greedy_graph == 0 || members_.size() > 1 || !members_[0]->greedy) return false;
+    if (options_.greedy_graph == 0 || members_.size() > 1 || !members_[0]->has("greedy")) return false;
     if (o.beam_size > 1 || o.sample || o.min_len) return false;
     return options_.greedy_graph == 1 || rows <= GREEDY_GRAPH_MAX_BATCH || greedy_graph_batches_;
 }
