@@ -91,12 +91,20 @@ def bench(bundles, corpus, checkpoints, quick, json_out, plot_out, threads, word
             for batch in sizes:
                 log(f"{name} {variant} batch {batch}")
                 speed.append(M.time_runtime(name, variant, model, timed, batch, repeats))
+        for precision in precisions_loaded:  # the native host (hosts/c), where `make c` built it
+            native = M.native_model(bundle, precision)
+            for batch in sizes if native is not None else ():
+                log(f"{name} {precision} native host batch {batch}")
+                speed.append(M.time_native(name, f"{precision}-c", native, timed, batch, repeats))
+            del native
         if not i and torch_model is not None:  # the runtime's batch-64 targets against PyTorch
             log(f"{name} fp32, int8 and pytorch in alternation, batch 64")
             paired_torch.append(M.time_paired_torch(name, variants, torch_model, timed, 1 if quick else 5))
         if i and g2p is not None and edge_precision in variants:  # the small-model speed targets' ratios
             log(f"{name} {edge_precision} and g2p-en in alternation")
-            paired.append(M.time_paired(name, edge_precision, variants[edge_precision], g2p, timed, 1 if quick else 5))
+            native = M.native_model(bundle, edge_precision)
+            paired.append(M.time_paired(name, edge_precision, variants[edge_precision], g2p, timed, 1 if quick else 5, native=native))
+            del native
         fp32 = variants["fp32"]
         models.append({"name": name, "bundle": str(bundle), "checkpoint": str(checkpoint) if torch_model else None,
                        "provider": fp32.providers[0], "sizes": M.bundle_sizes(fp32.bundle)})

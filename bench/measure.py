@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from seq2edge.runtime.interface import GRAPHS, OPTIONAL_GRAPHS, graph_file
@@ -45,6 +45,11 @@ class Paired:
     batch_64: list[float]
     vs_g2p_en_batch_1: float  # medians over the rounds
     vs_g2p_en_batch_64: float
+    # The native host (hosts/c, through its C API with ctypes) on the same chunks, in the same alternation, where built.
+    native_batch_1: list[float] = field(default_factory=list)
+    native_batch_64: list[float] = field(default_factory=list)
+    native_vs_g2p_en_batch_1: float | None = None
+    native_vs_g2p_en_batch_64: float | None = None
 
 
 @dataclass
@@ -228,6 +233,12 @@ def time_runtime(name: str, variant: str, model, texts: Sequence[str], batch_siz
     return speed_row(name, variant, batch_size, len(texts), seconds, repeats, statistics.median(shares[1:] or shares))
 
 
+def time_native(name: str, variant: str, native, texts: Sequence[str], batch_size: int, repeats: int) -> Speed:
+    """The native host's words/s (native_model(); one ctypes call per decode, as an app's one C call)."""
+    seconds = median_time(lambda: native.decode(list(texts), batch_size=batch_size), repeats)
+    return speed_row(name, variant, batch_size, len(texts), seconds, repeats)
+
+
 def time_torch(name: str, model, source, target, texts: Sequence[str], batch_size: int, repeats: int) -> Speed:
     from seq2edge.train.infer import decode_entries
 
@@ -267,14 +278,25 @@ def _speedups(seconds: dict[str, list[float]], fast: str, slow: str) -> list[flo
     return [round(s / f, 3) for f, s in zip(seconds[fast], seconds[slow])]
 
 
-def time_paired(name: str, variant: str, model, g2p, texts: Sequence[str], rounds: int, chunk: int = 512) -> Paired:
+def time_paired(name: str, variant: str, model, g2p, texts: Sequence[str], rounds: int, chunk: int = 512,
+                native=None) -> Paired:
     """The model's words/s at batch 1 and 64 over g2p-en's, g2p-en and the model at both batch sizes
-    timed in alternation on each chunk of `texts` (`alternate`)."""
-    seconds = alternate({"g2p-en": lambda part: [g2p.predict(w) for w in part],
-                         "batch 1": lambda part: model.decode(part, batch_size=1),
-                         "batch 64": lambda part: model.decode(part, batch_size=64)}, texts, rounds, chunk)
+    timed in alternation on each chunk of `texts` (`alternate`); with `native` (native_model()), the native
+    host at both batch sizes in the same alternation."""
+    calls = {"g2p-en": lambda part: [g2p.predict(w) for w in part],
+             "batch 1": lambda part: model.decode(part, batch_size=1),
+             "batch 64": lambda part: model.decode(part, batch_size=64)}
+    if native is not None:
+        calls |= {"native 1": lambda part: native.decode(part, batch_size=1),
+                  "native 64": lambda part: native.decode(part, batch_size=64)}
+    seconds = alternate(calls, texts, rounds, chunk)
     batch_1, batch_64 = _speedups(seconds, "batch 1", "g2p-en"), _speedups(seconds, "batch 64", "g2p-en")
-    return Paired(name, variant, rounds, chunk, batch_1, batch_64, statistics.median(batch_1), statistics.median(batch_64))
+    paired = Paired(name, variant, rounds, chunk, batch_1, batch_64, statistics.median(batch_1), statistics.median(batch_64))
+    if native is not None:
+        paired.native_batch_1, paired.native_batch_64 = _speedups(seconds, "native 1", "g2p-en"), _speedups(seconds, "native 64", "g2p-en")
+        paired.native_vs_g2p_en_batch_1 = statistics.median(paired.native_batch_1)
+        paired.native_vs_g2p_en_batch_64 = statistics.median(paired.native_batch_64)
+    return paired
 
 
 def time_paired_torch(name: str, variants: dict, torch_model, texts: Sequence[str], rounds: int, chunk: int = 512,
@@ -329,6 +351,22 @@ def node_host() -> list[str] | None:
     return [node, str(JS_CLI)]
 
 
+# The native host (hosts/c), where this is a checkout with `make c` done.
+NATIVE = Path(__file__).resolve().parents[1] / "hosts" / "c"
+
+
+def native_model(bundle: Path, precision: str):
+    """The bundle loaded by the native host's library through its C API (ctypes, one thread), or None where it is not
+    built. The ctypes calls cost a few microseconds a word; C programs do not pay them."""
+    library = NATIVE / "build" / "libseq2edge.so"
+    if not library.exists():
+        return None
+    sys.path.insert(0, str(NATIVE / "examples"))
+    from seq2edge_ctypes import NativeModel
+
+    return NativeModel(str(bundle), str(library), precision=precision, threads=1, unknown="unk", too_long="truncate")
+
+
 def startup_input(texts: Sequence[str]) -> str:
     """The input a cold start decodes: the first timed input that no command line takes for an option."""
     return next((t for t in texts if not t.startswith("-")), texts[0])
@@ -345,6 +383,9 @@ def startup_commands(bundle: Path, precisions: Sequence[str], checkpoint: Path |
     node = node_host()
     if node is not None:
         commands |= {f"{p}-node": [*node, str(bundle), word, "--threads", "1", "--precision", p] for p in precisions}
+    native = NATIVE / "build" / "seq2edge-c"
+    if native.exists():
+        commands |= {f"{p}-c": [str(native), "decode", str(bundle), word, "--threads", "1", "--precision", p] for p in precisions}
     if checkpoint is not None:
         commands["pytorch"] = [python, "-m", "seq2edge.bench.peers", "torch", str(checkpoint), word]
     return commands

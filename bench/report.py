@@ -12,6 +12,8 @@ from .measure import PEER
 
 # The small-model targets (every bundle after the first), in the --edge-precision: the accuracy of
 # the peers beaten on the test split, and speed, size and start-up that suit a device.
+# The native host's goals (issue 47): its words/s over g2p-en's, its cold start and peak RSS.
+NATIVE_GOALS = {"batch_1_vs_g2p_en": 3.0, "batch_64_vs_g2p_en": 12.0, "cold_start_s": 0.02, "peak_rss_mb": 40}
 EDGE_GOALS = {"wer_stressless": 25.5, "per_stressless": 6.0, "wer": 31.0, "batch_1_vs_g2p_en": 2.0,
               "batch_64_vs_g2p_en": 8.0, "graph_mb": 2.0, "cold_start_s": 0.2}
 
@@ -122,6 +124,14 @@ def edge_targets(result: dict, m: str, p: str) -> list[Target]:
         Target(m, f"{p} cold start to first result (s)", row_of(result["startup"], m, p).get("seconds"), g["cold_start_s"], False),
         Target(m, f"{p} cold start, JavaScript host on Node (s)", row_of(result["startup"], m, f"{p}-node").get("seconds"),
                g["cold_start_s"], False),
+        Target(m, f"{p} native host / g2p-en words/s, batch 1, in alternation", paired.get("native_vs_g2p_en_batch_1"),
+               NATIVE_GOALS["batch_1_vs_g2p_en"], True),
+        Target(m, f"{p} native host batch 64 / g2p-en words/s, in alternation", paired.get("native_vs_g2p_en_batch_64"),
+               NATIVE_GOALS["batch_64_vs_g2p_en"], True),
+        Target(m, f"{p} cold start, native host (s)", row_of(result["startup"], m, f"{p}-c").get("seconds"),
+               NATIVE_GOALS["cold_start_s"], False),
+        Target(m, f"{p} peak RSS, native host (MB)", row_of(result["startup"], m, f"{p}-c").get("peak_rss_mb"),
+               NATIVE_GOALS["peak_rss_mb"], False),
     ]
 
 
@@ -159,6 +169,10 @@ def table(result: dict) -> str:
         lines.append(f"{row['model']:{width}s} {row['variant']:10s} batch 1 {_times(row['vs_g2p_en_batch_1']):>7s} "
                      f"({', '.join(f'{x:.2f}' for x in row['batch_1'])})   batch 64 {_times(row['vs_g2p_en_batch_64']):>7s} "
                      f"({', '.join(f'{x:.2f}' for x in row['batch_64'])})")
+        if row.get("native_vs_g2p_en_batch_1") is not None:
+            lines.append(f"{row['model']:{width}s} {row['variant'] + ' C':10s} batch 1 {_times(row['native_vs_g2p_en_batch_1']):>7s} "
+                         f"({', '.join(f'{x:.2f}' for x in row['native_batch_1'])})   batch 64 "
+                         f"{_times(row['native_vs_g2p_en_batch_64']):>7s} ({', '.join(f'{x:.2f}' for x in row['native_batch_64'])})")
     headers = (f"{'WER':>7s} {'PER':>6s}  {'stressless WER':>14s} {'PER':>6s}" if cmudict else
                f"{'errors':>7s} {'token error rate':>16s}")  # errors: inputs matching no reference (100 - exact match)
     lines += ["", f"{'model':{width}s} {'variant':10s} {headers}  {'graphs MB':>9s} {'+ greedy':>8s}"]
