@@ -30,11 +30,11 @@ from seq2edge.runtime.tokenize import TextCodec
 from seq2edge.runtime.util import atomic_directory, refuse_overlap, sha256_file, write_json_atomic
 
 from .greedy import build_greedy_graph
-from .limits import check_graph_limits, fit_limits
-from .onnx import export_graphs
+from .limits import FROZEN_SIZE_HINT, check_graph_limits, fit_limits
+from .onnx import export_graphs, mha_fastpath_off
 from .ort_format import REQUIRED_OPERATORS, write_ort_copies
 from .quantize import write_precision
-from .verify import ParityInput, check_greedy_graph, check_parity, compare_precision, int8_gate
+from .verify import GraphFailed, ParityInput, check_greedy_graph, check_parity, compare_precision, int8_gate
 
 
 class ExportError(Seq2EdgeError):
@@ -92,7 +92,8 @@ def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[ParityI
     accept_int8: write int8 graphs that fail the int8 gate (export.verify.int8_gate), saying so in their figures.
     option_style: "python" or "cli", how a message names an option (accept_int8=True, --accept-int8)."""
     texts = [e.source for e in entries]
-    fit_limits(model, chosen_limits, log)
+    with mha_fastpath_off():  # PyTorch as export traces it: without nested tensors
+        fit_limits(model, chosen_limits, log)
     with atomic_directory(out) as tmp:
         bundle_id = uuid.uuid4().hex
         paths = export_graphs(model, tmp, bundle_id, exporter, decoder_step)
@@ -221,8 +222,12 @@ def _verify(tmp: Path, exporter: str) -> Seq2Seq:
 
 
 def check_parity_or_fail(model, runtime: Seq2Seq, texts: list[str], log, atol: float | None = None) -> dict:
-    """The parity figures, or ExportError when the graphs do not match PyTorch."""
-    parity = check_parity(model, runtime, texts, atol=atol)
+    """The parity figures, or ExportError when the graphs do not match PyTorch (or onnxruntime cannot run them)."""
+    try:
+        parity = check_parity(model, runtime, texts, atol=atol)
+    except GraphFailed as failed:
+        raise ExportError(f"{failed.graph} fails in onnxruntime on a parity batch whose longest source has {failed.longest} "
+                          f"tokens ({failed.problem}); no bundle was written. {FROZEN_SIZE_HINT}") from None
     log(f"parity fp32: {parity.words} words, {parity.steps} decoder steps, token agreement "
         f"{100 * parity.token_agreement:.2f}%, max |log-prob diff| {parity.max_abs_log_prob_diff:.2e} "
         f"(limit {parity.tolerance:.2e}; PyTorch float32 vs float64: {parity.float32_noise:.2e})")

@@ -11,6 +11,7 @@ take is refused, a default one is lowered to the longest that runs, saying so.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -43,14 +44,15 @@ def check_graph_limits(runtime: Seq2Seq) -> None:
         encoded = backend.encode(src, np.array([c.max_src_len], dtype=np.int64))
     except Exception as exc:  # onnxruntime's own exception classes
         raise LimitError(f"encoder.onnx fails on a source of max_src_len ({c.max_src_len}) tokens, which the PyTorch model "
-                         f"encodes: {_first_line(exc)}; the graph is defective, no bundle was written") from None
+                         f"encodes ({onnxruntime_problem(exc)}); no bundle was written. {FROZEN_SIZE_HINT}") from None
     state, prev = encoded.state, np.full((1,), c.bos_id, dtype=np.int64)
     for step in range(c.max_tgt_len + 1):
         try:
             out = backend.step(prev, state, encoded.memory, encoded.mask)
         except Exception as exc:
-            raise LimitError(f"decoder.onnx fails at step {step + 1} of max_tgt_len + 1 ({c.max_tgt_len + 1}), which the "
-                             f"PyTorch model takes: {_first_line(exc)}; the graph is defective, no bundle was written") from None
+            raise LimitError(f"decoder.onnx fails at step {step + 1} of max_tgt_len + 1 ({c.max_tgt_len + 1}) on a source of "
+                             f"{c.max_src_len} tokens, which the PyTorch model takes ({onnxruntime_problem(exc)}); no bundle "
+                             f"was written. {FROZEN_SIZE_HINT}") from None
         state, prev = out.state, np.full((1,), _filler(c, c.tgt_vocab_size), dtype=np.int64)
 
 
@@ -117,3 +119,19 @@ def _filler(c, size: int) -> int:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
+# What a graph that runs in PyTorch but fails in onnxruntime on another length or batch size most likely holds.
+FROZEN_SIZE_HINT = ("The likely cause: a size the trace fixed as a constant, such as a Python number taken from a shape "
+                    "(int(x.shape[1]), or arithmetic on sizes) in a reshape or view; compute sizes from the tensors "
+                    "(x.shape[1] as is, -1 in a reshape). nn.MultiheadAttention's own such reshapes (pytorch#135691) are "
+                    "worked around by export")
+
+
+def onnxruntime_problem(exc: BaseException) -> str:
+    """onnxruntime's failure in one line: the node and what went wrong, without its source paths and C++ signatures."""
+    text = " ".join(str(exc).split())
+    node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
+    detail = re.search(r"was false\. (.*)", text) or re.search(r"Status Message: .*?\) (.*)", text)
+    problem = detail[1] if detail else re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    return (f"{node[1]} node {node[2]!r}: " if node else "") + problem[:300]

@@ -23,6 +23,7 @@ from seq2edge.runtime.errors import Seq2EdgeError
 from seq2edge.runtime.interface import Port, graph_file, graph_metadata, graph_ports
 from seq2edge.train.model import Seq2SeqModule, source_mask
 
+from .attention import exportable_attention
 from .decoder_graph import DecoderStepGraph
 from .encoder_graph import EncoderGraph
 
@@ -88,7 +89,7 @@ def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter:
     for kind, module in (("encoder", encoder), ("decoder", decoder)):
         path = out_dir / graph_file(kind, "fp32")
         ins, outs = graph_ports(kind)
-        with warnings.catch_warnings(), torch.no_grad(), _untraceable(kind, own):
+        with warnings.catch_warnings(), torch.no_grad(), _untraceable(kind, own), mha_fastpath_off(), exportable_attention(model):
             warnings.simplefilter("ignore")
             if exporter == "torchscript":
                 torch.onnx.export(module, inputs[kind], str(path), input_names=[p.name for p in ins],
@@ -106,6 +107,23 @@ def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter:
         save_single_file(graph, path)
         paths[kind] = path
     return paths
+
+
+@contextlib.contextmanager
+def mha_fastpath_off():
+    """nn.MultiheadAttention and nn.TransformerEncoderLayer's inference fast path (fused kernels, nested tensors for
+    padded batches) switched off for the block and restored after: torch cannot export it, and the refusal names
+    no line of the user's code."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "get_fastpath_enabled"):
+        yield
+        return
+    enabled = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(enabled)
 
 
 @contextlib.contextmanager

@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seq2edge.runtime.backend import HostBackend
+from seq2edge.runtime.backend import ONNXRUNTIME_ERRORS, HostBackend
 from seq2edge.runtime.errors import BundleError, InputError
 from seq2edge.runtime.model import Seq2Seq
 from seq2edge.runtime.schema import BundleMeta
 from seq2edge.runtime.util import pad_batch
 from seq2edge.train.model import Seq2SeqModule, greedy_decode, source_mask
+
+from .limits import onnxruntime_problem
 
 # The log-probability gate scales with what float32 arithmetic does to this model on these inputs:
 # the same steps are also run by a float64 copy of the PyTorch model, and PyTorch's own float32
@@ -80,6 +82,22 @@ def tolerance_for(noise: float, atol: float | None) -> tuple[float, str]:
     if atol is not None:
         return atol, "--atol"
     return max(TOLERANCE_FLOOR, NOISE_FACTOR * noise), f"max({TOLERANCE_FLOOR:g}, {NOISE_FACTOR:g} x float32 noise)"
+
+
+class GraphFailed(Exception):
+    """onnxruntime failed running an exported graph on a parity input: `graph` (its file), the longest source of
+    the batch and onnxruntime's first line."""
+
+    def __init__(self, graph: str, longest: int, problem: str):
+        super().__init__(problem)
+        self.graph, self.longest, self.problem = graph, longest, problem
+
+
+def _run_graph(graph: str, longest: int, call, *args):
+    try:
+        return call(*args)
+    except ONNXRUNTIME_ERRORS as exc:
+        raise GraphFailed(graph, longest, onnxruntime_problem(exc)) from None
 
 
 def check_parity(model: Seq2SeqModule, runtime: Seq2Seq, texts: Sequence[str], batch_size: int = 64,
@@ -179,7 +197,7 @@ def _compare_batch(model: Seq2SeqModule, reference: Seq2SeqModule | None, runtim
             memory_r, state_r = reference.encode(src_t, len_t)
     mask_t = source_mask(len_t, src.shape[1])
     host = HostBackend(runtime.engine)  # numpy arrays, whatever backend the runtime decodes with
-    encoded = host.encode(src, lengths)
+    encoded = _run_graph("encoder.onnx", src.shape[1], host.encode, src, lengths)
     memory, state, mask = encoded.memory, encoded.state, encoded.mask
     real = mask[:, :, None]
     worst = {"memory": max(float(np.abs(np.where(real, memory - memory_t.numpy(), 0)).max()),
@@ -194,7 +212,7 @@ def _compare_batch(model: Seq2SeqModule, reference: Seq2SeqModule | None, runtim
         if reference is not None:
             with _float64_defaults():
                 lp_r, state_r, _ = reference.step(prev_t, state_r, memory_r, mask_t)
-        out = host.step(prev, state, memory, mask)
+        out = _run_graph("decoder.onnx", src.shape[1], host.step, prev, state, memory, mask)
         lp, state = out.raw_log_probs, out.state
         live = np.array([t <= len(row) for row in tokens])  # steps up to and including </s>
         expected = lp_t.numpy()[live]

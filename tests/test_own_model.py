@@ -411,3 +411,66 @@ def test_an_input_the_graphs_cannot_take_is_its_own_error_and_the_others_are_dec
     assert [line.split(" -> ")[0] for line in lines] == texts and lines[0] == f"abc -> {alone[0].text}"
     assert lines[1].startswith("abcdefghijabc -> (error: the model failed on this input (onnxruntime: ")
     assert proc.stderr.count("the model failed on this input") == 2
+
+
+# ---- Transformer parts written plainly: nn.TransformerEncoder, nn.MultiheadAttention
+
+
+class TransformerEncoded(TwoLayerLSTM):
+    """nn.TransformerEncoder over the source (with a key padding mask), and a step that attends over the memory with
+    nn.MultiheadAttention: the eval fast path (nested tensors) and the key length torch's exporter freezes
+    (pytorch#135691) are export's to handle, not the model's."""
+
+    def __init__(self, src_vocab: int, tgt_vocab: int):
+        super().__init__(src_vocab, tgt_vocab)
+        layer = nn.TransformerEncoderLayer(self.hidden, 4, 48, dropout=0.0, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, 2)
+        self.cross = nn.MultiheadAttention(self.hidden, 4, batch_first=True)
+
+    def encode(self, src_ids, src_lengths):
+        padding = torch.arange(src_ids.shape[1])[None, :] >= src_lengths[:, None]
+        memory = self.transformer(self.src_embed(src_ids), src_key_padding_mask=padding)
+        zeros = torch.zeros(src_ids.shape[0], self.hidden)
+        return memory, ((zeros, zeros), (zeros, zeros))
+
+    def step(self, prev_ids, state, memory, src_mask):
+        (h1, c1), (h2, c2) = state
+        context, weights = self.cross(h2.unsqueeze(1), memory, memory, key_padding_mask=~src_mask)
+        context = context.squeeze(1)
+        h1, c1 = self.cells[0](torch.cat([self.tgt_embed(prev_ids), context], dim=1), (h1, c1))
+        h2, c2 = self.cells[1](h1, (h2, c2))
+        return self.out(torch.cat([h2, context], dim=1)), ((h1, c1), (h2, c2)), weights.squeeze(1)
+
+
+def test_a_transformer_encoder_and_multihead_attention_export_as_written_and_take_any_source_length(tmp_path):
+    torch.manual_seed(1)
+    model = TransformerEncoded(len(SOURCE), len(TARGET)).eval()
+    assert torch.backends.mha.get_fastpath_enabled()
+    bundle = export_lstm(tmp_path / "transformer", model)
+    assert torch.backends.mha.get_fastpath_enabled()  # switched off while tracing, then restored
+    assert not any("forward" in vars(m) for m in model.modules())  # the exportable attention is gone again
+    texts = TEXTS + ["abcdefghij" * 6, "jihgfedcba" * 9]  # 60 and 90 tokens, far past the traced 5
+    expected = pytorch_greedy(model, [[SOURCE.index(c) for c in t] for t in texts], 2, 3, [1, 2], max_len=30)
+    got = Seq2Seq.load(bundle).decode(texts, max_len=30, batch_size=7)
+    assert [r.text for r in got] == [" ".join(TARGET[i] for i in ids) for ids in expected]
+    assert got[-1].attention is None and Seq2Seq.load(bundle).decode(texts[-1:], return_attention=True)[0].attention.shape[1] == 90
+
+
+class BatchFrozen(TwoLayerLSTM):
+    """A step with a size the trace freezes (a Python number from a shape): the graphs run at batch 1, where export
+    probes the length limits, and fail in onnxruntime on the parity gate's larger batches."""
+
+    def step(self, prev_ids, state, memory, src_mask):
+        scores, state, attention = super().step(prev_ids, state, memory, src_mask)
+        rows = torch.zeros(max(3, int(prev_ids.shape[0])), scores.shape[1])[: prev_ids.shape[0]]  # 3 rows once traced
+        return scores + rows, state, attention
+
+
+def test_onnxruntime_failing_inside_the_parity_gate_is_one_export_error_naming_the_graph_and_the_cause(tmp_path):
+    torch.manual_seed(1)
+    with pytest.raises(ExportError) as caught:
+        export_lstm(tmp_path / "frozen", BatchFrozen(len(SOURCE), len(TARGET)).eval())
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("decoder.onnx fails in onnxruntime on a parity batch"), message
+    assert "no bundle was written. The likely cause: a size the trace fixed as a constant" in message
+    assert not (tmp_path / "frozen").exists()
