@@ -576,3 +576,20 @@ def test_the_native_host_decodes_ort_format_graphs_byte_for_byte_as_python(bundl
                             capture_output=True, timeout=300)
     assert python.returncode == native.returncode == 0, native.stderr[-2000:]
     assert native.stdout == python.stdout
+
+
+@needs_node
+def test_node_keeps_the_apps_subnormals_after_loading_and_decoding(tmp_path):
+    """onnxruntime's set_denormal_as_zero would set flush-to-zero for good on Node's JavaScript thread (where the first
+    session is created), and JavaScript cannot set it back: the host leaves the option off."""
+    script = tmp_path / "subnormals.mjs"
+    script.write_text(
+        f'import {{ loadBundle }} from "{(JS / "node.mjs").as_posix()}";\n'
+        "const tiny = () => [5e-324][0] * 1.0;\n"
+        "if (tiny() === 0) throw new Error('flushed before loading');\n"
+        f'const model = await loadBundle("{(REPO / "tests" / "conformance" / "bundles" / "g2p").as_posix()}");\n'
+        "if (tiny() === 0) throw new Error('flushed by loading');\n"
+        "await model.decode(['edge', 'onnx']);\n"
+        "if (tiny() === 0) throw new Error('flushed by decoding');\n")
+    proc = subprocess.run([NODE, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

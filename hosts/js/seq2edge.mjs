@@ -119,10 +119,12 @@ export class TextCodec {
 }
 
 // Session config both entry points pass (as runtime/providers.py): no QDQ rewrites, so constant folding
-// widens int8 GRU/RNN weights stored behind a DequantizeLinear once at load instead of on every call; subnormal
-// floats flushed to zero (tiny weights run several times slower otherwise). A new object each time: onnxruntime-web
+// widens int8 GRU/RNN weights stored behind a DequantizeLinear once at load instead of on every call. Not
+// onnxruntime's set_denormal_as_zero, which the Python and native hosts set: it also sets flush-to-zero, for good,
+// on the thread that creates the process's first session, which in Node is the JavaScript thread itself, and no
+// JavaScript can set it back (docs/performance.md, "Subnormal weights"). A new object each time: onnxruntime-web
 // adds its own entries to the one it is given.
-export const sessionConfig = () => ({ session: { disable_quant_qdq: "1", set_denormal_as_zero: "1" } });
+export const sessionConfig = () => ({ session: { disable_quant_qdq: "1" } });
 // onnxruntime's own log: fatal only, as in Python; a graph that fails on an input is that input's error.
 export const LOG_SEVERITY = 4;
 
