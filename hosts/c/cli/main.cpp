@@ -396,6 +396,7 @@ int main(int argc, char **argv) {
                 i = at++;
                 const char *e = s2e_result_error(results, i);
                 if (e) problem = e;
+                else if (s2e_result_hypotheses(results, i) == 0) problem = "the search found no hypothesis";
             }
             if (!problem.empty()) {
                 std::fprintf(stderr, "seq2edge: line %zu: %s\n", in.number, problem.c_str());
