@@ -225,3 +225,23 @@ def test_loading_and_decoding_leave_the_callers_floating_point_environment_as_it
     proc = subprocess.run([sys.executable, "-c", code, str(REPO / "hosts" / "c" / "examples"), str(BUNDLES / "g2p"), str(LIBRARY)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_native_cli_answers_each_line_of_a_live_stream_before_it_ends():
+    """A pipe that stays open (an app feeding words as they come): what arrived is decoded after a short pause, as
+    the Python CLI does, instead of waiting for 4,096 lines or the end of the stream."""
+    import select
+
+    proc = subprocess.Popen([str(CLI), "decode", str(BUNDLES / "g2p"), "--format", "jsonl"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for word in ("edge", "onnx"):
+            proc.stdin.write(f"{word}\n".encode())
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready, f"no answer to {word!r} while the stream stays open"
+            assert json.loads(proc.stdout.readline())["input"] == word
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert proc.returncode == 0

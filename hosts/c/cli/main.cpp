@@ -4,7 +4,9 @@
 // Exit codes as `seq2edge decode`: 0 every input decoded; 1 some inputs failed (the others written); 2 a bad bundle or
 // usage; 130/143 interrupted (every finished line kept).
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -124,6 +126,63 @@ std::string replaced(const std::string &raw) {
     }
     return out;
 }
+
+// Lines of a file or a stream. From a pipe or a terminal, next() also says when no whole line came for
+// STALL_MS, so that what arrived so far is decoded at once and the command works as a line filter (as the
+// Python CLI does).
+class LineReader {
+   public:
+    static constexpr int STALL_MS = 50;
+    enum Got { LINE, END, STALLED };
+
+    explicit LineReader(int fd) : fd_(fd) {
+        struct stat info {};
+        live_ = ::fstat(fd, &info) == 0 && !S_ISREG(info.st_mode);
+    }
+
+    Got next(std::string &line, bool may_stall) {
+        for (;;) {
+            size_t newline = buffer_.find('\n', scanned_);
+            if (newline != std::string::npos) {
+                line = buffer_.substr(0, newline + 1);
+                buffer_.erase(0, newline + 1);
+                scanned_ = 0;
+                return LINE;
+            }
+            scanned_ = buffer_.size();
+            if (end_) {
+                if (buffer_.empty()) return END;
+                line.swap(buffer_);
+                buffer_.clear();
+                scanned_ = 0;
+                return LINE;
+            }
+            if (live_ && may_stall) {
+                pollfd wait{fd_, POLLIN, 0};
+                int ready = ::poll(&wait, 1, STALL_MS);
+                if (ready == 0) return STALLED;
+                if (ready < 0 && errno == EINTR) {
+                    if (interrupted) return END;
+                    continue;
+                }
+            }
+            char block[65536];
+            ssize_t n = ::read(fd_, block, sizeof block);
+            if (n < 0 && errno == EINTR) {
+                if (interrupted) return END;
+                continue;
+            }
+            if (n <= 0) end_ = true;
+            else buffer_.append(block, static_cast<size_t>(n));
+        }
+    }
+
+   private:
+    int fd_;
+    bool live_ = false, end_ = false;
+    std::string buffer_;
+    size_t scanned_ = 0;
+};
 
 struct Input {
     size_t number;
@@ -324,10 +383,10 @@ int main(int argc, char **argv) {
         s2e_string_free(error);
         return 2;
     }
-    FILE *source = stdin;
+    int source = STDIN_FILENO;
     if (!input_file.empty()) {
-        source = std::fopen(input_file.c_str(), "rb");
-        if (!source) {
+        source = ::open(input_file.c_str(), O_RDONLY | O_CLOEXEC);
+        if (source < 0) {
             std::fprintf(stderr, "seq2edge-c: error: %s: cannot read: %s\n", input_file.c_str(), std::strerror(errno));
             s2e_model_free(model);
             return 2;
@@ -342,8 +401,8 @@ int main(int argc, char **argv) {
     size_t failed = 0, done = 0, number = 0;
     bool more = true;
     int code = 0;
-    char *line = nullptr;
-    size_t capacity = 0;
+    LineReader lines(source);
+    std::string raw;
     while (more && !interrupted) {
         std::vector<Input> chunk;
         if (!texts.empty()) {
@@ -351,12 +410,9 @@ int main(int argc, char **argv) {
             more = false;
         } else {
             while (chunk.size() < CHUNK) {
-                ssize_t n = ::getline(&line, &capacity, source);
-                if (n < 0) {
-                    more = false;
-                    break;
-                }
-                std::string raw(line, static_cast<size_t>(n));
+                LineReader::Got got = lines.next(raw, !chunk.empty());
+                if (got == LineReader::END) more = false;
+                if (got != LineReader::LINE) break;
                 ++number;
                 if (!raw.empty() && raw.back() == '\n') raw.pop_back();
                 if (!raw.empty() && raw.back() == '\r') raw.pop_back();
@@ -420,8 +476,7 @@ int main(int argc, char **argv) {
         out.end_chunk();
         done += chunk.size();
     }
-    std::free(line);
-    if (source != stdin) std::fclose(source);
+    if (source != STDIN_FILENO) ::close(source);
     out.finish();
     s2e_model_free(model);
     if (interrupted) {
