@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO / "tests" / "conformance"))
 sys.path.insert(0, str(REPO / "hosts" / "c" / "examples"))
 from make_corpus import BUNDLES, CASES, CONTRACT_INPUTS, damage, normalise  # noqa: E402
 from seq2edge_ctypes import NativeError, NativeModel  # noqa: E402
+from test_conformance import assert_results  # noqa: E402
 
 BUILD = REPO / "hosts" / "c" / "build"
 LIBRARY = BUILD / "libseq2edge.so"
@@ -50,18 +51,6 @@ def results(model: NativeModel, inputs: list[str], options: dict) -> list[dict]:
         else:
             out.append({"hypotheses": [{"text": h["text"], "tokens": h["tokens"], "score": h["score"]} for h in r["nbest"]]})
     return out
-
-
-def assert_results(got: list[dict], expected: list[dict]) -> None:
-    assert len(got) == len(expected)
-    for i, (result, want) in enumerate(zip(got, expected)):
-        if "error" in want:
-            assert result == want, f"input {i}"
-            continue
-        assert "error" not in result, f"input {i}: {result}"
-        assert [(h["text"], h["tokens"]) for h in result["hypotheses"]] == [(h["text"], h["tokens"]) for h in want["hypotheses"]], \
-            f"input {i}"
-        assert all(abs(a["score"] - b["score"]) <= 1e-4 for a, b in zip(result["hypotheses"], want["hypotheses"])), f"input {i}"
 
 
 LOAD = {"precision": "precision", "unknown": "unknown", "too_long": "too_long", "greedy_graph": "greedy_graph"}
