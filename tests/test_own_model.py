@@ -442,6 +442,7 @@ class TransformerEncoded(TwoLayerLSTM):
         return self.out(torch.cat([h2, context], dim=1)), ((h1, c1), (h2, c2)), weights.squeeze(1)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")  # PyTorch's own fast path, in the reference run
 def test_a_transformer_encoder_and_multihead_attention_export_as_written_and_take_any_source_length(tmp_path):
     torch.manual_seed(1)
     model = TransformerEncoded(len(SOURCE), len(TARGET)).eval()
