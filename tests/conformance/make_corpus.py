@@ -153,6 +153,10 @@ def damage(bundle: Path, steps: list) -> None:
 WORDS = ["edge", "attention", "onnx", "phoneme", "device", "tokenizer", "a", "knightley", "pronunciation", "xylophone"]
 
 
+# Sources of the attention bundle: short ones, and ones far longer than the 5 positions export traced with.
+ATTENTION_INPUTS = ["abc", "jihgf", "a", "bead", "hgfedcba", "abcdefghij" * 6, "jihgfedcba" * 9]
+
+
 def decoding_cases() -> list[dict]:
     """(bundle, load options, inputs, search options) of every decoding case."""
     tokenising = ["cafe\u0301", "caf\u00e9", "  edge\t", "\ufeffedge", "EDGE", "q1q", "", "edge" * 20]
@@ -186,6 +190,10 @@ def decoding_cases() -> list[dict]:
         ("positions-unprobed", {}, ["abc", "abcdefghijabc", "jab", "hgfedcbaabcdefghij", "fig"], {}),
         ("positions-unprobed", {}, ["abc", "abcdefghijabc", "jab", "hgfedcbaabcdefghij", "fig"], {"batch_size": 1}),
         ("positions-unprobed", {}, ["abc", "abcdefghijabc", "jab"], {"beam_size": 2, "nbest": 2}),
+        ("attention", {}, ATTENTION_INPUTS, {}),
+        ("attention", {}, ATTENTION_INPUTS, {"batch_size": 1}),
+        ("attention", {"greedy_graph": True}, ATTENTION_INPUTS, {"batch_size": 1}),
+        ("attention", {}, ATTENTION_INPUTS, {"beam_size": 3, "nbest": 2}),
     ]
     return [{"kind": "decode", "bundle": b, "load": load, "inputs": inputs, "options": options} for b, load, inputs, options in cases]
 
@@ -354,9 +362,26 @@ def make_bundles() -> None:
     make_spm_bundle()
     make_damaged_decoder()
     make_unprobed_bundle()
+    make_attention_bundle()
     export_model(model, BUNDLES / "conventions", source_vocab=SPACED, target_vocab=TARGET, pad="<blank>", bos="<bos>",
                  eos="<eos>", target_tokens="word", parity_sources=SPACED_TEXTS, greedy_graph=True, conventions=RULES, force=True,
                  log=lambda m: None)
+
+
+def make_attention_bundle() -> None:
+    """A model with Transformer parts written plainly (tests/test_own_model.py's TransformerEncoded): an
+    nn.TransformerEncoder over the source and nn.MultiheadAttention over the memory in each step, exported with the
+    attention every length stays dynamic in; every host decodes sources far longer than the traced ones alike."""
+    sys.path.insert(0, str(HERE.parent))
+    import torch
+    from test_own_model import SOURCE, TARGET, TEXTS, TransformerEncoded
+
+    from seq2edge.export import export_model
+
+    torch.manual_seed(1)
+    export_model(TransformerEncoded(len(SOURCE), len(TARGET)).eval(), BUNDLES / "attention", source_vocab=SOURCE,
+                 target_vocab=TARGET, pad="<blank>", bos="<bos>", eos="<eos>", unk="<unk>", target_tokens="word",
+                 parity_sources=TEXTS, max_tgt_len=30, greedy_graph=True, force=True, log=lambda m: None)
 
 
 def make_unprobed_bundle() -> None:
