@@ -91,9 +91,11 @@ def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_
     variants = {(r["model"], r["variant"], r["batch_size"]) for r in result["speed"]}
     assert {("big", "pytorch", b) for b in (1, 64)} <= variants and ("small", "pytorch", 1) not in variants
     assert {("big", "fp32", 1), ("big", "int8", 64), ("small", "fp32-graph", 64), ("peer", "g2p-en", 1)} <= variants
+    assert {("big", "fp32-c", 1), ("big", "int8-c", 64), ("small", "fp32-c", 64)} <= variants  # the native host (make test: make c)
     for row in result["speed"]:
         assert row["words_per_s"] > 0 and row["ms_per_word"] > 0
-        assert (row["run_share"] is not None) == (row["variant"].split("-")[0] in ("fp32", "int8"))
+        runtime = row["variant"].split("-")[0] in ("fp32", "int8") and not row["variant"].endswith("-c")
+        assert (row["run_share"] is not None) == runtime
     scored = {(r["model"], r["variant"]): r for r in result["accuracy"]}
     assert set(scored) == {("big", "pytorch"), ("big", "fp32"), ("big", "int8"), ("small", "fp32"), ("peer", "g2p-en")}
     assert scored["big", "fp32"]["wer"] == scored["small", "fp32"]["wer"]  # the same weights decode the same words
@@ -101,13 +103,15 @@ def test_bench_quick_measures_several_bundles_in_one_table(tiny_checkpoint, tmp_
     sizes = {m["name"]: m["sizes"] for m in result["models"]}
     assert sizes["big"]["fp32"]["all"] == sizes["big"]["fp32"]["steps"] < sizes["small"]["fp32"]["all"]
     on_node = {("big", "fp32-node"), ("big", "int8-node"), ("small", "fp32-node")} if node_host() else set()  # make test: `make js`
+    native = {("big", "fp32-c"), ("big", "int8-c"), ("small", "fp32-c")}
     assert {(r["model"], r["variant"]) for r in result["startup"]} == {
-        ("big", "fp32"), ("big", "int8"), ("big", "pytorch"), ("small", "fp32"), ("peer", "g2p-en")} | on_node
+        ("big", "fp32"), ("big", "int8"), ("big", "pytorch"), ("small", "fp32"), ("peer", "g2p-en")} | on_node | native
     assert all(r["seconds"] > 0 for r in result["startup"])
     names = [(t["model"], t["name"]) for t in result["targets"]]
-    assert len(names) == 10 + 8 and names[10] == ("small", "fp32 stressless WER (%)")
+    assert len(names) == 10 + 12 and names[10] == ("small", "fp32 stressless WER (%)")
     (paired,) = result["paired"]  # the small-model targets' speed ratios: g2p-en timed in turn with the bundle
     assert (paired["model"], paired["variant"], paired["rounds"]) == ("small", "fp32", 1) and paired["batch_1"][0] > 0
+    assert paired["native_batch_1"][0] > 0 and paired["native_vs_g2p_en_batch_64"] > 0  # the native host in the same turns
     assert result["targets"][13]["value"] == paired["vs_g2p_en_batch_1"] and result["targets"][14]["value"] == paired["vs_g2p_en_batch_64"]
     (against_torch,) = result["paired_torch"]  # the first bundle's batch-64 targets: PyTorch timed in turn with it
     assert (against_torch["model"], against_torch["rounds"], against_torch["batch"]) == ("big", 1, 64)
