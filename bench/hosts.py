@@ -1,10 +1,11 @@
-"""Words/s of the Python runtime and the JavaScript host on the same words, one thread, in one run.
+"""Words/s of the Python runtime, the JavaScript host and the native host on the same words, one thread, in one run.
 
     python -m seq2edge.bench.hosts BUNDLE [--words 1000]
 
 BUNDLE must have greedy graphs (`seq2edge export CKPT BUNDLE --greedy-graph`). Prints docs/hosts.md's
 table: per-step and greedy-graph decoding at batch 1 and 64, in Python
-(onnxruntime), Node (onnxruntime-node) and Node with onnxruntime-web's wasm.
+(onnxruntime), Node (onnxruntime-node), Node with onnxruntime-web's wasm and the native host (hosts/c, where
+`make c` built it; its library called once per decode through its C API).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +26,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 def python_rate(bundle: Path, words: list[str], batch: int, graph: bool) -> float:
     model = Seq2Seq.load(bundle, providers="cpu", threads=1, greedy_graph=graph, unknown="unk", too_long="truncate")
+    model.decode(words[:50], batch_size=batch)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        model.decode(words, batch_size=batch)
+        times.append(time.perf_counter() - start)
+    return len(words) / statistics.median(times)
+
+
+def native_rate(bundle: Path, words: list[str], batch: int, graph: bool) -> float | None:
+    from .measure import NATIVE
+
+    library = NATIVE / "build" / "libseq2edge.so"
+    if not library.exists():
+        return None
+    sys.path.insert(0, str(NATIVE / "examples"))
+    from seq2edge_ctypes import NativeModel
+
+    model = NativeModel(str(bundle), str(library), threads=1, greedy_graph=graph, unknown="unk", too_long="truncate")
     model.decode(words[:50], batch_size=batch)
     times = []
     for _ in range(3):
@@ -55,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
         for graph in (False, True):
             rows.append((host, "greedy graph" if graph else "per-step",
                          {b: node_rate(args.bundle, words_file, b, backend, graph) for b in (1, 64)}))
+    for graph in (False, True):
+        native = {b: native_rate(args.bundle, words, b, graph) for b in (1, 64)}
+        if native[1] is not None:
+            rows.append(("native host (hosts/c)", "greedy graph" if graph else "per-step", native))
     for host, loop, rates in rows:
         print(f"| {host} | {loop} | {rates[1]:.0f} | {rates[64]:.0f} | {rates[1] / base[1]:.2f}x / {rates[64] / base[64]:.2f}x |",
               flush=True)
