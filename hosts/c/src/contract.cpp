@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <regex>
+#include <cstring>
 #include <set>
 
 #include "text.hpp"
@@ -90,6 +90,31 @@ size_t line_of(const std::string &text, size_t offset) {
 }
 }  // namespace
 
+namespace {
+bool word_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
+
+// The first NaN, Infinity or -Infinity standing alone in JSON text whose strings are emptied (Python's json module
+// reads them; JSON has no such numbers), or "".
+std::string non_json_constant(const std::string &bare) {
+    size_t first = std::string::npos;
+    std::string found;
+    for (const char *word : {"NaN", "Infinity"}) {
+        const size_t n = std::strlen(word);
+        for (size_t at = bare.find(word); at != std::string::npos && at < first; at = bare.find(word, at + 1)) {
+            size_t start = at > 0 && bare[at - 1] == '-' && word[0] == 'I' ? at - 1 : at;
+            bool alone_before = start == 0 || !(word_char(bare[start - 1]) || bare[start - 1] == '.');
+            bool alone_after = at + n >= bare.size() || !word_char(bare[at + n]);
+            if (alone_before && alone_after) {
+                first = start;
+                found = bare.substr(start, at + n - start);
+                break;
+            }
+        }
+    }
+    return found;
+}
+}  // namespace
+
 Json parse_meta(const std::string &bytes) {
     if (!utf8_problem(bytes).empty()) throw BundleError("bundle.json: not UTF-8 text");
     const long long max_depth = contract()["max_json_depth"].get<long long>();
@@ -113,11 +138,8 @@ Json parse_meta(const std::string &bytes) {
     try {
         return Json::parse(bytes);
     } catch (const Json::parse_error &err) {
-        static const std::regex constant(R"((^|[^\w.])(-?Infinity|NaN)(?!\w))");
-        std::smatch found;
-        if (std::regex_search(bare, found, constant)) {
-            throw BundleError("bundle.json: " + found[2].str() + " is not a JSON number; re-export the bundle");
-        }
+        std::string constant = non_json_constant(bare);
+        if (!constant.empty()) throw BundleError("bundle.json: " + constant + " is not a JSON number; re-export the bundle");
         throw BundleError("bundle.json: not valid JSON (line " + std::to_string(line_of(bytes, err.byte ? err.byte - 1 : 0)) +
                           ")");
     }
@@ -338,9 +360,6 @@ void check_parity(const Json &parity) {
         if (figures.contains("greedy_graph") && !figures["greedy_graph"].is_object()) {
             fail("parity_greedy_not_object", {{"precision", precision}});
         }
-        Json all = figures;
-        if (figures.contains("greedy_graph"))
-            for (const auto &[k, v] : figures["greedy_graph"].items()) all[k] = v;  // as JS: both levels
         std::vector<std::pair<std::string, Json>> pairs;
         for (const auto &[k, v] : figures.items()) pairs.emplace_back(k, v);
         if (figures.contains("greedy_graph"))
