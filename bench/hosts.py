@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,37 +20,30 @@ from pathlib import Path
 from seq2edge.runtime import Seq2Seq
 from seq2edge.train import corpus as C
 
+from .measure import native_model
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def decode_rate(model, words: list[str], batch: int) -> float:
+    """Words/s of model.decode (the Python runtime's or the native host's) at `batch`: the median of 3 runs after a warm-up."""
+    model.decode(words[:50], batch_size=batch)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        model.decode(words, batch_size=batch)
+        times.append(time.perf_counter() - start)
+    return len(words) / statistics.median(times)
 
 
 def python_rate(bundle: Path, words: list[str], batch: int, graph: bool) -> float:
     model = Seq2Seq.load(bundle, providers="cpu", threads=1, greedy_graph=graph, unknown="unk", too_long="truncate")
-    model.decode(words[:50], batch_size=batch)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        model.decode(words, batch_size=batch)
-        times.append(time.perf_counter() - start)
-    return len(words) / statistics.median(times)
+    return decode_rate(model, words, batch)
 
 
 def native_rate(bundle: Path, words: list[str], batch: int, graph: bool) -> float | None:
-    from .measure import NATIVE
-
-    library = NATIVE / "build" / "libseq2edge.so"
-    if not library.exists():
-        return None
-    sys.path.insert(0, str(NATIVE / "examples"))
-    from seq2edge_ctypes import NativeModel
-
-    model = NativeModel(str(bundle), str(library), threads=1, greedy_graph=graph, unknown="unk", too_long="truncate")
-    model.decode(words[:50], batch_size=batch)
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        model.decode(words, batch_size=batch)
-        times.append(time.perf_counter() - start)
-    return len(words) / statistics.median(times)
+    model = native_model(bundle, greedy_graph=graph)
+    return None if model is None else decode_rate(model, words, batch)
 
 
 def node_rate(bundle: Path, words_file: Path, batch: int, backend: str, graph: bool) -> float:

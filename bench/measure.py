@@ -355,16 +355,17 @@ def node_host() -> list[str] | None:
 NATIVE = Path(__file__).resolve().parents[1] / "hosts" / "c"
 
 
-def native_model(bundle: Path, precision: str):
+def native_model(bundle: Path, precision: str = "fp32", **options):
     """The bundle loaded by the native host's library through its C API (ctypes, one thread), or None where it is not
-    built. The ctypes calls cost a few microseconds a word; C programs do not pay them."""
+    built. The ctypes calls cost a few microseconds a word; C programs do not pay them. options: NativeModel's."""
     library = NATIVE / "build" / "libseq2edge.so"
     if not library.exists():
         return None
-    sys.path.insert(0, str(NATIVE / "examples"))
+    if str(NATIVE / "examples") not in sys.path:
+        sys.path.insert(0, str(NATIVE / "examples"))
     from seq2edge_ctypes import NativeModel
 
-    return NativeModel(str(bundle), str(library), precision=precision, threads=1, unknown="unk", too_long="truncate")
+    return NativeModel(str(bundle), str(library), precision=precision, threads=1, unknown="unk", too_long="truncate", **options)
 
 
 def startup_input(texts: Sequence[str]) -> str:

@@ -81,13 +81,11 @@ class HostBackend:
         self.sessions: dict[str, Any] = engine.sessions  # created on first use (runtime.engine.Sessions)
 
     def encode(self, src_ids: np.ndarray, src_lengths: np.ndarray) -> Encoded:
-        with flushing():
-            memory, state = self.sessions["encoder"].run(None, {"src_ids": src_ids, "src_lengths": src_lengths})
+        memory, state = self.sessions["encoder"].run(None, {"src_ids": src_ids, "src_lengths": src_lengths})
         return Encoded(memory, state, _mask(src_lengths, src_ids.shape[1]), len(src_lengths))
 
     def step(self, prev_ids: np.ndarray, state: np.ndarray, memory: np.ndarray, mask: np.ndarray) -> HostStep:
-        with flushing():
-            out = self.sessions["decoder"].run(None, {"prev_ids": prev_ids, "state": state, "memory": memory, "src_mask": mask})
+        out = self.sessions["decoder"].run(None, {"prev_ids": prev_ids, "state": state, "memory": memory, "src_mask": mask})
         return HostStep(*out)
 
     def take(self, value: np.ndarray, index: np.ndarray, part: str) -> np.ndarray:
@@ -123,8 +121,7 @@ class DeviceBackend:
                 binding.bind_ortvalue_input(key, value)
         for key, device in outputs.items():
             binding.bind_output(key, device, 0)
-        with flushing():
-            session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return binding.get_outputs()
 
     def encode(self, src_ids: np.ndarray, src_lengths: np.ndarray) -> Encoded:

@@ -6,7 +6,8 @@ both hosts flush them (docs/performance.md, "Subnormal weights"). onnxruntime's 
 its pool threads and, once per process, on whichever thread creates the first session, and never undoes it
 there: an app's own arithmetic on that thread (numpy included) would lose every subnormal after its first
 decode. `flushing()` sets flush-to-zero for the duration of a block and restores the thread's environment at
-its end; blocks nest at the cost of a thread-local lookup, so a whole decode() pays for one switch.
+its end; blocks nest at the cost of a thread-local lookup. The runtime enters one per decode() and per streamed
+token (never around the steps of a decode), and one around each session's creation.
 
 Where the layout of C's fenv_t is not known here (Windows, other CPUs), the environment is only saved and
 restored, and computing on the calling thread keeps the caller's own setting.
@@ -18,6 +19,8 @@ import ctypes
 import platform
 import sys
 import threading
+
+from . import providers
 
 # (byte offset, bytes) of the register inside fenv_t and the bits that flush: x86 MXCSR's FTZ and DAZ, ARM FPCR's FZ.
 _LAYOUTS = {
@@ -84,8 +87,6 @@ class flushing:
             return self
         self.saved = ctypes.create_string_buffer(_FENV_BYTES)
         _LIBC.fegetenv(self.saved)
-        from . import providers
-
         if providers.FLUSH_SUBNORMALS and _LAYOUT is not None:
             _LIBC.fesetenv(_flushed(self.saved))
         return self

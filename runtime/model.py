@@ -210,6 +210,15 @@ class Seq2Seq:
         options = SearchOptions.of(options, **keywords)
         if options.beam_size > 1:
             raise Seq2EdgeError("stream() decodes greedily or by sampling; use decode() for beam search")
+        tokens = self._stream(text, options)
+        while True:
+            with flushing():  # as decode(), token by token: the caller's code runs between them
+                token = next(tokens, None)
+            if token is None:
+                return
+            yield token
+
+    def _stream(self, text: str, options: SearchOptions) -> Iterator[str]:
         source = self._prepare(0, text)
         try:
             stepper, state = self._encode([source])

@@ -147,11 +147,15 @@ class Environment:
              what="cross-compiling the native host", unavailable=False)
         return build
 
-    def command(self, cpu: str, program: list[str]) -> list[str]:
-        """`program` under qemu as `cpu` (runs of several CPUs take turns: the sysroot holds one cpuinfo)."""
+    def emulator(self, cpu: str) -> list[str]:
+        """qemu as `cpu`, its libraries from the sysroot (runs of several CPUs take turns: the sysroot holds one cpuinfo)."""
         (self.sysroot / "proc").mkdir(exist_ok=True)
         (self.sysroot / "proc" / "cpuinfo").write_text(cpuinfo(cpu))
-        return [str(self.qemu), "-cpu", cpu, "-L", str(self.sysroot), str(self.sysroot / program[0].lstrip("/")), *program[1:]]
+        return [str(self.qemu), "-cpu", cpu, "-L", str(self.sysroot)]
+
+    def command(self, cpu: str, program: list[str]) -> list[str]:
+        """`program`, a path inside the sysroot, under qemu as `cpu`."""
+        return [*self.emulator(cpu), str(self.sysroot / program[0].lstrip("/")), *program[1:]]
 
 
 def _run(command: list[str], what: str, cwd: Path | None = None, unavailable: bool = True) -> None:
@@ -212,9 +216,7 @@ def native_decode(env: Environment | None, cpu: str | None, words_file: Path, se
         program = [str(NATIVE / "build" / "seq2edge-c") if env is None else str(build / "seq2edge-c"), "decode", setting["bundle"],
                    "--input", str(words_file), "--precision", setting["precision"], "--batch-size", str(setting["batch"]),
                    "--threads", "1", "--unknown", "unk", "--too-long", "truncate", "--format", "jsonl"]
-        command = program if env is None else [str(env.qemu), "-cpu", cpu, "-L", str(env.sysroot), *program]
-        if env is not None:
-            env.command(cpu, ["/bin/true"])  # writes the sysroot's cpuinfo for this CPU
+        command = program if env is None else [*env.emulator(cpu), *program]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"c on {cpu or 'x86-64'} failed: {proc.stderr.strip()[-2000:]}")

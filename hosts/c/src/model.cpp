@@ -64,7 +64,8 @@ std::string describe(const std::u32string &text) {
 }
 
 // Subnormal floats flushed to zero while onnxruntime computes on this thread (tiny weights run several times slower
-// otherwise; docs/performance.md), and the caller's floating-point environment restored afterwards. onnxruntime's own
+// otherwise; docs/performance.md), and the caller's floating-point environment restored afterwards: one per decode
+// and one per session creation. onnxruntime's own
 // session option sets flush-to-zero once per process, on whichever thread creates the first session, and never undoes
 // it: an app's own arithmetic on that thread would lose its subnormals.
 class FlushSubnormals {
@@ -114,7 +115,6 @@ std::vector<T> values_of(Ort::Value &value) {
 
 std::vector<Ort::Value> run(Ort::Session &session, const std::vector<const char *> &inputs, std::vector<Ort::Value> &values,
                             const std::vector<const char *> &outputs) {
-    FlushSubnormals flush;
     try {
         return session.Run(Ort::RunOptions{nullptr}, inputs.data(), values.data(), values.size(), outputs.data(), outputs.size());
     } catch (const Ort::Exception &err) {
@@ -328,7 +328,7 @@ void check_owner(const OnnxScan &scan, const std::string &file, const std::strin
 struct Member {
     struct Graph {
         std::string file, sha256;
-        bool ort_format = false;
+        bool ort_format = false, thread_dependent = false;
         std::once_flag once;
         std::unique_ptr<Ort::Session> session;
     };
@@ -340,10 +340,11 @@ struct Member {
 
     bool has(const std::string &kind) const { return graphs.count(kind) > 0; }
 
+    // The graph's session, created from its file (verified at load) on first use.
     Ort::Session &session(const std::string &kind) {
         Graph &graph = *graphs.at(kind);
         std::call_once(graph.once, [&] {  // thread-safe; a failure leaves it to the next call
-            if (!graph.session) graph.session = create(kind, graph, read_verified(graph));
+            if (!graph.session) graph.session = create(kind, graph, nullptr);
         });
         return *graph.session;
     }
@@ -356,14 +357,13 @@ struct Member {
         return bytes;
     }
 
-    std::unique_ptr<Ort::Session> create(const std::string &kind, const Graph &graph, const std::string &bytes) const {
+    // A session of the graph from `bytes`, or from its file when bytes is null.
+    std::unique_ptr<Ort::Session> create(const std::string &kind, const Graph &graph, const std::string *bytes) const {
         Ort::SessionOptions so;
         so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
         so.SetExecutionMode(ExecutionMode::ORT_SEQUENTIAL);
         so.SetInterOpNumThreads(1);
-        int threads = options.threads;
-        for (const char *op : THREAD_DEPENDENT_OPS)  // as runtime/engine.py: results that depend on the thread count
-            if (contains(bytes, op)) threads = 1;
+        const int threads = graph.thread_dependent ? 1 : options.threads;
         if (threads > 0) so.SetIntraOpNumThreads(threads);
         so.SetLogSeverityLevel(4);
         so.AddConfigEntry("session.set_denormal_as_zero", "1");
@@ -372,7 +372,8 @@ struct Member {
         std::unique_ptr<Ort::Session> session;
         try {
             FlushSubnormals flush;
-            session = std::make_unique<Ort::Session>(*env, bytes.data(), bytes.size(), so);
+            session = bytes ? std::make_unique<Ort::Session>(*env, bytes->data(), bytes->size(), so)
+                            : std::make_unique<Ort::Session>(*env, (name + "/" + graph.file).c_str(), so);
         } catch (const Ort::Exception &err) {
             throw BundleError(graph.file + ": onnxruntime cannot load it (" + first_line(err.what()) + ")");
         }
@@ -419,8 +420,10 @@ std::unique_ptr<Member> load_member(Ort::Env &env, const std::string &dir, const
         graph->sha256 = file["sha256"];
         graph->ort_format = ort_format;
         std::string bytes = member->read_verified(*graph);
+        for (const char *op : THREAD_DEPENDENT_OPS)  // as runtime/engine.py: results that depend on the thread count
+            graph->thread_dependent = graph->thread_dependent || contains(bytes, op);
         if (ort_format) {  // an .ort file is a flatbuffer: no external data, no metadata_props; its ports need a session
-            graph->session = member->create(kind, *graph, bytes);
+            graph->session = member->create(kind, *graph, &bytes);
         } else {
             OnnxScan scan = scan_onnx(bytes, graph->file);
             if (scan.external) throw BundleError(graph->file + ": stores weights in external files, which a bundle never does; refused");
@@ -533,7 +536,7 @@ struct Model::Limits {
 };
 
 struct Model::Encoded {
-    size_t rows, width, hidden;
+    size_t rows, width;
     std::vector<std::vector<float>> memory, state;  // per member
     std::vector<size_t> state_size;
     std::vector<unsigned char> mask;
@@ -613,7 +616,6 @@ Model::Encoded Model::encode(const std::vector<const Source *> &chunk) const {
         enc.memory.push_back(values_of<float>(outs[0]));
         enc.state.push_back(values_of<float>(outs[1]));
         enc.state_size.push_back(enc.state.back().size() / std::max<size_t>(enc.rows, 1));
-        enc.hidden = enc.memory.back().size() / std::max<size_t>(enc.rows * enc.width, 1);
     }
     return enc;
 }
@@ -888,13 +890,9 @@ std::vector<std::vector<Hypothesis>> Model::beam(const std::vector<const Source 
         history = new_history;
         prev = new_prev;
         for (size_t m = 0; m < members_.size(); ++m) enc.state[m] = take_rows(state[m], enc.state_size[m], new_origin);
-        {  // memory and mask follow the rows' inputs, which new_origin keeps
-            std::vector<size_t> same(a * k);
-            for (size_t r = 0; r < a * k; ++r) same[r] = new_origin[r];
-            for (size_t m = 0; m < members_.size(); ++m)
-                enc.memory[m] = take_rows(enc.memory[m], enc.memory[m].size() / enc.rows, same);
-            enc.mask = take_rows(enc.mask, enc.width, same);
-        }
+        for (size_t m = 0; m < members_.size(); ++m)  // memory and mask follow the rows' inputs, as the state does
+            enc.memory[m] = take_rows(enc.memory[m], enc.memory[m].size() / enc.rows, new_origin);
+        enc.mask = take_rows(enc.mask, enc.width, new_origin);
         ++t;
         // Inputs whose search is over: past max_len, no live beam, or k finished that no live beam can beat.
         std::vector<size_t> keep_items, keep;
@@ -957,6 +955,7 @@ std::vector<Result> Model::decode(const std::vector<std::string> &texts, const s
         for (size_t i = 0; i < problems.size(); ++i) all += (i ? "; " : "") + problems[i];
         throw OptionError(all);
     }
+    FlushSubnormals flush;  // for every onnxruntime call of this decode, all on this thread
     std::vector<Result> results(texts.size());
     std::vector<Source> ready;
     for (size_t i = 0; i < texts.size(); ++i) {
