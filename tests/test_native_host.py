@@ -234,3 +234,39 @@ def test_the_native_cli_answers_each_line_of_a_live_stream_before_it_ends():
         proc.stdin.close()
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_a_sigkilled_native_cli_keeps_every_finished_chunk_in_its_partial_file(lines, tmp_path):
+    """seq2edge-c --output writes .FILE.partial and syncs each 4,096-line chunk: a kill -9 at any moment leaves complete
+    records that begin the uninterrupted run's output, and nothing under FILE's own name."""
+    import random
+    import signal
+    import time
+
+    from seq2edge.train import corpus as C
+
+    words = [e.source for e in C.split(C.load_cmudict().entries, "test")]
+    path = tmp_path / "in.txt"
+    path.write_text("\n".join((words * 3)[:12000]) + "\n")
+    whole = tmp_path / "whole.jsonl"
+    command = [str(CLI), "decode", str(BUNDLES / "g2p"), "--input", str(path), "--format", "jsonl", "--threads", "1"]
+    started = time.monotonic()
+    assert subprocess.run([*command, "--output", str(whole)], timeout=300).returncode == 0
+    length = time.monotonic() - started
+    rng = random.Random(5)
+    kept_some = False
+    for n, moment in enumerate(sorted(rng.uniform(0.05, length) for _ in range(4))):
+        out = tmp_path / f"out-{n}.jsonl"
+        partial = out.with_name(f".{out.name}.partial")
+        proc = subprocess.Popen([*command, "--output", str(out)])
+        time.sleep(moment)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not out.exists() or out.read_bytes() == whole.read_bytes()
+        if partial.exists():
+            kept = partial.read_bytes()
+            complete = kept[: kept.rfind(b"\n") + 1]
+            assert whole.read_bytes().startswith(complete)
+            kept_some = kept_some or bool(complete)
+    # the last moment is near the end of the run, after at least one of the three chunks
+    assert kept_some or any(tmp_path.glob("out-*.jsonl")), "no kill landed after a chunk was written"
