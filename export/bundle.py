@@ -31,7 +31,7 @@ from seq2edge.runtime.util import atomic_directory, refuse_overlap, sha256_file,
 
 from .greedy import build_greedy_graph
 from .limits import FROZEN_SIZE_HINT, check_graph_limits, fit_limits
-from .onnx import export_graphs, mha_fastpath_off
+from .onnx import export_graphs, mha_fastpath_off, state_tensors
 from .ort_format import REQUIRED_OPERATORS, write_ort_copies
 from .quantize import write_precision
 from .verify import GraphFailed, ParityInput, check_greedy_graph, check_parity, compare_precision, int8_gate
@@ -99,6 +99,7 @@ def write_bundle(model, out: Path, sides: dict[str, Side], entries: list[ParityI
         paths = export_graphs(model, tmp, bundle_id, exporter, decoder_step)
         meta = _bundle_meta(bundle_id, model, tmp, sides, paths, {"exporter": exporter, "decoder_step": decoder_step}, provenance)
         meta.conventions = conventions
+        meta.state = state_tensors(model)
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         runtime = _verify(tmp, exporter)
         check_graph_limits(runtime)
@@ -169,7 +170,7 @@ def _add_greedy_graphs(tmp: Path, meta: BundleMeta, texts: list[str], log: Calla
         metadata = graph_metadata(meta.bundle_id, meta.model.to_dict(), precision, "greedy")
         rules = meta.conventions
         never = tuple(meta.target.vocab.index(t) for t in rules.never_emit)
-        path = build_greedy_graph(tmp, meta.model, precision, metadata, never, rules.min_len)
+        path = build_greedy_graph(tmp, meta.model, precision, metadata, never, rules.min_len, meta.state)
         meta.graphs[precision]["greedy"] = GraphEntry.of_file(path)
         write_json_atomic(tmp / BUNDLE_FILE, meta.to_dict())
         figures = check_greedy_graph(tmp, precision, texts)

@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
 from seq2edge.runtime.config import AnyModelConfig
-from seq2edge.runtime.interface import GREEDY_INPUTS, GREEDY_OUTPUTS, graph_file
+from seq2edge.runtime.interface import GREEDY_INPUTS, GREEDY_OUTPUTS, Port, StateTensor, graph_file, graph_ports
 
 from .onnx import save_single_file
 
@@ -27,13 +27,17 @@ _DEC = "dec/"  # prefix of the decoder graph's names inside the loop body
 
 
 def build_greedy_graph(bundle_dir: Path, config: AnyModelConfig, precision: str, metadata: dict[str, str],
-                       never: tuple[int, ...] = (), min_len: int = 0) -> Path:
+                       never: tuple[int, ...] = (), min_len: int = 0, state: tuple[StateTensor, ...] | None = None) -> Path:
     """Write greedy[.precision].onnx beside the bundle's encoder and decoder of that precision.
-    never, min_len: the bundle's conventions (ids never chosen; no </s> before min_len tokens), built in."""
+    never, min_len: the bundle's conventions (ids never chosen; no </s> before min_len tokens), built in.
+    state: bundle.json's listed state tensors, carried through the Loop as they are (one growing by a step per
+    iteration is a loop-carried value whose shape changes, which onnxruntime's Loop allows)."""
     encoder = onnx.load(str(bundle_dir / graph_file("encoder", precision)))
     decoder = onnx.load(str(bundle_dir / graph_file("decoder", precision)))
     opset = max(_opset(encoder), _opset(decoder), 13)
-    body = _loop_body(decoder, config, opset, never, min_len)
+    _, decoder_ports = graph_ports("decoder", state)
+    carried = [(p.name.removeprefix("new_"), p) for p in decoder_ports if p.name.startswith("new_state")]
+    body = _loop_body(decoder, config, opset, never, min_len, carried)
     c = config
     nodes = list(encoder.graph.node)
     initializers = list(encoder.graph.initializer)
@@ -52,8 +56,9 @@ def build_greedy_graph(bundle_dir: Path, config: AnyModelConfig, precision: str,
         helper.make_node("Expand", [const.int64(c.bos_id, "g/bos"), "g/batch_1d"], ["g/prev0"]),
         helper.make_node("Expand", [const.bool(False, "g/false"), "g/batch_1d"], ["g/done0"]),
         helper.make_node("Add", ["max_len", const.int64(1, "g/one_more")], ["g/trips"]),  # + the forced </s> step
-        helper.make_node("Loop", ["g/trips", const.bool(True, "g/true"), "g/prev0", "state", "g/done0"],
-                         ["g/prev_last", "g/state_last", "g/done_last", "g/ids_tb", "g/best_tb"], body=body),
+        helper.make_node("Loop", ["g/trips", const.bool(True, "g/true"), "g/prev0", *(name for name, _ in carried), "g/done0"],
+                         ["g/prev_last", *(f"g/{name}_last" for name, _ in carried), "g/done_last", "g/ids_tb", "g/best_tb"],
+                         body=body),
         # Once after the loop, not on every step: what follows a row's first </s> becomes <pad> and
         # adds nothing to its score (inside the loop, finished rows keep decoding, unread).
         helper.make_node("Transpose", ["g/ids_tb"], ["g/ids"], perm=[1, 0]),
@@ -84,11 +89,14 @@ def build_greedy_graph(bundle_dir: Path, config: AnyModelConfig, precision: str,
     return path
 
 
-def _loop_body(decoder: onnx.ModelProto, c: AnyModelConfig, opset: int, never: tuple[int, ...], min_len: int) -> onnx.GraphProto:
+def _loop_body(decoder: onnx.ModelProto, c: AnyModelConfig, opset: int, never: tuple[int, ...], min_len: int,
+               carried: list[tuple[str, Port]]) -> onnx.GraphProto:
     """The Loop body: one decoder step and the greedy choice under the length rules; each step's
-    token and log-prob are scanned out and masked after the loop."""
+    token and log-prob are scanned out and masked after the loop. `carried`: each state input's name and the
+    decoder output that gives its next value."""
     dec = compose.add_prefix(decoder, _DEC)
-    renames = {f"{_DEC}memory": "memory", f"{_DEC}src_mask": "g/src_mask", f"{_DEC}prev_ids": "b/prev", f"{_DEC}state": "b/state"}
+    renames = {f"{_DEC}memory": "memory", f"{_DEC}src_mask": "g/src_mask", f"{_DEC}prev_ids": "b/prev",
+               **{f"{_DEC}{name}": f"b/{name}" for name, _ in carried}}
     nodes = []
     for node in dec.graph.node:
         node.input[:] = [renames.get(name, name) for name in node.input]
@@ -99,7 +107,7 @@ def _loop_body(decoder: onnx.ModelProto, c: AnyModelConfig, opset: int, never: t
     base[[c.pad_id, c.bos_id, *never]] = -np.inf
     end = np.full(c.tgt_vocab_size, -np.inf, dtype=np.float32)
     end[c.eos_id] = 0.0
-    log_probs, new_state = f"{_DEC}log_probs", f"{_DEC}new_state"
+    log_probs = f"{_DEC}log_probs"
     # Every node here runs once per step and per word, where a step costs ~0.1 ms: as few as will do.
     if opset >= 18:  # ReduceMax took its axes as an attribute before opset 18, as an input since
         best_value = helper.make_node("ReduceMax", ["b/biased", const.int64([1], "b/axis1")], ["b/best_lp"], keepdims=0)
@@ -131,11 +139,11 @@ def _loop_body(decoder: onnx.ModelProto, c: AnyModelConfig, opset: int, never: t
     ins = [helper.make_tensor_value_info("b/t", TensorProto.INT64, []),
            helper.make_tensor_value_info("b/cond", TensorProto.BOOL, []),
            helper.make_tensor_value_info("b/prev", TensorProto.INT64, ["batch"]),
-           helper.make_tensor_value_info("b/state", TensorProto.FLOAT, ["batch", c.state_size]),
+           *(_value(f"b/{name}", port, c) for name, port in carried),
            helper.make_tensor_value_info("b/done", TensorProto.BOOL, ["batch"])]
     outs = [helper.make_tensor_value_info("b/cond_out", TensorProto.BOOL, []),
             helper.make_tensor_value_info("b/next", TensorProto.INT64, ["batch"]),
-            helper.make_tensor_value_info(new_state, TensorProto.FLOAT, ["batch", c.state_size]),
+            *(_value(f"{_DEC}{port.name}", port, c) for _, port in carried),
             helper.make_tensor_value_info("b/done_out", TensorProto.BOOL, ["batch"]),
             helper.make_tensor_value_info("b/ids", TensorProto.INT64, ["batch"]),
             helper.make_tensor_value_info("b/best_lp", TensorProto.FLOAT, ["batch"])]
@@ -163,6 +171,13 @@ class _Constants:
 
     def bool(self, value: bool, name: str) -> str:
         return self.array(np.array(value, dtype=bool), name)
+
+
+def _value(name: str, port: Port, c: AnyModelConfig) -> onnx.ValueInfoProto:
+    """A value of the port's type; its axes those of the contract, a step axis left unnamed (it changes every iteration)."""
+    dims = [None if a.name in ("steps", "next_steps") else a.name if a.dynamic else a.size if a.size is not None else c.axis_sizes[a.name]
+            for a in port.axes]
+    return helper.make_tensor_value_info(name, _elem(port.dtype), dims)
 
 
 def _opset(model: onnx.ModelProto) -> int:

@@ -60,10 +60,19 @@ def example_inputs(model: Seq2SeqModule) -> dict[str, tuple[Tensor, ...]]:
     lengths = torch.tensor([5, 3, 4])
     src = torch.randint(4, c.src_vocab_size, (3, 5)) if c.src_vocab_size > 4 else torch.full((3, 5), 3)
     src = src.masked_fill(~source_mask(lengths, 5), c.pad_id)
+    prev = torch.tensor([c.bos_id, 4 % c.tgt_vocab_size, c.eos_id])
+    mask = source_mask(lengths, 5)
     with torch.no_grad():
         memory, state = model.encode(src, lengths)
-    prev = torch.tensor([c.bos_id, 4 % c.tgt_vocab_size, c.eos_id])
-    return {"encoder": (src, lengths), "decoder": (prev, state, memory, source_mask(lengths, 5))}
+        if state_tensors(model):  # a state that grows is traced two steps in, so that no length 0 or 1 is taken for a constant
+            for _ in range(2):
+                _, state, _ = model.step(prev, state, memory, mask)
+    return {"encoder": (src, lengths), "decoder": (prev, state, memory, mask)}
+
+
+def state_tensors(model) -> tuple | None:
+    """bundle.json's list of the state's tensors for a protocol model whose state is more than one packed float tensor."""
+    return getattr(model, "state_tensors", None)
 
 
 def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter: str = "torchscript",
@@ -88,7 +97,7 @@ def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter:
     decoder = DecoderStepGraph(model) if decoder_step == "node" else DecoderGraph(model)
     for kind, module in (("encoder", encoder), ("decoder", decoder)):
         path = out_dir / graph_file(kind, "fp32")
-        ins, outs = graph_ports(kind)
+        ins, outs = graph_ports(kind, state_tensors(model))
         with warnings.catch_warnings(), torch.no_grad(), _untraceable(kind, own), mha_fastpath_off(), exportable_attention(model):
             warnings.simplefilter("ignore")
             if exporter == "torchscript":
@@ -150,14 +159,18 @@ def _untraceable(kind: str, own: bool):
 
 def _fix_model_sizes(graph: onnx.ModelProto, ports: tuple[Port, ...], sizes: dict[str, int]) -> None:
     """Write the model's sizes into the ports' fixed axes (the exporter leaves some as made-up symbols
-    such as Concatmemory_dim_2), so a graph's signature reads like the contract."""
+    such as Concatmemory_dim_2), and the contract's names into its dynamic ones (an encoder's state that grows
+    comes out of the tracer with its step axis fixed to 0), so a graph's signature reads like the contract."""
     values = {v.name: v for v in [*graph.graph.input, *graph.graph.output]}
     for port in ports:
         dims = values[port.name].type.tensor_type.shape.dim
         for axis, dim in zip(port.axes, dims):
             if not axis.dynamic:
                 dim.Clear()
-                dim.dim_value = sizes[axis.name]
+                dim.dim_value = sizes[axis.name] if axis.size is None else axis.size
+            elif dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_param = axis.name
 
 
 def set_metadata(graph: onnx.ModelProto, metadata: dict[str, str]) -> None:

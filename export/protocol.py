@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from seq2edge.runtime.config import ExternalModelConfig
 from seq2edge.runtime.errors import Seq2EdgeError
+from seq2edge.runtime.interface import StateTensor
 from seq2edge.runtime.tokenize import SPECIALS
 
 # Scores of a padded batch and of the same inputs alone differ by float32 summation order only
@@ -45,20 +46,37 @@ class ProtocolError(Seq2EdgeError):
 
 @dataclass(frozen=True)
 class StateLayout:
-    """Where each tensor of the model's state lies in the packed [B, state_size] tensor."""
+    """The model's state as the graphs carry it: packed into one [B, state_size] float tensor when every tensor of it
+    has a fixed size and is floating point (bundle formats 1 and 2), else each tensor as its own port, listed in
+    bundle.json (`tensors`; format 3): int64 tensors, and tensors with one step axis that grows by one per step."""
 
     structure: object  # the nesting, with leaf indices in place of tensors
-    shapes: tuple[tuple[int, ...], ...]  # each leaf's shape after the batch axis
+    shapes: tuple[tuple[int | None, ...], ...]  # each leaf's shape after the batch axis, None on a step axis
+    dtypes: tuple[str, ...] = ()  # each leaf's type as the ports name it ("float", "int64")
+
+    @property
+    def listed(self) -> bool:
+        return any(d != "float" for d in self.dtypes) or any(None in shape for shape in self.shapes)
+
+    @property
+    def tensors(self) -> tuple[StateTensor, ...] | None:
+        """bundle.json's "state" for a listed layout, None for a packed one."""
+        return tuple(StateTensor(d, s) for d, s in zip(self.dtypes, self.shapes)) if self.listed else None
 
     @property
     def size(self) -> int:
-        return sum(_numel(s) for s in self.shapes)
+        """The packed tensor's width (0 for a listed layout: bundle.json's model.state_size)."""
+        return 0 if self.listed else sum(_numel(s) for s in self.shapes)
 
-    def pack(self, state) -> Tensor:
+    def pack(self, state):
         leaves = _leaves(state)
+        if self.listed:
+            return tuple(leaves)
         return torch.cat([leaf.reshape(leaf.shape[0], -1) for leaf in leaves], dim=1)
 
-    def unpack(self, packed: Tensor):
+    def unpack(self, packed):
+        if self.listed:
+            return _rebuild(self.structure, list(packed))
         leaves, start = [], 0
         for shape in self.shapes:
             end = start + _numel(shape)
@@ -117,12 +135,17 @@ class ProtocolModule(nn.Module):
         self._remap_source = source_ids != list(range(len(source_ids)))
         self._remap_target = target_ids != list(range(len(target_ids)))
 
-    def encode(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    @property
+    def state_tensors(self) -> tuple[StateTensor, ...] | None:
+        """bundle.json's "state" when the state is more than one packed float tensor (export.protocol.StateLayout)."""
+        return self.layout.tensors
+
+    def encode(self, src_ids: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor | tuple[Tensor, ...]]:
         ids = self.source_ids[src_ids] if self._remap_source else src_ids
         memory, state = self.model.encode(ids, src_lengths)
         return memory, self.layout.pack(state)
 
-    def step(self, prev_ids: Tensor, state: Tensor, memory: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def step(self, prev_ids: Tensor, state, memory: Tensor, src_mask: Tensor) -> tuple[Tensor, object, Tensor]:
         ids = self.target_ids[prev_ids] if self._remap_target else prev_ids
         scores, new_state, attention = self.model.step(ids, self.layout.unpack(state), memory, src_mask)
         if self._remap_target:
@@ -206,6 +229,7 @@ def sample_batch(source: VocabMap, lengths: list[int], seed: int = 0) -> tuple[T
 
 @torch.no_grad()
 def _probe(model: nn.Module, source: VocabMap, target: VocabMap, lengths: list[int]) -> Probe:
+    """encode() and two steps: the state's structure, dtypes and shapes after each, and what they say of its layout."""
     batch = len(lengths)
     src, lengths_t = sample_batch(source, lengths)
     mask = torch.arange(src.shape[1])[None, :] < lengths_t[:, None]
@@ -214,34 +238,67 @@ def _probe(model: nn.Module, source: VocabMap, target: VocabMap, lengths: list[i
         raise ProtocolError(f"encode() must return (memory, state), found {_describe(out)}")
     memory, state = out
     _expect(memory, "encode()'s memory", (batch, src.shape[1], None), float_only=True)
-    layout = _layout(state, batch, "encode()'s state")
+    seen = [(state, _leaf_types(state, batch, "encode()'s state"))]
     prev = torch.full((batch,), target.model_ids[1], dtype=torch.long)
-    out = _call(model.step, "step", prev, state, memory, mask)
-    if not isinstance(out, (tuple, list)) or len(out) != 3:
-        raise ProtocolError(f"step() must return (scores, new_state, attention), found {_describe(out)}")
-    scores, new_state, attention = out
-    _expect(scores, "step()'s scores", (batch, len(target.tokens)), float_only=True)
-    new_layout = _layout(new_state, batch, "step()'s new_state")
-    if new_layout != layout:
-        raise ProtocolError(f"step()'s new_state has another structure or shape than the state it was given "
-                            f"({_shapes(new_state)} after {_shapes(state)}): it must return the state as it takes it")
-    if attention is not None:
-        _expect(attention, "step()'s attention", (batch, src.shape[1]), float_only=True)
-    return Probe(layout, int(memory.shape[2]), attention is not None)
+    attention = None
+    for _ in range(2):
+        out = _call(model.step, "step", prev, state, memory, mask)
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise ProtocolError(f"step() must return (scores, new_state, attention), found {_describe(out)}")
+        scores, new_state, attention = out
+        _expect(scores, "step()'s scores", (batch, len(target.tokens)), float_only=True)
+        if attention is not None:
+            _expect(attention, "step()'s attention", (batch, src.shape[1]), float_only=True)
+        seen.append((new_state, _leaf_types(new_state, batch, "step()'s new_state")))
+        state, prev = new_state, scores.argmax(dim=-1)
+    return Probe(_layout(seen), int(memory.shape[2]), attention is not None)
 
 
-def _layout(state, batch: int, where: str) -> StateLayout:
+# The element types a state tensor may have, as bundle.json and the ports name them.
+_STATE_TYPES = {torch.float32: "float", torch.int64: "int64"}
+
+
+def _leaf_types(state, batch: int, where: str) -> tuple[object, tuple[str, ...]]:
+    """(the nesting, each leaf's type); ProtocolError for a leaf that is neither floating point nor int64 or not batch first."""
     structure = _structure(state, [0], where)
     leaves = _leaves(state)
     for i, leaf in enumerate(leaves):
         name = where if len(leaves) == 1 else f"{where} (tensor {i} of {len(leaves)})"
-        if not leaf.is_floating_point():
-            raise ProtocolError(f"{name} is {leaf.dtype}: state tensors must be floating point")
+        if not leaf.is_floating_point() and leaf.dtype != torch.int64:
+            raise ProtocolError(f"{name} is {leaf.dtype}: state tensors must be floating point or int64")
         if leaf.dim() < 1 or leaf.shape[0] != batch:
             raise ProtocolError(f"{name} has shape {tuple(leaf.shape)} for a batch of {batch}: the batch must be the first "
                                 "axis (torch.nn.GRU/LSTM states are [layers, batch, hidden]: transpose them, e.g. "
                                 "h.transpose(0, 1), and back inside step())")
-    return StateLayout(structure, tuple(tuple(int(d) for d in leaf.shape[1:]) for leaf in leaves))
+    return structure, tuple(_STATE_TYPES.get(leaf.dtype, "float") for leaf in leaves)
+
+
+def _layout(seen: list[tuple[object, tuple[object, tuple[str, ...]]]]) -> StateLayout:
+    """The layout of states seen after encode() and after one and two steps: each tensor keeps its shape, or grows by
+    one along one axis per step from length 0."""
+    (first, (structure, dtypes)), shapes = seen[0], [[tuple(leaf.shape[1:]) for leaf in _leaves(s)] for s, _ in seen]
+    for (state, (other, types)), before in zip(seen[1:], seen):
+        if other != structure or types != dtypes:
+            raise ProtocolError(f"step()'s new_state has another structure or type than the state it was given "
+                                f"({_shapes(state)} after {_shapes(before[0])}): it must return the state as it takes it")
+    layout = []
+    for i, (at_0, at_1, at_2) in enumerate(zip(*shapes)):
+        if at_0 == at_1 == at_2:
+            layout.append(tuple(int(d) for d in at_0))
+            continue
+        grows = [k for k, dims in enumerate(zip(at_0, at_1, at_2)) if dims != (dims[0],) * 3] if len({len(at_0), len(at_1), len(at_2)}) == 1 else []
+        if len(grows) != 1 or (at_0[grows[0]], at_1[grows[0]], at_2[grows[0]]) != (0, 1, 2):
+            raise ProtocolError(f"state tensor {i} has shape {tuple(at_0)} after encode() and {tuple(at_1)}, {tuple(at_2)} after "
+                                "one and two steps (after the batch axis): a state tensor must keep its size, or grow along "
+                                "one axis by one per step from length 0 in encode()")
+        layout.append(tuple(None if k == grows[0] else int(d) for k, d in enumerate(at_0)))
+    result = StateLayout(structure, tuple(layout), dtypes)
+    if result.listed:
+        odd = [i for i, leaf in enumerate(_leaves(first)) if leaf.dtype not in _STATE_TYPES]
+        if odd:
+            raise ProtocolError(f"state tensor {odd[0]} is {_leaves(first)[odd[0]].dtype}: a state with int64 or growing tensors "
+                                "holds float32 and int64 tensors only")
+    return result
 
 
 def _expect(value, what: str, shape: tuple, float_only: bool) -> None:

@@ -26,6 +26,7 @@ import onnxruntime as ort
 from . import helpers
 from .engine import Engine
 from .fpenv import flushing
+from .interface import state_port_names
 from .search import HostStep, StepResult
 
 # onnxruntime's device names for OrtValue and IOBinding, by execution provider.
@@ -52,7 +53,7 @@ class Encoded:
     """One batch after the encoder, in the backend's own values (numpy arrays or OrtValues)."""
 
     memory: Any  # [B, S, hidden]
-    state: Any  # [B, state_size], the first decoder state
+    state: Any  # the first decoder state: [B, state_size], or a tuple of bundle.json's state tensors (bundle format 3)
     mask: Any  # [B, S] bool, True at real positions
     rows: int  # B
 
@@ -74,25 +75,48 @@ def _mask(src_lengths: np.ndarray, width: int) -> np.ndarray:
     return np.arange(width)[None, :] < src_lengths[:, None]
 
 
+class StatePorts:
+    """The names a decoder state travels under: one packed tensor ("state" in, "new_state" out), or, where bundle.json
+    lists the state's tensors (bundle format 3), one port per tensor, the state then being a tuple of them."""
+
+    def __init__(self, engine: Engine):
+        listed = engine.bundle.meta.state
+        self.listed = bool(listed)
+        self.inputs, self.outputs = state_port_names(len(listed)) if listed else (["state"], ["new_state"])
+        self.dtypes = [t.dtype for t in listed] if listed else ["float"]
+
+    def feeds(self, state: Any) -> dict[str, Any]:
+        return dict(zip(self.inputs, state if self.listed else (state,)))
+
+    def value(self, tensors: list[Any]) -> Any:
+        """The state as the search holds it, from the graph's state outputs in order."""
+        return tuple(tensors) if self.listed else tensors[0]
+
+
 class HostBackend:
     """Numpy arrays in and out of session.run."""
 
     def __init__(self, engine: Engine):
         self.sessions: dict[str, Any] = engine.sessions  # created on first use (runtime.engine.Sessions)
+        self.ports = StatePorts(engine)
 
     def encode(self, src_ids: np.ndarray, src_lengths: np.ndarray) -> Encoded:
-        memory, state = self.sessions["encoder"].run(None, {"src_ids": src_ids, "src_lengths": src_lengths})
-        return Encoded(memory, state, _mask(src_lengths, src_ids.shape[1]), len(src_lengths))
+        memory, *state = self.sessions["encoder"].run(None, {"src_ids": src_ids, "src_lengths": src_lengths})
+        return Encoded(memory, self.ports.value(state), _mask(src_lengths, src_ids.shape[1]), len(src_lengths))
 
-    def step(self, prev_ids: np.ndarray, state: np.ndarray, memory: np.ndarray, mask: np.ndarray) -> HostStep:
-        out = self.sessions["decoder"].run(None, {"prev_ids": prev_ids, "state": state, "memory": memory, "src_mask": mask})
-        return HostStep(*out)
+    def step(self, prev_ids: np.ndarray, state: Any, memory: np.ndarray, mask: np.ndarray) -> HostStep:
+        log_probs, *state, attention = self.sessions["decoder"].run(
+            None, {"prev_ids": prev_ids, **self.ports.feeds(state), "memory": memory, "src_mask": mask})
+        return HostStep(log_probs, self.ports.value(state), attention)
 
-    def take(self, value: np.ndarray, index: np.ndarray, part: str) -> np.ndarray:
+    def take(self, value: Any, index: np.ndarray, part: str) -> Any:
+        if isinstance(value, tuple):
+            return tuple(tensor[index] for tensor in value)
         return value[index]
 
 
 _HELPERS = ("TOPK", "BIAS", "GATHER_STATE", "GATHER_MEMORY", "GATHER_MASK", "COPY_ATTENTION")
+_STATE_GATHERS = {"float": "GATHER_FLOAT_STATE", "int64": "GATHER_INT64_STATE"}  # a listed state's tensors, by type
 
 
 class DeviceBackend:
@@ -101,8 +125,10 @@ class DeviceBackend:
     def __init__(self, engine: Engine, device: str | None = None):
         self.device = device or device_of(engine.providers)
         self.sessions: dict[str, Any] = engine.sessions
+        self.ports = StatePorts(engine)
+        self._gathers = [_STATE_GATHERS[dtype] for dtype in self.ports.dtypes] if self.ports.listed else ["GATHER_STATE"]
         with flushing():
-            for name in _HELPERS:
+            for name in (*_HELPERS, *self._gathers):
                 self.sessions[name] = ort.InferenceSession(getattr(helpers, name), sess_options=engine.options,
                                                            providers=engine.requested)
 
@@ -126,26 +152,33 @@ class DeviceBackend:
 
     def encode(self, src_ids: np.ndarray, src_lengths: np.ndarray) -> Encoded:
         here = self.device
-        memory, state = self.run("encoder", {"src_ids": src_ids, "src_lengths": src_lengths}, {"memory": here, "state": here})
-        return Encoded(memory, state, self.to_device(_mask(src_lengths, src_ids.shape[1])), len(src_lengths))
+        memory, *state = self.run("encoder", {"src_ids": src_ids, "src_lengths": src_lengths},
+                                  {"memory": here, **dict.fromkeys(self.ports.inputs, here)})
+        return Encoded(memory, self.ports.value(state), self.to_device(_mask(src_lengths, src_ids.shape[1])), len(src_lengths))
 
-    def step(self, prev_ids: np.ndarray, state: ort.OrtValue, memory: ort.OrtValue, mask: ort.OrtValue) -> DeviceStep:
+    def step(self, prev_ids: np.ndarray, state: Any, memory: ort.OrtValue, mask: ort.OrtValue) -> DeviceStep:
         here = self.device
-        log_probs, new_state, attention = self.run(
-            "decoder", {"prev_ids": prev_ids, "state": state, "memory": memory, "src_mask": mask},
-            {"log_probs": here, "new_state": here, "attention": here})
-        return DeviceStep(self, log_probs, new_state, attention)
+        log_probs, *new_state, attention = self.run(
+            "decoder", {"prev_ids": prev_ids, **self.ports.feeds(state), "memory": memory, "src_mask": mask},
+            {"log_probs": here, **dict.fromkeys(self.ports.outputs, here), "attention": here})
+        return DeviceStep(self, log_probs, self.ports.value(new_state), attention)
 
-    def take(self, value: ort.OrtValue, index: np.ndarray, part: str) -> ort.OrtValue:
-        (rows,) = self.run(f"GATHER_{part.upper()}", {"data": value, "index": np.asarray(index, dtype=np.int64)},
-                           {"rows": self.device})
+    def take(self, value: Any, index: np.ndarray, part: str) -> Any:
+        index = np.asarray(index, dtype=np.int64)
+        if part == "state":
+            rows = [self._gather(gather, tensor, index) for gather, tensor in zip(self._gathers, self.ports.feeds(value).values())]
+            return self.ports.value(rows)
+        return self._gather(f"GATHER_{part.upper()}", value, index)
+
+    def _gather(self, name: str, value: ort.OrtValue, index: np.ndarray) -> ort.OrtValue:
+        (rows,) = self.run(name, {"data": value, "index": index}, {"rows": self.device})
         return rows
 
 
 class DeviceStep:
     """One step's outputs, still on the device; the search pulls out what it needs."""
 
-    def __init__(self, backend: DeviceBackend, log_probs: ort.OrtValue, state: ort.OrtValue, attention: ort.OrtValue):
+    def __init__(self, backend: DeviceBackend, log_probs: ort.OrtValue, state: Any, attention: ort.OrtValue):
         self._backend, self._log_probs, self.state, self._attention = backend, log_probs, state, attention
 
     def top(self, k: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -144,7 +144,7 @@ class ExternalModelConfig(_SharedConfig):
 
     origin: str  # what made the model, e.g. "pytorch: tutorial_model.TutorialModel"
     memory_size: int = _whole(minimum=1)  # the last axis of the encoder's memory
-    state_size: int = _whole(minimum=1)  # the width of the packed decoder state
+    state_size: int = _whole(minimum=0)  # the width of the packed decoder state; 0 when bundle.json lists its tensors
     attention_weights: bool = True  # False: step() gave no attention, the graph's attention output is zeros
     max_src_len: int = _whole(256, minimum=1)
     max_tgt_len: int = _whole(256, minimum=1)

@@ -72,7 +72,7 @@ class Engine:
 
     def _check_graph(self, inputs, outputs, kind: str, name: str) -> None:
         """Ports against the contract (the graph's owner, kind and precision: Bundle.verified_graph)."""
-        expected_inputs, expected_outputs = graph_ports(kind)
+        expected_inputs, expected_outputs = graph_ports(kind, self.bundle.meta.state)
         sizes = self.bundle.config.axis_sizes
         for role, expected, args in (("input", expected_inputs, inputs), ("output", expected_outputs, outputs)):
             _check_ports(name, role, expected, args, sizes)
@@ -128,8 +128,9 @@ def _check_ports(name: str, role: str, ports: tuple[Port, ...], args, sizes: dic
             raise BundleError(f"{name}: {role} {port.name} has {len(arg.shape)} axes, expected {len(port.axes)} ({axes})")
         for axis, dim in zip(port.axes, arg.shape):
             if not axis.dynamic:
-                if isinstance(dim, int) and dim != sizes[axis.name]:
-                    raise BundleError(f"{name}: {role} {port.name} has {axis.name} {dim}, bundle.json's model says {sizes[axis.name]}")
+                size = sizes[axis.name] if axis.size is None else axis.size
+                if isinstance(dim, int) and dim != size:
+                    raise BundleError(f"{name}: {role} {port.name} has {axis.name} {dim}, bundle.json's model says {size}")
             elif isinstance(dim, int):
                 raise BundleError(f"{name}: {role} {port.name} has its {axis.name} axis fixed to {dim}; "
                                   "it must be dynamic, re-export the bundle")

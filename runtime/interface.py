@@ -10,9 +10,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-# bundle.json's format: 2 added "conventions" (runtime/conventions.py), and only a bundle that has them is
-# written as 2, so that older readers refuse what they would decode wrongly and read every other bundle.
-FORMAT_VERSION = 2  # the newest this code reads
+from .contract import STATE_RULES
+
+# bundle.json's format: 2 added "conventions" (runtime/conventions.py), 3 a decoder state of several tensors
+# ("state": int64 ones, ones that grow by a step per decoder step), and a bundle is written with the lowest number
+# that holds what it has, so that older readers refuse what they would decode wrongly and read every other bundle.
+FORMAT_VERSION = 3  # the newest this code reads
+STATE_LIST_FORMAT_VERSION = STATE_RULES["since"]
 PLAIN_FORMAT_VERSION = 1  # a bundle without conventions, and the graph contract (every graph's metadata)
 BUNDLE_FILE = "bundle.json"
 # bundle.json and tokeniser models are read whole: a bound, so that a device fed a huge file fails at once; and a
@@ -39,13 +43,16 @@ META_GRAPH = "seq2edge.graph"
 
 @dataclass(frozen=True)
 class Axis:
-    """One axis of a port: dynamic (batch, src_len) or fixed to a model size named after a config property."""
+    """One axis of a port: dynamic (batch, src_len) or fixed to a model size named after a config property
+    (or, for a tensor of a listed state, to its own `size`)."""
 
     name: str
     dynamic: bool
+    size: int | None = None
 
 
 BATCH, SRC_LEN, STEPS = Axis("batch", True), Axis("src_len", True), Axis("steps", True)
+NEXT_STEPS = Axis(STATE_RULES["step_axis"]["outputs"], True)  # a listed state's step axis after a decoder step: one longer than `steps`
 HIDDEN, STATE_SIZE, VOCAB = Axis("hidden", False), Axis("state_size", False), Axis("vocab", False)
 
 
@@ -102,9 +109,39 @@ def graph_file(kind: str, precision: str, fmt: str = "onnx") -> str:
     return f"{kind}.{fmt}" if precision == "fp32" else f"{kind}.{precision}.{fmt}"
 
 
-def graph_ports(kind: str) -> tuple[tuple[Port, ...], tuple[Port, ...]]:
-    """(inputs, outputs) of the "encoder", "decoder" or "greedy" graph."""
-    return _PORTS[kind]
+@dataclass(frozen=True)
+class StateTensor:
+    """One tensor of a decoder state that bundle.json lists (format 3): its element type and its axes after the
+    batch axis, None marking the step axis (length 0 from the encoder, one longer after each decoder step)."""
+
+    dtype: str  # "float" or "int64", as the ports name them
+    dims: tuple[int | None, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "dims": list(self.dims)}
+
+
+def state_port_names(count: int) -> tuple[list[str], list[str]]:
+    """The input and output names of a listed state's tensors: state_0, ... and new_state_0, ..."""
+    return tuple([STATE_RULES[role].format(index=i) for i in range(count)] for role in ("inputs", "outputs"))  # type: ignore[return-value]
+
+
+def _state_ports(state: tuple[StateTensor, ...], names: list[str], step_axis: Axis) -> tuple[Port, ...]:
+    return tuple(Port(name, t.dtype, (BATCH, *(step_axis if d is None else Axis(f"{name} axis {j + 1}", False, d)
+                                               for j, d in enumerate(t.dims))))
+                 for name, t in zip(names, state))
+
+
+def graph_ports(kind: str, state: tuple[StateTensor, ...] | None = None) -> tuple[tuple[Port, ...], tuple[Port, ...]]:
+    """(inputs, outputs) of the "encoder", "decoder" or "greedy" graph. With a listed `state`, its tensors take the
+    place of the one packed state port: state_i in, new_state_i out."""
+    inputs, outputs = _PORTS[kind]
+    if not state:
+        return inputs, outputs
+    ins, outs = state_port_names(len(state))
+    replace = {"state": _state_ports(state, ins, STEPS), "new_state": _state_ports(state, outs, NEXT_STEPS)}
+    return (tuple(q for p in inputs for q in replace.get(p.name, (p,))),
+            tuple(q for p in outputs for q in replace.get(p.name, (p,))))
 
 
 def graph_metadata(bundle_id: str, model: dict[str, Any], precision: str, kind: str) -> dict[str, str]:

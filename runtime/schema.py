@@ -16,7 +16,9 @@ from .config import AnyModelConfig, model_config_from_dict
 from .contract import PARITY_RANGES, contract, say
 from .conventions import Conventions
 from .errors import BundleError
-from .interface import FORMAT_VERSION, GRAPHS, OPTIONAL_GRAPHS, PLAIN_FORMAT_VERSION, PRECISIONS
+from .config import ExternalModelConfig
+from .interface import (FORMAT_VERSION, GRAPHS, OPTIONAL_GRAPHS, PLAIN_FORMAT_VERSION, PRECISIONS, STATE_LIST_FORMAT_VERSION,
+                        StateTensor)
 from .util import sha256_file
 
 
@@ -72,10 +74,13 @@ class BundleMeta:
     exported_with: dict[str, Any] = field(default_factory=dict)
     checkpoint: dict[str, Any] = field(default_factory=dict)
     conventions: Conventions = field(default_factory=Conventions)
+    state: tuple[StateTensor, ...] | None = None  # the decoder state's tensors, when it is more than one packed tensor
 
     @property
     def format_version(self) -> int:
-        return FORMAT_VERSION if self.conventions.active else PLAIN_FORMAT_VERSION
+        if self.state:
+            return STATE_LIST_FORMAT_VERSION
+        return Conventions.SINCE if self.conventions.active else PLAIN_FORMAT_VERSION
 
     @property
     def special_ids(self) -> dict[str, int]:
@@ -96,6 +101,7 @@ class BundleMeta:
             "exported_with": self.exported_with,
             "checkpoint": self.checkpoint,
             **({"conventions": self.conventions.to_dict()} if self.conventions.active else {}),
+            **({"state": [t.to_dict() for t in self.state]} if self.state else {}),
         }
 
     @classmethod
@@ -118,9 +124,11 @@ class BundleMeta:
             raise BundleError(f"{where}: {say('needs_format_version', name='conventions', since=Conventions.SINCE, value=version)}")
         conventions = Conventions.from_dict(data.get("conventions", {}), where)
         _check_conventions(conventions, config, sides["target"].vocab, where)
+        state = _state(data.get("state"), config, version, where)
         return cls(data["bundle_id"], config, sides["source"], sides["target"], _graphs(data["graphs"], where),
                    created=str(data.get("created", "")), parity=_parity(data.get("parity", {}), where),
-                   exported_with=_dict(data, "exported_with"), checkpoint=_dict(data, "checkpoint"), conventions=conventions)
+                   exported_with=_dict(data, "exported_with"), checkpoint=_dict(data, "checkpoint"), conventions=conventions,
+                   state=state)
 
 
 _MISSING = object()
@@ -134,6 +142,36 @@ def _check_conventions(conventions: Conventions, config, target_vocab: list[str]
             raise BundleError(f"{where}: {say('never_emit_unknown', token=token)}")
         if index[token] == config.eos_id:
             raise BundleError(f"{where}: {say('never_emit_eos')}")
+
+
+def _state(state: Any, config, version: int, where: str) -> tuple[StateTensor, ...] | None:
+    """bundle.json's list of state tensors (format 3), checked against the contract's bounds; None when there is none."""
+    rules = contract()["state"]
+    if state is None:
+        if isinstance(config, ExternalModelConfig) and config.state_size == 0:
+            raise BundleError(f"{where}: {say('state_size_with_list', value=0)}")
+        return None
+    if version < rules["since"]:
+        raise BundleError(f"{where}: {say('needs_format_version', name='state', since=rules['since'], value=version)}")
+    if not isinstance(config, ExternalModelConfig):
+        raise BundleError(f"{where}: {say('state_needs_origin')}")
+    if config.state_size != 0:
+        raise BundleError(f"{where}: {say('state_size_with_list', value=config.state_size)}")
+    if not isinstance(state, list) or not 1 <= len(state) <= rules["max_tensors"]:
+        raise BundleError(f"{where}: {say('state_not_list', limit=rules['max_tensors'])}")
+    tensors = []
+    for index, entry in enumerate(state):
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "dims"}:
+            raise BundleError(f"{where}: {say('state_entry', index=index)}")
+        if entry["dtype"] not in rules["dtypes"]:
+            raise BundleError(f"{where}: {say('state_dtype', index=index, choices=', '.join(rules['dtypes']), value=entry['dtype'])}")
+        dims = entry["dims"]
+        whole = isinstance(dims, list) and all(d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in dims)
+        if (not whole or len(dims) > rules["max_rank"] or sum(d is None for d in dims) > 1
+                or any(d is not None and not 1 <= d <= rules["max_dim"] for d in dims)):
+            raise BundleError(f"{where}: {say('state_dims', index=index, rank=rules['max_rank'], max=rules['max_dim'], value=dims)}")
+        tensors.append(StateTensor(entry["dtype"], tuple(dims)))
+    return tuple(tensors)
 
 
 def _check_version(version: Any, where: str) -> int:

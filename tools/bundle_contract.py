@@ -16,7 +16,7 @@ from typing import Any
 
 from seq2edge.runtime import interface
 from seq2edge.runtime.config import CELL_STATES, ExternalModelConfig, ModelConfig
-from seq2edge.runtime.contract import CONTRACT_FILE, MESSAGES, PARITY_RANGES
+from seq2edge.runtime.contract import CONTRACT_FILE, MESSAGES, PARITY_RANGES, STATE_RULES
 from seq2edge.runtime.conventions import Conventions
 from seq2edge.runtime.tokenize import SPECIALS
 
@@ -70,7 +70,7 @@ def describe() -> dict[str, Any]:
                                 "precision": interface.META_PRECISION, "model": interface.META_MODEL, "graph": interface.META_GRAPH},
         "vocab_starts_with": list(SPECIALS),
         "dynamic_axes": sorted({a.name for kind in interface.ALL_GRAPHS for group in interface.graph_ports(kind)
-                                for p in group for a in p.axes if a.dynamic}),
+                                for p in group for a in p.axes if a.dynamic} | set(STATE_RULES["step_axis"].values())),
         "ports": {kind: ports(kind) for kind in interface.ALL_GRAPHS},
         "model": {
             "own": {"fields": field_specs(ModelConfig),
@@ -86,6 +86,7 @@ def describe() -> dict[str, Any]:
                         "max_len": "without a requested limit, an input of n source ids (an appended </s> counted) may "
                                    "produce floor(min(max_len_cap, max_len_ratio x n + max_len_offset)) tokens, at least 0 "
                                    "and at most max_tgt_len; max_len_cap 0 is no cap; max_len_ratio 0 is max_tgt_len"},
+        "state": STATE_RULES,
         "parity_ranges": PARITY_RANGES,
         "messages": MESSAGES,
     }

@@ -226,6 +226,11 @@ def source_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
+def state_rows(state: Tensor | tuple[Tensor, ...], index: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """Rows of a decoder state: one packed tensor, or a protocol model's listed tensors (export.protocol.StateLayout)."""
+    return tuple(tensor[index] for tensor in state) if isinstance(state, tuple) else state[index]
+
+
 @torch.inference_mode()
 def greedy_decode(model: Seq2SeqModule, src_ids: Tensor, src_lengths: Tensor, max_len: int | Sequence[int], min_len: int = 0,
                   never: Sequence[int] = ()) -> tuple[list[list[int]], list[float]]:
@@ -263,7 +268,7 @@ def greedy_decode(model: Seq2SeqModule, src_ids: Tensor, src_lengths: Tensor, ma
         if not bool(live.any()):
             break
         if not bool(live.all()):
-            active, ids, state, memory, mask = active[live], ids[live], state[live], memory[live], mask[live]
+            active, ids, state, memory, mask = active[live], ids[live], state_rows(state, live), memory[live], mask[live]
         prev = ids
     rows = table.tolist()
     return [row[: row.index(c.eos_id)] for row in rows], scores.tolist()

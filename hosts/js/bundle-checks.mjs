@@ -106,6 +106,7 @@ export function checkMeta(meta) {
     fail("needs_format_version", { name: "conventions", since: CONTRACT.conventions.since, value: v });
   }
   meta.conventions = checkConventions(meta.conventions ?? {}, meta.target.vocab, m.eos_id);
+  meta.state = checkState(meta.state, m, v);
   checkGraphs(meta.graphs);
   checkParity(meta.parity ?? {});
 }
@@ -204,6 +205,48 @@ export function conventionMaxLen(c, sourceIds, maxTgtLen) {
   let limit = c.max_len_ratio * sourceIds + c.max_len_offset;
   if (c.max_len_cap > 0) limit = Math.min(limit, c.max_len_cap);
   return Math.max(0, Math.min(maxTgtLen, Math.floor(limit)));
+}
+
+/** bundle.json's list of a decoder state's tensors (format 3; runtime/schema.py's _state): the entries, or null when the
+ * state is one packed tensor. */
+function checkState(state, m, version) {
+  const rules = CONTRACT.state;
+  const external = CONTRACT.model.external.marker in m;
+  if (state === undefined) {
+    if (external && m.state_size === 0) fail("state_size_with_list", { value: 0 });
+    return null;
+  }
+  if (version < rules.since) fail("needs_format_version", { name: "state", since: rules.since, value: version });
+  if (!external) fail("state_needs_origin");
+  if (m.state_size !== 0) fail("state_size_with_list", { value: m.state_size });
+  if (!Array.isArray(state) || state.length < 1 || state.length > rules.max_tensors) fail("state_not_list", { limit: rules.max_tensors });
+  return state.map((entry, index) => {
+    if (!isObject(entry) || Object.keys(entry).sort().join() !== "dims,dtype") fail("state_entry", { index });
+    if (!rules.dtypes.includes(entry.dtype)) fail("state_dtype", { index, choices: rules.dtypes.join(", "), value: entry.dtype });
+    const dims = entry.dims;
+    const whole = Array.isArray(dims) && dims.every((d) => d === null || isWhole(d));
+    if (!whole || dims.length > rules.max_rank || dims.filter((d) => d === null).length > 1
+      || dims.some((d) => d !== null && !(d >= 1 && d <= rules.max_dim))) {
+      fail("state_dims", { index, rank: rules.max_rank, max: rules.max_dim, value: dims });
+    }
+    return { dtype: entry.dtype, dims: [...dims] };
+  });
+}
+
+/** The decoder state's ports: one packed tensor ("state" in, "new_state" out), or one per listed tensor (CONTRACT.state,
+ * runtime/interface.py's graph_ports): {inputs: [names], outputs: [names], ports: {name: [type, axes]}} where a fixed
+ * axis of a listed tensor is its size and a step axis the contract's name. */
+export function statePorts(state) {
+  if (!state) return { inputs: ["state"], outputs: ["new_state"], listed: false };
+  const rules = CONTRACT.state;
+  const name = (role, index) => rules[role].replace("{index}", String(index));
+  const ports = {};
+  for (const role of ["inputs", "outputs"]) {
+    state.forEach((t, index) => {
+      ports[name(role, index)] = [t.dtype, ["batch", ...t.dims.map((d) => (d === null ? rules.step_axis[role] : d))]];
+    });
+  }
+  return { inputs: state.map((_, i) => name("inputs", i)), outputs: state.map((_, i) => name("outputs", i)), listed: true, ports };
 }
 
 /** The size of each fixed axis of the graph contract (CONTRACT.model.*.axis_sizes; ModelConfig.axis_sizes in Python). */

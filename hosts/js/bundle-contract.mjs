@@ -2,7 +2,7 @@
 // runtime/bundle_contract.json, as a module (a browser imports it with no JSON loader).
 export default {
  "about": "The rules of a seq2edge bundle's bundle.json, read by every host; written by tools/bundle_contract.py from runtime/config.py, runtime/conventions.py and runtime/interface.py.",
- "format_version": 2,
+ "format_version": 3,
  "plain_format_version": 1,
  "bundle_file": "bundle.json",
  "max_metadata_bytes": 67108864,
@@ -21,7 +21,7 @@ export default {
   "graph": "seq2edge.graph"
  },
  "vocab_starts_with": ["<pad>", "<s>", "</s>", "<unk>"],
- "dynamic_axes": ["batch", "src_len", "steps"],
+ "dynamic_axes": ["batch", "next_steps", "src_len", "steps"],
  "ports": {
   "encoder": {
    "inputs": [
@@ -106,7 +106,7 @@ export default {
     {"name": "max_tgt_len", "type": "int", "default": 256, "min": 1},
     {"name": "origin", "type": "str", "required": true},
     {"name": "memory_size", "type": "int", "required": true, "min": 1},
-    {"name": "state_size", "type": "int", "required": true, "min": 1},
+    {"name": "state_size", "type": "int", "required": true, "min": 0},
     {"name": "attention_weights", "type": "bool", "default": true}
    ],
    "rules": ["origin_named", "special_ids"],
@@ -126,6 +126,17 @@ export default {
    {"name": "space_symbol", "type": "str", "default": "", "max_chars": 1}
   ],
   "max_len": "without a requested limit, an input of n source ids (an appended </s> counted) may produce floor(min(max_len_cap, max_len_ratio x n + max_len_offset)) tokens, at least 0 and at most max_tgt_len; max_len_cap 0 is no cap; max_len_ratio 0 is max_tgt_len"
+ },
+ "state": {
+  "since": 3,
+  "dtypes": ["float", "int64"],
+  "max_tensors": 1024,
+  "max_rank": 8,
+  "max_dim": 16777216,
+  "inputs": "state_{index}",
+  "outputs": "new_state_{index}",
+  "replaces": {"state": "inputs", "new_state": "outputs"},
+  "step_axis": {"inputs": "steps", "outputs": "next_steps"}
  },
  "parity_ranges": {
   "token_agreement": [0, 1],
@@ -177,6 +188,12 @@ export default {
   "no_fp32_graphs": "graphs lists no fp32 encoder and decoder",
   "unknown_precision": "unknown graph precision {value}",
   "graph_entry": "{name} needs file and sha256",
-  "graph_file_not_plain": "{name}.file must be a plain file name in the bundle"
+  "graph_file_not_plain": "{name}.file must be a plain file name in the bundle",
+  "state_needs_origin": "state lists a decoder state's tensors, which only a model with an origin has",
+  "state_size_with_list": "model.state_size is {value}: it must be 0 when bundle.json lists the state's tensors (state), and at least 1 when it does not",
+  "state_not_list": "state must be a list of 1 to {limit} tensors",
+  "state_entry": "state[{index}] must be an object with dtype and dims",
+  "state_dtype": "state[{index}].dtype must be one of {choices}, not {value}",
+  "state_dims": "state[{index}].dims must list at most {rank} sizes after the batch axis, each a whole number in [1, {max}] or null (the one step axis), not {value}"
  }
 };

@@ -9,7 +9,7 @@
 // a `read(name)` returning a file's bytes, and a `sha256(bytes)` returning its hex digest.
 
 import { axisSizes, BundleError, checkMeta, checkOwner, CONTRACT, conventionMaxLen, FORMAT_VERSION, MAX_JSON_DEPTH, plainName,
-  pyRepr, say, scanOnnx, Seq2EdgeError } from "./bundle-checks.mjs";
+  pyRepr, say, scanOnnx, Seq2EdgeError, statePorts } from "./bundle-checks.mjs";
 import { SentencePiece } from "./sentencepiece.mjs";
 
 export { BundleError, FORMAT_VERSION, Seq2EdgeError };
@@ -161,7 +161,7 @@ export class Seq2Seq {
       // As runtime/engine.py: a graph with an operator whose results depend on the thread count runs on one thread.
       const options = THREAD_DEPENDENT_OPS.some((op) => contains(bytes, op)) ? { ...sessionOptions, intraOpNumThreads: 1 } : sessionOptions;
       const session = await ort.InferenceSession.create(bytes, options);
-      checkPorts(session, kind, file.file, meta.model);
+      checkPorts(session, kind, file.file, meta.model, meta.state);
       sessions[kind] = session;
     }
     if (!sessions.encoder || !sessions.decoder) throw new BundleError("bundle.json: the encoder and decoder are required");
@@ -204,6 +204,7 @@ export class Seq2Seq {
   constructor(ort, meta, sessions, { unknown, tooLong, useGreedyGraph, precision = "fp32", spm = {} }) {
     this.ort = ort;
     this.precision = precision;
+    this.statePorts = statePorts(meta.state);
     this.members = [this];  // the models that decode together: this one, and after Seq2Seq.ensemble() the others
     this.meta = meta;
     this.config = meta.model;
@@ -352,12 +353,13 @@ export class Seq2Seq {
       mask: new T("bool", mask, [chunk.length, width]) };
   }
 
-  // Memory and state are arrays, one entry per member (one for a single bundle); the mask is shared.
+  // Memory and state are arrays, one entry per member (one for a single bundle); the mask is shared. A member's state
+  // is a list of tensors: the one packed state, or the tensors bundle.json lists (format 3), in the order of its ports.
   async #encode(chunk) {
     const { width, src, lengths, mask } = this.#sourceTensors(chunk);
     const outs = [];
     for (const member of this.members) outs.push(await run(member.sessions.encoder, { src_ids: src, src_lengths: lengths }));
-    return { width, memory: outs.map((o) => o.memory), state: outs.map((o) => o.state), mask };
+    return { width, memory: outs.map((o) => o.memory), state: outs.map((o, i) => this.members[i].statePorts.inputs.map((n) => o[n])), mask };
   }
 
   async #step(prev, state, memory, mask) {
@@ -365,14 +367,17 @@ export class Seq2Seq {
     const prevIds = new T("int64", BigInt64Array.from(prev, (x) => BigInt(x)), [prev.length]);
     const outs = [];
     for (const [i, member] of this.members.entries()) {
-      outs.push(await run(member.sessions.decoder, { prev_ids: prevIds, state: state[i], memory: memory[i], src_mask: mask }));
+      const feeds = { prev_ids: prevIds, memory: memory[i], src_mask: mask };
+      member.statePorts.inputs.forEach((name, j) => { feeds[name] = state[i][j]; });
+      outs.push(await run(member.sessions.decoder, feeds));
     }
-    return { logProbs: logMeanExp(outs.map((o) => o.log_probs.data)), state: outs.map((o) => o.new_state) };
+    return { logProbs: logMeanExp(outs.map((o) => o.log_probs.data)),
+      state: outs.map((o, i) => this.members[i].statePorts.outputs.map((n) => o[n])) };
   }
 
-  /** Rows `index` of every member's memory or state. */
+  /** Rows `index` of every member's memory (a tensor each) or state (a list of tensors each). */
   #take(values, index) {
-    return values.map((t) => takeRows(this.ort, t, index));
+    return values.map((t) => (Array.isArray(t) ? t.map((x) => takeRows(this.ort, x, index)) : takeRows(this.ort, t, index)));
   }
 
   /** Which ids may be chosen at step t, as runtime/search.py's Limits: never pad or <s>; </s> not before minLen; only </s> at maxLen. */
@@ -656,9 +661,19 @@ function pickFile(entry, format) {
   return entry;
 }
 
-function checkPorts(session, kind, file, model) {
+/** The ports of a graph kind for this bundle: the contract's, a listed state's tensors in place of the packed state. */
+function expectedPorts(kind, state) {
+  const sp = statePorts(state);
+  if (!sp.listed) return PORTS[kind];
+  const swap = (ports) => Object.fromEntries(Object.entries(ports).flatMap(([name, port]) => (
+    name === "state" ? sp.inputs : name === "new_state" ? sp.outputs : [name]).map((n) => (
+    n === name ? [n, port] : [n, [JS_TYPES[sp.ports[n][0]], sp.ports[n][1]]]))));
+  return { inputs: swap(PORTS[kind].inputs), outputs: swap(PORTS[kind].outputs) };
+}
+
+function checkPorts(session, kind, file, model, state) {
   const sizes = axisSizes(model);
-  const expect = PORTS[kind];
+  const expect = expectedPorts(kind, state);
   for (const [role, names, metadata] of [["input", session.inputNames, session.inputMetadata],
     ["output", session.outputNames, session.outputMetadata]]) {
     const wanted = Object.keys(expect[`${role}s`]);
@@ -675,8 +690,10 @@ function checkPorts(session, kind, file, model) {
       if (info.shape.length !== axes.length) throw new BundleError(`${file}: ${role} ${info.name} has ${info.shape.length} axes`);
       axes.forEach((axis, i) => {
         const dim = info.shape[i];
-        if (!DYNAMIC.has(axis) && typeof dim === "number" && dim !== sizes[axis]) {
-          throw new BundleError(`${file}: ${role} ${info.name} has ${axis} ${dim}, bundle.json's model says ${sizes[axis]}`);
+        const size = typeof axis === "number" ? axis : sizes[axis];  // a listed state's fixed axis is its size
+        if (!DYNAMIC.has(axis) && typeof dim === "number" && dim !== size) {
+          const named = typeof axis === "number" ? `${info.name} axis ${i}` : axis;
+          throw new BundleError(`${file}: ${role} ${info.name} has ${named} ${dim}, bundle.json's model says ${size}`);
         }
       });
     }
