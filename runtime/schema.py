@@ -124,7 +124,7 @@ class BundleMeta:
             raise BundleError(f"{where}: {say('needs_format_version', name='conventions', since=Conventions.SINCE, value=version)}")
         conventions = Conventions.from_dict(data.get("conventions", {}), where)
         _check_conventions(conventions, config, sides["target"].vocab, where)
-        state = _state(data.get("state"), config, version, where)
+        state = _state(data.get("state", _MISSING), config, version, where)
         return cls(data["bundle_id"], config, sides["source"], sides["target"], _graphs(data["graphs"], where),
                    created=str(data.get("created", "")), parity=_parity(data.get("parity", {}), where),
                    exported_with=_dict(data, "exported_with"), checkpoint=_dict(data, "checkpoint"), conventions=conventions,
@@ -147,7 +147,7 @@ def _check_conventions(conventions: Conventions, config, target_vocab: list[str]
 def _state(state: Any, config, version: int, where: str) -> tuple[StateTensor, ...] | None:
     """bundle.json's list of state tensors (format 3), checked against the contract's bounds; None when there is none."""
     rules = contract()["state"]
-    if state is None:
+    if state is _MISSING:
         if isinstance(config, ExternalModelConfig) and config.state_size == 0:
             raise BundleError(f"{where}: {say('state_size_with_list', value=0)}")
         return None

@@ -207,9 +207,9 @@ std::vector<std::string> field_problems(const Json &specs, const Json &values) {
     return ranges;
 }
 
-std::string joined(const std::vector<std::string> &problems) {
+std::string joined(const std::vector<std::string> &problems, const char *separator = "; ") {
     std::string out;
-    for (size_t i = 0; i < problems.size(); ++i) out += (i ? "; " : "") + problems[i];
+    for (size_t i = 0; i < problems.size(); ++i) out += (i ? separator : "") + problems[i];
     return out;
 }
 
@@ -378,6 +378,45 @@ void check_parity(const Json &parity) {
 }
 }  // namespace
 
+// bundle.json's list of a decoder state's tensors (format 3), as runtime/schema.py's _state.
+static void check_state(const Json &meta, const Json &m, long long version) {
+    const Json &rules = contract()["state"];
+    const bool external = m.contains(contract()["model"]["external"]["marker"].get<std::string>());
+    if (!meta.contains("state")) {
+        if (external && m["state_size"].get<long long>() == 0) fail("state_size_with_list", {{"value", 0}});
+        return;
+    }
+    const long long since = rules["since"].get<long long>();
+    if (version < since) fail("needs_format_version", {{"name", "state"}, {"since", since}, {"value", version}});
+    if (!external) fail("state_needs_origin");
+    if (m["state_size"].get<long long>() != 0) fail("state_size_with_list", {{"value", m["state_size"]}});
+    const Json &state = meta["state"];
+    const long long most = rules["max_tensors"].get<long long>();
+    if (!state.is_array() || state.empty() || static_cast<long long>(state.size()) > most) fail("state_not_list", {{"limit", most}});
+    std::vector<std::string> dtypes;
+    for (const Json &d : rules["dtypes"]) dtypes.push_back(d);
+    for (size_t index = 0; index < state.size(); ++index) {
+        const Json &entry = state[index];
+        if (!entry.is_object() || entry.size() != 2 || !entry.contains("dtype") || !entry.contains("dims")) {
+            fail("state_entry", {{"index", index}});
+        }
+        const Json &dtype = entry["dtype"];
+        if (!dtype.is_string() || std::find(dtypes.begin(), dtypes.end(), dtype.get<std::string>()) == dtypes.end()) {
+            fail("state_dtype", {{"index", index}, {"choices", joined(dtypes, ", ")}, {"value", dtype}});
+        }
+        const Json &dims = entry["dims"];
+        bool ok = dims.is_array() && static_cast<long long>(dims.size()) <= rules["max_rank"].get<long long>();
+        int steps = 0;
+        for (size_t k = 0; ok && k < dims.size(); ++k) {
+            if (dims[k].is_null()) steps += 1;
+            else ok = dims[k].is_number_integer() && dims[k].get<long long>() >= 1 && dims[k].get<long long>() <= rules["max_dim"].get<long long>();
+        }
+        if (!ok || steps > 1) {
+            fail("state_dims", {{"index", index}, {"rank", rules["max_rank"]}, {"max", rules["max_dim"]}, {"value", dims}});
+        }
+    }
+}
+
 void check_meta(Json &meta) {
     if (!meta.is_object()) fail("not_object");
     if (!meta.contains("format_version")) fail("no_format_version");
@@ -407,8 +446,34 @@ void check_meta(Json &meta) {
     }
     meta["conventions"] = check_conventions(meta.contains("conventions") ? meta["conventions"] : Json::object(),
                                             meta["target"]["vocab"], m["eos_id"].get<long long>());
+    check_state(meta, m, v.get<long long>());
     check_graphs(meta["graphs"]);
     check_parity(meta.contains("parity") ? meta["parity"] : Json::object());
+}
+
+Json state_ports(const Json &meta, const std::string &kind, const std::string &role) {
+    const Json &ports = contract()["ports"][kind][role];
+    if (!meta.contains("state")) return ports;
+    const Json &rules = contract()["state"];
+    Json out = Json::array();
+    for (const Json &port : ports) {
+        const std::string name = port["name"];
+        if (!rules["replaces"].contains(name)) {
+            out.push_back(port);
+            continue;
+        }
+        const std::string side = rules["replaces"][name];  // "inputs" or "outputs": state_{index} or new_state_{index}
+        std::string pattern = rules[side], step_axis = rules["step_axis"][side];
+        const size_t at = pattern.find("{index}");
+        for (size_t index = 0; index < meta["state"].size(); ++index) {
+            const Json &tensor = meta["state"][index];
+            Json axes = Json::array({"batch"});
+            for (const Json &d : tensor["dims"]) axes.push_back(d.is_null() ? Json(step_axis) : d);
+            out.push_back({{"name", pattern.substr(0, at) + std::to_string(index) + pattern.substr(at + 7)},
+                           {"dtype", tensor["dtype"]}, {"axes", axes}});
+        }
+    }
+    return out;
 }
 
 std::map<std::string, long long> axis_sizes(const Json &m) {

@@ -30,6 +30,9 @@ std::string say(const std::string &message, const Json &values = Json::object())
 
 // Validate parsed bundle.json in place: the model config and conventions get their defaults. Throws BundleError.
 void check_meta(Json &meta);
+// The ports of a graph kind's "inputs" or "outputs" for this bundle: the contract's, with bundle.json's listed state
+// tensors (format 3) in place of the packed state; a listed tensor's fixed axis is its size (a number), not a name.
+Json state_ports(const Json &meta, const std::string &kind, const std::string &role);
 // bundle.json's bytes -> its object, refused as runtime/bundle.py refuses: not UTF-8, too deep, NaN, not JSON.
 Json parse_meta(const std::string &bytes);
 bool plain_name(const Json &name);

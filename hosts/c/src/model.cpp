@@ -130,6 +130,33 @@ std::vector<T> take_rows(const std::vector<T> &data, size_t per, const std::vect
     return out;
 }
 
+StateTensor state_of(Ort::Value &value) {
+    auto info = value.GetTensorTypeAndShapeInfo();
+    StateTensor t{info.GetElementType(), info.GetShape(), {}};
+    const size_t width = t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 ? sizeof(int64_t) : sizeof(float);
+    const auto *data = static_cast<const unsigned char *>(value.GetTensorRawData());
+    t.bytes.assign(data, data + info.GetElementCount() * width);
+    return t;
+}
+
+Ort::Value state_value(StateTensor &t) {
+    static const Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    if (t.bytes.empty()) t.bytes.reserve(1);  // an empty step axis: a tensor of no elements still needs an address
+    return Ort::Value::CreateTensor(cpu, t.bytes.data(), t.bytes.size(), t.shape.data(), t.shape.size(), t.type);
+}
+
+// Rows `index` of every tensor of a state (beam reordering, finished rows dropped).
+std::vector<StateTensor> take_state(const std::vector<StateTensor> &state, const std::vector<size_t> &index) {
+    std::vector<StateTensor> out;
+    for (const StateTensor &t : state) {
+        const size_t rows = static_cast<size_t>(t.shape[0]), per = rows ? t.bytes.size() / rows : 0;
+        StateTensor taken{t.type, t.shape, take_rows(t.bytes, per, index)};
+        taken.shape[0] = static_cast<int64_t>(index.size());
+        out.push_back(std::move(taken));
+    }
+    return out;
+}
+
 const char *element_name(ONNXTensorElementDataType type) {
     switch (type) {
         case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float";
@@ -234,12 +261,12 @@ std::pair<std::vector<std::string>, std::vector<long long>> TextCodec::encode(co
 namespace {
 // The ports of a graph against the contract, with runtime/engine.py's words: from the bytes at load, or from a session.
 void check_ports(const std::vector<PortInfo> &inputs, const std::vector<PortInfo> &outputs, const std::string &kind,
-                 const std::string &file, const Json &model) {
-    const auto sizes = axis_sizes(model);
+                 const std::string &file, const Json &meta) {
+    const auto sizes = axis_sizes(meta["model"]);
     std::set<std::string> dynamic;
     for (const Json &axis : contract()["dynamic_axes"]) dynamic.insert(axis.get<std::string>());
     for (const std::string role : {"input", "output"}) {
-        const Json &ports = contract()["ports"][kind][role + "s"];
+        const Json ports = state_ports(meta, kind, role + "s");
         const std::vector<PortInfo> &found = role == "input" ? inputs : outputs;
         std::vector<std::string> names, wanted;
         for (const auto &p : found) names.push_back(p.name);
@@ -258,17 +285,20 @@ void check_ports(const std::vector<PortInfo> &inputs, const std::vector<PortInfo
             const Json &axes = port["axes"];
             if (arg.dims.size() != axes.size()) {
                 std::string listed;
-                for (size_t k = 0; k < axes.size(); ++k) listed += (k ? ", " : "") + axes[k].get<std::string>();
+                for (size_t k = 0; k < axes.size(); ++k)
+                    listed += (k ? ", " : "") + (axes[k].is_string() ? axes[k].get<std::string>() : name + " axis " + std::to_string(k));
                 throw BundleError(file + ": " + role + " " + name + " has " + std::to_string(arg.dims.size()) + " axes, expected " +
                                   std::to_string(axes.size()) + " (" + listed + ")");
             }
             for (size_t k = 0; k < axes.size(); ++k) {
-                const std::string axis = axes[k];
+                // a listed state tensor's fixed axis is its size, named after its port as runtime/interface.py names it
+                const std::string axis = axes[k].is_string() ? axes[k].get<std::string>() : name + " axis " + std::to_string(k);
+                const long long size = axes[k].is_string() ? (dynamic.count(axis) ? 0 : sizes.at(axis)) : axes[k].get<long long>();
                 const long long dim = arg.dims[k];
                 if (dim < 0) continue;
-                if (!dynamic.count(axis) && dim != sizes.at(axis)) {
+                if (!dynamic.count(axis) && dim != size) {
                     throw BundleError(file + ": " + role + " " + name + " has " + axis + " " + std::to_string(dim) +
-                                      ", bundle.json's model says " + std::to_string(sizes.at(axis)));
+                                      ", bundle.json's model says " + std::to_string(size));
                 }
                 if (dynamic.count(axis)) {
                     throw BundleError(file + ": " + role + " " + name + " has its " + axis + " axis fixed to " + std::to_string(dim) +
@@ -334,6 +364,7 @@ struct Member {
     };
     std::string name;
     Json meta;
+    std::vector<std::string> state_inputs, state_outputs;  // the state's ports: "state"/"new_state", or a listed state's
     Ort::Env *env = nullptr;
     LoadOptions options;
     std::map<std::string, std::unique_ptr<Graph>> graphs;
@@ -377,7 +408,7 @@ struct Member {
         } catch (const Ort::Exception &err) {
             throw BundleError(graph.file + ": onnxruntime cannot load it (" + first_line(err.what()) + ")");
         }
-        check_ports(session_ports(*session, true), session_ports(*session, false), kind, graph.file, meta["model"]);
+        check_ports(session_ports(*session, true), session_ports(*session, false), kind, graph.file, meta);
         return session;
     }
 };
@@ -396,6 +427,10 @@ std::unique_ptr<Member> load_member(Ort::Env &env, const std::string &dir, const
         std::string message = err.what();
         throw BundleError(message.rfind("bundle.json", 0) == 0 ? dir + "/" + message : message);
     }
+    for (const Json &port : state_ports(meta, "decoder", "inputs"))
+        if (port["name"] != "prev_ids" && port["name"] != "memory" && port["name"] != "src_mask") member->state_inputs.push_back(port["name"]);
+    for (const Json &port : state_ports(meta, "decoder", "outputs"))
+        if (port["name"] != "log_probs" && port["name"] != "attention") member->state_outputs.push_back(port["name"]);
     if (!meta["graphs"].contains(o.precision)) {
         throw BundleError("bundle.json: no " + o.precision + " graphs in this bundle");
     }
@@ -429,7 +464,7 @@ std::unique_ptr<Member> load_member(Ort::Env &env, const std::string &dir, const
             if (scan.external) throw BundleError(graph->file + ": stores weights in external files, which a bundle never does; refused");
             check_owner(scan, graph->file, meta["bundle_id"], kind, o.precision);
             auto [inputs, outputs] = onnx_ports(bytes, graph->file);
-            check_ports(inputs, outputs, kind, graph->file, meta["model"]);
+            check_ports(inputs, outputs, kind, graph->file, meta);
         }
         member->graphs[kind] = std::move(graph);
     }
@@ -537,8 +572,8 @@ struct Model::Limits {
 
 struct Model::Encoded {
     size_t rows, width;
-    std::vector<std::vector<float>> memory, state;  // per member
-    std::vector<size_t> state_size;
+    std::vector<std::vector<float>> memory;  // per member
+    std::vector<std::vector<StateTensor>> state;  // per member: its state's tensors in the order of its ports
     std::vector<unsigned char> mask;
 };
 
@@ -607,37 +642,47 @@ Model::Encoded Model::encode(const std::vector<const Source *> &chunk) const {
         }
         lengths[r] = static_cast<int64_t>(chunk[r]->ids.size());
     }
-    const std::vector<const char *> in = {"src_ids", "src_lengths"}, out = {"memory", "state"};
+    const std::vector<const char *> in = {"src_ids", "src_lengths"};
     for (const auto &member : members_) {
+        std::vector<const char *> out = {"memory"};
+        for (const auto &name : member->state_inputs) out.push_back(name.c_str());
         std::vector<Ort::Value> values;
         values.push_back(tensor(ids, {static_cast<int64_t>(enc.rows), static_cast<int64_t>(enc.width)}));
         values.push_back(tensor(lengths, {static_cast<int64_t>(enc.rows)}));
         auto outs = run(member->session("encoder"), in, values, out);
         enc.memory.push_back(values_of<float>(outs[0]));
-        enc.state.push_back(values_of<float>(outs[1]));
-        enc.state_size.push_back(enc.state.back().size() / std::max<size_t>(enc.rows, 1));
+        std::vector<StateTensor> state;
+        for (size_t k = 1; k < outs.size(); ++k) state.push_back(state_of(outs[k]));
+        enc.state.push_back(std::move(state));
     }
     return enc;
 }
 
 // One decoder step of every member for the rows of `enc`: log-probs [rows, V] (the log of the members' mean
 // probability for an ensemble, float32 as the Python runtime) and each member's new state.
-std::vector<float> Model::step(const std::vector<long long> &prev, Encoded &enc, std::vector<std::vector<float>> &new_state) const {
-    const std::vector<const char *> in = {"prev_ids", "state", "memory", "src_mask"}, out = {"log_probs", "new_state"};
+std::vector<float> Model::step(const std::vector<long long> &prev, Encoded &enc, std::vector<std::vector<StateTensor>> &new_state) const {
     std::vector<int64_t> prev_ids(prev.begin(), prev.end());
     const auto n = static_cast<int64_t>(enc.rows), w = static_cast<int64_t>(enc.width);
     std::vector<std::vector<float>> all;
     new_state.clear();
     for (size_t m = 0; m < members_.size(); ++m) {
+        const Member &member = *members_[m];
+        std::vector<const char *> in = {"prev_ids"}, out = {"log_probs"};
+        for (const auto &name : member.state_inputs) in.push_back(name.c_str());
+        for (const auto &name : member.state_outputs) out.push_back(name.c_str());
+        in.push_back("memory");
+        in.push_back("src_mask");
         const size_t hidden = enc.memory[m].size() / std::max<size_t>(enc.rows * enc.width, 1);
         std::vector<Ort::Value> values;
         values.push_back(tensor(prev_ids, {n}));
-        values.push_back(tensor(enc.state[m], {n, static_cast<int64_t>(enc.state_size[m])}));
+        for (StateTensor &t : enc.state[m]) values.push_back(state_value(t));
         values.push_back(tensor(enc.memory[m], {n, w, static_cast<int64_t>(hidden)}));
         values.push_back(bool_tensor(enc.mask, {n, w}));
         auto outs = run(members_[m]->session("decoder"), in, values, out);
         all.push_back(values_of<float>(outs[0]));
-        new_state.push_back(values_of<float>(outs[1]));
+        std::vector<StateTensor> state;
+        for (size_t k = 1; k < outs.size(); ++k) state.push_back(state_of(outs[k]));
+        new_state.push_back(std::move(state));
     }
     if (all.size() == 1) return std::move(all[0]);
     std::vector<float> mixed(all[0].size());
@@ -723,7 +768,7 @@ std::vector<std::vector<Hypothesis>> Model::greedy(const std::vector<const Sourc
     std::iota(rows.begin(), rows.end(), 0);
     std::vector<long long> prev(chunk.size(), bos);
     std::vector<Hypothesis> out(chunk.size());
-    std::vector<std::vector<float>> state;
+    std::vector<std::vector<StateTensor>> state;
     for (long long t = 0; !rows.empty(); ++t) {
         std::vector<float> log_probs = step(prev, enc, state);
         const std::vector<float> &bias = limits.bias(t);
@@ -756,7 +801,7 @@ std::vector<std::vector<Hypothesis>> Model::greedy(const std::vector<const Sourc
         }
         if (keep.size() < rows.size() && !keep.empty()) {
             for (size_t m = 0; m < members_.size(); ++m) {
-                enc.state[m] = take_rows(state[m], enc.state_size[m], keep);
+                enc.state[m] = take_state(state[m], keep);
                 enc.memory[m] = take_rows(enc.memory[m], enc.memory[m].size() / enc.rows, keep);
             }
             enc.mask = take_rows(enc.mask, enc.width, keep);
@@ -814,10 +859,10 @@ std::vector<std::vector<Hypothesis>> Model::beam(const std::vector<const Source 
     std::vector<size_t> items(n), rows;  // active inputs; the input of each hypothesis row
     std::iota(items.begin(), items.end(), 0);
     for (size_t i : items) rows.insert(rows.end(), k, i);
-    auto keep_rows = [&](const std::vector<size_t> &index, std::vector<std::vector<float>> *state) {
+    auto keep_rows = [&](const std::vector<size_t> &index, std::vector<std::vector<StateTensor>> *state) {
         for (size_t m = 0; m < members_.size(); ++m) {
             enc.memory[m] = take_rows(enc.memory[m], enc.memory[m].size() / enc.rows, index);
-            enc.state[m] = take_rows(state ? (*state)[m] : enc.state[m], enc.state_size[m], index);
+            enc.state[m] = take_state(state ? (*state)[m] : enc.state[m], index);
         }
         enc.mask = take_rows(enc.mask, enc.width, index);
         enc.rows = index.size();
@@ -829,7 +874,7 @@ std::vector<std::vector<Hypothesis>> Model::beam(const std::vector<const Source 
     std::vector<long long> prev(n * k, bos);
     std::vector<std::vector<std::pair<double, Hypothesis>>> finished(n);
     std::vector<std::vector<double>> best_finished(n, std::vector<double>(k, -inf));  // per input, its k best ranks
-    std::vector<std::vector<float>> state;
+    std::vector<std::vector<StateTensor>> state;
     const size_t width = std::min(2 * k, V);
     std::vector<std::pair<float, size_t>> row(V);
     for (long long t = 0; !items.empty();) {
@@ -889,7 +934,7 @@ std::vector<std::vector<Hypothesis>> Model::beam(const std::vector<const Source 
         scores = new_scores;
         history = new_history;
         prev = new_prev;
-        for (size_t m = 0; m < members_.size(); ++m) enc.state[m] = take_rows(state[m], enc.state_size[m], new_origin);
+        for (size_t m = 0; m < members_.size(); ++m) enc.state[m] = take_state(state[m], new_origin);
         for (size_t m = 0; m < members_.size(); ++m)  // memory and mask follow the rows' inputs, as the state does
             enc.memory[m] = take_rows(enc.memory[m], enc.memory[m].size() / enc.rows, new_origin);
         enc.mask = take_rows(enc.mask, enc.width, new_origin);

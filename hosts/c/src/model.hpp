@@ -71,6 +71,14 @@ class TextCodec {
     std::shared_ptr<sentencepiece::SentencePieceProcessor> spm_;
 };
 
+// One tensor of a member's decoder state as onnxruntime gave it, batch first: the packed state, or one of the tensors
+// bundle.json lists (format 3: float or int64, a step axis that grows by one per step, possibly empty).
+struct StateTensor {
+    ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    std::vector<int64_t> shape;
+    std::vector<unsigned char> bytes;
+};
+
 struct Member;  // one bundle's sessions
 
 class Model {
@@ -91,7 +99,7 @@ class Model {
     std::vector<std::vector<Hypothesis>> search(const std::vector<const Source *> &chunk, const Limits &limits,
                                                 const SearchOptions &options) const;
     Encoded encode(const std::vector<const Source *> &chunk) const;
-    std::vector<float> step(const std::vector<long long> &prev, Encoded &enc, std::vector<std::vector<float>> &new_state) const;
+    std::vector<float> step(const std::vector<long long> &prev, Encoded &enc, std::vector<std::vector<StateTensor>> &new_state) const;
     std::vector<std::vector<Hypothesis>> greedy(const std::vector<const Source *> &chunk, const Limits &limits,
                                                 const SearchOptions *draws) const;
     std::vector<std::vector<Hypothesis>> greedy_graph(const std::vector<const Source *> &chunk, const Limits &limits) const;
