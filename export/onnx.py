@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from seq2edge.runtime.errors import Seq2EdgeError
-from seq2edge.runtime.interface import Port, graph_file, graph_metadata, graph_ports
+from seq2edge.runtime.interface import NEXT_STEPS, STEPS, Port, graph_file, graph_metadata, graph_ports
 from seq2edge.train.model import Seq2SeqModule, source_mask
 
 from .attention import exportable_attention
@@ -110,6 +110,7 @@ def export_graphs(model: Seq2SeqModule, out_dir: Path, bundle_id: str, exporter:
                                   opset_version=max(OPSET, 18), dynamo=True, external_data=False, verbose=False)
         graph = onnx.load(str(path))
         _fold_external_data(graph, path)
+        _keep_unused_inputs(graph, ins)
         _fix_model_sizes(graph, ins + outs, model.config.axis_sizes)
         set_metadata(graph, graph_metadata(bundle_id, model.config.to_dict(), "fp32", kind))
         onnx.checker.check_model(graph, full_check=True)
@@ -157,10 +158,21 @@ def _untraceable(kind: str, own: bool):
     raise ProtocolError(f"{method}() cannot be exported to ONNX: {message}{failing_line(output.text, failure)}") from None
 
 
+def _keep_unused_inputs(graph: onnx.ModelProto, inputs: tuple[Port, ...]) -> None:
+    """Put back the contract's inputs the exporter dropped because the traced code never read them (a step() that
+    ignores the memory), so that every graph takes what every host feeds it."""
+    present = {v.name for v in graph.graph.input}
+    elements = {"float": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64, "bool": onnx.TensorProto.BOOL}
+    for port in inputs:
+        if port.name not in present:
+            dims = [a.name if a.dynamic else 1 for a in port.axes]  # fixed sizes: written by _fix_model_sizes
+            graph.graph.input.append(onnx.helper.make_tensor_value_info(port.name, elements[port.dtype], dims))
+
+
 def _fix_model_sizes(graph: onnx.ModelProto, ports: tuple[Port, ...], sizes: dict[str, int]) -> None:
     """Write the model's sizes into the ports' fixed axes (the exporter leaves some as made-up symbols
-    such as Concatmemory_dim_2), and the contract's names into its dynamic ones (an encoder's state that grows
-    comes out of the tracer with its step axis fixed to 0), so a graph's signature reads like the contract."""
+    such as Concatmemory_dim_2), and the contract's name into a state's step axis (an encoder's growing state
+    comes out of the tracer with it fixed to 0), so a graph's signature reads like the contract."""
     values = {v.name: v for v in [*graph.graph.input, *graph.graph.output]}
     for port in ports:
         dims = values[port.name].type.tensor_type.shape.dim
@@ -168,7 +180,7 @@ def _fix_model_sizes(graph: onnx.ModelProto, ports: tuple[Port, ...], sizes: dic
             if not axis.dynamic:
                 dim.Clear()
                 dim.dim_value = sizes[axis.name] if axis.size is None else axis.size
-            elif dim.HasField("dim_value"):
+            elif dim.HasField("dim_value") and axis in (STEPS, NEXT_STEPS):  # any other fixed dynamic axis is a defect
                 dim.Clear()
                 dim.dim_param = axis.name
 

@@ -250,6 +250,9 @@ def _probe(model: nn.Module, source: VocabMap, target: VocabMap, lengths: list[i
         if attention is not None:
             _expect(attention, "step()'s attention", (batch, src.shape[1]), float_only=True)
         seen.append((new_state, _leaf_types(new_state, batch, "step()'s new_state")))
+        if seen[-1][1] != seen[0][1]:  # before the next step, which would fail on it
+            raise ProtocolError(f"step()'s new_state has another structure or type than the state it was given "
+                                f"({_shapes(new_state)} after {_shapes(state)}): it must return the state as it takes it")
         state, prev = new_state, scores.argmax(dim=-1)
     return Probe(_layout(seen), int(memory.shape[2]), attention is not None)
 
@@ -274,13 +277,9 @@ def _leaf_types(state, batch: int, where: str) -> tuple[object, tuple[str, ...]]
 
 
 def _layout(seen: list[tuple[object, tuple[object, tuple[str, ...]]]]) -> StateLayout:
-    """The layout of states seen after encode() and after one and two steps: each tensor keeps its shape, or grows by
-    one along one axis per step from length 0."""
+    """The layout of states seen after encode() and after one and two steps (of one structure and type, _probe checked):
+    each tensor keeps its shape, or grows by one along one axis per step from length 0."""
     (first, (structure, dtypes)), shapes = seen[0], [[tuple(leaf.shape[1:]) for leaf in _leaves(s)] for s, _ in seen]
-    for (state, (other, types)), before in zip(seen[1:], seen):
-        if other != structure or types != dtypes:
-            raise ProtocolError(f"step()'s new_state has another structure or type than the state it was given "
-                                f"({_shapes(state)} after {_shapes(before[0])}): it must return the state as it takes it")
     layout = []
     for i, (at_0, at_1, at_2) in enumerate(zip(*shapes)):
         if at_0 == at_1 == at_2:

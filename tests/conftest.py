@@ -104,3 +104,20 @@ def dev_words() -> list[str]:
     from seq2edge.train import corpus as C
 
     return [e.source for e in C.split(C.load_cmudict().entries, "dev")[:300]]
+
+
+@pytest.fixture(scope="session")
+def transformer_bundle(tmp_path_factory):
+    """examples/transformer_model.py trained for a step count (repeatable), exported with int8, the greedy graph and
+    ORT copies: (model, source vocab, target vocab, held-out words, bundle)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "examples"))
+    import transformer_model
+
+    torch.manual_seed(0)
+    model, source_vocab, target_vocab, held_out = transformer_model.train(steps=200, size=64, feedforward=128, max_len=64)
+    out = tmp_path_factory.mktemp("transformer") / "bundle"
+    transformer_model.export(model, out, source_vocab, target_vocab, held_out[:150], int8=True, accept_int8=True,
+                             greedy_graph=True, ort=True, log=lambda m: None)
+    return model, source_vocab, target_vocab, held_out, out

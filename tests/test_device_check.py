@@ -67,7 +67,7 @@ def test_a_board_run_is_compared_with_x86_and_a_changed_output_breaks_the_rule(t
     (tmp_path / "board.json").write_text(board)
     proc = subprocess.run([*tool, "--compare", str(tmp_path / "board.json")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert len([line for line in proc.stdout.splitlines() if line.startswith("python  board")]) == 8
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("python  board")]) == 10
     outputs = json.loads(board)
     outputs["g2p-en-small fp32 64"][3] = "AH0"
     (tmp_path / "board.json").write_text(json.dumps(outputs))

@@ -214,7 +214,7 @@ class Broken(TwoLayerLSTM):
     ("scores too wide", r"step\(\)'s scores has shape \(3, 11\), expected \(3, 10\) here"),
     ("state not batch first",
      r"encode\(\)'s state \(tensor 0 of 4\) has shape \(1, 3, 24\) for a batch of 3: the batch must be the first axis"),
-    ("state dropped", r"step\(\)'s new_state has another structure or shape than the state it was given"),
+    ("state dropped", r"step\(\)'s new_state has another structure or type than the state it was given"),
     ("dropout left on", r"give different scores on the same input twice in eval mode"),
     ("reads padding",
      r"scores depend on padded positions or on the other inputs of the batch: .* step\(\) must ignore positions where src_mask"),

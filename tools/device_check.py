@@ -43,7 +43,9 @@ CROSS_CXX = "aarch64-linux-gnu-g++"
 NATIVE_PACKAGES = "libc6-dev,libstdc++-12-dev,nlohmann-json3-dev,libutf8proc-dev,libssl-dev,libsentencepiece-dev"
 BUNDLES = {"g2p-en": REPO / "models" / "g2p-en", "g2p-en-small": REPO / "models" / "g2p-en-small",
            # Transformer parts (nn.TransformerEncoder, nn.MultiheadAttention): the conformance corpus's bundle
-           "attention": REPO / "tests" / "conformance" / "bundles" / "attention"}
+           "attention": REPO / "tests" / "conformance" / "bundles" / "attention",
+           # a decoder with a key/value cache and an int64 prefix that grow a step per step (bundle format 3)
+           "growing": REPO / "tests" / "conformance" / "bundles" / "growing"}
 CPUS = ("cortex-a72", "cortex-a76")  # Raspberry Pi 4 class; Pi 5 class, with the dot-product instructions
 # Near ties: the int8 differences measured between x86 and ARM had margins of 0.0009 and 0.022 at the first
 # step where the outputs part; a tenth of a nat is far below any real preference of the model.
@@ -183,8 +185,9 @@ def settings_for(reduced: bool) -> list[dict]:
     small = [{"bundle": str(BUNDLES["g2p-en-small"]), "precision": p, "batch": b} for p in ("fp32", "int8") for b in (1, 64)]
     big = [{"bundle": str(BUNDLES["g2p-en"]), "precision": p, "batch": b} for p in ("fp32", "int8")
            for b in ((64,) if reduced else (1, 64))]
-    attention = [{"bundle": str(BUNDLES["attention"]), "precision": "fp32", "batch": b} for b in (1, 64)]
-    return small + big + attention
+    transformers = [{"bundle": str(BUNDLES[name]), "precision": "fp32", "batch": b} for name in ("attention", "growing")
+                    for b in (1, 64)]
+    return small + big + transformers
 
 
 def decode_on(env: Environment | None, cpu: str | None, host: str, words_file: Path, settings: list[dict], site: Path | None,

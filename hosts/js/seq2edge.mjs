@@ -20,6 +20,7 @@ export const SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"];
 // The ONNX contract (CONTRACT.ports; runtime/interface.py in Python): kind -> {inputs, outputs: {name: [type, axes]}},
 // with onnxruntime's JavaScript names of the element types.
 const JS_TYPES = { float: "float32", int64: "int64", bool: "bool" };
+const CONTRACT_TYPES = Object.fromEntries(Object.entries(JS_TYPES).map(([name, js]) => [js, name]));
 const PORTS = Object.fromEntries(Object.entries(CONTRACT.ports).map(([kind, roles]) => [kind, Object.fromEntries(
   Object.entries(roles).map(([role, ports]) => [role, Object.fromEntries(ports.map((p) => [p.name, [JS_TYPES[p.dtype], p.axes]]))]))]));
 // The batched speed-up export must have measured for "auto" to use greedy.onnx on batches (runtime/model.py).
@@ -684,7 +685,8 @@ function checkPorts(session, kind, file, model, state) {
     for (const info of metadata ?? []) {
       const [type, axes] = expect[`${role}s`][info.name];
       if (info.isTensor === false || (info.type && info.type !== type)) {
-        throw new BundleError(`${file}: ${role} ${info.name} is ${info.type}, expected ${type}`);
+        const named = (t) => CONTRACT_TYPES[t] ?? t;  // the contract's names of the types, as the other hosts say them
+        throw new BundleError(`${file}: ${role} ${info.name} is ${named(info.type)}, expected ${named(type)}`);
       }
       if (!info.shape) continue;
       if (info.shape.length !== axes.length) throw new BundleError(`${file}: ${role} ${info.name} has ${info.shape.length} axes`);

@@ -194,6 +194,14 @@ def decoding_cases() -> list[dict]:
         ("attention", {}, ATTENTION_INPUTS, {"batch_size": 1}),
         ("attention", {"greedy_graph": True}, ATTENTION_INPUTS, {"batch_size": 1}),
         ("attention", {}, ATTENTION_INPUTS, {"beam_size": 3, "nbest": 2}),
+        ("growing", {}, ATTENTION_INPUTS, {}),
+        ("growing", {}, ATTENTION_INPUTS, {"batch_size": 1}),
+        ("growing", {"greedy_graph": True}, ATTENTION_INPUTS, {"batch_size": 1}),
+        ("growing", {}, ATTENTION_INPUTS, {"beam_size": 3, "nbest": 2}),
+        ("growing", {}, ATTENTION_INPUTS, {"max_len": 3, "min_len": 2}),
+        ("growing", {}, ATTENTION_INPUTS, {"sample": True, "seed": 5, "temperature": 0.8}),
+        ("growing", {"ensemble": ["attention"]}, ATTENTION_INPUTS, {}),
+        ("growing", {"ensemble": ["attention"]}, ATTENTION_INPUTS, {"beam_size": 2, "nbest": 2}),
     ]
     return [{"kind": "decode", "bundle": b, "load": load, "inputs": inputs, "options": options} for b, load, inputs, options in cases]
 
@@ -266,7 +274,32 @@ def uniform_of(seed: str, position: str, step: int) -> float:
 # ---- the contract's cases: every optional key of bundle.json left out and at each end of its range, and every refusal
 
 
-CONTRACT_INPUTS = {"g2p": ["edge", "onnx", "a"], "conventions": ["abc", "a b", "hgfedcba"]}
+CONTRACT_INPUTS = {"g2p": ["edge", "onnx", "a"], "conventions": ["abc", "a b", "hgfedcba"], "growing": ["abc", "hgfedcba"]}
+
+# bundle.json's list of state tensors (format 3), changed one way at a time in the growing-state bundle.
+STATE_CHANGES = [
+    ("state left out", [["delete", ["state"]]]),
+    ("state not a list", [["set", ["state"], {"dtype": "float", "dims": [2, None, 8]}]]),
+    ("state an empty list", [["set", ["state"], []]]),
+    ("state over the most tensors", [["set", ["state"], [{"dtype": "float", "dims": [1]}] * 1025]]),
+    ("state entry not an object", [["set", ["state", 0], "int64"]]),
+    ("state entry with another key", [["set", ["state", 0, "step_axis"], 1]]),
+    ("state dtype float16", [["set", ["state", 0, "dtype"], "float16"]]),
+    ("state dtype of the wrong type", [["set", ["state", 0, "dtype"], 7]]),
+    ("state dims with two step axes", [["set", ["state", 1, "dims"], [2, None, None]]]),
+    ("state dims with a 0", [["set", ["state", 1, "dims"], [0, None, 8]]]),
+    ("state dims past the largest size", [["set", ["state", 1, "dims"], [2, None, 2**24 + 1]]]),
+    ("state dims of nine axes", [["set", ["state", 1, "dims"], [1] * 9]]),
+    ("state dims a fraction", [["set", ["state", 1, "dims"], [2, None, 8.5]]]),
+    ("state dims true", [["set", ["state", 1, "dims"], [True, None, 8]]]),
+    ("state dims not a list", [["set", ["state", 1, "dims"], 8]]),
+    ("state in a format 2 bundle", [["set", ["format_version"], 2]]),
+    ("state with a packed state size", [["set", ["model", "state_size"], 32]]),
+    ("state one tensor short of the graphs", [["delete", ["state", 2]]]),
+    ("state axis other than the graphs'", [["set", ["state", 1, "dims"], [2, None, 4]]]),
+    ("state int64 where the graphs have float", [["set", ["state", 1, "dtype"], "int64"]]),
+    ("state in seq2edge's own model", [["set", ["state"], [{"dtype": "float", "dims": [8]}]], ["set", ["format_version"], 3]]),
+]
 
 
 def field_values(spec: dict) -> list[tuple[str, object]]:
@@ -313,6 +346,8 @@ def contract_cases() -> list[dict]:
                         ("g2p", ["graphs", "fp32", "encoder", "bytes"]), ("g2p", ["graphs", "fp32", "greedy"]),
                         ("g2p", ["graphs", "int8"]), ("conventions", ["conventions"])]:
         cases.append((bundle, f"{'.'.join(key)} left out", [["delete-if-present", key]]))
+    for label, steps in STATE_CHANGES:
+        cases.append(("g2p" if "own model" in label else "growing", label, steps))
     for name, (low, high) in contract["parity_ranges"].items():
         for label, value in [("at min", low), ("below min", low - 0.5)] + ([("at max", high), ("past max", high + 0.5)] if high else []):
             cases.append(("g2p", f"parity.fp32.{name} {label}", [["set", ["parity", "fp32", name], value]]))
@@ -363,6 +398,7 @@ def make_bundles() -> None:
     make_damaged_decoder()
     make_unprobed_bundle()
     make_attention_bundle()
+    make_growing_bundle()
     export_model(model, BUNDLES / "conventions", source_vocab=SPACED, target_vocab=TARGET, pad="<blank>", bos="<bos>",
                  eos="<eos>", target_tokens="word", parity_sources=SPACED_TEXTS, greedy_graph=True, conventions=RULES, force=True,
                  log=lambda m: None)
@@ -382,6 +418,24 @@ def make_attention_bundle() -> None:
     export_model(TransformerEncoded(len(SOURCE), len(TARGET)).eval(), BUNDLES / "attention", source_vocab=SOURCE,
                  target_vocab=TARGET, pad="<blank>", bos="<bos>", eos="<eos>", unk="<unk>", target_tokens="word",
                  parity_sources=TEXTS, max_tgt_len=30, greedy_graph=True, force=True, log=lambda m: None)
+
+
+def make_growing_bundle() -> None:
+    """A decoder state that grows (bundle format 3; tests/test_transformer.py's CachedWithPrefix): every layer's
+    self-attention keys and values and the ids decoded so far (int64), all of length 0 from the encoder. It shares the
+    attention bundle's vocabularies, so the two make an ensemble of members with different states."""
+    sys.path.insert(0, str(HERE.parent))
+    import torch
+    from test_own_model import SOURCE, TARGET, TEXTS
+    from test_transformer import CachedWithPrefix
+
+    from seq2edge.export import export_model
+
+    torch.manual_seed(4)
+    model = CachedWithPrefix(len(SOURCE), len(TARGET), size=16, heads=2, layers=1, feedforward=32, dropout=0.0, max_len=100).eval()
+    export_model(model, BUNDLES / "growing", source_vocab=SOURCE, target_vocab=TARGET, pad="<blank>", bos="<bos>", eos="<eos>",
+                 unk="<unk>", target_tokens="word", parity_sources=TEXTS, max_src_len=100, max_tgt_len=30, greedy_graph=True,
+                 force=True, log=lambda m: None)
 
 
 def make_unprobed_bundle() -> None:

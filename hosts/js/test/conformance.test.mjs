@@ -66,8 +66,10 @@ function damage(bundle, steps) {
       const path = [...target];
       const last = path.pop();
       const node = path.reduce((n, key) => n[key], meta);
-      if (op === "delete" || op === "delete-if-present") delete node[last];
-      else node[last] = typeof value === "string" && value.startsWith("@") ? node[Number(value.slice(1))] : value;
+      if (op === "delete" || op === "delete-if-present") {
+        if (Array.isArray(node)) node.splice(last, 1);  // as Python's del: the items after it move up
+        else delete node[last];
+      } else node[last] = typeof value === "string" && value.startsWith("@") ? node[Number(value.slice(1))] : value;
       writeFileSync(metaPath, JSON.stringify(meta));
     } else throw new Error(`unknown damage ${op}`);
   }
