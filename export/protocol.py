@@ -285,7 +285,8 @@ def _layout(seen: list[tuple[object, tuple[object, tuple[str, ...]]]]) -> StateL
         if at_0 == at_1 == at_2:
             layout.append(tuple(int(d) for d in at_0))
             continue
-        grows = [k for k, dims in enumerate(zip(at_0, at_1, at_2)) if dims != (dims[0],) * 3] if len({len(at_0), len(at_1), len(at_2)}) == 1 else []
+        same_rank = len({len(at_0), len(at_1), len(at_2)}) == 1
+        grows = [k for k, dims in enumerate(zip(at_0, at_1, at_2)) if dims != (dims[0],) * 3] if same_rank else []
         if len(grows) != 1 or (at_0[grows[0]], at_1[grows[0]], at_2[grows[0]]) != (0, 1, 2):
             raise ProtocolError(f"state tensor {i} has shape {tuple(at_0)} after encode() and {tuple(at_1)}, {tuple(at_2)} after "
                                 "one and two steps (after the batch axis): a state tensor must keep its size, or grow along "

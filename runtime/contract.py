@@ -78,11 +78,13 @@ MESSAGES = {
     "graph_entry": "{name} needs file and sha256",
     "graph_file_not_plain": "{name}.file must be a plain file name in the bundle",
     "state_needs_origin": "state lists a decoder state's tensors, which only a model with an origin has",
-    "state_size_with_list": "model.state_size is {value}: it must be 0 when bundle.json lists the state's tensors (state), and at least 1 when it does not",
+    "state_size_with_list": ("model.state_size is {value}: it must be 0 when bundle.json lists the state's tensors (state), "
+                             "and at least 1 when it does not"),
     "state_not_list": "state must be a list of 1 to {limit} tensors",
     "state_entry": "state[{index}] must be an object with dtype and dims",
     "state_dtype": "state[{index}].dtype must be one of {choices}, not {value}",
-    "state_dims": "state[{index}].dims must list at most {rank} sizes after the batch axis, each a whole number in [1, {max}] or null (the one step axis), not {value}",
+    "state_dims": ("state[{index}].dims must list at most {rank} sizes after the batch axis, each a whole number in [1, {max}] "
+                   "or null (the one step axis), not {value}"),
 }
 
 # A decoder state of several tensors (bundle.json's "state", format 3): what a tensor may be, and the ports that take

@@ -12,13 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import AnyModelConfig, model_config_from_dict
+from .config import AnyModelConfig, ExternalModelConfig, model_config_from_dict
 from .contract import PARITY_RANGES, contract, say
 from .conventions import Conventions
 from .errors import BundleError
-from .config import ExternalModelConfig
-from .interface import (FORMAT_VERSION, GRAPHS, OPTIONAL_GRAPHS, PLAIN_FORMAT_VERSION, PRECISIONS, STATE_LIST_FORMAT_VERSION,
-                        StateTensor)
+from .interface import FORMAT_VERSION, GRAPHS, OPTIONAL_GRAPHS, PLAIN_FORMAT_VERSION, PRECISIONS, STATE_LIST_FORMAT_VERSION, StateTensor
 from .util import sha256_file
 
 
