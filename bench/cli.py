@@ -40,8 +40,15 @@ from .report import plot, table, targets
 @click.option("--precisions", default="fp32,int8", show_default=True, help="Which of each bundle's graphs to time.")
 @click.option("--edge-precision", default="int8", show_default=True,
               help="The precision the small-model targets (every bundle after the first) are checked in.")
+@click.option("--ctranslate2", "ctranslate2_checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The OpenNMT-py checkpoint BUNDLE was imported from: time BUNDLE against CTranslate2 (its own converter on the "
+                   "checkpoint, float32 and int8) and PyTorch eager instead, at batch 1 and 64, one thread, on --inputs.")
+@click.option("--inputs", "inputs_file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="With --ctranslate2: the inputs to decode, one per line, as the model reads them.")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="With --ctranslate2: rounds of the alternation (the median is reported).")
 def bench(bundles, corpus, checkpoints, quick, json_out, plot_out, threads, words, accuracy_words, repeats, batch_sizes, provider,
-          precisions, edge_precision) -> None:
+          precisions, edge_precision, ctranslate2_checkpoint, inputs_file, rounds) -> None:
     """Measure each of BUNDLES (fp32, int8, greedy graph) against PyTorch (and, on CMUdict, g2p-en) on test words.
 
     Speed is timed on the first --words inputs of the corpus's test split; accuracy is scored on the
@@ -51,6 +58,9 @@ def bench(bundles, corpus, checkpoints, quick, json_out, plot_out, threads, word
     from seq2edge.train import corpus as C
     from seq2edge.train.evaluate import corpus_of
 
+    if ctranslate2_checkpoint is not None:
+        _against_ctranslate2(bundles, ctranslate2_checkpoint, inputs_file, 1 if quick else rounds, json_out)
+        return
     if len(checkpoints) > len(bundles):
         raise click.UsageError(f"{len(checkpoints)} --checkpoint for {len(bundles)} bundle(s): they pair with the bundles in order")
     sizes = [int(b) for b in batch_sizes.split(",")]
@@ -135,6 +145,23 @@ def bench(bundles, corpus, checkpoints, quick, json_out, plot_out, threads, word
         write_json_atomic(json_out, result)
     if plot_out:
         plot(result, plot_out)
+
+
+def _against_ctranslate2(bundles, checkpoint: Path, inputs_file: Path | None, rounds: int, json_out: Path | None) -> None:
+    from . import ctranslate2
+
+    if len(bundles) != 1 or inputs_file is None:
+        raise click.UsageError("--ctranslate2 takes one BUNDLE (imported from that checkpoint) and --inputs FILE")
+    try:
+        texts = inputs_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Seq2EdgeError(f"--inputs {inputs_file}: cannot read it as UTF-8 text ({exc})") from None
+    result = ctranslate2.compare(Path(bundles[0]), checkpoint, texts, rounds, log=lambda msg: click.echo(msg, err=True))
+    result["machine"] = {"python": platform.python_version(), "processor": platform.processor(), "machine": platform.machine(),
+                         "cpus": _cpus(), "onnxruntime": onnxruntime_versions()}
+    click.echo(ctranslate2.table(result))
+    if json_out:
+        write_json_atomic(json_out, result)
 
 
 def _load_torch(checkpoint: Path | None, threads: int, log, name: str):

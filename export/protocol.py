@@ -372,7 +372,9 @@ def _describe(value) -> str:
 
 
 def _shapes(state) -> str:
-    return str([tuple(leaf.shape) for leaf in _leaves(state)]) if isinstance(state, (Tensor, tuple, list)) else _describe(state)
+    if not isinstance(state, (Tensor, tuple, list)):
+        return _describe(state)
+    return "[" + ", ".join(f"{str(leaf.dtype).removeprefix('torch.')} {tuple(leaf.shape)}" for leaf in _leaves(state)) + "]"
 
 
 def _first_line(exc: BaseException) -> str:

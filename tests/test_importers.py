@@ -25,8 +25,12 @@ from seq2edge.export.importers.torch_zip import read_checkpoint
 from seq2edge.runtime import Seq2Seq
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+NATIVE_CLI = Path(__file__).resolve().parents[1] / "hosts" / "c" / "build" / "seq2edge-c"
 MODELS = [("joeynmt", "gru-bahdanau-bridge"), ("joeynmt", "lstm2-luong-last-tied"), ("joeynmt", "gru2-luong-zero-spm"),
-          ("opennmt", "gru-brnn-mlp-bridge"), ("opennmt", "lstm2-brnn-general-feed"), ("opennmt", "gru-rnn-dot-feed")]
+          ("opennmt", "gru-brnn-mlp-bridge"), ("opennmt", "lstm2-brnn-general-feed"), ("opennmt", "gru-rnn-dot-feed"),
+          ("joeynmt", "transformer-pre-g2p"), ("joeynmt", "transformer-post-tied-char"), ("joeynmt", "transformer-default-spm"),
+          ("opennmt", "transformer-g2p"), ("opennmt", "transformer-concat-gelu")]
+TRANSFORMERS = [(toolkit, name) for toolkit, name in MODELS if name.startswith("transformer")]
 
 
 def source_of(toolkit: str, name: str) -> Path:
@@ -63,6 +67,23 @@ def test_an_imported_model_decodes_its_fixture_exactly_as_the_toolkit_did(tmp_pa
     assert max(abs(r["score"] - s) for r, s in zip(records, toolkit_scores(toolkit, name))) <= tolerance
     meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     assert meta["model"]["origin"].startswith({"joeynmt": "joeynmt 2.3.0", "opennmt": "opennmt-py"}[toolkit])
+    # a Transformer's bundle carries its key/value cache as a growing state (format 3); a recurrent one stays packed
+    assert ("state" in meta) == name.startswith("transformer") and meta["format_version"] == (3 if "state" in meta else 2)
+
+
+@needs_node
+@pytest.mark.parametrize("toolkit, name", TRANSFORMERS)
+def test_node_and_the_native_host_decode_an_imported_transformer_as_the_toolkit_did(tmp_path, toolkit, name):
+    fixture = FIXTURES / toolkit / name
+    assert import_bundle(toolkit, name, tmp_path / "bundle").returncode == 0
+    expected = fixture.joinpath("outputs.txt").read_text(encoding="utf-8").splitlines()
+    node = subprocess.run([NODE, str(JS / "cli.mjs"), str(tmp_path / "bundle"), "--input", str(fixture / "inputs.txt"), "--jsonl"],
+                          capture_output=True, text=True, timeout=300)
+    assert node.returncode == 0, node.stderr
+    assert [json.loads(line)["output"] for line in node.stdout.splitlines()] == expected
+    command = ["decode", str(tmp_path / "bundle"), "--input", str(fixture / "inputs.txt"), "--format", "jsonl", "--beam", "3"]
+    native = subprocess.run([str(NATIVE_CLI), *command], capture_output=True)
+    assert native.returncode == 0 and native.stdout == subprocess.run([*SEQ2EDGE, *command], capture_output=True).stdout
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +172,10 @@ class Payload:
 
 @pytest.mark.parametrize("make, message", [
     (lambda t: joey_copy(t, lambda c: c["model"]["encoder"].update(type="transformer")),
-     "encoder.type 'transformer' (transformer layers) is not supported by --from joeynmt"),
+     "encoder.type 'transformer' with decoder.type 'recurrent' (both recurrent or both transformer import) is not supported"),
+    (lambda t: joey_copy(t, lambda c: c["model"].update(encoder={**c["model"]["encoder"], "type": "transformer", "activation": "elu"},
+                                                        decoder={**c["model"]["decoder"], "type": "transformer"})),
+     "encoder.activation 'elu' is not supported by --from joeynmt"),
     (lambda t: joey_copy(t, lambda c: c["data"]["src"].update(level="bpe", tokenizer_type="subword-nmt")),
      "data.src.tokenizer_type 'subword-nmt' (subword-nmt BPE; SentencePiece models import) is not supported"),
     (lambda t: joey_copy(t, lambda c: c["model"]["encoder"].update(bidirectional=False)),
@@ -162,7 +186,15 @@ class Payload:
     (lambda t: onmt_copy(t, coverage_attn=True), "coverage_attn (coverage) is not supported"),
     (lambda t: onmt_copy(t, context_gate="both"), "context_gate 'both' is not supported"),
     (lambda t: onmt_copy(t, rnn_type="SRU"), "rnn_type SRU is not supported"),
-    (lambda t: onmt_copy(t, encoder_type="transformer"), "encoder_type 'transformer' (only rnn and brnn import)"),
+    (lambda t: onmt_copy(t, encoder_type="transformer"), "decoder_type 'rnn' with encoder_type 'transformer' is not supported"),
+    (lambda t: onmt_copy(t, encoder_type="transformer", decoder_type="transformer", position_encoding=True, heads=4,
+                         max_relative_positions=20), "relative positions (max_relative_positions 20) is not supported"),
+    (lambda t: onmt_copy(t, encoder_type="transformer", decoder_type="transformer", position_encoding=True, heads=4,
+                         max_relative_positions=-1), "rotary position embeddings (max_relative_positions -1) is not supported"),
+    (lambda t: onmt_copy(t, encoder_type="transformer", decoder_type="transformer", position_encoding=True, heads=4,
+                         pos_ffn_activation_fn="silu"), "pos_ffn_activation_fn 'silu' is not supported"),
+    (lambda t: onmt_copy(t, encoder_type="transformer", decoder_type="transformer", position_encoding=True, heads=4,
+                         full_context_alignment=True, alignment_heads=1), "alignment heads (alignment_heads) is not supported"),
     (lambda t: (torch.save({"model": {}, "opt": Payload()}, t / "evil.pt"), t / "evil.pt")[1],
      "cannot be read as weights only"),
 ])

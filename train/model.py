@@ -226,9 +226,10 @@ def source_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
-def state_rows(state: Tensor | tuple[Tensor, ...], index: Tensor) -> Tensor | tuple[Tensor, ...]:
-    """Rows of a decoder state: one packed tensor, or a protocol model's listed tensors (export.protocol.StateLayout)."""
-    return tuple(tensor[index] for tensor in state) if isinstance(state, tuple) else state[index]
+def state_rows(state, index: Tensor):
+    """Rows of a decoder state: one packed tensor, or a (nested) tuple of tensors (export.protocol.StateLayout's listed
+    tensors, a protocol model's own state)."""
+    return tuple(state_rows(part, index) for part in state) if isinstance(state, tuple) else state[index]
 
 
 @torch.inference_mode()

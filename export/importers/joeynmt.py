@@ -1,4 +1,7 @@
-"""JoeyNMT 2.x recurrent models: `seq2edge export --from joeynmt MODEL_DIR OUT`.
+"""JoeyNMT 2.x models: `seq2edge export --from joeynmt MODEL_DIR OUT`.
+
+Recurrent models are rebuilt here, Transformers in importers/joeynmt_transformer.py; what follows is about the
+recurrent ones, and the files, vocabularies and decoding conventions, which both share.
 
 Reads MODEL_DIR/config.yaml, src_vocab.txt, trg_vocab.txt and the checkpoint (best.ckpt, else the
 latest N.ckpt; read as data, never unpickled: importers/torch_zip.py), and rebuilds JoeyNMT's RecurrentEncoder and
@@ -33,6 +36,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seq2edge.runtime.conventions import Conventions
 
 from . import Imported, ImportRefused
+from .joeynmt_transformer import JoeyTransformer, position_table_rows
 from .torch_zip import read_checkpoint
 
 SPACE_ESCAPE = "\u2581"  # JoeyNMT's BasicTokenizer.SPACE_ESCAPE, the character level's space
@@ -150,10 +154,13 @@ def load(model_dir: Path) -> Imported:
         for name, token in specials.items():
             if token not in vocab:
                 raise ImportRefused(f"{model_dir / f'{side}_vocab.txt'}: the {name} token {token!r} is not in it")
-    module = JoeyRecurrent(model_cfg, len(vocabs["src"]), len(vocabs["trg"]), vocabs["src"].index(specials["pad"]),
-                           vocabs["trg"].index(specials["pad"]))
     checkpoint = _checkpoint(model_dir)
     state = _model_state(checkpoint)
+    pads = vocabs["src"].index(specials["pad"]), vocabs["trg"].index(specials["pad"])
+    if _is_transformer(model_cfg):
+        module: nn.Module = JoeyTransformer(model_cfg, len(vocabs["src"]), len(vocabs["trg"]), *pads, position_table_rows(state))
+    else:
+        module = JoeyRecurrent(model_cfg, len(vocabs["src"]), len(vocabs["trg"]), *pads)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ImportRefused(f"{checkpoint}: its weights do not fit the model config.yaml describes "
@@ -171,12 +178,28 @@ def load(model_dir: Path) -> Imported:
                     max_tgt_len=longest if longest > 0 else None, parity_sources=_dev_sources(data, model_dir))
 
 
+def _is_transformer(model_cfg: dict) -> bool:
+    return (model_cfg.get("encoder") or {}).get("type", "recurrent") == "transformer"
+
+
 def _refuse_unsupported(model_cfg: dict, data: dict, testing: dict, where: Path) -> None:
     """One line naming the first setting this importer does not rebuild."""
     enc, dec = model_cfg.get("encoder") or {}, model_cfg.get("decoder") or {}
-    checks = [
-        (enc.get("type", "recurrent") != "recurrent", f"encoder.type {enc.get('type')!r} (transformer layers)"),
-        (dec.get("type", "transformer") != "recurrent", f"decoder.type {dec.get('type', 'transformer')!r} (transformer layers)"),
+    types = enc.get("type", "recurrent"), dec.get("type", "transformer")  # JoeyNMT's defaults differ by side
+    checks = [(types not in (("recurrent", "recurrent"), ("transformer", "transformer")),
+               f"encoder.type {types[0]!r} with decoder.type {types[1]!r} (both recurrent or both transformer import)")]
+    checks += _transformer_problems(enc, dec) if types[0] == "transformer" else _recurrent_problems(enc, dec)
+    checks += [
+        (bool((data.get("special_symbols") or {}).get("lang_tags")), "data.special_symbols.lang_tags (language tags)"),
+        (bool((data.get("special_symbols") or {}).get("sep_token")), "data.special_symbols.sep_token (prompts)"),
+        (testing.get("repetition_penalty", -1) > 0, "testing.repetition_penalty"),
+        (testing.get("no_repeat_ngram_size", -1) > 0, "testing.no_repeat_ngram_size"),
+    ]
+    _refuse_settings(checks, data, where)
+
+
+def _recurrent_problems(enc: dict, dec: dict) -> list[tuple[bool, str]]:
+    return [
         (enc.get("rnn_type", "gru") not in ("gru", "lstm"), f"encoder.rnn_type {enc.get('rnn_type')!r}"),
         (dec.get("rnn_type", "gru") != enc.get("rnn_type", "gru"), "encoder and decoder rnn_type differ"),
         (not enc.get("bidirectional", True), "encoder.bidirectional false (JoeyNMT 2.3's encoder fails with it)"),
@@ -184,11 +207,24 @@ def _refuse_unsupported(model_cfg: dict, data: dict, testing: dict, where: Path)
                                                   "but its recurrent decoder is only known to work with tanh)"),
         (dec.get("attention", "bahdanau") not in ("bahdanau", "luong"), f"decoder.attention {dec.get('attention')!r}"),
         (dec.get("init_hidden", "bridge") not in ("bridge", "last", "zero", "zeros"), f"decoder.init_hidden {dec.get('init_hidden')!r}"),
-        (bool((data.get("special_symbols") or {}).get("lang_tags")), "data.special_symbols.lang_tags (language tags)"),
-        (bool((data.get("special_symbols") or {}).get("sep_token")), "data.special_symbols.sep_token (prompts)"),
-        (testing.get("repetition_penalty", -1) > 0, "testing.repetition_penalty"),
-        (testing.get("no_repeat_ngram_size", -1) > 0, "testing.no_repeat_ngram_size"),
     ]
+
+
+def _transformer_problems(enc: dict, dec: dict) -> list[tuple[bool, str]]:
+    problems = []
+    for side, cfg in (("encoder", enc), ("decoder", dec)):
+        size, heads = cfg.get("hidden_size", 512), cfg.get("num_heads", 4 if side == "encoder" else 8)
+        problems += [
+            (cfg.get("activation", "relu") not in ("relu", "gelu", "swish"), f"{side}.activation {cfg.get('activation')!r}"),
+            (cfg.get("layer_norm", "pre") not in ("pre", "post"), f"{side}.layer_norm {cfg.get('layer_norm')!r}"),
+            ((cfg.get("embeddings") or {}).get("embedding_dim") != size, f"{side}.embeddings.embedding_dim other than hidden_size"),
+            (not isinstance(heads, int) or heads < 1 or size % heads != 0, f"{side}.num_heads {heads!r} for hidden_size {size!r}"),
+        ]
+    return problems + [(enc.get("hidden_size", 512) != dec.get("hidden_size", 512), "encoder and decoder hidden_size differ")]
+
+
+def _refuse_settings(checks: list[tuple[bool, str]], data: dict, where: Path) -> None:
+    """The data settings' checks added to `checks`; the first that holds is refused in one line."""
     for side in ("src", "trg"):
         s = data.get(side) or {}
         tokenizer = s.get("tokenizer_type", s.get("bpe_type", "sentencepiece"))

@@ -1,4 +1,7 @@
-"""OpenNMT-py 3.x RNN models: `seq2edge export --from opennmt CHECKPOINT.pt OUT`.
+"""OpenNMT-py 3.x models: `seq2edge export --from opennmt CHECKPOINT.pt OUT`.
+
+RNN models are rebuilt here, Transformers in importers/opennmt_transformer.py; what follows is about the RNN
+ones, and the checkpoint, vocabularies and decoding conventions, which both share.
 
 Reads the checkpoint as data, never unpickling it (importers/torch_zip.py: tensors, plain containers
 and argparse's Namespace, which its `opt` is); the vocabularies come from the checkpoint too. It rebuilds OpenNMT-py
@@ -35,6 +38,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seq2edge.runtime.conventions import Conventions
 
 from . import Imported, ImportRefused
+from .opennmt_transformer import ACTIVATIONS, OnmtTransformer, position_table_rows
 from .torch_zip import read_checkpoint
 
 FILLER = "averyunlikelytoken"  # onmt/constants.py DefaultTokens.VOCAB_PAD: vocabularies padded to a multiple of 8
@@ -161,7 +165,11 @@ def load(path: Path) -> Imported:
         missing = [t for t in SPECIALS.values() if t not in tokens]
         if missing:
             raise ImportRefused(f"{path}: the {side} vocabulary lacks {missing[0]!r}")
-    module = OnmtRNN(opt, len(source), len(target), source.index(SPECIALS["pad"]), target.index(SPECIALS["pad"]))
+    pads = source.index(SPECIALS["pad"]), target.index(SPECIALS["pad"])
+    if getattr(opt, "encoder_type", None) == "transformer":
+        module: nn.Module = OnmtTransformer(opt, len(source), len(target), *pads, position_table_rows(checkpoint["model"]))
+    else:
+        module = OnmtRNN(opt, len(source), len(target), *pads)
     state = {**checkpoint["model"], **{f"generator.{k}": v for k, v in checkpoint["generator"].items()}}
     if getattr(opt, "share_decoder_embeddings", False) and "generator.weight" not in state:
         state["generator.weight"] = state["decoder.embeddings.make_embedding.emb_luts.0.weight"]
@@ -178,10 +186,47 @@ def load(path: Path) -> Imported:
 
 def _refuse_unsupported(opt: argparse.Namespace, vocab: dict, where: Path) -> None:
     get = lambda name, default=None: getattr(opt, name, default)  # noqa: E731
+    transformer = get("encoder_type") == "transformer"
     checks = [
         (get("model_task", "seq2seq") != "seq2seq", f"model_task {get('model_task')!r}"),
-        (get("encoder_type") not in ("rnn", "brnn"), f"encoder_type {get('encoder_type')!r} (only rnn and brnn import)"),
-        (get("decoder_type") != "rnn", f"decoder_type {get('decoder_type')!r} (only rnn imports)"),
+        (get("encoder_type") not in ("rnn", "brnn", "transformer"), f"encoder_type {get('encoder_type')!r} "
+                                                                    "(rnn, brnn and transformer import)"),
+        (get("decoder_type") != ("transformer" if transformer else "rnn"),
+         f"decoder_type {get('decoder_type')!r} with encoder_type {get('encoder_type')!r}"),
+        *(_transformer_problems(get) if transformer else _rnn_problems(get)),
+        (bool(vocab.get("src_feats")) or bool(get("src_feats")), "source features (src_feats)"),
+        (bool(get("lambda_align", 0.0)), "guided alignment (lambda_align)"),
+        (vocab.get("decoder_start_token", "<s>") != "<s>", f"decoder_start_token {vocab.get('decoder_start_token')!r}"),
+    ]
+    for refused, what in checks:
+        if refused:
+            raise ImportRefused(f"{where}: {what} is not supported by --from opennmt")
+
+
+def _transformer_problems(get) -> list[tuple[bool, str]]:
+    relative = get("max_relative_positions", 0)
+    heads, size = get("heads", 8), get("hidden_size", 512)
+    return [
+        (relative != 0, {-1: "rotary position embeddings (max_relative_positions -1)", -2: "ALiBi (max_relative_positions -2)"}
+         .get(relative, f"relative positions (max_relative_positions {relative})")),
+        (not get("position_encoding", False), "a transformer without position_encoding"),
+        (get("self_attn_type", "scaled-dot") not in ("scaled-dot", "scaled-dot-flash"), f"self_attn_type {get('self_attn_type')!r}"),
+        (get("pos_ffn_activation_fn", "relu") not in ACTIVATIONS, f"pos_ffn_activation_fn {get('pos_ffn_activation_fn')!r}"),
+        (get("layer_norm", "standard") != "standard", f"layer_norm {get('layer_norm')!r}"),
+        (bool(get("parallel_residual", False)), "parallel_residual"),
+        (get("num_kv", 0) not in (0, heads), f"num_kv {get('num_kv')!r} (grouped keys and values)"),
+        (get("num_experts", 0) > 0, "num_experts (mixture of experts)"),
+        (get("sliding_window", 0) > 0, "sliding_window"),
+        (bool(get("full_context_alignment", False)) or get("alignment_heads", 0) > 0, "alignment heads (alignment_heads)"),
+        (bool(get("copy_attn", False)), "copy_attn (copy attention)"),
+        (get("enc_hid_size", size) != get("dec_hid_size", size), "enc_hid_size and dec_hid_size differ"),
+        (get("src_word_vec_size", size) != size or get("tgt_word_vec_size", size) != size, "word_vec_size other than hidden_size"),
+        (not isinstance(heads, int) or heads < 1 or size % heads != 0, f"heads {heads!r} for hidden_size {size!r}"),
+    ]
+
+
+def _rnn_problems(get) -> list[tuple[bool, str]]:
+    return [
         (get("rnn_type") == "SRU", "rnn_type SRU"),
         (get("rnn_type") not in ("LSTM", "GRU", "SRU"), f"rnn_type {get('rnn_type')!r}"),
         (bool(get("copy_attn", False)), "copy_attn (copy attention)"),
@@ -191,12 +236,6 @@ def _refuse_unsupported(opt: argparse.Namespace, vocab: dict, where: Path) -> No
                                                                    "(an RNN decoder without attention)"),
         (get("global_attention_function", "softmax") != "softmax", f"global_attention_function {get('global_attention_function')!r}"),
         (bool(get("position_encoding", False)), "position_encoding"),
-        (bool(vocab.get("src_feats")) or bool(get("src_feats")), "source features (src_feats)"),
-        (bool(get("lambda_align", 0.0)), "guided alignment (lambda_align)"),
         (get("enc_hid_size") != get("dec_hid_size"), "enc_hid_size and dec_hid_size differ"),
         (get("bridge") is not True and get("enc_layers") != get("dec_layers"), "enc_layers and dec_layers differ without a bridge"),
-        (vocab.get("decoder_start_token", "<s>") != "<s>", f"decoder_start_token {vocab.get('decoder_start_token')!r}"),
     ]
-    for refused, what in checks:
-        if refused:
-            raise ImportRefused(f"{where}: {what} is not supported by --from opennmt")

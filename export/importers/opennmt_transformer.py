@@ -1,0 +1,144 @@
+"""OpenNMT-py 3.x Transformers (encoder_type and decoder_type "transformer"), for importers/opennmt.py.
+
+Rebuilds onmt/encoders/transformer.py, onmt/decoders/transformer.py, onmt/modules/multi_headed_attn.py,
+position_ffn.py and embeddings.py of 3.5.1 with the same parameter names, so the checkpoint's model and generator
+load strictly:
+
+- embeddings x sqrt(d) + the sinusoidal table saved in the checkpoint (`*.embeddings.make_embedding.pe.pe`,
+  interleaved or concatenated sines and cosines alike: the table is read, not recomputed);
+- pre-norm layers (LayerNorm, eps norm_eps): self-attention on the normed input, added to the input; the decoder's
+  context attention on layer_norm_2 of that sum; the feed-forward's own norm, w_1, activation, w_2, plus residual;
+  a final LayerNorm on each side;
+- attention: linear_query / linear_keys / linear_values (biases with add_qkvbias), q / sqrt(head) before the
+  product, -1e18 where masked, softmax, final_linear;
+- the generator a Linear, its weight the target embedding's with share_decoder_embeddings.
+
+OpenNMT-py's own greedy search keeps a key/value cache per layer as this module's state does; the cross-attention
+keys and values are computed once by encode() (importers/transformer_parts.py). The attention a step returns is the
+last layer's first head, OpenNMT-py's "std" attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .transformer_parts import attend, cross_memory, empty_cache, layer_keys_values, merge_heads, position_rows, split_heads
+
+MASKED = -1e18  # what OpenNMT-py writes into masked attention scores
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
+class _Attention(nn.Module):
+    def __init__(self, size: int, bias: bool):
+        super().__init__()
+        self.linear_keys, self.linear_values, self.linear_query = (nn.Linear(size, size, bias=bias) for _ in range(3))
+        self.final_linear = nn.Linear(size, size, bias=bias)
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, size: int, ff_size: int, bias: bool, eps: float, activation: str):
+        super().__init__()
+        self.w_1, self.w_2 = nn.Linear(size, ff_size, bias=bias), nn.Linear(ff_size, size, bias=bias)
+        self.layer_norm = nn.LayerNorm(size, eps=eps)
+        self.activation = ACTIVATIONS[activation]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_2(self.activation(self.w_1(self.layer_norm(x)))) + x
+
+
+class _Embeddings(nn.Module):
+    """onmt.modules.Embeddings with words and a position table: make_embedding.emb_luts.0 and make_embedding.pe.pe."""
+
+    def __init__(self, vocab: int, size: int, pad: int, rows: int):
+        super().__init__()
+        self.make_embedding = nn.Module()
+        self.make_embedding.emb_luts = nn.ModuleList([nn.Embedding(vocab, size, padding_idx=pad)])
+        self.make_embedding.pe = nn.Module()
+        self.make_embedding.pe.register_buffer("pe", torch.zeros(rows, 1, size))
+        self.scale = math.sqrt(size)
+
+    def forward(self, ids: Tensor, start) -> Tensor:
+        table = self.make_embedding.pe.pe[:, 0]
+        return self.make_embedding.emb_luts[0](ids) * self.scale + position_rows(table, start, ids.shape[1])
+
+
+class OnmtTransformer(nn.Module):
+    """OpenNMT-py's Transformer encoder-decoder in the encode()/step() protocol, with a growing key/value cache."""
+
+    def __init__(self, opt: argparse.Namespace, src_vocab: int, tgt_vocab: int, src_pad: int, tgt_pad: int, rows: int):
+        super().__init__()
+        size, eps, bias = opt.hidden_size, getattr(opt, "norm_eps", 1e-6), bool(getattr(opt, "add_qkvbias", False))
+        ffn_bias, activation = bool(getattr(opt, "add_ffnbias", True)), getattr(opt, "pos_ffn_activation_fn", "relu")
+        self.size, self.heads = size, opt.heads
+        self.encoder = nn.Module()
+        self.encoder.embeddings = _Embeddings(src_vocab, size, src_pad, rows)
+        self.encoder.transformer = nn.ModuleList(self._layer(size, bias, ffn_bias, eps, opt.transformer_ff, activation, False)
+                                                 for _ in range(opt.enc_layers))
+        self.encoder.layer_norm = nn.LayerNorm(size, eps=eps)
+        self.decoder = nn.Module()
+        self.decoder.embeddings = _Embeddings(tgt_vocab, size, tgt_pad, rows)
+        self.decoder.transformer_layers = nn.ModuleList(
+            self._layer(size, bias, ffn_bias, eps, opt.transformer_ff, activation, True) for _ in range(opt.dec_layers))
+        self.decoder.layer_norm = nn.LayerNorm(size, eps=eps)
+        self.generator = nn.Linear(size, tgt_vocab)
+
+    @staticmethod
+    def _layer(size: int, bias: bool, ffn_bias: bool, eps: float, ff_size: int, activation: str, decoder: bool) -> nn.Module:
+        layer = nn.Module()
+        layer.self_attn = _Attention(size, bias)
+        layer.feed_forward = _FeedForward(size, ff_size, ffn_bias, eps, activation)
+        if decoder:
+            layer.context_attn = _Attention(size, bias)
+            layer.layer_norm_1, layer.layer_norm_2 = nn.LayerNorm(size, eps=eps), nn.LayerNorm(size, eps=eps)
+        else:
+            layer.layer_norm = nn.LayerNorm(size, eps=eps)
+        return layer
+
+    def _attention(self, att: _Attention, q_in: Tensor, k: Tensor, v: Tensor, keep: Tensor | None):
+        q = split_heads(att.linear_query(q_in), self.heads) / math.sqrt(self.size // self.heads)
+        context, weights = attend(q, k, v, keep, MASKED)
+        return att.final_linear(merge_heads(context)), weights
+
+    def encode(self, src_ids: Tensor, src_lengths: Tensor):
+        keep = (torch.arange(src_ids.shape[1])[None, :] < src_lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
+        x = self.encoder.embeddings(src_ids, 0)
+        for layer in self.encoder.transformer:
+            h = layer.layer_norm(x)
+            att = layer.self_attn
+            k, v = split_heads(att.linear_keys(h), self.heads), split_heads(att.linear_values(h), self.heads)
+            context, _ = self._attention(att, h, k, v, keep)
+            x = layer.feed_forward(context + x)
+        x = self.encoder.layer_norm(x)
+        memory = cross_memory([(layer.context_attn.linear_keys(x), layer.context_attn.linear_values(x))
+                               for layer in self.decoder.transformer_layers])
+        return memory, empty_cache(x, len(self.decoder.transformer_layers), self.heads, self.size // self.heads)
+
+    def step(self, prev_ids: Tensor, state, memory: Tensor, src_mask: Tensor):
+        keep = src_mask[:, None, None, :]
+        x = self.decoder.embeddings(prev_ids[:, None], state[0][0].shape[2])
+        new_state, weights = [], None
+        for i, (layer, (past_k, past_v)) in enumerate(zip(self.decoder.transformer_layers, state)):
+            h = layer.layer_norm_1(x)
+            att = layer.self_attn
+            k = torch.cat([past_k, split_heads(att.linear_keys(h), self.heads)], dim=2)
+            v = torch.cat([past_v, split_heads(att.linear_values(h), self.heads)], dim=2)
+            new_state.append((k, v))
+            self_out, _ = self._attention(att, h, k, v, None)
+            query = self_out + x
+            cross_k, cross_v = layer_keys_values(memory, i, self.size)
+            context, weights = self._attention(layer.context_attn, layer.layer_norm_2(query), split_heads(cross_k, self.heads),
+                                               split_heads(cross_v, self.heads), keep)
+            x = layer.feed_forward(context + query)
+        x = self.decoder.layer_norm(x)
+        return self.generator(x[:, 0]), tuple(new_state), weights[:, 0, 0]
+
+
+def position_table_rows(model: dict[str, Tensor]) -> int:
+    """How many positions the checkpoint's tables hold (OpenNMT-py saves 5,000)."""
+    table = model.get("encoder.embeddings.make_embedding.pe.pe")
+    return int(table.shape[0]) if isinstance(table, Tensor) and table.dim() == 3 else 5000
