@@ -82,7 +82,7 @@ def compare(bundle: Path, checkpoint: Path, inputs: Sequence[str], rounds: int, 
     bos, eos = target_vocab.index(imported.specials["bos"]), target_vocab.index(imported.specials["eos"])
     unk = source_index[imported.specials["unk"]]
     limit = lambda text: int(min(250, 1.25 * len(text.split()) + 5))  # noqa: E731 - onmt_translate's default limit
-    seq2edge = {p: Seq2Seq.load(bundle, precision=p, threads=1, unknown="unk", greedy_graph=False) for p in ("fp32", "int8")}
+    seq2edge = {p: Seq2Seq.load(bundle, precision=p, threads=1, unknown="unk") for p in ("fp32", "int8")}  # greedy graph: auto
     with tempfile.TemporaryDirectory() as tmp:
         translators = {}
         for precision, quantization in (("fp32", "float32"), ("int8", "int8")):

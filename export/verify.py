@@ -238,7 +238,9 @@ def check_greedy_graph(bundle_dir: Path, precision: str, texts: Sequence[str], b
     """greedy.onnx against the step-by-step runtime on the same words and at the same batch size
     (1, then `batch_size`): the same tokens, and scores within SCORE_TOLERANCE.
 
-    fp32 must match on every word at both batch sizes, and int8 on every word at batch 1. Batched,
+    fp32 must match on every word at both batch sizes, and int8 on every word at batch 1 (its scores within
+    INT8_SCORE_TOLERANCE: onnxruntime optimises a Loop's body apart from the decoder graph, and an activation
+    that differs in its last float32 bit may be quantised one step apart). Batched,
     int8 activations are quantised with one scale per batch, and the graph keeps finished rows in the
     batch (fed <pad>) where the runtime drops them: scores move with that (by up to 0.1 on a barely
     trained model whose tokens all agree), and a near tie may round the other way. So int8 batched is
@@ -260,7 +262,8 @@ def check_greedy_graph(bundle_dir: Path, precision: str, texts: Sequence[str], b
         diffs = [abs(a.score - b.score) for a, b in pairs if a.tokens == b.tokens]
         figures[f"token_agreement_{name}"] = len(diffs) / max(len(pairs), 1)
         figures[f"max_abs_score_diff_{name}"] = max(diffs, default=0.0)
-        figures[f"matching_{name}"] = sum(d <= SCORE_TOLERANCE for d in diffs) / max(len(pairs), 1)
+        tolerance = INT8_SCORE_TOLERANCE if precision == "int8" else SCORE_TOLERANCE
+        figures[f"matching_{name}"] = sum(d <= tolerance for d in diffs) / max(len(pairs), 1)
     if precision == "int8":
         own = [a.tokens != b.tokens for a, b in zip(references["batch_1"], references["batched"]) if a.ok and b.ok]
         figures["runtime_batch_sensitivity"] = sum(own) / max(len(own), 1)
@@ -297,6 +300,9 @@ def batched_speedup(steps: Seq2Seq, graph: Seq2Seq, texts: list[str], batch_size
 # in float64. 1e-3 is far above that rounding (measured at most ~1e-5 on the shipped model) and far
 # below any difference in what was chosen.
 SCORE_TOLERANCE = 1e-3
+# int8 at batch 1: one quantisation step of one activation moved a score by 0.0015 (an OpenNMT-py Transformer's
+# greedy.int8.onnx, same tokens on all 300 words); far below any difference in what was chosen.
+INT8_SCORE_TOLERANCE = 1e-2
 # share of inputs int8 may decode differently batched (docs/export.md "Batch independence", docs/hosts.md "The greedy graph")
 INT8_BATCHING_BOUND = 0.015
 
