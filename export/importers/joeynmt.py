@@ -171,7 +171,7 @@ def load(model_dir: Path) -> Imported:
         source_eos=True, min_len=int(testing.get("min_output_length", 1)), max_len_ratio=0.0 if longest > 0 else 1.5,
         never_emit=() if testing.get("generate_unk", True) else ("<unk>",),
         space_symbol=SPACE_ESCAPE if "char" in (data["src"].get("level"), data["trg"].get("level")) else "")
-    return Imported(model=module.eval(), source_vocab=vocabs["src"], target_vocab=vocabs["trg"], specials=specials,
+    return Imported(model=_ready(module), source_vocab=vocabs["src"], target_vocab=vocabs["trg"], specials=specials,
                     source_tokens=_tokens(data["src"], model_dir), target_tokens=_tokens(data["trg"], model_dir),
                     lowercase=bool(data["src"].get("lowercase", False)), conventions=conventions,
                     origin=f"joeynmt {cfg.get('joeynmt_version', '2.x')}: {model_dir.name}",
@@ -292,3 +292,9 @@ def _dev_sources(data: dict, model_dir: Path) -> list[str]:
         return []
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     return [line.strip() for line in lines if line.strip()]
+
+
+def _ready(module: nn.Module) -> nn.Module:
+    """The loaded module in eval mode, a Transformer's step prepared (its query scales folded into the weights)."""
+    prepare = getattr(module, "prepare_steps", None)
+    return (prepare() if prepare else module).eval()

@@ -12,9 +12,10 @@ the checkpoint's model_state loads strictly:
 - logits = output_layer(x), tied to the target embedding with tied_softmax (the checkpoint holds both).
 
 JoeyNMT's greedy search runs the decoder over the whole prefix at every step; here each step appends its keys and
-values to a per-layer cache, which gives the same values (causal attention), and the cross-attention keys and
-values are computed once by encode() (importers/transformer_parts.py). The attention a step returns is the last
-layer's cross-attention averaged over heads, as JoeyNMT's return_attention gives it.
+values to a per-layer cache, which gives the same values (causal attention), the cross-attention keys and values
+are computed once by encode(), and a step attends with its heads side by side (importers/transformer_parts.py).
+The attention a step returns is the last layer's cross-attention averaged over heads, as JoeyNMT's
+return_attention gives it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,21 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .transformer_parts import ACTIVATIONS, attend, cross_memory, empty_cache, layer_keys_values, merge_heads, position_rows, split_heads
+from .transformer_parts import (
+    ACTIVATIONS,
+    attend,
+    attend_step,
+    cross_memory,
+    empty_cache,
+    fold_query_scale,
+    head_sums,
+    layer_keys_values,
+    mask_bias,
+    merge_heads,
+    position_row,
+    position_rows,
+    split_heads,
+)
 
 EPS = 1e-6  # every LayerNorm of JoeyNMT's Transformer layers
 
@@ -116,6 +131,7 @@ class JoeyTransformer(nn.Module):
         self.decoder.pe = _Positions(position_rows, size)
         self.decoder.layer_norm = nn.LayerNorm(size, eps=EPS) if dec.get("layer_norm") == "pre" else None
         self.decoder.output_layer = nn.Linear(size, trg_vocab, bias=False)
+        self.register_buffer("sums", head_sums(size, self.dec_heads), persistent=False)
         self.enc_pre, self.dec_pre = enc_pre, dec_pre
         self.enc_alpha, self.dec_alpha = enc.get("alpha", 1.0), dec.get("alpha", 1.0)
 
@@ -140,35 +156,39 @@ class JoeyTransformer(nn.Module):
         if self.encoder.layer_norm is not None:
             x = self.encoder.layer_norm(x)
         memory = cross_memory([(layer.src_trg_att.k_layer(x), layer.src_trg_att.v_layer(x)) for layer in self.decoder.layers])
-        return memory, empty_cache(x, len(self.decoder.layers), self.dec_heads, self.size // self.dec_heads)
+        return memory, empty_cache(x, len(self.decoder.layers), self.size)
+
+    def prepare_steps(self) -> JoeyTransformer:
+        """After the checkpoint is loaded: the decoder's query projections take the 1 / sqrt(head) of every step."""
+        for layer in self.decoder.layers:
+            for att in (layer.trg_trg_att, layer.src_trg_att):
+                fold_query_scale(att.q_layer, self.size // self.dec_heads)
+        return self
 
     def step(self, prev_ids: Tensor, state, memory: Tensor, src_mask: Tensor):
-        keep = src_mask[:, None, None, :]
-        position = state[0][0].shape[2]
-        x = self.trg_embed(prev_ids[:, None]) + position_rows(self.decoder.pe.pe[0], position, 1)
-        new_state, weights = [], None
+        x = self.trg_embed(prev_ids[:, None]) + position_row(self.decoder.pe.pe[0], state[0][0].shape[1])
+        bias, new_state, weights = mask_bias(src_mask, -math.inf), [], None
         for i, (layer, (past_k, past_v)) in enumerate(zip(self.decoder.layers, state)):
             residual = x
             h = layer.x_layer_norm(x) if self.dec_pre else x
             att = layer.trg_trg_att
-            k = torch.cat([past_k, split_heads(att.k_layer(h), self.dec_heads)], dim=2)
-            v = torch.cat([past_v, split_heads(att.v_layer(h), self.dec_heads)], dim=2)
+            k, v = torch.cat([past_k, att.k_layer(h)], dim=1), torch.cat([past_v, att.v_layer(h)], dim=1)
             new_state.append((k, v))
-            h, _ = self._attention(att, h, k, v, None, self.dec_heads)
-            h1 = h + self.dec_alpha * residual
+            context, _ = attend_step(att.q_layer(h), k, v, self.sums)
+            h1 = att.output_layer(context) + self.dec_alpha * residual
             if not self.dec_pre:
                 h1 = layer.x_layer_norm(h1)
             h = layer.dec_layer_norm(h1) if self.dec_pre else h1
             cross_k, cross_v = layer_keys_values(memory, i, self.size)
-            h, weights = self._attention(layer.src_trg_att, h, split_heads(cross_k, self.dec_heads),
-                                         split_heads(cross_v, self.dec_heads), keep, self.dec_heads)
-            h2 = h + self.dec_alpha * h1
+            att = layer.src_trg_att
+            context, weights = attend_step(att.q_layer(h), cross_k, cross_v, self.sums, bias)
+            h2 = att.output_layer(context) + self.dec_alpha * h1
             if not self.dec_pre:
                 h2 = layer.dec_layer_norm(h2)
             x = layer.feed_forward(h2)
         if self.decoder.layer_norm is not None:
             x = self.decoder.layer_norm(x)
-        return self.decoder.output_layer(x[:, 0]), tuple(new_state), weights.mean(dim=1)[:, 0]
+        return self.decoder.output_layer(x[:, 0]), tuple(new_state), weights.mean(dim=2)
 
 
 def position_table_rows(state: dict[str, Tensor]) -> int:

@@ -179,7 +179,7 @@ def load(path: Path) -> Imported:
                             f"unexpected {unexpected[:3]})")
     never = tuple(t for t in target if t.startswith(FILLER))
     conventions = Conventions(max_len_ratio=1.25, max_len_offset=5.0, max_len_cap=250, never_emit=never)
-    return Imported(model=module.eval(), source_vocab=source, target_vocab=target, specials=dict(SPECIALS),
+    return Imported(model=_ready(module), source_vocab=source, target_vocab=target, specials=dict(SPECIALS),
                     source_tokens="word", target_tokens="word", lowercase=False, conventions=conventions,
                     origin=f"opennmt-py {getattr(opt, 'version', '3.x')}: {path.name}", max_tgt_len=250)
 
@@ -239,3 +239,9 @@ def _rnn_problems(get) -> list[tuple[bool, str]]:
         (get("enc_hid_size") != get("dec_hid_size"), "enc_hid_size and dec_hid_size differ"),
         (get("bridge") is not True and get("enc_layers") != get("dec_layers"), "enc_layers and dec_layers differ without a bridge"),
     ]
+
+
+def _ready(module: nn.Module) -> nn.Module:
+    """The loaded module in eval mode, a Transformer's step prepared (its query scales folded into the weights)."""
+    prepare = getattr(module, "prepare_steps", None)
+    return (prepare() if prepare else module).eval()

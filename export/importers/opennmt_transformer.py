@@ -14,7 +14,8 @@ load strictly:
 - the generator a Linear, its weight the target embedding's with share_decoder_embeddings.
 
 OpenNMT-py's own greedy search keeps a key/value cache per layer as this module's state does; the cross-attention
-keys and values are computed once by encode() (importers/transformer_parts.py). The attention a step returns is the
+keys and values are computed once by encode(), and a step attends with its heads side by side
+(importers/transformer_parts.py). The attention a step returns is the
 last layer's first head, OpenNMT-py's "std" attention.
 """
 
@@ -27,7 +28,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .transformer_parts import attend, cross_memory, empty_cache, layer_keys_values, merge_heads, position_rows, split_heads
+from .transformer_parts import (
+    attend,
+    attend_step,
+    cross_memory,
+    empty_cache,
+    fold_query_scale,
+    head_sums,
+    layer_keys_values,
+    mask_bias,
+    merge_heads,
+    position_row,
+    position_rows,
+    split_heads,
+)
 
 MASKED = -1e18  # what OpenNMT-py writes into masked attention scores
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
@@ -62,9 +76,11 @@ class _Embeddings(nn.Module):
         self.make_embedding.pe.register_buffer("pe", torch.zeros(rows, 1, size))
         self.scale = math.sqrt(size)
 
-    def forward(self, ids: Tensor, start) -> Tensor:
+    def forward(self, ids: Tensor, position=None) -> Tensor:
+        """ids [B, T] at positions 0 .. T-1, or, given a step's `position` (a traced size), ids [B, 1] there."""
         table = self.make_embedding.pe.pe[:, 0]
-        return self.make_embedding.emb_luts[0](ids) * self.scale + position_rows(table, start, ids.shape[1])
+        rows = position_rows(table, 0, ids.shape[1]) if position is None else position_row(table, position)
+        return self.make_embedding.emb_luts[0](ids) * self.scale + rows
 
 
 class OnmtTransformer(nn.Module):
@@ -86,6 +102,7 @@ class OnmtTransformer(nn.Module):
             self._layer(size, bias, ffn_bias, eps, opt.transformer_ff, activation, True) for _ in range(opt.dec_layers))
         self.decoder.layer_norm = nn.LayerNorm(size, eps=eps)
         self.generator = nn.Linear(size, tgt_vocab)
+        self.register_buffer("sums", head_sums(size, opt.heads), persistent=False)
 
     @staticmethod
     def _layer(size: int, bias: bool, ffn_bias: bool, eps: float, ff_size: int, activation: str, decoder: bool) -> nn.Module:
@@ -106,7 +123,7 @@ class OnmtTransformer(nn.Module):
 
     def encode(self, src_ids: Tensor, src_lengths: Tensor):
         keep = (torch.arange(src_ids.shape[1])[None, :] < src_lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
-        x = self.encoder.embeddings(src_ids, 0)
+        x = self.encoder.embeddings(src_ids)
         for layer in self.encoder.transformer:
             h = layer.layer_norm(x)
             att = layer.self_attn
@@ -116,26 +133,31 @@ class OnmtTransformer(nn.Module):
         x = self.encoder.layer_norm(x)
         memory = cross_memory([(layer.context_attn.linear_keys(x), layer.context_attn.linear_values(x))
                                for layer in self.decoder.transformer_layers])
-        return memory, empty_cache(x, len(self.decoder.transformer_layers), self.heads, self.size // self.heads)
+        return memory, empty_cache(x, len(self.decoder.transformer_layers), self.size)
+
+    def prepare_steps(self) -> OnmtTransformer:
+        """After the checkpoint is loaded: the decoder's query projections take the 1 / sqrt(head) of every step."""
+        for layer in self.decoder.transformer_layers:
+            for att in (layer.self_attn, layer.context_attn):
+                fold_query_scale(att.linear_query, self.size // self.heads)
+        return self
 
     def step(self, prev_ids: Tensor, state, memory: Tensor, src_mask: Tensor):
-        keep = src_mask[:, None, None, :]
-        x = self.decoder.embeddings(prev_ids[:, None], state[0][0].shape[2])
-        new_state, weights = [], None
+        x = self.decoder.embeddings(prev_ids[:, None], state[0][0].shape[1])
+        bias, new_state, weights = mask_bias(src_mask, MASKED), [], None
         for i, (layer, (past_k, past_v)) in enumerate(zip(self.decoder.transformer_layers, state)):
             h = layer.layer_norm_1(x)
             att = layer.self_attn
-            k = torch.cat([past_k, split_heads(att.linear_keys(h), self.heads)], dim=2)
-            v = torch.cat([past_v, split_heads(att.linear_values(h), self.heads)], dim=2)
+            k, v = torch.cat([past_k, att.linear_keys(h)], dim=1), torch.cat([past_v, att.linear_values(h)], dim=1)
             new_state.append((k, v))
-            self_out, _ = self._attention(att, h, k, v, None)
-            query = self_out + x
+            context, _ = attend_step(att.linear_query(h), k, v, self.sums)
+            query = att.final_linear(context) + x
             cross_k, cross_v = layer_keys_values(memory, i, self.size)
-            context, weights = self._attention(layer.context_attn, layer.layer_norm_2(query), split_heads(cross_k, self.heads),
-                                               split_heads(cross_v, self.heads), keep)
-            x = layer.feed_forward(context + query)
+            att = layer.context_attn
+            context, weights = attend_step(att.linear_query(layer.layer_norm_2(query)), cross_k, cross_v, self.sums, bias)
+            x = layer.feed_forward(att.final_linear(context) + query)
         x = self.decoder.layer_norm(x)
-        return self.generator(x[:, 0]), tuple(new_state), weights[:, 0, 0]
+        return self.generator(x[:, 0]), tuple(new_state), weights[:, :, 0]
 
 
 def position_table_rows(model: dict[str, Tensor]) -> int:
