@@ -300,9 +300,10 @@ def batched_speedup(steps: Seq2Seq, graph: Seq2Seq, texts: list[str], batch_size
 # in float64. 1e-3 is far above that rounding (measured at most ~1e-5 on the shipped model) and far
 # below any difference in what was chosen.
 SCORE_TOLERANCE = 1e-3
-# int8 at batch 1: one quantisation step of one activation moved a score by 0.0015 (an OpenNMT-py Transformer's
-# greedy.int8.onnx, same tokens on all 300 words); far below any difference in what was chosen.
-INT8_SCORE_TOLERANCE = 1e-2
+# int8 at batch 1: a quantisation step of an activation moved a score by 0.0015 and 0.016 (two OpenNMT-py
+# Transformers' greedy.int8.onnx, the same tokens on all 300 words). A tenth of a nat, as the device check's near-tie
+# bound: far above such steps, far below a difference in what was chosen.
+INT8_SCORE_TOLERANCE = 0.1
 # share of inputs int8 may decode differently batched (docs/export.md "Batch independence", docs/hosts.md "The greedy graph")
 INT8_BATCHING_BOUND = 0.015
 

@@ -102,3 +102,29 @@ def test_subnormals_times_the_checkpoint_and_its_tiny_weight_probe_with_and_with
     for model in ("checkpoint", "tiny weights"):
         for batch in (1, 64):
             assert re.search(rf"^{model} +{batch} +\d+ +\d+ +[\d.]+$", out, re.MULTILINE), (model, batch)
+
+
+def test_the_ctranslate2_comparison_times_every_engine_and_checks_they_decode_alike(tmp_path):
+    """seq2edge bench --ctranslate2 on an OpenNMT-py Transformer fixture: CTranslate2 converts the checkpoint itself,
+    and seq2edge fp32, CTranslate2 fp32 and PyTorch eager give the toolkit's own outputs (a wrong conversion, a wrong
+    tokenisation or a mixed-up row would not)."""
+    import json
+
+    from seq2edge.bench.cli import bench
+    from seq2edge.export.importers import export_imported
+
+    fixture = REPO / "tests" / "fixtures" / "opennmt" / "transformer-g2p"
+    bundle = export_imported("opennmt", fixture / "model.pt", tmp_path / "bundle", parity_sources=fixture / "inputs.txt",
+                             int8=True, log=lambda m: None)
+    words = fixture.joinpath("inputs.txt").read_text().splitlines()[:40]
+    (tmp_path / "in.txt").write_text("\n".join(words) + "\n")
+    result = CliRunner().invoke(bench, [str(bundle), "--ctranslate2", str(fixture / "model.pt"), "--inputs", str(tmp_path / "in.txt"),
+                                        "--quick", "--json", str(tmp_path / "ct2.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "ct2.json").read_text())["rows"]
+    assert {(r["engine"], r["precision"], r["batch"]) for r in rows} == {
+        (e, p, b) for b in (1, 64) for e, p in (("ctranslate2", "fp32"), ("ctranslate2", "int8"), ("seq2edge", "fp32"),
+                                                ("seq2edge", "int8"), ("pytorch", "fp32"))}
+    assert all(r["words_per_second"] > 0 for r in rows)
+    assert all(r["same_output_as_ctranslate2"] == 1.0 for r in rows if r["precision"] == "fp32")
+    assert "x CTranslate2" in result.output
