@@ -104,21 +104,22 @@ def test_subnormals_times_the_checkpoint_and_its_tiny_weight_probe_with_and_with
             assert re.search(rf"^{model} +{batch} +\d+ +\d+ +[\d.]+$", out, re.MULTILINE), (model, batch)
 
 
+@pytest.mark.slow
 def test_the_ctranslate2_comparison_times_every_engine_and_checks_they_decode_alike(tmp_path):
     """seq2edge bench --ctranslate2 on an OpenNMT-py Transformer fixture: CTranslate2 converts the checkpoint itself,
     and seq2edge fp32, CTranslate2 fp32 and PyTorch eager give the toolkit's own outputs (a wrong conversion, a wrong
     tokenisation or a mixed-up row would not)."""
     import json
 
-    from seq2edge.bench.cli import bench
     from seq2edge.export.importers import export_imported
+    from seq2edge.runtime.cli import cli  # through the group, as users run it (its -h; a bare command would keep --help only)
 
     fixture = REPO / "tests" / "fixtures" / "opennmt" / "transformer-g2p"
     bundle = export_imported("opennmt", fixture / "model.pt", tmp_path / "bundle", parity_sources=fixture / "inputs.txt",
                              int8=True, log=lambda m: None)
     words = fixture.joinpath("inputs.txt").read_text().splitlines()[:40]
     (tmp_path / "in.txt").write_text("\n".join(words) + "\n")
-    result = CliRunner().invoke(bench, [str(bundle), "--ctranslate2", str(fixture / "model.pt"), "--inputs", str(tmp_path / "in.txt"),
+    result = CliRunner().invoke(cli, ["bench", str(bundle), "--ctranslate2", str(fixture / "model.pt"), "--inputs", str(tmp_path / "in.txt"),
                                         "--quick", "--json", str(tmp_path / "ct2.json")])
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "ct2.json").read_text())["rows"]

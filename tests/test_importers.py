@@ -31,6 +31,28 @@ MODELS = [("joeynmt", "gru-bahdanau-bridge"), ("joeynmt", "lstm2-luong-last-tied
           ("joeynmt", "transformer-pre-g2p"), ("joeynmt", "transformer-post-tied-char"), ("joeynmt", "transformer-default-spm"),
           ("opennmt", "transformer-g2p"), ("opennmt", "transformer-concat-gelu")]
 TRANSFORMERS = [(toolkit, name) for toolkit, name in MODELS if name.startswith("transformer")]
+# make test imports one Transformer per toolkit; the others are .ci/run's slow tests (make test's 10 minutes)
+IN_MAKE_TEST = {("joeynmt", "transformer-pre-g2p"), ("opennmt", "transformer-g2p")}
+
+
+def models(group: list[tuple[str, str]]) -> list:
+    return [pytest.param(toolkit, name, marks=() if not name.startswith("transformer") or (toolkit, name) in IN_MAKE_TEST
+                         else pytest.mark.slow) for toolkit, name in group]
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """Each fixture imported once through the CLI, for every test of the module that decodes it."""
+    bundles: dict[tuple[str, str], Path] = {}
+
+    def bundle(toolkit: str, name: str) -> Path:
+        if (toolkit, name) not in bundles:
+            out = tmp_path_factory.mktemp("imported") / name
+            proc = import_bundle(toolkit, name, out)
+            assert proc.returncode == 0, proc.stderr
+            bundles[toolkit, name] = out
+        return bundles[toolkit, name]
+    return bundle
 
 
 def source_of(toolkit: str, name: str) -> Path:
@@ -49,13 +71,12 @@ def toolkit_scores(toolkit: str, name: str) -> list[float]:
     return [sum(r["scores"]) if "scores" in r else r["score"] for r in rows]
 
 
-@pytest.mark.parametrize("toolkit, name", MODELS)
-def test_an_imported_model_decodes_its_fixture_exactly_as_the_toolkit_did(tmp_path, toolkit, name):
+@pytest.mark.parametrize("toolkit, name", models(MODELS))
+def test_an_imported_model_decodes_its_fixture_exactly_as_the_toolkit_did(imported, toolkit, name):
     fixture = FIXTURES / toolkit / name
-    proc = import_bundle(toolkit, name, tmp_path / "bundle")
-    assert proc.returncode == 0, proc.stderr
+    bundle = imported(toolkit, name)
     inputs = fixture / "inputs.txt"
-    proc = subprocess.run([*SEQ2EDGE, "decode", str(tmp_path / "bundle"), "--input", str(inputs), "--format", "jsonl"],
+    proc = subprocess.run([*SEQ2EDGE, "decode", str(bundle), "--input", str(inputs), "--format", "jsonl"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
@@ -65,23 +86,23 @@ def test_an_imported_model_decodes_its_fixture_exactly_as_the_toolkit_did(tmp_pa
     # OpenNMT-py logs its scores to 4 decimals; JoeyNMT's are the float32 values
     tolerance = 1e-4 if toolkit == "joeynmt" else 1e-4 + 5e-5
     assert max(abs(r["score"] - s) for r, s in zip(records, toolkit_scores(toolkit, name))) <= tolerance
-    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    meta = json.loads((bundle / "bundle.json").read_text())
     assert meta["model"]["origin"].startswith({"joeynmt": "joeynmt 2.3.0", "opennmt": "opennmt-py"}[toolkit])
     # a Transformer's bundle carries its key/value cache as a growing state (format 3); a recurrent one stays packed
     assert ("state" in meta) == name.startswith("transformer") and meta["format_version"] == (3 if "state" in meta else 2)
 
 
 @needs_node
-@pytest.mark.parametrize("toolkit, name", TRANSFORMERS)
-def test_node_and_the_native_host_decode_an_imported_transformer_as_the_toolkit_did(tmp_path, toolkit, name):
+@pytest.mark.parametrize("toolkit, name", models(TRANSFORMERS))
+def test_node_and_the_native_host_decode_an_imported_transformer_as_the_toolkit_did(imported, toolkit, name):
     fixture = FIXTURES / toolkit / name
-    assert import_bundle(toolkit, name, tmp_path / "bundle").returncode == 0
+    bundle = imported(toolkit, name)
     expected = fixture.joinpath("outputs.txt").read_text(encoding="utf-8").splitlines()
-    node = subprocess.run([NODE, str(JS / "cli.mjs"), str(tmp_path / "bundle"), "--input", str(fixture / "inputs.txt"), "--jsonl"],
+    node = subprocess.run([NODE, str(JS / "cli.mjs"), str(bundle), "--input", str(fixture / "inputs.txt"), "--jsonl"],
                           capture_output=True, text=True, timeout=300)
     assert node.returncode == 0, node.stderr
     assert [json.loads(line)["output"] for line in node.stdout.splitlines()] == expected
-    command = ["decode", str(tmp_path / "bundle"), "--input", str(fixture / "inputs.txt"), "--format", "jsonl", "--beam", "3"]
+    command = ["decode", str(bundle), "--input", str(fixture / "inputs.txt"), "--format", "jsonl", "--beam", "3"]
     native = subprocess.run([str(NATIVE_CLI), *command], capture_output=True)
     assert native.returncode == 0 and native.stdout == subprocess.run([*SEQ2EDGE, *command], capture_output=True).stdout
 

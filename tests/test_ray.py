@@ -60,3 +60,18 @@ def test_sampling_follows_a_position_column_whatever_the_batches(tiny_bundle):
 
     assert batched(with_ids, 5) == batched(with_ids, 24) == whole
     assert batched(without, 5) != whole
+
+
+def test_ray_data_decodes_a_transformer_bundle_as_seq2edge_decode_does(local_ray, transformer_bundle, tmp_path):
+    """A decoder state that grows (bundle format 3) through Ray's actors as through the CLI."""
+    from seq2edge.runtime.ray_data import decode_dataset
+
+    *_, words, bundle = transformer_bundle
+    path = tmp_path / "words.txt"
+    path.write_text("\n".join(words) + "\n")
+    ds = decode_dataset(local_ray.data.read_text(str(path)), bundle, concurrency=2, batch_size=64, num_cpus=0.5)
+    ds.write_json(str(tmp_path / "out"))
+    rows = [json.loads(line) for f in sorted((tmp_path / "out").glob("*.json")) for line in f.read_text().splitlines()]
+    cli = subprocess.run([*SEQ2EDGE, "decode", str(bundle), "--input", str(path), "--format", "jsonl"],
+                         capture_output=True, text=True, check=True)
+    assert [(r["text"], r["output"]) for r in rows] == [(e["input"], e["output"]) for e in map(json.loads, cli.stdout.splitlines())]

@@ -132,6 +132,7 @@ def _train_two_processes(out, *args):
                           capture_output=True, text=True, env=env, timeout=240)
 
 
+@pytest.mark.slow  # a multi-process run (kept out of make test's 10 minutes; .ci/run runs it)
 def test_two_process_gloo_distillation_stops_on_its_time_budget_together_and_resumes_through_an_odd_batch_count(
         tmp_path, tiny_bundle):
     """Each rank starts its clock separately; the ranks agree on the step to stop at, or one would
@@ -153,6 +154,7 @@ def test_two_process_gloo_distillation_stops_on_its_time_budget_together_and_res
     assert model.config.hidden == 32
 
 
+@pytest.mark.slow  # a multi-process run (kept out of make test's 10 minutes; .ci/run runs it)
 def test_sigterm_under_torchrun_stops_every_rank_with_one_message_and_the_run_resumes(tmp_path):
     """torchrun passes SIGTERM to both ranks; both stop at the same batch and save, and the line that
     names --resume is printed once (rank 0's), not once per rank; torchrun --resume then finishes the

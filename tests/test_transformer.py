@@ -232,3 +232,56 @@ class CachedWithPrefix(transformer_model.TransformerSeq2Seq):
         prefix = torch.cat([prefix, prev_ids[:, None]], dim=1)
         seen = nn.functional.one_hot(prefix, scores.shape[1]).sum(1).to(scores.dtype)
         return scores - 0.5 * seen, (prefix, caches), weights
+
+
+class PlainTransformer(nn.Module):
+    """torch's nn.Transformer as written, no cache: each step re-runs its decoder over the ids decoded so far, kept in
+    the state as an int64 prefix that grows by one per step."""
+
+    def __init__(self, src_vocab: int, tgt_vocab: int, size: int = 32, heads: int = 4):
+        super().__init__()
+        self.transformer = nn.Transformer(size, heads, 2, 2, 64, dropout=0.0, batch_first=True)
+        self.src_embed, self.tgt_embed = nn.Embedding(src_vocab, size), nn.Embedding(tgt_vocab, size)
+        self.register_buffer("positions", transformer_model.sinusoids(64, size), persistent=False)
+        self.out = nn.Linear(size, tgt_vocab)
+
+    def encode(self, src_ids, src_lengths):
+        padding = torch.arange(src_ids.shape[1])[None, :] >= src_lengths[:, None]
+        memory = self.transformer.encoder(self.src_embed(src_ids) + self.positions[: src_ids.shape[1]],
+                                          src_key_padding_mask=padding)
+        return memory, src_ids.new_zeros(src_ids.shape[0], 0)
+
+    def step(self, prev_ids, prefix, memory, src_mask):
+        prefix = torch.cat([prefix, prev_ids[:, None]], dim=1)
+        tgt = self.tgt_embed(prefix) + self.positions[: prefix.shape[1]]
+        causal = nn.Transformer.generate_square_subsequent_mask(prefix.shape[1])
+        out = self.transformer.decoder(tgt, memory, tgt_mask=causal, memory_key_padding_mask=~src_mask)
+        return self.out(out[:, -1]), prefix, None
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")  # PyTorch's own fast path, in the reference run
+def test_a_plain_nn_transformer_exports_as_written(tmp_path):
+    """The whole nn.Transformer, its encoder and decoder called as documented, with nothing written for export: the
+    fast path, the frozen key length and the growing prefix are export's to handle."""
+    target = ["<pad>", "<s>", "</s>", "<unk>", "x", "y", "z", "w"]
+    texts = ["abc", "fed", "a", "bead", "abcdef", "fedcba" * 5]
+    torch.manual_seed(0)
+    model = PlainTransformer(len(VOCAB), len(target)).eval()
+    out = export_model(model, tmp_path / "plain", source_vocab=VOCAB, target_vocab=target, target_tokens="word",
+                       parity_sources=texts, max_src_len=60, max_tgt_len=20, greedy_graph=True, log=lambda m: None)
+    assert json.loads((out / "bundle.json").read_text())["state"] == [{"dtype": "int64", "dims": [None]}]
+    expected = pytorch_greedy(model, [[VOCAB.index(c) for c in t] for t in texts], 1, 2, [0, 1], max_len=20)
+    for greedy_graph in (False, True):
+        got = Seq2Seq.load(out, greedy_graph=greedy_graph).decode(texts, max_len=20)
+        assert [[target.index(t) for t in r.tokens] for r in got] == expected
+
+
+def test_a_reader_of_an_older_format_refuses_the_bundle(transformer_bundle, monkeypatch):
+    """Format 3 is what a reader without the state list refuses, in its own words, rather than decode it wrongly."""
+    from seq2edge.runtime import schema
+    from seq2edge.runtime.errors import BundleError
+
+    *_, bundle = transformer_bundle
+    monkeypatch.setattr(schema, "FORMAT_VERSION", 2)
+    with pytest.raises(BundleError, match="format version 3 is newer than this seq2edge reads \\(2\\); upgrade seq2edge"):
+        Seq2Seq.load(bundle)
