@@ -119,8 +119,8 @@ def test_the_ctranslate2_comparison_times_every_engine_and_checks_they_decode_al
                              int8=True, log=lambda m: None)
     words = fixture.joinpath("inputs.txt").read_text().splitlines()[:40]
     (tmp_path / "in.txt").write_text("\n".join(words) + "\n")
-    result = CliRunner().invoke(cli, ["bench", str(bundle), "--ctranslate2", str(fixture / "model.pt"), "--inputs", str(tmp_path / "in.txt"),
-                                        "--quick", "--json", str(tmp_path / "ct2.json")])
+    result = CliRunner().invoke(cli, ["bench", str(bundle), "--ctranslate2", str(fixture / "model.pt"),
+                                      "--inputs", str(tmp_path / "in.txt"), "--quick", "--json", str(tmp_path / "ct2.json")])
     assert result.exit_code == 0, result.output
     rows = json.loads((tmp_path / "ct2.json").read_text())["rows"]
     assert {(r["engine"], r["precision"], r["batch"]) for r in rows} == {
