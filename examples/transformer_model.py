@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tutorial_model import batches, cmudict_pairs, vocabulary  # noqa: E402
+from tutorial_model import cmudict_pairs, fit, vocabulary  # noqa: E402
 
 
 def sinusoids(length: int, size: int) -> Tensor:
@@ -132,20 +130,7 @@ def train(steps: int = 3000, seed: int = 0, **sizes):
     src_index = {t: i for i, t in enumerate(source_vocab)}
     tgt_index = {t: i for i, t in enumerate(target_vocab)}
     model = TransformerSeq2Seq(len(source_vocab), len(target_vocab), **sizes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    step, epoch = 0, 0
-    while step < steps:
-        random.Random(epoch).shuffle(pairs)
-        for src, lengths, tgt_in, tgt_out in batches(pairs, src_index, tgt_index, 64):
-            scores = model(src, lengths, tgt_in)
-            loss = F.cross_entropy(scores.reshape(-1, scores.shape[-1]), tgt_out.reshape(-1), ignore_index=0)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step >= steps:
-                break
-        epoch += 1
+    fit(model, pairs, src_index, tgt_index, lr=1e-3, steps=steps)  # tutorial_model.py's teacher forcing loop
     return model.eval(), source_vocab, target_vocab, [w for w, _ in held_out]
 
 

@@ -133,7 +133,13 @@ def train(seconds: float | None = None, steps: int | None = None, hidden: int = 
     src_index = {t: i for i, t in enumerate(source_vocab)}
     tgt_index = {t: i for i, t in enumerate(target_vocab)}
     model = TutorialSeq2Seq(len(source_vocab), len(target_vocab), hidden)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    fit(model, pairs, src_index, tgt_index, lr=3e-3, seconds=seconds, steps=steps)
+    return model.eval(), source_vocab, target_vocab, [w for w, _ in held_out]
+
+
+def fit(model: nn.Module, pairs, src_index, tgt_index, lr: float, seconds: float | None = None, steps: int | None = None) -> None:
+    """Teacher forcing (model(src, lengths, tgt_in) -> scores) with Adam, batches of 64, for `seconds` or `steps` batches."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     start, epoch, step = time.monotonic(), 0, 0
     done = (lambda: step >= steps) if steps is not None else (lambda: time.monotonic() - start >= seconds)
     while not done():
@@ -148,7 +154,6 @@ def train(seconds: float | None = None, steps: int | None = None, hidden: int = 
             if done():
                 break
         epoch += 1
-    return model.eval(), source_vocab, target_vocab, [w for w, _ in held_out]
 
 
 def export(model: TutorialSeq2Seq, out: Path, source_vocab: list[str], target_vocab: list[str], parity_sources: list[str],

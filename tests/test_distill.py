@@ -17,6 +17,7 @@ ARGS = ["--corpus", "cmudict", "--limit", "150", "--dev-limit", "20", "--embed",
         "--batch-size", "32", "--max-src-len", "32", "--max-tgt-len", "24"]
 
 
+@pytest.mark.slow  # several training runs (kept out of make test's 10 minutes; .ci/run runs it)
 def test_a_student_learns_the_teachers_beam_outputs_and_a_resume_needs_no_teacher(tiny_bundle, tmp_path):
     teacher = tmp_path / "teacher"
     shutil.copytree(tiny_bundle, teacher)

@@ -208,6 +208,7 @@ def test_learning_rate_halves_after_an_epoch_without_a_better_dev_wer(tmp_path):
     assert train["train_config"]["label_smoothing"] == 0.1
 
 
+@pytest.mark.slow  # several training runs (kept out of make test's 10 minutes; .ci/run runs it)
 def test_resume_takes_a_new_epoch_count_and_keeps_the_loss_and_minutes_of_the_interrupted_epoch(tmp_path, straight_run):
     """A run stopped by its time budget inside epoch 1, resumed with --epochs 3: it ends as an
     uninterrupted 3-epoch run (history, loss included, and weights), and the resumed epoch's minutes
@@ -289,6 +290,7 @@ def test_init_from_starts_a_second_cycle_from_a_trained_checkpoints_weights_and_
     assert refused.returncode == 2 and "leave out --cell" in refused.stderr
 
 
+@pytest.mark.slow  # several training runs (kept out of make test's 10 minutes; .ci/run runs it)
 def test_keep_epochs_and_average_give_one_checkpoint_whose_weights_are_the_epochs_mean(tiny_checkpoint, tmp_path):
     """train --keep-epochs keeps each epoch's weights; `average` writes their mean as a checkpoint that
     eval and export take, and refuses weights of another model or an existing --out."""

@@ -75,6 +75,7 @@ def test_widening_refuses_a_narrower_size_and_other_options():
         widened_config(BASE, {"layers": 2})
 
 
+@pytest.mark.slow  # several training runs (kept out of make test's 10 minutes; .ci/run runs it)
 def test_train_init_from_with_a_larger_hidden_starts_at_the_checkpoints_dev_wer(tiny_checkpoint, tmp_path):
     """Through the CLI: the new run's config is the checkpoint's with the wider sizes, and with a learning
     rate too small to move the weights its first dev WER is the checkpoint's best."""
