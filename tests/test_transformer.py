@@ -285,3 +285,12 @@ def test_a_reader_of_an_older_format_refuses_the_bundle(transformer_bundle, monk
     monkeypatch.setattr(schema, "FORMAT_VERSION", 2)
     with pytest.raises(BundleError, match="format version 3 is newer than this seq2edge reads \\(2\\); upgrade seq2edge"):
         Seq2Seq.load(bundle)
+
+
+def test_the_device_resident_loop_carries_the_cache_as_the_numpy_loop_does(transformer_bundle):
+    """IOBinding (what a GPU decodes with; here on the CPU provider): the listed state stays in OrtValues and is
+    reordered by the helper Gather graphs of its types."""
+    *_, words, bundle = transformer_bundle
+    host, device = Seq2Seq.load(bundle), Seq2Seq.load(bundle, io_binding=True)
+    for options in ({}, {"beam_size": 3, "nbest": 2}, {"sample": True, "seed": 2}):
+        assert [r.text for r in device.decode(words[:40], **options)] == [r.text for r in host.decode(words[:40], **options)]
