@@ -129,6 +129,18 @@ def test_the_browser_decodes_the_transformer_as_python_does(transformer_bundle, 
     assert [r["text"] for r in page["results"]] == [r.text for r in Seq2Seq.load(bundle).decode(words[:100])]
 
 
+@pytest.mark.requires("node", "chromium")
+def test_the_browser_carries_an_int64_prefix_as_python_does(tmp_path):
+    """The conformance corpus's growing bundle (a key/value cache and an int64 prefix) in onnxruntime-web, whose
+    int64 tensors are BigInt64Arrays: the corpus itself runs in Node, not in a browser."""
+    sys.path.insert(0, str(REPO / "tests" / "conformance"))
+    from make_corpus import ATTENTION_INPUTS, BUNDLES
+
+    page = browser_decode(BUNDLES / "growing", ATTENTION_INPUTS, tmp_path)
+    python = Seq2Seq.load(BUNDLES / "growing").decode(ATTENTION_INPUTS, errors="return")
+    assert [r["text"] for r in page["results"]] == [r.text if r.ok else None for r in python]
+
+
 def test_the_native_cli_decodes_the_transformer_byte_for_byte_as_the_python_cli(transformer_bundle, tmp_path):
     *_, words, bundle = transformer_bundle
     (tmp_path / "words.txt").write_text("\n".join(words) + "\n")
