@@ -36,7 +36,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from seq2edge.runtime.conventions import Conventions
 
 from . import Imported, ImportRefused
-from .joeynmt_transformer import JoeyTransformer, position_table_rows
+from .joeynmt_transformer import ACTIVATIONS, JoeyTransformer, position_table_rows
 from .torch_zip import read_checkpoint
 
 SPACE_ESCAPE = "\u2581"  # JoeyNMT's BasicTokenizer.SPACE_ESCAPE, the character level's space
@@ -215,7 +215,7 @@ def _transformer_problems(enc: dict, dec: dict) -> list[tuple[bool, str]]:
     for side, cfg in (("encoder", enc), ("decoder", dec)):
         size, heads = cfg.get("hidden_size", 512), cfg.get("num_heads", 4 if side == "encoder" else 8)
         problems += [
-            (cfg.get("activation", "relu") not in ("relu", "gelu", "swish"), f"{side}.activation {cfg.get('activation')!r}"),
+            (cfg.get("activation", "relu") not in ACTIVATIONS, f"{side}.activation {cfg.get('activation')!r}"),
             (cfg.get("layer_norm", "pre") not in ("pre", "post"), f"{side}.layer_norm {cfg.get('layer_norm')!r}"),
             ((cfg.get("embeddings") or {}).get("embedding_dim") != size, f"{side}.embeddings.embedding_dim other than hidden_size"),
             (not isinstance(heads, int) or heads < 1 or size % heads != 0, f"{side}.num_heads {heads!r} for hidden_size {size!r}"),

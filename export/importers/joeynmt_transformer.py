@@ -26,8 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from .transformer_parts import (
-    ACTIVATIONS,
-    attend,
     attend_step,
     cross_memory,
     empty_cache,
@@ -35,13 +33,15 @@ from .transformer_parts import (
     head_sums,
     layer_keys_values,
     mask_bias,
-    merge_heads,
     position_row,
     position_rows,
-    split_heads,
+    self_attention,
+    source_keep,
 )
 
 EPS = 1e-6  # every LayerNorm of JoeyNMT's Transformer layers
+# joeynmt.builders.build_activation's choices (its "tanh" is a function it calls as a class: no model has it)
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
 
 
 class _Attention(nn.Module):
@@ -135,20 +135,14 @@ class JoeyTransformer(nn.Module):
         self.enc_pre, self.dec_pre = enc_pre, dec_pre
         self.enc_alpha, self.dec_alpha = enc.get("alpha", 1.0), dec.get("alpha", 1.0)
 
-    def _attention(self, att: _Attention, q_in: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, heads: int):
-        q = split_heads(att.q_layer(q_in), heads) / math.sqrt(self.size // heads)
-        context, weights = attend(q, k, v, keep)
-        return att.output_layer(merge_heads(context)), weights
-
     def encode(self, src_ids: Tensor, src_lengths: Tensor):
-        keep = (torch.arange(src_ids.shape[1])[None, :] < src_lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
-        x = self.src_embed(src_ids) + position_rows(self.encoder.pe.pe[0], 0, src_ids.shape[1])
+        keep = source_keep(src_ids, src_lengths)
+        x = self.src_embed(src_ids) + position_rows(self.encoder.pe.pe[0], src_ids.shape[1])
         for layer in self.encoder.layers:
             residual = x
             h = layer.layer_norm(x) if self.enc_pre else x
             att = layer.src_src_att
-            k, v = split_heads(att.k_layer(h), self.heads), split_heads(att.v_layer(h), self.heads)
-            h, _ = self._attention(att, h, k, v, keep, self.heads)
+            h = self_attention(h, att.q_layer, att.k_layer, att.v_layer, att.output_layer, self.heads, keep, -math.inf)
             x = h + self.enc_alpha * residual
             if not self.enc_pre:
                 x = layer.layer_norm(x)

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .transformer_parts import (
-    attend,
     attend_step,
     cross_memory,
     empty_cache,
@@ -37,10 +36,10 @@ from .transformer_parts import (
     head_sums,
     layer_keys_values,
     mask_bias,
-    merge_heads,
     position_row,
     position_rows,
-    split_heads,
+    self_attention,
+    source_keep,
 )
 
 MASKED = -1e18  # what OpenNMT-py writes into masked attention scores
@@ -79,7 +78,7 @@ class _Embeddings(nn.Module):
     def forward(self, ids: Tensor, position=None) -> Tensor:
         """ids [B, T] at positions 0 .. T-1, or, given a step's `position` (a traced size), ids [B, 1] there."""
         table = self.make_embedding.pe.pe[:, 0]
-        rows = position_rows(table, 0, ids.shape[1]) if position is None else position_row(table, position)
+        rows = position_rows(table, ids.shape[1]) if position is None else position_row(table, position)
         return self.make_embedding.emb_luts[0](ids) * self.scale + rows
 
 
@@ -116,19 +115,14 @@ class OnmtTransformer(nn.Module):
             layer.layer_norm = nn.LayerNorm(size, eps=eps)
         return layer
 
-    def _attention(self, att: _Attention, q_in: Tensor, k: Tensor, v: Tensor, keep: Tensor | None):
-        q = split_heads(att.linear_query(q_in), self.heads) / math.sqrt(self.size // self.heads)
-        context, weights = attend(q, k, v, keep, MASKED)
-        return att.final_linear(merge_heads(context)), weights
-
     def encode(self, src_ids: Tensor, src_lengths: Tensor):
-        keep = (torch.arange(src_ids.shape[1])[None, :] < src_lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
+        keep = source_keep(src_ids, src_lengths)
         x = self.encoder.embeddings(src_ids)
         for layer in self.encoder.transformer:
             h = layer.layer_norm(x)
             att = layer.self_attn
-            k, v = split_heads(att.linear_keys(h), self.heads), split_heads(att.linear_values(h), self.heads)
-            context, _ = self._attention(att, h, k, v, keep)
+            context = self_attention(h, att.linear_query, att.linear_keys, att.linear_values, att.final_linear, self.heads, keep,
+                                     MASKED)
             x = layer.feed_forward(context + x)
         x = self.encoder.layer_norm(x)
         memory = cross_memory([(layer.context_attn.linear_keys(x), layer.context_attn.linear_values(x))

@@ -30,15 +30,18 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, keep: Tensor | None, fill: float = -math.inf) -> tuple[Tensor, Tensor]:
-    """Scaled dot-product attention over [B, heads, *, head] (q already divided by sqrt(head), as both toolkits do
-    before the product): (context [B, heads, T, head], weights [B, heads, T, K]). keep: [B, 1, 1, K], True where a key
-    may be attended to; `fill` is what the toolkit writes into the other scores."""
-    scores = q @ k.transpose(-2, -1)
-    if keep is not None:
-        scores = scores.masked_fill(~keep, fill)
-    weights = torch.softmax(scores, dim=-1)
-    return weights @ v, weights
+def source_keep(src_ids: Tensor, src_lengths: Tensor) -> Tensor:
+    """[B, 1, 1, S]: True at a source's real positions (what an encoder's self-attention may attend to)."""
+    return (torch.arange(src_ids.shape[1])[None, :] < src_lengths[:, None])[:, None, None, :]
+
+
+def self_attention(h: Tensor, query: nn.Linear, keys: nn.Linear, values: nn.Linear, output: nn.Linear, heads: int,
+                   keep: Tensor, fill: float) -> Tensor:
+    """Every position of an encoder layer's input [B, S, d] attending over all of them, heads split as both toolkits
+    split them: q / sqrt(head) before the product, `fill` (the toolkit's) in the masked scores (keep: source_keep())."""
+    q = split_heads(query(h), heads) / math.sqrt(query.out_features // heads)
+    scores = (q @ split_heads(keys(h), heads).transpose(-2, -1)).masked_fill(~keep, fill)
+    return output(merge_heads(torch.softmax(scores, dim=-1) @ split_heads(values(h), heads)))
 
 
 def head_sums(size: int, heads: int) -> Tensor:
@@ -90,14 +93,11 @@ def layer_keys_values(memory: Tensor, layer: int, size: int) -> tuple[Tensor, Te
     return memory[:, :, start : start + size], memory[:, :, start + size : start + 2 * size]
 
 
-def position_rows(table: Tensor, start: Tensor | int, length: int) -> Tensor:
-    """Rows start .. start+length-1 of a [positions, d] table as [1, length, d]; `start` may be a traced size."""
-    return table[start : start + length].unsqueeze(0)
+def position_rows(table: Tensor, length) -> Tensor:
+    """The first `length` rows (a traced size) of a [positions, d] table, as [1, length, d]."""
+    return table[:length].unsqueeze(0)
 
 
 def position_row(table: Tensor, position) -> Tensor:
     """Row `position` (a traced size: the cache's length) of a [positions, d] table, [d]: one Gather in the graph."""
     return table[position]
-
-
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "silu": nn.SiLU, "tanh": nn.Tanh}
