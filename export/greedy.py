@@ -19,9 +19,19 @@ import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
 
 from seq2edge.runtime.config import AnyModelConfig
-from seq2edge.runtime.interface import GREEDY_INPUTS, GREEDY_OUTPUTS, Port, StateTensor, graph_file, graph_ports
+from seq2edge.runtime.interface import (
+    GREEDY_INPUTS,
+    GREEDY_OUTPUTS,
+    NEXT_STEPS,
+    STEPS,
+    Port,
+    StateTensor,
+    graph_file,
+    graph_ports,
+    state_port_names,
+)
 
-from .onnx import save_single_file
+from .onnx import ELEMENT_TYPES, save_single_file
 
 _DEC = "dec/"  # prefix of the decoder graph's names inside the loop body
 
@@ -35,8 +45,8 @@ def build_greedy_graph(bundle_dir: Path, config: AnyModelConfig, precision: str,
     encoder = onnx.load(str(bundle_dir / graph_file("encoder", precision)))
     decoder = onnx.load(str(bundle_dir / graph_file("decoder", precision)))
     opset = max(_opset(encoder), _opset(decoder), 13)
-    _, decoder_ports = graph_ports("decoder", state)
-    carried = [(p.name.removeprefix("new_"), p) for p in decoder_ports if p.name.startswith("new_state")]
+    outputs = {p.name: p for p in graph_ports("decoder", state)[1]}
+    carried = [(name, outputs[new]) for name, new in zip(*state_port_names(state))]
     body = _loop_body(decoder, config, opset, never, min_len, carried)
     c = config
     nodes = list(encoder.graph.node)
@@ -73,8 +83,8 @@ def build_greedy_graph(bundle_dir: Path, config: AnyModelConfig, precision: str,
         helper.make_node("Where", ["g/finished", const.float(0.0, "g/nothing"), "g/best"], ["g/gains"]),
         helper.make_node("ReduceSum", ["g/gains", const.int64([1], "g/axis1_sum")], ["scores"], keepdims=0),
     ]
-    ins = [helper.make_tensor_value_info(p.name, _elem(p.dtype), [a.name for a in p.axes]) for p in GREEDY_INPUTS]
-    outs = [helper.make_tensor_value_info(p.name, _elem(p.dtype), [a.name for a in p.axes]) for p in GREEDY_OUTPUTS]
+    ins = [helper.make_tensor_value_info(p.name, ELEMENT_TYPES[p.dtype], [a.name for a in p.axes]) for p in GREEDY_INPUTS]
+    outs = [helper.make_tensor_value_info(p.name, ELEMENT_TYPES[p.dtype], [a.name for a in p.axes]) for p in GREEDY_OUTPUTS]
     graph = helper.make_graph(nodes, "seq2edge_greedy", ins, outs, initializer=initializers)
     domains = {o.domain: o.version for m in (encoder, decoder) for o in m.opset_import}
     domains[""] = opset
@@ -175,14 +185,10 @@ class _Constants:
 
 def _value(name: str, port: Port, c: AnyModelConfig) -> onnx.ValueInfoProto:
     """A value of the port's type; its axes those of the contract, a step axis left unnamed (it changes every iteration)."""
-    dims = [None if a.name in ("steps", "next_steps") else a.name if a.dynamic else a.size if a.size is not None else c.axis_sizes[a.name]
-            for a in port.axes]
-    return helper.make_tensor_value_info(name, _elem(port.dtype), dims)
+    dims = [None if a in (STEPS, NEXT_STEPS) else a.name if a.dynamic else a.fixed(c.axis_sizes) for a in port.axes]
+    return helper.make_tensor_value_info(name, ELEMENT_TYPES[port.dtype], dims)
 
 
 def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
-
-def _elem(dtype: str) -> int:
-    return {"int64": TensorProto.INT64, "float": TensorProto.FLOAT, "bool": TensorProto.BOOL}[dtype]

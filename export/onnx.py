@@ -28,6 +28,7 @@ from .decoder_graph import DecoderStepGraph
 from .encoder_graph import EncoderGraph
 
 OPSET = 17
+ELEMENT_TYPES = {"float": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64, "bool": onnx.TensorProto.BOOL}  # ports' dtypes
 EXPORTERS = ("torchscript", "dynamo")
 DECODER_STEPS = ("traced", "node")  # each decoder cell as traced, or one ONNX recurrent node (export/decoder_graph.py)
 
@@ -162,11 +163,10 @@ def _keep_unused_inputs(graph: onnx.ModelProto, inputs: tuple[Port, ...]) -> Non
     """Put back the contract's inputs the exporter dropped because the traced code never read them (a step() that
     ignores the memory), so that every graph takes what every host feeds it."""
     present = {v.name for v in graph.graph.input}
-    elements = {"float": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64, "bool": onnx.TensorProto.BOOL}
     for port in inputs:
         if port.name not in present:
             dims = [a.name if a.dynamic else 1 for a in port.axes]  # fixed sizes: written by _fix_model_sizes
-            graph.graph.input.append(onnx.helper.make_tensor_value_info(port.name, elements[port.dtype], dims))
+            graph.graph.input.append(onnx.helper.make_tensor_value_info(port.name, ELEMENT_TYPES[port.dtype], dims))
 
 
 def _fix_model_sizes(graph: onnx.ModelProto, ports: tuple[Port, ...], sizes: dict[str, int]) -> None:
@@ -179,7 +179,7 @@ def _fix_model_sizes(graph: onnx.ModelProto, ports: tuple[Port, ...], sizes: dic
         for axis, dim in zip(port.axes, dims):
             if not axis.dynamic:
                 dim.Clear()
-                dim.dim_value = sizes[axis.name] if axis.size is None else axis.size
+                dim.dim_value = axis.fixed(sizes)
             elif dim.HasField("dim_value") and axis in (STEPS, NEXT_STEPS):  # any other fixed dynamic axis is a defect
                 dim.Clear()
                 dim.dim_param = axis.name

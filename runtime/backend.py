@@ -82,7 +82,7 @@ class StatePorts:
     def __init__(self, engine: Engine):
         listed = engine.bundle.meta.state
         self.listed = bool(listed)
-        self.inputs, self.outputs = state_port_names(len(listed)) if listed else (["state"], ["new_state"])
+        self.inputs, self.outputs = state_port_names(listed)
         self.dtypes = [t.dtype for t in listed] if listed else ["float"]
 
     def feeds(self, state: Any) -> dict[str, Any]:

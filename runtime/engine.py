@@ -128,7 +128,7 @@ def _check_ports(name: str, role: str, ports: tuple[Port, ...], args, sizes: dic
             raise BundleError(f"{name}: {role} {port.name} has {len(arg.shape)} axes, expected {len(port.axes)} ({axes})")
         for axis, dim in zip(port.axes, arg.shape):
             if not axis.dynamic:
-                size = sizes[axis.name] if axis.size is None else axis.size
+                size = axis.fixed(sizes)
                 if isinstance(dim, int) and dim != size:
                     raise BundleError(f"{name}: {role} {port.name} has {axis.name} {dim}, bundle.json's model says {size}")
             elif isinstance(dim, int):

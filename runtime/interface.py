@@ -50,6 +50,10 @@ class Axis:
     dynamic: bool
     size: int | None = None
 
+    def fixed(self, sizes: dict[str, int]) -> int:
+        """The size a fixed axis must have: its own, or the model's of its name (a config's axis_sizes)."""
+        return sizes[self.name] if self.size is None else self.size
+
 
 BATCH, SRC_LEN, STEPS = Axis("batch", True), Axis("src_len", True), Axis("steps", True)
 NEXT_STEPS = Axis(STATE_RULES["step_axis"]["outputs"], True)  # a listed state's step axis after a decoder step: one longer than `steps`
@@ -121,9 +125,14 @@ class StateTensor:
         return {"dtype": self.dtype, "dims": list(self.dims)}
 
 
-def state_port_names(count: int) -> tuple[list[str], list[str]]:
-    """The input and output names of a listed state's tensors: state_0, ... and new_state_0, ..."""
-    return tuple([STATE_RULES[role].format(index=i) for i in range(count)] for role in ("inputs", "outputs"))  # type: ignore[return-value]
+def state_port_names(state: tuple[StateTensor, ...] | None) -> tuple[list[str], list[str]]:
+    """The names a decoder state travels under, in and out: ["state"] and ["new_state"] for the packed state, or
+    state_0, ... and new_state_0, ... for a listed one."""
+    if not state:
+        return ["state"], ["new_state"]
+    def names(role: str) -> list[str]:
+        return [STATE_RULES[role].format(index=i) for i in range(len(state))]
+    return names("inputs"), names("outputs")
 
 
 def _state_ports(state: tuple[StateTensor, ...], names: list[str], step_axis: Axis) -> tuple[Port, ...]:
@@ -138,7 +147,7 @@ def graph_ports(kind: str, state: tuple[StateTensor, ...] | None = None) -> tupl
     inputs, outputs = _PORTS[kind]
     if not state:
         return inputs, outputs
-    ins, outs = state_port_names(len(state))
+    ins, outs = state_port_names(state)
     replace = {"state": _state_ports(state, ins, STEPS), "new_state": _state_ports(state, outs, NEXT_STEPS)}
     return (tuple(q for p in inputs for q in replace.get(p.name, (p,))),
             tuple(q for p in outputs for q in replace.get(p.name, (p,))))

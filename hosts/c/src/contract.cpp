@@ -451,6 +451,16 @@ void check_meta(Json &meta) {
     check_parity(meta.contains("parity") ? meta["parity"] : Json::object());
 }
 
+std::vector<std::string> state_port_names(const Json &meta, const std::string &side) {
+    if (!meta.contains("state")) return {side == "inputs" ? "state" : "new_state"};
+    const std::string pattern = contract()["state"][side];  // state_{index} or new_state_{index}
+    const size_t at = pattern.find("{index}");
+    std::vector<std::string> names;
+    for (size_t index = 0; index < meta["state"].size(); ++index)
+        names.push_back(pattern.substr(0, at) + std::to_string(index) + pattern.substr(at + 7));
+    return names;
+}
+
 Json state_ports(const Json &meta, const std::string &kind, const std::string &role) {
     const Json &ports = contract()["ports"][kind][role];
     if (!meta.contains("state")) return ports;
@@ -462,15 +472,13 @@ Json state_ports(const Json &meta, const std::string &kind, const std::string &r
             out.push_back(port);
             continue;
         }
-        const std::string side = rules["replaces"][name];  // "inputs" or "outputs": state_{index} or new_state_{index}
-        std::string pattern = rules[side], step_axis = rules["step_axis"][side];
-        const size_t at = pattern.find("{index}");
-        for (size_t index = 0; index < meta["state"].size(); ++index) {
-            const Json &tensor = meta["state"][index];
+        const std::string side = rules["replaces"][name];  // "inputs" or "outputs"
+        const std::string step_axis = rules["step_axis"][side];
+        const std::vector<std::string> names = state_port_names(meta, side);
+        for (size_t index = 0; index < names.size(); ++index) {
             Json axes = Json::array({"batch"});
-            for (const Json &d : tensor["dims"]) axes.push_back(d.is_null() ? Json(step_axis) : d);
-            out.push_back({{"name", pattern.substr(0, at) + std::to_string(index) + pattern.substr(at + 7)},
-                           {"dtype", tensor["dtype"]}, {"axes", axes}});
+            for (const Json &d : meta["state"][index]["dims"]) axes.push_back(d.is_null() ? Json(step_axis) : d);
+            out.push_back({{"name", names[index]}, {"dtype", meta["state"][index]["dtype"]}, {"axes", axes}});
         }
     }
     return out;

@@ -5,6 +5,7 @@
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -33,6 +34,9 @@ void check_meta(Json &meta);
 // The ports of a graph kind's "inputs" or "outputs" for this bundle: the contract's, with bundle.json's listed state
 // tensors (format 3) in place of the packed state; a listed tensor's fixed axis is its size (a number), not a name.
 Json state_ports(const Json &meta, const std::string &kind, const std::string &role);
+// The names a decoder state travels under on one side ("inputs" or "outputs"): "state" / "new_state" for the packed
+// state, state_0, ... / new_state_0, ... for a listed one (runtime/interface.py's state_port_names).
+std::vector<std::string> state_port_names(const Json &meta, const std::string &side);
 // bundle.json's bytes -> its object, refused as runtime/bundle.py refuses: not UTF-8, too deep, NaN, not JSON.
 Json parse_meta(const std::string &bytes);
 bool plain_name(const Json &name);

@@ -427,10 +427,8 @@ std::unique_ptr<Member> load_member(Ort::Env &env, const std::string &dir, const
         std::string message = err.what();
         throw BundleError(message.rfind("bundle.json", 0) == 0 ? dir + "/" + message : message);
     }
-    for (const Json &port : state_ports(meta, "decoder", "inputs"))
-        if (port["name"] != "prev_ids" && port["name"] != "memory" && port["name"] != "src_mask") member->state_inputs.push_back(port["name"]);
-    for (const Json &port : state_ports(meta, "decoder", "outputs"))
-        if (port["name"] != "log_probs" && port["name"] != "attention") member->state_outputs.push_back(port["name"]);
+    member->state_inputs = state_port_names(meta, "inputs");
+    member->state_outputs = state_port_names(meta, "outputs");
     if (!meta["graphs"].contains(o.precision)) {
         throw BundleError("bundle.json: no " + o.precision + " graphs in this bundle");
     }
