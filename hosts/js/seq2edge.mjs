@@ -666,9 +666,16 @@ function pickFile(entry, format) {
 function expectedPorts(kind, state) {
   const sp = statePorts(state);
   if (!sp.listed) return PORTS[kind];
-  const swap = (ports) => Object.fromEntries(Object.entries(ports).flatMap(([name, port]) => (
-    name === "state" ? sp.inputs : name === "new_state" ? sp.outputs : [name]).map((n) => (
-    n === name ? [n, port] : [n, [JS_TYPES[sp.ports[n][0]], sp.ports[n][1]]]))));
+  // CONTRACT.state.replaces: the packed port -> which side's names take its place ("state" -> inputs, ...)
+  const replaced = Object.fromEntries(Object.entries(CONTRACT.state.replaces).map(([name, side]) => [name, sp[side]]));
+  const swap = (ports) => {
+    const out = {};
+    for (const [name, port] of Object.entries(ports)) {
+      if (!(name in replaced)) out[name] = port;
+      else for (const n of replaced[name]) out[n] = [JS_TYPES[sp.ports[n][0]], sp.ports[n][1]];
+    }
+    return out;
+  };
   return { inputs: swap(PORTS[kind].inputs), outputs: swap(PORTS[kind].outputs) };
 }
 
