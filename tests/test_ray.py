@@ -22,18 +22,23 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_data_output_equals_seq2edge_decode_on_10000_lines(local_ray, tiny_bundle, tmp_path):
+def ray_and_cli(ray, bundle, words: list[str], tmp_path, batch_size: int) -> tuple[list[dict], list[dict]]:
+    """The rows Ray Data's recipe writes for `words` (two actors) and the CLI's jsonl records of the same file."""
     from seq2edge.runtime.ray_data import decode_dataset
 
-    words = [e.source for e in C.load_cmudict().entries if e.source.isalpha()][:10_000]
     path = tmp_path / "words.txt"
     path.write_text("\n".join(words) + "\n")
-    ds = decode_dataset(local_ray.data.read_text(str(path)), tiny_bundle, concurrency=2, batch_size=4096, num_cpus=0.5)
+    ds = decode_dataset(ray.data.read_text(str(path)), bundle, concurrency=2, batch_size=batch_size, num_cpus=0.5)
     ds.write_json(str(tmp_path / "out"))
     rows = [json.loads(line) for f in sorted((tmp_path / "out").glob("*.json")) for line in f.read_text().splitlines()]
-    cli = subprocess.run([*SEQ2EDGE, "decode", str(tiny_bundle), "--input", str(path), "--format", "jsonl"],
+    cli = subprocess.run([*SEQ2EDGE, "decode", str(bundle), "--input", str(path), "--format", "jsonl"],
                          capture_output=True, text=True, check=True)
-    expected = [json.loads(line) for line in cli.stdout.splitlines()]
+    return rows, [json.loads(line) for line in cli.stdout.splitlines()]
+
+
+def test_ray_data_output_equals_seq2edge_decode_on_10000_lines(local_ray, tiny_bundle, tmp_path):
+    words = [e.source for e in C.load_cmudict().entries if e.source.isalpha()][:10_000]
+    rows, expected = ray_and_cli(local_ray, tiny_bundle, words, tmp_path, 4096)
     assert len(rows) == len(expected) == 10_000
     assert [(r["text"], r["output"]) for r in rows] == [(e["input"], e["output"]) for e in expected]
     # Ray cuts its own batches: a score may differ in the last float32 digit, never a token
@@ -64,14 +69,6 @@ def test_sampling_follows_a_position_column_whatever_the_batches(tiny_bundle):
 
 def test_ray_data_decodes_a_transformer_bundle_as_seq2edge_decode_does(local_ray, transformer_bundle, tmp_path):
     """A decoder state that grows (bundle format 3) through Ray's actors as through the CLI."""
-    from seq2edge.runtime.ray_data import decode_dataset
-
     *_, words, bundle = transformer_bundle
-    path = tmp_path / "words.txt"
-    path.write_text("\n".join(words) + "\n")
-    ds = decode_dataset(local_ray.data.read_text(str(path)), bundle, concurrency=2, batch_size=64, num_cpus=0.5)
-    ds.write_json(str(tmp_path / "out"))
-    rows = [json.loads(line) for f in sorted((tmp_path / "out").glob("*.json")) for line in f.read_text().splitlines()]
-    cli = subprocess.run([*SEQ2EDGE, "decode", str(bundle), "--input", str(path), "--format", "jsonl"],
-                         capture_output=True, text=True, check=True)
-    assert [(r["text"], r["output"]) for r in rows] == [(e["input"], e["output"]) for e in map(json.loads, cli.stdout.splitlines())]
+    rows, expected = ray_and_cli(local_ray, bundle, words, tmp_path, 64)
+    assert [(r["text"], r["output"]) for r in rows] == [(e["input"], e["output"]) for e in expected]
