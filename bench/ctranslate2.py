@@ -81,7 +81,9 @@ def compare(bundle: Path, checkpoint: Path, inputs: Sequence[str], rounds: int, 
     target_vocab = imported.target_vocab
     bos, eos = target_vocab.index(imported.specials["bos"]), target_vocab.index(imported.specials["eos"])
     unk = source_index[imported.specials["unk"]]
-    limit = lambda text: int(min(250, 1.25 * len(text.split()) + 5))  # noqa: E731 - onmt_translate's default limit
+    def limit(text: str) -> int:  # onmt_translate's output limit, as the importer's conventions write it into the bundle
+        return imported.conventions.max_len(len(text.split()), imported.max_tgt_len or 250)
+
     seq2edge = {p: Seq2Seq.load(bundle, precision=p, threads=1, unknown="unk") for p in ("fp32", "int8")}  # greedy graph: auto
     with tempfile.TemporaryDirectory() as tmp:
         translators = {}
