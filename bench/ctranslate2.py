@@ -81,6 +81,7 @@ def compare(bundle: Path, checkpoint: Path, inputs: Sequence[str], rounds: int, 
     target_vocab = imported.target_vocab
     bos, eos = target_vocab.index(imported.specials["bos"]), target_vocab.index(imported.specials["eos"])
     unk = source_index[imported.specials["unk"]]
+
     def limit(text: str) -> int:  # onmt_translate's output limit, as the importer's conventions write it into the bundle
         return imported.conventions.max_len(len(text.split()), imported.max_tgt_len or 250)
 
