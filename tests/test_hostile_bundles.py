@@ -1,4 +1,5 @@
-"""The bundle readers against files made to break them: bundle.json with any value at any place, its bytes changed,
+"""The bundle readers against files made to break them: bundle.json with any value at any place (a growing state's
+list of tensors included), its bytes changed,
 and graph bytes changed or nested without end. Each reader refuses in its own words (BundleError, MalformedModel) or
 reads the file; nothing else escapes. What these found is kept as conformance cases (tests/conformance/make_corpus.py,
 DAMAGE: "graph nested 1,500 subgraphs deep"), so the JavaScript host is held to the same refusals."""
@@ -19,7 +20,7 @@ from seq2edge.runtime.errors import BundleError
 from seq2edge.runtime.onnx_scan import MalformedModel, metadata, uses_external_data
 
 BUNDLES = REPO / "tests" / "conformance" / "bundles"
-META = {name: json.loads((BUNDLES / name / "bundle.json").read_text(encoding="utf-8")) for name in ("g2p", "conventions")}
+META = {name: json.loads((BUNDLES / name / "bundle.json").read_text(encoding="utf-8")) for name in ("g2p", "conventions", "growing")}
 DECODER = (BUNDLES / "g2p" / "decoder.onnx").read_bytes()
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

@@ -176,13 +176,14 @@ def test_the_library_exports_only_its_c_api():
 # ---------------------------------------------------------------- hostile bundles never crash it
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(target=st.sampled_from(["bundle.json", "decoder.onnx", "encoder.onnx"]), where=st.floats(0, 1),
-       bytes_=st.binary(min_size=1, max_size=16), cut=st.booleans())
-def test_a_damaged_bundle_is_refused_in_one_line_or_decodes_never_a_crash(target, where, bytes_, cut):
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["g2p", "growing"]), target=st.sampled_from(["bundle.json", "decoder.onnx", "encoder.onnx"]),
+       where=st.floats(0, 1), bytes_=st.binary(min_size=1, max_size=16), cut=st.booleans())
+def test_a_damaged_bundle_is_refused_in_one_line_or_decodes_never_a_crash(name, target, where, bytes_, cut):
+    """The g2p bundle, and the growing one: its listed state (bundle.json's list, the graphs' state ports) too."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "bundle"
-        shutil.copytree(BUNDLES / "g2p", bundle)
+        shutil.copytree(BUNDLES / name, bundle)
         path = bundle / target
         data = bytearray(path.read_bytes())
         at = int(where * (len(data) - 1))
